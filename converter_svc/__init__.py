@@ -1,0 +1,1 @@
+"""modelport converter service."""

@@ -1,0 +1,1 @@
+"""modelport inference service."""

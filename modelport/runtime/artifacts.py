@@ -1,0 +1,141 @@
+"""The Artifacts gRPC service (embedded in every service) and the client helpers that move
+artifacts between a file, a store and a remote service with bounded memory."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+
+from modelport.errors import InvalidArgument, NotFound, Unavailable
+from modelport.store import DEFAULT_CHUNK, ArtifactStore, StoredArtifact, check_digest
+from modelport.v1 import artifacts_pb2, artifacts_pb2_grpc
+
+log = logging.getLogger("modelport.artifacts")
+
+MAX_CHUNK = 4 << 20
+
+
+def to_ref(art: StoredArtifact, origin: str = "") -> artifacts_pb2.ArtifactRef:
+    return artifacts_pb2.ArtifactRef(digest=art.digest, size=art.size, media_type=art.media_type, origin=origin)
+
+
+class ArtifactsServicer(artifacts_pb2_grpc.ArtifactsServicer):
+    """Upload/Download/Stat over a local ArtifactStore."""
+
+    def __init__(self, store: ArtifactStore, advertise: str = ""):
+        self.store = store
+        self.advertise = advertise
+
+    async def Upload(self, request_iterator, context):
+        first = None
+        async for msg in request_iterator:
+            first = msg
+            break
+        if first is None or first.WhichOneof("part") != "header":
+            raise InvalidArgument("the first Upload message must be an UploadHeader (media type, optional digest)")
+        h = first.header
+        with self.store.writer(h.media_type, h.expected_digest, h.expected_size) as w:
+            async for msg in request_iterator:
+                if msg.WhichOneof("part") != "chunk":
+                    raise InvalidArgument("only chunks may follow the UploadHeader")
+                w.write(msg.chunk)
+            art = w.commit()
+        log.info("stored %s (%d bytes, %s)", art.digest, art.size, art.media_type)
+        return to_ref(art, self.advertise)
+
+    async def Download(self, request, context):
+        art = self.store.stat(request.digest)
+        size = min(request.chunk_size or DEFAULT_CHUNK, MAX_CHUNK)
+        first = True
+        for block in self.store.iter_chunks(request.digest, request.offset, size):
+            yield artifacts_pb2.DownloadChunk(ref=to_ref(art, self.advertise) if first else None, data=block)
+            first = False
+        if first:  # empty artifact (or offset at end): still send the ref
+            yield artifacts_pb2.DownloadChunk(ref=to_ref(art, self.advertise))
+
+    async def Stat(self, request, context):
+        return to_ref(self.store.stat(request.digest), self.advertise)
+
+
+def upload_requests(path: str | os.PathLike, media_type: str, expected_digest: str = "",
+                    chunk_size: int = DEFAULT_CHUNK) -> Iterator[artifacts_pb2.UploadRequest]:
+    """The request stream for Upload from a file, read lazily chunk by chunk."""
+    size = os.path.getsize(path)
+    yield artifacts_pb2.UploadRequest(
+        header=artifacts_pb2.UploadHeader(media_type=media_type, expected_digest=expected_digest, expected_size=size)
+    )
+    with open(path, "rb") as f:
+        while block := f.read(chunk_size):
+            yield artifacts_pb2.UploadRequest(chunk=block)
+
+
+def download_to_file(stub: artifacts_pb2_grpc.ArtifactsStub, digest: str, out: str | os.PathLike,
+                     timeout: float | None = None, metadata=()) -> artifacts_pb2.ArtifactRef:
+    """Download an artifact into ``out`` atomically (sync client); verifies the digest."""
+    import hashlib
+
+    check_digest(digest)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
+    h = hashlib.sha256()
+    ref = None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in stub.Download(artifacts_pb2.DownloadRequest(digest=digest), timeout=timeout, metadata=metadata):
+                if chunk.HasField("ref"):
+                    ref = chunk.ref
+                h.update(chunk.data)
+                f.write(chunk.data)
+        if "sha256:" + h.hexdigest() != digest:
+            raise InvalidArgument(f"downloaded bytes do not hash to {digest}")
+        os.replace(tmp, out)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return ref
+
+
+async def ensure_local(store: ArtifactStore, ref: artifacts_pb2.ArtifactRef, *, channel_factory=None,
+                       timeout: float = 3600) -> StoredArtifact:
+    """Return the artifact from the local store, pulling it once from ``ref.origin`` if absent.
+
+    The digest is verified before the artifact becomes visible. ``channel_factory(address)``
+    returns a grpc.aio channel (TLS/token aware); by default an insecure one.
+    """
+    if not ref.digest:
+        raise InvalidArgument("an ArtifactRef is required (empty digest); upload the model first")
+    check_digest(ref.digest)
+    if store.has(ref.digest):
+        return store.stat(ref.digest)
+    if not ref.origin:
+        raise NotFound(
+            f"artifact {ref.digest} is not in this service's store and the ref names no origin; "
+            "upload it to this service or set ArtifactRef.origin"
+        )
+    from modelport.runtime.channels import make_channel
+
+    log.info("pulling %s from %s", ref.digest, ref.origin)
+    channel = channel_factory(ref.origin) if channel_factory else make_channel(ref.origin, aio=True)
+    try:
+        stub = artifacts_pb2_grpc.ArtifactsStub(channel)
+        with store.writer(ref.media_type, expected_digest=ref.digest) as w:
+            media_type = ref.media_type
+            async for chunk in stub.Download(artifacts_pb2.DownloadRequest(digest=ref.digest), timeout=timeout):
+                if chunk.HasField("ref") and chunk.ref.media_type:
+                    media_type = chunk.ref.media_type
+                w.write(chunk.data)
+            w.media_type = media_type
+            return w.commit()
+    except grpc.aio.AioRpcError as e:
+        if e.code() == grpc.StatusCode.NOT_FOUND:
+            raise NotFound(f"artifact {ref.digest} is not at its origin {ref.origin} either") from None
+        raise Unavailable(
+            f"could not pull {ref.digest} from origin {ref.origin}: {e.code().name}: {e.details()}"
+        ) from None
+    finally:
+        await channel.close()

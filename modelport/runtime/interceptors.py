@@ -1,0 +1,154 @@
+"""The one place where domain errors become gRPC status codes, plus auth and call metrics.
+
+Every RPC of every service passes through ``ServiceInterceptor``: bearer-token check for
+mutating methods, then the handler, whose ``ModelportError`` becomes its status code and whose
+unexpected exceptions become INTERNAL with a generic message (the trace goes to the log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import inspect
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+import grpc
+
+from modelport.errors import ModelportError
+from modelport.runtime.metrics import RPC_LATENCY, RPC_REQUESTS
+
+log = logging.getLogger("modelport.rpc")
+
+INTERNAL_MESSAGE = "Internal server error (logged on the server)"
+
+
+def status_code(name: str) -> grpc.StatusCode:
+    """Map a status name (as domain errors carry it) to grpc.StatusCode."""
+    return getattr(grpc.StatusCode, name, grpc.StatusCode.UNKNOWN)
+
+
+class _Abort(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str):
+        self.code, self.message = code, message
+
+
+def _check_auth(token: str | None, metadata) -> None:
+    if not token:
+        return
+    auth = ""
+    for key, value in metadata or ():
+        if key == "authorization":
+            auth = value
+    if not auth:
+        raise _Abort(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "this RPC changes state and needs 'authorization: Bearer <token>' metadata "
+            "(CLI: --auth-token or MODELPORT_AUTH_TOKEN)",
+        )
+    scheme, _, given = auth.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise _Abort(grpc.StatusCode.PERMISSION_DENIED, "the bearer token is not valid for this service")
+
+
+class ServiceInterceptor(grpc.aio.ServerInterceptor):
+    """Auth + error mapping + metrics for every method of a grpc.aio server."""
+
+    def __init__(self, service: str, auth_token: str | None = None, mutating_methods: Iterable[str] = ()):
+        self.service = service
+        self.auth_token = auth_token
+        self.mutating = frozenset(mutating_methods)
+
+    async def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails):
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        method = details.method
+        needs_auth = method in self.mutating and bool(self.auth_token)
+        short = method.rsplit("/", 1)[-1]
+
+        def finish(code: str, start: float) -> None:
+            RPC_REQUESTS.labels(self.service, short, code).inc()
+            RPC_LATENCY.labels(self.service, short).observe(time.perf_counter() - start)
+
+        async def fail(context, exc: BaseException) -> None:
+            if isinstance(exc, _Abort):
+                await context.abort(exc.code, exc.message)
+            if isinstance(exc, ModelportError):
+                if exc.details:
+                    context.set_trailing_metadata((("modelport-details", json.dumps(exc.details)),))
+                await context.abort(status_code(exc.status), exc.message)
+            log.error("unexpected error in %s", method, exc_info=exc)
+            await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+
+        def code_of(context) -> str:
+            c = context.code()
+            if c is None:
+                return "OK"
+            return c.name if isinstance(c, grpc.StatusCode) else str(c)
+
+        def wrap_unary_response(behavior):
+            async def wrapper(request_or_iterator, context):
+                start = time.perf_counter()
+                try:
+                    if needs_auth:
+                        _check_auth(self.auth_token, context.invocation_metadata())
+                    return await behavior(request_or_iterator, context)
+                except (grpc.aio.AbortError, asyncio.CancelledError):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the one mapping point
+                    await fail(context, exc)
+                finally:
+                    finish(code_of(context), start)
+
+            return wrapper
+
+        def wrap_stream_response(behavior):
+            async def wrapper(request_or_iterator, context):
+                start = time.perf_counter()
+                try:
+                    if needs_auth:
+                        _check_auth(self.auth_token, context.invocation_metadata())
+                    async for item in behavior(request_or_iterator, context):
+                        yield item
+                except (grpc.aio.AbortError, asyncio.CancelledError, GeneratorExit):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the one mapping point
+                    await fail(context, exc)
+                finally:
+                    finish(code_of(context), start)
+
+            return wrapper
+
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                wrap_unary_response(handler.unary_unary),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                wrap_unary_response(handler.stream_unary),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        def wrap_stream(behavior):
+            # Streaming handlers are async generators, or coroutines that call context.write
+            # (grpcio's own health Watch does the latter).
+            if inspect.isasyncgenfunction(behavior):
+                return wrap_stream_response(behavior)
+            return wrap_unary_response(behavior)
+
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                wrap_stream(handler.unary_stream),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            wrap_stream(handler.stream_stream),
+            handler.request_deserializer,
+            handler.response_serializer,
+        )

@@ -1,0 +1,201 @@
+"""Server bootstrap shared by every service.
+
+``start_service(service)`` builds a grpc.aio server with health (NOT_SERVING until the
+service's ``startup`` finished), reflection, the embedded Artifacts service, the interceptor,
+message limits, keepalive and optional TLS/mTLS; it binds (port 0 allowed) and returns a
+``RunningServer`` with the bound port. ``run_service`` is the process entry point: logging,
+metrics, SIGTERM/SIGINT → NOT_SERVING → drain for the grace period → exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from modelport.runtime.artifacts import ArtifactsServicer
+from modelport.runtime.channels import make_channel
+from modelport.runtime.interceptors import ServiceInterceptor
+from modelport.runtime.logs import setup_logging
+from modelport.runtime.settings import ServiceSettings, parse_settings
+from modelport.store import ArtifactStore
+from modelport.v1 import artifacts_pb2, artifacts_pb2_grpc
+
+log = logging.getLogger("modelport.server")
+
+ARTIFACTS_SERVICE = artifacts_pb2.DESCRIPTOR.services_by_name["Artifacts"].full_name
+UPLOAD_METHOD = f"/{ARTIFACTS_SERVICE}/Upload"
+
+
+@dataclass
+class Registration:
+    """One gRPC service a Service exposes."""
+
+    add_to_server: Callable
+    servicer: object
+    full_name: str
+
+
+class Service:
+    """Base of the three services: owns settings and the artifact store.
+
+    Subclasses set ``name``, return their servicers from ``registrations``, list the method
+    paths that change state in ``mutating_methods`` (guarded by the bearer token), and may
+    override ``startup`` (runs before health turns SERVING) and ``shutdown``.
+    """
+
+    name = "service"
+
+    def __init__(self, settings: ServiceSettings):
+        self.settings = settings
+        self.store = ArtifactStore(settings.store, settings.max_artifact_bytes)
+        self.address = ""  # set once bound: what refs we hand out name as origin
+
+    def registrations(self) -> list[Registration]:
+        return []
+
+    def mutating_methods(self) -> set[str]:
+        return set()
+
+    async def startup(self) -> None:
+        """Warm-up before SERVING (load models, start workers)."""
+
+    async def shutdown(self) -> None:
+        """Release resources after the server stopped."""
+
+    def channel(self, address: str):
+        """A grpc.aio channel to another service (used for artifact pulls)."""
+        return make_channel(address, aio=True)
+
+
+@dataclass
+class RunningServer:
+    service: Service
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    service_names: list[str] = field(default_factory=list)
+    metrics_port: int | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ["", *self.service_names]:
+            await self.health.set(name, status)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Health NOT_SERVING, refuse new calls, let in-flight ones finish for ``grace`` s."""
+        if grace is None:
+            grace = self.service.settings.grace_period_s
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        await self.service.shutdown()
+
+
+def server_options(settings: ServiceSettings) -> list[tuple[str, int]]:
+    limit = min(settings.max_message_mb * 1024 * 1024, 2**31 - 1)
+    return [
+        ("grpc.max_send_message_length", limit),
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.keepalive_time_ms", settings.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def server_credentials(settings: ServiceSettings) -> grpc.ServerCredentials | None:
+    """TLS (and mTLS when tls_client_ca is set) credentials, or None for plaintext."""
+    if not settings.tls_cert and not settings.tls_key:
+        return None
+    if not (settings.tls_cert and settings.tls_key):
+        raise ValueError("TLS needs both tls_cert and tls_key")
+    key, cert = settings.tls_key.read_bytes(), settings.tls_cert.read_bytes()
+    ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
+
+
+async def start_service(service: Service, *, ready: bool = True) -> RunningServer:
+    """Build, bind and start the server; run ``service.startup`` and turn health SERVING.
+
+    With ``ready=False`` the caller runs startup itself (health stays NOT_SERVING).
+    """
+    s = service.settings
+    mutating = {UPLOAD_METHOD, *service.mutating_methods()}
+    server = grpc.aio.server(
+        options=server_options(s),
+        interceptors=[ServiceInterceptor(service.name, s.auth_token, mutating)],
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    artifacts = ArtifactsServicer(service.store)
+    artifacts_pb2_grpc.add_ArtifactsServicer_to_server(artifacts, server)
+    names = [ARTIFACTS_SERVICE]
+    for reg in service.registrations():
+        reg.add_to_server(reg.servicer, server)
+        names.append(reg.full_name)
+    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    creds = server_credentials(s)
+    bind = f"{s.host}:{s.port}"
+    port = server.add_secure_port(bind, creds) if creds else server.add_insecure_port(bind)
+    if port == 0:
+        raise OSError(f"could not bind {bind}")
+    host = "localhost" if s.host in ("[::]", "0.0.0.0", "") else s.host
+    service.address = s.advertise_address or f"{host}:{port}"
+    artifacts.advertise = service.address
+    running = RunningServer(service, server, port, health_servicer, names)
+    await running.set_serving(False)
+    await server.start()
+    log.info("%s listening on %s (tls=%s)", service.name, bind.replace(f":{s.port}", f":{port}"), bool(creds))
+    if ready:
+        await service.startup()
+        await running.set_serving(True)
+    return running
+
+
+async def serve(service: Service) -> int:
+    """Run until SIGTERM/SIGINT, then drain and return 0."""
+    s = service.settings
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    running = await start_service(service, ready=False)
+    if s.metrics_port >= 0:
+        from modelport.runtime.metrics import start_metrics_server
+
+        running.metrics_port = start_metrics_server(s.metrics_port)
+        log.info("metrics on http://%s:%d/metrics", socket.gethostname(), running.metrics_port)
+    startup = asyncio.ensure_future(service.startup())
+    done, _ = await asyncio.wait({startup, asyncio.ensure_future(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
+    if startup in done:
+        startup.result()  # raise a failed startup
+        await running.set_serving(True)
+        # The line `modelport up` and humans wait for.
+        print(f"{service.name} SERVING on port {running.port}", flush=True)
+        log.info("%s SERVING on port %d", service.name, running.port)
+        await stop.wait()
+    else:
+        startup.cancel()
+    log.info("%s: shutting down, draining in-flight calls for up to %.1fs", service.name, s.grace_period_s)
+    await running.stop()
+    log.info("%s: stopped", service.name)
+    return 0
+
+
+def run_service(service_cls: type[Service], settings_cls: type[ServiceSettings], argv: list[str] | None = None,
+                prog: str | None = None) -> int:
+    """Process entry point for ``modelport-<service>`` and ``python -m <svc>``."""
+    settings = parse_settings(settings_cls, argv, prog=prog)
+    setup_logging(settings.log_level, settings.log_json)
+    return asyncio.run(serve(service_cls(settings)))

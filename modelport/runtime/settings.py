@@ -1,0 +1,79 @@
+"""Settings common to every service; each service subclasses with its own env prefix.
+
+Precedence: command-line flags > environment (``MODELPORT_<SERVICE>_<FIELD>``) > defaults.
+Flags are generated from the fields, so every setting is also a flag (``--max-message-mb``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """Fields every service has."""
+
+    model_config = SettingsConfigDict(env_prefix="MODELPORT_", extra="ignore")
+
+    host: str = "[::]"
+    """Interface to bind; '[::]' listens on all, '127.0.0.1' on loopback only."""
+    port: int = 0
+    """gRPC port; 0 picks a free one (the bound port is logged)."""
+    store: Path = Path("./.modelport/store")
+    """Artifact store folder; services that share it share artifacts without copying."""
+    max_artifact_bytes: int = 16 << 30
+    """Largest artifact accepted by Upload (RESOURCE_EXHAUSTED beyond)."""
+    max_message_mb: int = 256
+    """gRPC send/receive message limit in MiB (models and tensors are big)."""
+    keepalive_time_ms: int = 30_000
+    """Server keepalive ping interval."""
+    grace_period_s: float = 30.0
+    """On SIGTERM: health goes NOT_SERVING, then in-flight calls get this long to finish."""
+    metrics_port: int = -1
+    """Prometheus metrics HTTP port; -1 disables, 0 picks a free one."""
+    log_level: str = "INFO"
+    """Python log level name."""
+    log_json: bool = False
+    """Emit one JSON object per log line."""
+    tls_cert: Path | None = None
+    """PEM server certificate chain; with tls_key enables TLS."""
+    tls_key: Path | None = None
+    """PEM private key for tls_cert."""
+    tls_client_ca: Path | None = None
+    """PEM CA bundle; when set, clients must present a certificate it signed (mTLS)."""
+    auth_token: str | None = Field(default=None, repr=False)
+    """Bearer token required on mutating RPCs (upload, convert, optimize, load, unload)."""
+    advertise_address: str = ""
+    """Address other services use to pull artifacts from this one (default host:port)."""
+
+
+def _flag_type(annotation: Any):
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    base = args[0] if get_origin(annotation) is not None and args else annotation
+    if base is bool:
+        return None
+    if base in (int, float, str):
+        return base
+    if base is Path:
+        return Path
+    return str
+
+
+def parse_settings(cls: type[ServiceSettings], argv: list[str] | None = None, prog: str | None = None):
+    """Build settings from env, then override with the flags given in ``argv``."""
+    parser = argparse.ArgumentParser(prog=prog, description=(cls.__doc__ or "").strip())
+    for name, field in cls.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        help_text = (field.description or "").strip() or None
+        t = _flag_type(field.annotation)
+        if t is None:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, type=t, default=None, help=help_text)
+    ns = parser.parse_args(argv)
+    overrides = {k: v for k, v in vars(ns).items() if v is not None}
+    return cls(**overrides)

@@ -1,0 +1,16 @@
+"""Settings of the optimizer service (env prefix MODELPORT_OPTIMIZER_, flags override)."""
+
+from __future__ import annotations
+
+from pydantic_settings import SettingsConfigDict
+
+from modelport.runtime.settings import ServiceSettings
+
+
+class OptimizerSettings(ServiceSettings):
+    """modelport optimizer service."""
+
+    model_config = SettingsConfigDict(env_prefix="MODELPORT_OPTIMIZER_", extra="ignore")
+
+    port: int = 50052
+    """gRPC port (0 picks a free one)."""
