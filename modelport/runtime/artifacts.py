@@ -11,7 +11,7 @@ from pathlib import Path
 
 import grpc
 
-from modelport.errors import InvalidArgument, NotFound, Unavailable
+from modelport.errors import Cancelled, InvalidArgument, NotFound, Unavailable
 from modelport.store import DEFAULT_CHUNK, ArtifactStore, StoredArtifact, check_digest
 from modelport.v1 import artifacts_pb2, artifacts_pb2_grpc
 
@@ -40,10 +40,18 @@ class ArtifactsServicer(artifacts_pb2_grpc.ArtifactsServicer):
             raise InvalidArgument("the first Upload message must be an UploadHeader (media type, optional digest)")
         h = first.header
         with self.store.writer(h.media_type, h.expected_digest, h.expected_size) as w:
+            committed = False
             async for msg in request_iterator:
-                if msg.WhichOneof("part") != "chunk":
-                    raise InvalidArgument("only chunks may follow the UploadHeader")
-                w.write(msg.chunk)
+                part = msg.WhichOneof("part")
+                if part == "chunk" and not committed:
+                    w.write(msg.chunk)
+                elif part == "commit" and msg.commit:
+                    committed = True
+                else:
+                    raise InvalidArgument("after the UploadHeader send chunks, then one final commit message")
+            if not committed:
+                # A cancelled client stream can end the iterator normally: never publish it.
+                raise Cancelled("upload ended without its final commit message (cancelled?); nothing was stored")
             art = w.commit()
         log.info("stored %s (%d bytes, %s)", art.digest, art.size, art.media_type)
         return to_ref(art, self.advertise)
@@ -72,6 +80,7 @@ def upload_requests(path: str | os.PathLike, media_type: str, expected_digest: s
     with open(path, "rb") as f:
         while block := f.read(chunk_size):
             yield artifacts_pb2.UploadRequest(chunk=block)
+    yield artifacts_pb2.UploadRequest(commit=True)
 
 
 def download_to_file(stub: artifacts_pb2_grpc.ArtifactsStub, digest: str, out: str | os.PathLike,

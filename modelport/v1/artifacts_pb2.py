@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmodelport/v1/artifacts.proto\x12\x0cmodelport.v1\"O\n\x0b\x41rtifactRef\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12\x0e\n\x06origin\x18\x04 \x01(\t\"R\n\x0cUploadHeader\x12\x12\n\nmedia_type\x18\x01 \x01(\t\x12\x17\n\x0f\x65xpected_digest\x18\x02 \x01(\t\x12\x15\n\rexpected_size\x18\x03 \x01(\x03\"V\n\rUploadRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.modelport.v1.UploadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"E\n\x0f\x44ownloadRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x12\n\nchunk_size\x18\x03 \x01(\x05\"E\n\rDownloadChunk\x12&\n\x03ref\x18\x01 \x01(\x0b\x32\x19.modelport.v1.ArtifactRef\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\x1d\n\x0bStatRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t2\xd7\x01\n\tArtifacts\x12\x42\n\x06Upload\x12\x1b.modelport.v1.UploadRequest\x1a\x19.modelport.v1.ArtifactRef(\x01\x12H\n\x08\x44ownload\x12\x1d.modelport.v1.DownloadRequest\x1a\x1b.modelport.v1.DownloadChunk0\x01\x12<\n\x04Stat\x12\x19.modelport.v1.StatRequest\x1a\x19.modelport.v1.ArtifactRefb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmodelport/v1/artifacts.proto\x12\x0cmodelport.v1\"O\n\x0b\x41rtifactRef\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12\x0e\n\x06origin\x18\x04 \x01(\t\"R\n\x0cUploadHeader\x12\x12\n\nmedia_type\x18\x01 \x01(\t\x12\x17\n\x0f\x65xpected_digest\x18\x02 \x01(\t\x12\x15\n\rexpected_size\x18\x03 \x01(\x03\"h\n\rUploadRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.modelport.v1.UploadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x12\x10\n\x06\x63ommit\x18\x03 \x01(\x08H\x00\x42\x06\n\x04part\"E\n\x0f\x44ownloadRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x12\n\nchunk_size\x18\x03 \x01(\x05\"E\n\rDownloadChunk\x12&\n\x03ref\x18\x01 \x01(\x0b\x32\x19.modelport.v1.ArtifactRef\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\x1d\n\x0bStatRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t2\xd7\x01\n\tArtifacts\x12\x42\n\x06Upload\x12\x1b.modelport.v1.UploadRequest\x1a\x19.modelport.v1.ArtifactRef(\x01\x12H\n\x08\x44ownload\x12\x1d.modelport.v1.DownloadRequest\x1a\x1b.modelport.v1.DownloadChunk0\x01\x12<\n\x04Stat\x12\x19.modelport.v1.StatRequest\x1a\x19.modelport.v1.ArtifactRefb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,13 +36,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPLOADHEADER']._serialized_start=127
   _globals['_UPLOADHEADER']._serialized_end=209
   _globals['_UPLOADREQUEST']._serialized_start=211
-  _globals['_UPLOADREQUEST']._serialized_end=297
-  _globals['_DOWNLOADREQUEST']._serialized_start=299
-  _globals['_DOWNLOADREQUEST']._serialized_end=368
-  _globals['_DOWNLOADCHUNK']._serialized_start=370
-  _globals['_DOWNLOADCHUNK']._serialized_end=439
-  _globals['_STATREQUEST']._serialized_start=441
-  _globals['_STATREQUEST']._serialized_end=470
-  _globals['_ARTIFACTS']._serialized_start=473
-  _globals['_ARTIFACTS']._serialized_end=688
+  _globals['_UPLOADREQUEST']._serialized_end=315
+  _globals['_DOWNLOADREQUEST']._serialized_start=317
+  _globals['_DOWNLOADREQUEST']._serialized_end=386
+  _globals['_DOWNLOADCHUNK']._serialized_start=388
+  _globals['_DOWNLOADCHUNK']._serialized_end=457
+  _globals['_STATREQUEST']._serialized_start=459
+  _globals['_STATREQUEST']._serialized_end=488
+  _globals['_ARTIFACTS']._serialized_start=491
+  _globals['_ARTIFACTS']._serialized_end=706
 # @@protoc_insertion_point(module_scope)

@@ -55,7 +55,7 @@ class ArtifactsServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Upload(self, request_iterator, context):
-        """Client stream: header first, then chunks. Returns the stored ref.
+        """Client stream: header first, then chunks, then commit. Returns the stored ref.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

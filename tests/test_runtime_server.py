@@ -1,0 +1,169 @@
+"""The shared runtime on a real server: health, reflection, error mapping, graceful drain, SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from runtime_fixtures import ProbeService, convert_request
+
+from modelport.runtime.background import BackgroundServer
+from modelport.runtime.interceptors import INTERNAL_MESSAGE
+from modelport.runtime.settings import ServiceSettings, parse_settings
+from modelport.v1 import converter_pb2_grpc, serving_pb2, serving_pb2_grpc
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def _settings(tmp_path, **kw):
+    return ServiceSettings(host="127.0.0.1", port=0, store=tmp_path / "store", **kw)
+
+
+@pytest.fixture
+def probe(tmp_path):
+    srv = BackgroundServer(ProbeService(_settings(tmp_path))).start()
+    yield srv
+    srv.stop(grace=1)
+
+
+def _health(channel, service=""):
+    return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+
+
+def test_health_is_not_serving_until_ready_then_serving(tmp_path, channel_to):
+    srv = BackgroundServer(ProbeService(_settings(tmp_path)), ready=False).start()
+    try:
+        ch = channel_to(srv.address)
+        assert _health(ch) == NOT_SERVING
+        assert _health(ch, "modelport.v1.ModelControl") == NOT_SERVING
+        srv.call(srv.running.set_serving(True))
+        assert _health(ch) == SERVING
+        assert _health(ch, "modelport.v1.Artifacts") == SERVING
+        with pytest.raises(grpc.RpcError) as e:
+            _health(ch, "no.such.Service")
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        srv.stop(grace=1)
+
+
+def test_reflection_lists_services(probe, channel_to):
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel_to(probe.address))
+    responses = list(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    names = {s.name for s in responses[0].list_services_response.service}
+    assert {"modelport.v1.Artifacts", "modelport.v1.ModelControl", "modelport.v1.Converter",
+            "grpc.health.v1.Health"} <= names
+
+
+@pytest.mark.parametrize(
+    "name, code, message",
+    [
+        ("invalid", grpc.StatusCode.INVALID_ARGUMENT, "bad option 'x': use 'y'"),
+        ("missing", grpc.StatusCode.NOT_FOUND, "model 'm' not found"),
+        ("precondition", grpc.StatusCode.FAILED_PRECONDITION, "parity failed"),
+        ("exhausted", grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full"),
+        ("unavailable", grpc.StatusCode.UNAVAILABLE, "try later"),
+        ("deadline", grpc.StatusCode.DEADLINE_EXCEEDED, "too slow"),
+        ("boom", grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE),
+    ],
+)
+def test_interceptor_maps_domain_errors(probe, channel_to, name, code, message):
+    stub = serving_pb2_grpc.ModelControlStub(channel_to(probe.address))
+    with pytest.raises(grpc.RpcError) as e:
+        stub.LoadModel(serving_pb2.LoadModelRequest(name=name), timeout=5)
+    assert e.value.code() == code
+    assert e.value.details() == message
+    assert "passwd" not in e.value.details()
+    # The service keeps serving after every error.
+    assert stub.LoadModel(serving_pb2.LoadModelRequest(name="ok"), timeout=5).model.state == "READY"
+
+
+def test_interceptor_maps_errors_inside_streams(probe, channel_to):
+    stub = converter_pb2_grpc.ConverterStub(channel_to(probe.address))
+    call = stub.Convert(convert_request("fail"), timeout=5)
+    first = next(call)
+    assert first.stage == "loading"
+    with pytest.raises(grpc.RpcError) as e:
+        next(call)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "use onnx, tflite or savedmodel" in e.value.details()
+
+
+def test_graceful_shutdown_lets_in_flight_stream_finish(tmp_path, channel_to):
+    service = ProbeService(_settings(tmp_path))
+    srv = BackgroundServer(service).start()
+    ch = channel_to(srv.address)
+    stub = converter_pb2_grpc.ConverterStub(ch)
+    call = stub.Convert(convert_request(), timeout=30)
+    assert next(call).stage == "loading"
+    srv.call(service.converter.started.wait(), timeout=10)
+
+    stopping = threading.Thread(target=srv.call, args=(srv.running.stop(20),))
+    stopping.start()
+    # Health flips to NOT_SERVING before the drain; observe it on the servicer itself.
+    srv.call(_wait_for_status(srv, NOT_SERVING), timeout=10)
+    # New calls are refused while the in-flight stream is still open.
+    with pytest.raises(grpc.RpcError) as e:
+        serving_pb2_grpc.ModelControlStub(grpc.insecure_channel(srv.address)).LoadModel(
+            serving_pb2.LoadModelRequest(name="ok"), timeout=5)
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    srv.loop.call_soon_threadsafe(service.converter.release.set)
+    rest = list(call)
+    assert [ev.stage for ev in rest] == ["done"]
+    assert call.code() == grpc.StatusCode.OK
+    stopping.join(timeout=30)
+    assert not stopping.is_alive()
+    srv.running = None
+    srv.stop()
+
+
+async def _wait_for_status(srv, status):
+    import asyncio
+
+    while True:
+        resp = await srv.running.health.Check(health_pb2.HealthCheckRequest(service=""), None)
+        if resp.status == status:
+            return
+        await asyncio.sleep(0.01)
+
+
+def test_settings_flags_override_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("MODELPORT_PORT", "1234")
+    monkeypatch.setenv("MODELPORT_GRACE_PERIOD_S", "7")
+    s = parse_settings(ServiceSettings, ["--port", "4321", "--store", str(tmp_path), "--log-json"])
+    assert s.port == 4321
+    assert s.grace_period_s == 7.0
+    assert s.store == tmp_path
+    assert s.log_json is True
+
+
+def test_sigterm_drains_and_exits_zero(tmp_path):
+    code = (
+        "import sys; from modelport.runtime.server import Service, run_service;"
+        "from modelport.runtime.settings import ServiceSettings;"
+        "sys.exit(run_service(Service, ServiceSettings, sys.argv[1:]))"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "--port", "0", "--host", "127.0.0.1", "--store", str(tmp_path / "s"),
+         "--grace-period-s", "5"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert "SERVING on port" in line, proc.stderr.read()
+        port = int(line.rsplit(" ", 1)[1])
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            assert _health(ch) == SERVING
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert "stopped" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
