@@ -1,0 +1,37 @@
+"""Job functions run inside WorkerPool subprocesses by tests/test_workers.py (test-only)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+from modelport.errors import InvalidArgument
+
+
+def echo(progress, value):
+    progress("working", 0.5, "half way")
+    return {"value": value, "pid": os.getpid()}
+
+
+def fail(progress):
+    raise InvalidArgument("dataset array 'x' has shape (3,), expected (N, 8, 8, 1)", {"array": "x"})
+
+
+def crash(progress):
+    progress("working", 0.1, "about to crash")
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def unexpected(progress):
+    raise KeyError("internal detail")
+
+
+def hang(progress, marker):
+    with open(marker, "w") as f:
+        f.write(str(os.getpid()))
+    threading.Event().wait()
+
+
+def env(progress, name):
+    return os.environ.get(name)
