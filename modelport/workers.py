@@ -208,7 +208,7 @@ class WorkerPool:
             while True:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
-                    raise asyncio.TimeoutError
+                    raise TimeoutError
                 msg = await self._recv(w, remaining)
                 if msg is None:
                     await asyncio.to_thread(w.proc.join, 5)
@@ -227,7 +227,7 @@ class WorkerPool:
                     self._release(w)
                     w = None
                     raise error_for_status(msg[1], msg[2], msg[3], msg[4])
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise DeadlineExceeded(
                 f"the job ran longer than the per-job timeout of {timeout:g}s and was stopped "
                 "(raise the service's job_timeout_s setting for big models)"
