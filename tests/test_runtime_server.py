@@ -167,3 +167,30 @@ def test_sigterm_drains_and_exits_zero(tmp_path):
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
+
+
+def test_prometheus_metrics_count_calls_by_method_and_code(probe, channel_to):
+    import urllib.request
+
+    from modelport.runtime.metrics import start_metrics_server
+
+    port = start_metrics_server(0, addr="127.0.0.1")
+    nf = 'modelport_grpc_requests_total{code="NOT_FOUND",method="LoadModel",service="probe"}'
+    ok = 'modelport_grpc_requests_total{code="OK",method="LoadModel",service="probe"}'
+
+    def scrape():
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                  if line.startswith("modelport_grpc_requests_total{")}
+        return text, values
+
+    _, before = scrape()
+    stub = serving_pb2_grpc.ModelControlStub(channel_to(probe.address))
+    for _ in range(3):
+        with pytest.raises(grpc.RpcError):
+            stub.LoadModel(serving_pb2.LoadModelRequest(name="missing"), timeout=5)
+    stub.LoadModel(serving_pb2.LoadModelRequest(name="ok"), timeout=5)
+    text, after = scrape()
+    assert after[nf] - before.get(nf, 0) == 3
+    assert after[ok] - before.get(ok, 0) == 1
+    assert 'modelport_grpc_request_seconds_bucket{le="0.005",method="LoadModel",service="probe"}' in text
