@@ -1,0 +1,245 @@
+"""numpy <-> KServe v2 (Open Inference Protocol) tensors, written once for server and clients.
+
+Decodes request inputs given as ``raw_input_contents`` (little-endian bytes; BYTES as 4-byte
+little-endian length + bytes per element, as Triton does) or typed ``contents``; encodes outputs
+always as ``raw_output_contents`` (tritonclient reads numeric outputs only from there). FP16 has
+no typed field and travels raw only; BOOL is one byte per element. protobuf + numpy only:
+no grpc, so the CLI and SDK use it too. Bad tensors raise ``modelport.errors.InvalidArgument``
+naming the tensor and what was expected.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+from modelport.dtypes import KSERVE_TO_NUMPY, to_kserve
+from modelport.errors import InvalidArgument
+from modelport.kserve.v2 import grpc_service_pb2 as pb
+
+# Typed-contents field per datatype (FP16 / BF16 have none: raw only).
+CONTENTS_FIELD: dict[str, str] = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def numpy_dtype(datatype: str, tensor: str = "") -> np.dtype:
+    """numpy dtype (little-endian) of a KServe datatype; InvalidArgument when unknown."""
+    try:
+        dt = KSERVE_TO_NUMPY[datatype.upper()]
+    except KeyError:
+        raise InvalidArgument(
+            f"input '{tensor}': unknown datatype {datatype!r}; use one of {', '.join(KSERVE_TO_NUMPY)}",
+            {"tensor": tensor, "datatype": datatype},
+        ) from None
+    return dt if dt.kind == "O" else dt.newbyteorder("<")
+
+
+def element_count(shape: Iterable[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def _check_shape(name: str, shape) -> tuple[int, ...]:
+    dims = tuple(int(d) for d in shape)
+    if any(d < 0 for d in dims):
+        raise InvalidArgument(
+            f"input '{name}': shape {list(dims)} has a negative dimension; send the concrete shape of the data",
+            {"tensor": name},
+        )
+    return dims
+
+
+# --- BYTES ------------------------------------------------------------------------------------
+
+def serialize_bytes_tensor(values) -> bytes:
+    """Triton's raw BYTES form: for each element (row-major) a uint32 LE length then the bytes."""
+    arr = np.asarray(values, dtype=object).reshape(-1)
+    parts: list[bytes] = []
+    for v in arr:
+        if isinstance(v, str):
+            b = v.encode("utf-8")
+        elif isinstance(v, (bytes, bytearray, memoryview)):
+            b = bytes(v)
+        else:
+            b = str(v).encode("utf-8")
+        parts.append(struct.pack("<I", len(b)))
+        parts.append(b)
+    return b"".join(parts)
+
+
+def deserialize_bytes_tensor(raw: bytes, count: int | None = None, name: str = "") -> np.ndarray:
+    """Parse Triton's raw BYTES form into a 1-D object array of bytes.
+
+    With ``count`` the element count must match exactly (InvalidArgument otherwise).
+    """
+    out: list[bytes] = []
+    mv = memoryview(raw)
+    pos, end = 0, len(raw)
+    while pos < end:
+        if pos + 4 > end:
+            raise InvalidArgument(
+                f"input '{name}': BYTES raw content is truncated at byte {pos} (a 4-byte length prefix "
+                "is expected before each element)",
+                {"tensor": name},
+            )
+        (length,) = struct.unpack_from("<I", mv, pos)
+        pos += 4
+        if pos + length > end:
+            raise InvalidArgument(
+                f"input '{name}': BYTES element {len(out)} declares {length} bytes but only {end - pos} remain",
+                {"tensor": name},
+            )
+        out.append(bytes(mv[pos:pos + length]))
+        pos += length
+    if count is not None and len(out) != count:
+        raise InvalidArgument(
+            f"input '{name}': BYTES raw content holds {len(out)} elements but its shape needs {count}",
+            {"tensor": name},
+        )
+    arr = np.empty(len(out), dtype=object)
+    arr[:] = out
+    return arr
+
+
+# --- decoding ---------------------------------------------------------------------------------
+
+def tensor_from_raw(name: str, datatype: str, shape, raw: bytes) -> np.ndarray:
+    """One input tensor from its raw bytes, validating the byte length against shape x dtype."""
+    dims = _check_shape(name, shape)
+    dt = numpy_dtype(datatype, name)
+    n = element_count(dims)
+    if dt.kind == "O":
+        return deserialize_bytes_tensor(raw, n, name).reshape(dims)
+    expected = n * dt.itemsize
+    if len(raw) != expected:
+        raise InvalidArgument(
+            f"input '{name}': raw content has {len(raw)} bytes but shape {list(dims)} of {datatype.upper()} "
+            f"needs {expected} bytes ({n} elements x {dt.itemsize})",
+            {"tensor": name, "expected_bytes": str(expected), "got_bytes": str(len(raw))},
+        )
+    return np.frombuffer(raw, dtype=dt).reshape(dims)
+
+
+def tensor_from_contents(name: str, datatype: str, shape, contents: pb.InferTensorContents) -> np.ndarray:
+    """One input tensor from typed contents (e.g. ``fp32_contents``)."""
+    dims = _check_shape(name, shape)
+    dtype_name = datatype.upper()
+    dt = numpy_dtype(dtype_name, name)
+    field = CONTENTS_FIELD.get(dtype_name)
+    if field is None:
+        raise InvalidArgument(
+            f"input '{name}': {dtype_name} has no typed contents field; send it in raw_input_contents",
+            {"tensor": name},
+        )
+    values = getattr(contents, field)
+    n = element_count(dims)
+    if len(values) != n:
+        raise InvalidArgument(
+            f"input '{name}': {field} has {len(values)} elements but shape {list(dims)} needs {n}",
+            {"tensor": name},
+        )
+    if dt.kind == "O":
+        arr = np.empty(n, dtype=object)
+        arr[:] = list(values)
+        return arr.reshape(dims)
+    return np.asarray(values, dtype=dt).reshape(dims)
+
+
+def decode_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
+    """All inputs of a ModelInferRequest as numpy arrays (raw or typed, never mixed)."""
+    raws = request.raw_input_contents
+    if raws and len(raws) != len(request.inputs):
+        raise InvalidArgument(
+            f"request has {len(request.inputs)} inputs but {len(raws)} raw_input_contents; send one raw "
+            "buffer per input, in input order",
+        )
+    out: dict[str, np.ndarray] = {}
+    for i, t in enumerate(request.inputs):
+        if t.name in out:
+            raise InvalidArgument(f"input '{t.name}' appears twice in the request", {"tensor": t.name})
+        if raws:
+            if t.HasField("contents") and t.contents.ByteSize():
+                raise InvalidArgument(
+                    f"input '{t.name}': both typed contents and raw_input_contents given; use one form",
+                    {"tensor": t.name},
+                )
+            out[t.name] = tensor_from_raw(t.name, t.datatype, t.shape, raws[i])
+        else:
+            out[t.name] = tensor_from_contents(t.name, t.datatype, t.shape, t.contents)
+    return out
+
+
+def decode_outputs(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
+    """All outputs of a ModelInferResponse (raw_output_contents or typed contents)."""
+    out: dict[str, np.ndarray] = {}
+    raws = response.raw_output_contents
+    for i, t in enumerate(response.outputs):
+        if raws:
+            out[t.name] = tensor_from_raw(t.name, t.datatype, t.shape, raws[i])
+        else:
+            out[t.name] = tensor_from_contents(t.name, t.datatype, t.shape, t.contents)
+    return out
+
+
+# --- encoding ---------------------------------------------------------------------------------
+
+def to_raw(arr: np.ndarray) -> tuple[str, list[int], bytes]:
+    """(datatype, shape, raw little-endian bytes) of a numpy array; str/bytes arrays are BYTES."""
+    a = np.asarray(arr)
+    datatype = to_kserve(a.dtype)
+    if datatype == "BYTES":
+        return datatype, list(a.shape), serialize_bytes_tensor(a)
+    if a.dtype.byteorder == ">":
+        a = a.astype(a.dtype.newbyteorder("<"))
+    return datatype, list(a.shape), np.ascontiguousarray(a).tobytes()
+
+
+def make_infer_request(model_name: str, inputs: Mapping[str, np.ndarray], outputs: Iterable[str] | None = None,
+                       model_version: str = "", request_id: str = "", raw: bool = True) -> pb.ModelInferRequest:
+    """A ModelInferRequest for named numpy inputs (raw by default, typed with ``raw=False``)."""
+    req = pb.ModelInferRequest(model_name=model_name, model_version=model_version, id=request_id)
+    for name, arr in inputs.items():
+        datatype, shape, data = to_raw(arr)
+        t = req.inputs.add(name=name, datatype=datatype, shape=shape)
+        if raw:
+            req.raw_input_contents.append(data)
+        else:
+            field = CONTENTS_FIELD.get(datatype)
+            if field is None:
+                raise ValueError(f"{datatype} has no typed contents; send input '{name}' raw")
+            flat = np.asarray(arr).reshape(-1)
+            if datatype == "BYTES":
+                vals = [v.encode() if isinstance(v, str) else bytes(v) for v in flat]
+            else:
+                vals = flat.tolist()
+            getattr(t.contents, field).extend(vals)
+    for name in outputs or ():
+        req.outputs.add(name=name)
+    return req
+
+
+def make_infer_response(model_name: str, model_version: str, outputs: Mapping[str, np.ndarray],
+                        request_id: str = "") -> pb.ModelInferResponse:
+    """A ModelInferResponse carrying every output in raw_output_contents."""
+    resp = pb.ModelInferResponse(model_name=model_name, model_version=model_version, id=request_id)
+    for name, arr in outputs.items():
+        datatype, shape, data = to_raw(arr)
+        resp.outputs.add(name=name, datatype=datatype, shape=shape)
+        resp.raw_output_contents.append(data)
+    return resp
