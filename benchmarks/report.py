@@ -1,0 +1,167 @@
+"""Assemble ``BENCHMARKS.md`` from the sections under ``benchmarks/results/``.
+
+The report is a header (machine, libraries, exact commands, what ran and how long) followed
+by every ``results/*.md`` section in a fixed order; image links inside a section are rewritten
+so they resolve from the repository root, and plots a section did not reference are listed
+under it.
+
+    .venv/bin/python -m benchmarks.report     # rebuild from the committed results
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+from benchmarks import common
+
+#: Sections appear in this order (a section ``X`` or ``X_<anything>`` belongs to ``X``);
+#: unknown sections follow alphabetically.
+SECTION_ORDER = ["e2e", "serving", "optimize", "convert", "artifacts"]
+
+INTRO = """\
+# modelport benchmarks
+
+Every figure is a ratio to a baseline measured **in the same run on the same machine**
+(Keras in TensorFlow for inference, tf2onnx called directly for conversion, the unoptimized
+model for optimization, a plain local file copy for artifact transfer). Timings are taken
+after warm-up over repeated runs and reported as the median with min/max and p50/p90/p99.
+Absolute numbers depend on this machine; the ratios are what carry over.
+"""
+
+
+def section_key(stem: str) -> tuple[int, str]:
+    """Sort key: position of the section's family in SECTION_ORDER, then its name."""
+    for i, fam in enumerate(SECTION_ORDER):
+        if stem == fam or stem.startswith(fam + "_"):
+            return (i, "" if stem == fam else stem)
+    return (len(SECTION_ORDER), stem)
+
+
+def ordered_sections(results_dir: Path) -> list[Path]:
+    """The ``*.md`` sections in report order."""
+    return sorted(results_dir.glob("*.md"), key=lambda p: section_key(p.stem))
+
+
+_IMG_RE = re.compile(r"(!\[[^\]]*\]\()([^)\s]+)(\))")
+
+
+def rewrite_links(markdown: str, prefix: str) -> tuple[str, set[str]]:
+    """Point relative image links (``![x](plot.png)``) at ``prefix/plot.png``; return the new
+    text and the file names referenced."""
+    seen: set[str] = set()
+
+    def fix(m: re.Match) -> str:
+        target = m.group(2)
+        if re.match(r"^[a-z]+://", target) or target.startswith("/"):
+            return m.group(0)
+        name = target.rsplit("/", 1)[-1]
+        seen.add(name)
+        if "/" in target:  # already repo-relative (benchmarks/results/x.png) or similar
+            return m.group(0)
+        return f"{m.group(1)}{prefix}/{target}{m.group(3)}"
+
+    return _IMG_RE.sub(fix, markdown), seen
+
+
+def build_report(run: dict | None, results_dir: Path | None = None, info: dict | None = None) -> str:
+    """The full BENCHMARKS.md text. ``run`` is run_all's record (commands, statuses) or None."""
+    results_dir = Path(results_dir or common.RESULTS_DIR)
+    try:
+        prefix = results_dir.resolve().relative_to(common.REPO_ROOT).as_posix()
+    except ValueError:
+        prefix = results_dir.as_posix()
+    parts = [INTRO]
+
+    parts.append("## Machine and libraries\n\n" + common.system_info_markdown(info))
+
+    if run:
+        cmds = [f"    {run['command']}"]
+        lines = ["## How these numbers were produced\n",
+                 f"Suite command ({'quick' if run.get('quick') else 'full'} run, started "
+                 f"{run.get('started_utc', '?')}, {run.get('elapsed_s', 0) / 60:.1f} min in total):\n",
+                 "\n".join(cmds), "",
+                 "Each benchmark ran in its own process with a time bound:\n"]
+        rows = []
+        for r in run.get("benchmarks", []):
+            status = r["status"]
+            if status != "ok":
+                status = f"**{status}**" + (f" ({r['reason']})" if r.get("reason") else "")
+            rows.append([r["name"], f"`{r.get('command', '')}`", status, f"{r.get('elapsed_s', 0):.0f} s",
+                         ", ".join(r.get("sections_written", [])) or "—"])
+        lines.append(common.markdown_table(["benchmark", "command", "status", "time", "sections written"], rows))
+        failed = [r for r in run.get("benchmarks", []) if r["status"] != "ok"]
+        for r in failed:
+            lines.append(f"\n`{r['name']}` did not finish ({r['status']}); the end of its log "
+                         f"(`{r.get('log', '')}`):\n")
+            lines.append("```\n" + (r.get("log_tail") or r.get("reason", "")).strip() + "\n```")
+            lines.append("Any section of that name below is from an earlier run.")
+        parts.append("\n".join(lines))
+
+    sections = ordered_sections(results_dir)
+    if sections:
+        toc = ["## Contents\n"]
+        for p in sections:
+            title = _title(p)
+            toc.append(f"- [{title}](#{_anchor(title)})")
+        parts.append("\n".join(toc))
+
+    pngs = {p.name for p in results_dir.glob("*.png")}
+    referenced_all: set[str] = set()
+    bodies = []
+    for p in sections:
+        text, seen = rewrite_links(p.read_text(), prefix)
+        referenced_all |= seen
+        bodies.append((p, text.rstrip()))
+    # Plots nobody referenced: show each under the section whose name is its longest prefix.
+    extra: dict[Path, list[str]] = {}
+    for n in sorted(pngs - referenced_all):
+        owners = [p for p, _ in bodies if n.startswith(p.stem)]
+        if owners:
+            extra.setdefault(max(owners, key=lambda q: len(q.stem)), []).append(n)
+            referenced_all.add(n)
+    for p, text in bodies:
+        if extra.get(p):
+            text += "\n\n" + "\n\n".join(f"![{n}]({prefix}/{n})" for n in extra[p])
+        parts.append(text)
+    orphans = sorted(pngs - referenced_all)
+    if orphans:
+        parts.append("## Other plots\n\n" + "\n\n".join(f"![{n}]({prefix}/{n})" for n in orphans))
+    if not sections:
+        parts.append("## No results yet\n\nRun `make bench` to produce them.")
+    return "\n\n".join(parts).rstrip() + "\n"
+
+
+def _title(p: Path) -> str:
+    for line in p.read_text().splitlines():
+        if line.startswith("## "):
+            return line[3:].strip()
+    return p.stem
+
+
+def _anchor(title: str) -> str:
+    """GitHub's heading anchor: lowercase, punctuation dropped, spaces to dashes."""
+    a = title.strip().lower()
+    a = re.sub(r"[^\w\- ]", "", a)
+    return a.replace(" ", "-")
+
+
+def write_report(run: dict | None = None, out: Path | None = None) -> Path:
+    """Write BENCHMARKS.md at the repo root (or ``out``) and return its path."""
+    out = Path(out or common.REPO_ROOT / "BENCHMARKS.md")
+    out.write_text(build_report(run))
+    return out
+
+
+def main() -> int:
+    run_path = common.RESULTS_DIR / "run_all.json"
+    run = json.loads(run_path.read_text()) if run_path.is_file() else None
+    path = write_report(run)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Run every ``benchmarks/bench_*.py`` in its own subprocess with a time bound, then assemble
+``BENCHMARKS.md`` (``make bench`` runs this).
+
+    .venv/bin/python -m benchmarks.run_all            # full suite (< 30 min on 2 cores)
+    .venv/bin/python -m benchmarks.run_all --quick    # every benchmark in --quick mode
+    .venv/bin/python -m benchmarks.run_all --only artifacts serving
+
+A benchmark that fails or overruns its bound is reported as such (its log tail is kept under
+``benchmarks/results/logs/``) and the suite carries on with the next one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks import common, report
+
+BENCH_DIR = Path(__file__).resolve().parent
+
+#: Per-benchmark time bounds in seconds for a full run (``--quick`` uses QUICK_TIMEOUT).
+#: The sum stays under the 30-minute budget of ``make bench`` on 2 cores.
+TIMEOUTS = {
+    "convert": 300,
+    "optimize": 420,
+    "serving": 300,
+    "e2e": 420,
+    "artifacts": 240,
+}
+DEFAULT_TIMEOUT = 240
+QUICK_TIMEOUT = 120
+#: The whole suite's bound: a benchmark only gets the time that is left of it.
+SUITE_BUDGET_S = 29 * 60
+#: Run order: cheap and independent first, so a late overrun costs the least.
+RUN_ORDER = ["artifacts", "convert", "optimize", "serving", "e2e"]
+
+
+def discover(bench_dir: Path = BENCH_DIR) -> list[str]:
+    """Names ``X`` of every ``bench_X.py`` in run order (known ones first, then alphabetical)."""
+    names = sorted(p.stem[len("bench_"):] for p in bench_dir.glob("bench_*.py"))
+    known = [n for n in RUN_ORDER if n in names]
+    return known + [n for n in names if n not in known]
+
+
+def run_one(name: str, quick: bool, timeout: float, log_dir: Path) -> dict:
+    """Run ``python -m benchmarks.bench_<name> [--quick]`` in its own process group; kill the
+    group on timeout. Returns a status record."""
+    cmd = [sys.executable, "-m", f"benchmarks.bench_{name}"] + (["--quick"] if quick else [])
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    start = time.time()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=common.REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+        timed_out = False
+        try:
+            rc = proc.wait(timeout=max(timeout, 1))
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _kill_group(proc)
+            rc = proc.wait()
+    elapsed = time.time() - start
+    status = "ok" if rc == 0 else ("timeout" if timed_out else "failed")
+    produced = sorted(
+        p.name for p in common.RESULTS_DIR.glob(f"{name}*.md") if p.stat().st_mtime >= start - 1
+    ) if common.RESULTS_DIR.is_dir() else []
+    rec = {
+        "name": name,
+        "command": common.command_line([str(BENCH_DIR / f"bench_{name}.py")] + (["--quick"] if quick else [])),
+        "status": status,
+        "returncode": rc,
+        "elapsed_s": round(elapsed, 1),
+        "timeout_s": round(timeout, 1),
+        "sections_written": produced,
+        "log": str(log_path.relative_to(common.REPO_ROOT)),
+    }
+    if status != "ok":
+        rec["log_tail"] = _tail(log_path)
+    return rec
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the benchmark's own process group (it and the services it started), then SIGKILL."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Run every modelport benchmark and write BENCHMARKS.md.")
+    p.add_argument("--quick", action="store_true", help="run each benchmark with --quick")
+    p.add_argument("--only", nargs="*", default=None, metavar="NAME", help="run only these (e.g. artifacts e2e)")
+    p.add_argument("--skip", nargs="*", default=[], metavar="NAME", help="do not run these")
+    p.add_argument("--budget", type=float, default=SUITE_BUDGET_S, help="whole-suite time bound in seconds")
+    p.add_argument("--no-report", action="store_true", help="do not rewrite BENCHMARKS.md")
+    args = p.parse_args(argv)
+
+    names = discover()
+    if args.only:
+        unknown = sorted(set(args.only) - set(names))
+        if unknown:
+            p.error(f"no benchmarks/bench_<name>.py for {unknown}; available: {names}")
+        names = [n for n in names if n in args.only]
+    names = [n for n in names if n not in set(args.skip)]
+
+    suite_cmd = common.command_line()
+    suite_start = time.time()
+    records = []
+    for name in names:
+        left = args.budget - (time.time() - suite_start)
+        bound = QUICK_TIMEOUT if args.quick else TIMEOUTS.get(name, DEFAULT_TIMEOUT)
+        if left < 30:
+            records.append({"name": name, "status": "skipped", "elapsed_s": 0.0,
+                            "reason": f"suite budget of {args.budget:.0f}s used up"})
+            print(f"[run_all] {name}: skipped (suite budget used up)", flush=True)
+            continue
+        timeout = min(bound, left)
+        print(f"[run_all] {name}: running (bound {timeout:.0f}s)", flush=True)
+        rec = run_one(name, args.quick, timeout, common.RESULTS_DIR / "logs")
+        records.append(rec)
+        print(f"[run_all] {name}: {rec['status']} in {rec['elapsed_s']:.0f}s "
+              f"-> {', '.join(rec['sections_written']) or 'no section written'}", flush=True)
+        if rec["status"] != "ok":
+            print(rec.get("log_tail", ""), flush=True)
+
+    run = {
+        "command": suite_cmd,
+        "quick": args.quick,
+        "started_utc": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(suite_start)),
+        "elapsed_s": round(time.time() - suite_start, 1),
+        "benchmarks": records,
+    }
+    common.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    (common.RESULTS_DIR / "run_all.json").write_text(json.dumps(run, indent=2) + "\n")
+    if not args.no_report:
+        path = report.write_report(run)
+        print(f"[run_all] wrote {path.relative_to(common.REPO_ROOT)} ({run['elapsed_s']:.0f}s total)", flush=True)
+    return 0 if all(r["status"] == "ok" for r in records) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

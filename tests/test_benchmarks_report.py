@@ -1,0 +1,98 @@
+"""Fast tests of the report assembly and the suite runner's discovery/time bound."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `benchmarks` is a top-level folder
+from benchmarks import common, report, run_all  # noqa: E402
+
+INFO = {
+    "cpu": {"model": "Test CPU", "logical_cores": 2, "usable_cores": 2, "simd_flags": ["avx2"]},
+    "memory_gib": 24.0, "os": "Linux", "python": "3.11.7",
+    "libraries": {"onnxruntime": "1.32.0"}, "git_commit": "abc1234", "date_utc": "2026-01-01 00:00 UTC",
+}
+
+
+def _results(tmp_path: Path) -> Path:
+    d = tmp_path / "benchmarks" / "results"
+    d.mkdir(parents=True)
+    (d / "artifacts.md").write_text("## Artifact transfer\n\n![rss](artifacts_rss.png)\n")
+    (d / "serving.md").write_text("## Serving\n\ntext\n")
+    (d / "serving_batching.md").write_text("## Serving with batching\n")
+    (d / "e2e.md").write_text("## End to end\n\n![x](benchmarks/results/e2e_latency.png)\n")
+    (d / "zzz_custom.md").write_text("## Custom\n")
+    for png in ["artifacts_rss.png", "e2e_latency.png", "serving_concurrency.png",
+                "serving_batching_delay.png", "lonely.png"]:
+        (d / png).write_bytes(b"\x89PNG")
+    return d
+
+
+def test_sections_follow_the_fixed_order(tmp_path):
+    d = _results(tmp_path)
+    names = [p.stem for p in report.ordered_sections(d)]
+    assert names == ["e2e", "serving", "serving_batching", "artifacts", "zzz_custom"]
+
+
+def test_report_has_header_commands_sections_and_every_plot(tmp_path, monkeypatch):
+    d = _results(tmp_path)
+    monkeypatch.setattr(common, "REPO_ROOT", tmp_path)
+    run = {
+        "command": ".venv/bin/python -m benchmarks.run_all", "quick": False,
+        "started_utc": "2026-01-01 00:00:00 UTC", "elapsed_s": 600.0,
+        "benchmarks": [
+            {"name": "artifacts", "command": ".venv/bin/python -m benchmarks.bench_artifacts", "status": "ok",
+             "elapsed_s": 61.0, "sections_written": ["artifacts.md"]},
+            {"name": "serving", "command": ".venv/bin/python -m benchmarks.bench_serving", "status": "timeout",
+             "elapsed_s": 300.0, "sections_written": [], "log": "benchmarks/results/logs/serving.log",
+             "log_tail": "Traceback: stuck"},
+        ],
+    }
+    text = report.build_report(run, results_dir=d, info=INFO)
+    assert text.startswith("# modelport benchmarks")
+    assert "Test CPU" in text and "onnxruntime 1.32.0" in text
+    assert "`.venv/bin/python -m benchmarks.run_all`" in text or ".venv/bin/python -m benchmarks.run_all" in text
+    assert "| artifacts | `.venv/bin/python -m benchmarks.bench_artifacts` | ok | 61 s | artifacts.md |" in text
+    assert "**timeout**" in text and "Traceback: stuck" in text
+    # sections in order, after the header
+    order = [text.index(h) for h in ["## End to end", "## Serving\n", "## Serving with batching",
+                                     "## Artifact transfer", "## Custom"]]
+    assert order == sorted(order)
+    # relative image links now resolve from the repo root; repo-relative ones are kept
+    assert "![rss](benchmarks/results/artifacts_rss.png)" in text
+    assert text.count("benchmarks/results/e2e_latency.png") == 1
+    # unreferenced plots attach to the section with the longest matching name, others at the end
+    batching = text.index("## Serving with batching")
+    assert text.index("benchmarks/results/serving_batching_delay.png") > batching
+    assert text.index("benchmarks/results/serving_concurrency.png") < batching
+    assert text.index("## Other plots") < text.index("benchmarks/results/lonely.png")
+    assert "- [Artifact transfer](#artifact-transfer)" in text
+
+
+def test_report_without_results_says_how_to_make_them(tmp_path, monkeypatch):
+    d = tmp_path / "empty"
+    d.mkdir()
+    monkeypatch.setattr(common, "REPO_ROOT", tmp_path)
+    text = report.build_report(None, results_dir=d, info=INFO)
+    assert "Run `make bench`" in text
+
+
+def test_discover_runs_known_benchmarks_first(tmp_path):
+    for n in ["zeta", "e2e", "artifacts", "serving"]:
+        (tmp_path / f"bench_{n}.py").write_text("")
+    (tmp_path / "common.py").write_text("")
+    assert run_all.discover(tmp_path) == ["artifacts", "serving", "e2e", "zeta"]
+
+
+def test_full_suite_bounds_fit_the_30_minute_budget():
+    assert run_all.SUITE_BUDGET_S <= 30 * 60
+    assert all(t <= run_all.SUITE_BUDGET_S for t in run_all.TIMEOUTS.values())
+
+
+@pytest.mark.parametrize("title,anchor", [("Artifact transfer (2 GiB)", "artifact-transfer-2-gib"),
+                                          ("End-to-end: Keras vs ONNX", "end-to-end-keras-vs-onnx")])
+def test_anchor_matches_github(title, anchor):
+    assert report._anchor(title) == anchor
