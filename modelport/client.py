@@ -1,0 +1,391 @@
+"""modelport's Python SDK: one typed client over the three services (the CLI uses it too).
+
+    from modelport import Client
+    with Client(converter="localhost:50051", optimizer="localhost:50052", inference="localhost:8001") as mp:
+        report = mp.deploy("model.keras", name="digits", optimize=["auto"], eval="eval.npz")
+        outputs = mp.infer("digits", {"input": batch})      # dict name -> numpy array, both ways
+
+Bytes move once: ``upload`` stores a file in one service; every later call passes the returned
+``ArtifactRef`` whose ``origin`` lets the next service pull it. Failures raise ``ClientError``
+with the gRPC status code name and the server's message.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from modelport import media
+from modelport.dtypes import to_kserve, to_numpy_dtype
+from modelport.kserve.v2 import grpc_service_pb2 as kpb
+from modelport.kserve.v2 import grpc_service_pb2_grpc as kgrpc
+from modelport.runtime.artifacts import download_to_file, upload_requests
+from modelport.runtime.channels import ClientTLS, make_channel
+from modelport.v1 import (
+    artifacts_pb2,
+    artifacts_pb2_grpc,
+    converter_pb2,
+    converter_pb2_grpc,
+    jobs_pb2,
+    optimizer_pb2,
+    optimizer_pb2_grpc,
+    serving_pb2,
+    serving_pb2_grpc,
+)
+
+SERVICES = ("converter", "optimizer", "inference")
+DEFAULT_ADDRESSES = {"converter": "127.0.0.1:50051", "optimizer": "127.0.0.1:50052", "inference": "127.0.0.1:8001"}
+
+EventCallback = Callable[[jobs_pb2.JobEvent], None]
+
+
+class ClientError(Exception):
+    """A failed call: ``code`` is the gRPC status code name, ``message`` the server's reason."""
+
+    def __init__(self, code: str, message: str, *, service: str = "", details: Mapping[str, str] | None = None,
+                 parity: jobs_pb2.ParityReport | None = None):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.service = service
+        self.details = dict(details or {})
+        self.parity = parity
+
+    @classmethod
+    def from_rpc(cls, err: grpc.RpcError, service: str = "") -> ClientError:
+        code = err.code().name if callable(getattr(err, "code", None)) and err.code() else "UNKNOWN"
+        details = err.details() if callable(getattr(err, "details", None)) else str(err)
+        if code == "UNAVAILABLE" and service:
+            details = f"{details} (is the {service} service running? start all three with `modelport up`)"
+        return cls(code, details or "", service=service)
+
+
+def detect_media_type(path: str | os.PathLike) -> str:
+    """Best-effort media-type label from the content (the converter re-detects it anyway)."""
+    p = Path(path)
+    with open(p, "rb") as f:
+        head = f.read(512)
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return media.H5
+    if head[:2] == b"PK":
+        return media.NPZ if p.suffix == ".npz" else media.KERAS
+    if head[4:8] == b"TFL3":
+        return media.TFLITE
+    if p.suffix == ".onnx":
+        return media.ONNX
+    if p.suffix == ".tar":
+        return media.SAVEDMODEL
+    return media.OCTET
+
+
+def encode_inputs(inputs: Mapping[str, np.ndarray]) -> tuple[list, list[bytes]]:
+    """KServe input tensors + raw_input_contents for a dict of numpy arrays."""
+    try:  # the inference service's codec, when present, is the one mapping to trust
+        from modelport.kserve import codec  # type: ignore[attr-defined]
+    except ImportError:
+        codec = None
+    tensors, raws = [], []
+    for name, value in inputs.items():
+        arr = np.asarray(value)
+        datatype = to_kserve(arr.dtype)
+        if codec is not None and hasattr(codec, "to_raw"):
+            raw = codec.to_raw(arr)
+        elif datatype == "BYTES":
+            raw = b"".join(len(b).to_bytes(4, "little") + b
+                           for b in (x if isinstance(x, bytes) else str(x).encode() for x in arr.ravel()))
+        else:
+            raw = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+        tensors.append(kpb.ModelInferRequest.InferInputTensor(name=name, datatype=datatype, shape=list(arr.shape)))
+        raws.append(raw)
+    return tensors, raws
+
+
+def decode_outputs(resp: kpb.ModelInferResponse) -> dict[str, np.ndarray]:
+    """Dict name -> numpy array from a ModelInferResponse (raw or typed contents)."""
+    out: dict[str, np.ndarray] = {}
+    for i, t in enumerate(resp.outputs):
+        shape = tuple(int(d) for d in t.shape)
+        if i < len(resp.raw_output_contents):
+            raw = resp.raw_output_contents[i]
+            if t.datatype == "BYTES":
+                items, pos = [], 0
+                while pos < len(raw):
+                    n = int.from_bytes(raw[pos:pos + 4], "little")
+                    items.append(raw[pos + 4:pos + 4 + n])
+                    pos += 4 + n
+                out[t.name] = np.array(items, dtype=object).reshape(shape)
+            else:
+                dt = to_numpy_dtype(t.datatype).newbyteorder("<")
+                out[t.name] = np.frombuffer(raw, dtype=dt).reshape(shape).astype(dt.newbyteorder("="))
+            continue
+        c = t.contents
+        for fld in ("fp32_contents", "fp64_contents", "int_contents", "int64_contents", "uint_contents",
+                    "uint64_contents", "bool_contents", "bytes_contents"):
+            vals = getattr(c, fld)
+            if len(vals):
+                dt = np.dtype(object) if t.datatype == "BYTES" else to_numpy_dtype(t.datatype)
+                out[t.name] = np.array(list(vals), dtype=dt).reshape(shape)
+                break
+        else:
+            out[t.name] = np.zeros(shape, dtype=to_numpy_dtype(t.datatype))
+    return out
+
+
+@dataclass
+class ServiceStatus:
+    """Health of one service as its grpc.health.v1 reports it."""
+
+    service: str
+    address: str
+    status: str  # SERVING, NOT_SERVING, UNKNOWN, UNREACHABLE
+    message: str = ""
+    latency_ms: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "SERVING"
+
+
+@dataclass
+class Client:
+    """Typed client of the converter, optimizer and inference services.
+
+    Addresses default to the ports ``modelport up`` uses. ``tls`` (a ``ClientTLS``) and ``token``
+    (bearer token for mutating RPCs) apply to every service. ``timeout`` bounds each RPC (jobs
+    included), in seconds.
+    """
+
+    converter: str = DEFAULT_ADDRESSES["converter"]
+    optimizer: str = DEFAULT_ADDRESSES["optimizer"]
+    inference: str = DEFAULT_ADDRESSES["inference"]
+    tls: ClientTLS | None = None
+    token: str | None = None
+    timeout: float = 3600.0
+    _channels: dict = field(default_factory=dict, repr=False)
+
+    # ---- plumbing -------------------------------------------------------------------------
+    def address(self, service: str) -> str:
+        if service not in SERVICES:
+            raise ValueError(f"unknown service {service!r}; one of {', '.join(SERVICES)}")
+        return getattr(self, service)
+
+    def channel(self, service: str) -> grpc.Channel:
+        """The (cached) sync channel to one service."""
+        if service not in self._channels:
+            self._channels[service] = make_channel(self.address(service), tls=self.tls, token=self.token)
+        return self._channels[service]
+
+    def close(self) -> None:
+        for ch in self._channels.values():
+            ch.close()
+        self._channels.clear()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _call(self, service: str, fn, *args, **kwargs):
+        try:
+            return fn(*args, timeout=kwargs.pop("timeout", self.timeout), **kwargs)
+        except grpc.RpcError as e:
+            raise ClientError.from_rpc(e, service) from None
+
+    # ---- health ---------------------------------------------------------------------------
+    def status(self, services: Iterable[str] = SERVICES, timeout: float = 3.0) -> list[ServiceStatus]:
+        """grpc.health.v1 status of each service (UNREACHABLE when it does not answer)."""
+        out = []
+        for svc in services:
+            stub = health_pb2_grpc.HealthStub(self.channel(svc))
+            t0 = time.perf_counter()
+            try:
+                resp = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+                name = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+                out.append(ServiceStatus(svc, self.address(svc), name, "",
+                                         (time.perf_counter() - t0) * 1000))
+            except grpc.RpcError as e:
+                st = "UNREACHABLE" if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) \
+                    else e.code().name
+                out.append(ServiceStatus(svc, self.address(svc), st, e.details() or ""))
+        return out
+
+    def wait_ready(self, timeout: float = 60.0, services: Iterable[str] = SERVICES) -> None:
+        """Block until every service reports SERVING (ClientError UNAVAILABLE after ``timeout``)."""
+        services = list(services)
+        for svc in services:
+            try:
+                grpc.channel_ready_future(self.channel(svc)).result(timeout=timeout)
+            except grpc.FutureTimeoutError:
+                raise ClientError("UNAVAILABLE", f"{svc} at {self.address(svc)} did not come up in {timeout:.0f}s",
+                                  service=svc) from None
+        deadline = time.monotonic() + timeout
+        for svc in services:
+            stub = health_pb2_grpc.HealthStub(self.channel(svc))
+            for resp in stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=max(deadline - time.monotonic(), 0.1)):
+                if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                    break
+
+    # ---- artifacts ------------------------------------------------------------------------
+    def upload(self, path: str | os.PathLike, media_type: str | None = None,
+               service: str = "converter") -> artifacts_pb2.ArtifactRef:
+        """Store a local file in ``service``'s artifact store; the ref names that service as origin."""
+        path = Path(path)
+        if not path.is_file():
+            raise ClientError("INVALID_ARGUMENT", f"{path}: no such file", service=service)
+        stub = artifacts_pb2_grpc.ArtifactsStub(self.channel(service))
+        ref = self._call(service, stub.Upload, upload_requests(path, media_type or detect_media_type(path)))
+        if not ref.origin:
+            ref.origin = self.address(service)
+        return ref
+
+    def stat(self, digest: str, service: str = "converter") -> artifacts_pb2.ArtifactRef:
+        stub = artifacts_pb2_grpc.ArtifactsStub(self.channel(service))
+        return self._call(service, stub.Stat, artifacts_pb2.StatRequest(digest=digest))
+
+    def download(self, ref: artifacts_pb2.ArtifactRef | str, out: str | os.PathLike,
+                 service: str | None = None) -> Path:
+        """Write an artifact to ``out`` (atomically, digest verified) from ``service`` or the ref's origin."""
+        digest = ref if isinstance(ref, str) else ref.digest
+        if service is None:
+            origin = "" if isinstance(ref, str) else ref.origin
+            service = next((s for s in SERVICES if origin and self.address(s) == origin), "converter")
+        stub = artifacts_pb2_grpc.ArtifactsStub(self.channel(service))
+        try:
+            download_to_file(stub, digest, out, timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise ClientError.from_rpc(e, service) from None
+        return Path(out)
+
+    # ---- jobs -----------------------------------------------------------------------------
+    def _job(self, service: str, call, request, result_field: str, on_event: EventCallback | None):
+        error: jobs_pb2.JobError | None = None
+        result = None
+        try:
+            for ev in call(request, timeout=self.timeout):
+                if on_event is not None:
+                    on_event(ev)
+                which = ev.WhichOneof("outcome")
+                if which == result_field:
+                    result = getattr(ev, result_field)
+                elif which == "error":
+                    error = ev.error
+        except grpc.RpcError as e:
+            if error is not None:
+                raise ClientError(error.code or e.code().name, error.message, service=service,
+                                  details=error.details,
+                                  parity=error.parity if error.HasField("parity") else None) from None
+            raise ClientError.from_rpc(e, service) from None
+        if error is not None:
+            raise ClientError(error.code, error.message, service=service, details=error.details)
+        if result is None:
+            raise ClientError("INTERNAL", f"the {service} job stream ended without a result", service=service)
+        return result
+
+    def convert(self, source: artifacts_pb2.ArtifactRef | str | os.PathLike, target: str = "onnx", *,
+                opset: int = 0, parity_samples: artifacts_pb2.ArtifactRef | None = None, num_samples: int = 0,
+                rtol: float = 0.0, atol: float = 0.0, allow_mismatch: bool = False,
+                trust_remote_code: bool = False, fixed_batch_size: int = 0,
+                on_event: EventCallback | None = None) -> jobs_pb2.ConvertResult:
+        """Convert a model (a ref, or a local path uploaded first) to ``target``; returns the result."""
+        if not isinstance(source, artifacts_pb2.ArtifactRef):
+            source = self.upload(source, service="converter")
+        parity = converter_pb2.ParityOptions(num_samples=num_samples, rtol=rtol, atol=atol,
+                                             allow_mismatch=allow_mismatch)
+        if parity_samples is not None:
+            parity.samples.CopyFrom(parity_samples)
+        req = converter_pb2.ConvertRequest(source=source, target_format=target, opset=opset, parity=parity,
+                                           trust_remote_code=trust_remote_code, fixed_batch_size=fixed_batch_size)
+        stub = converter_pb2_grpc.ConverterStub(self.channel("converter"))
+        return self._job("converter", stub.Convert, req, "convert_result", on_event)
+
+    def inspect(self, artifact: artifacts_pb2.ArtifactRef | str | os.PathLike,
+                trust_remote_code: bool = False) -> jobs_pb2.ModelInfo:
+        """What a model is: format, inputs, outputs, opset, size, parameter count."""
+        if not isinstance(artifact, artifacts_pb2.ArtifactRef):
+            artifact = self.upload(artifact, service="converter")
+        stub = converter_pb2_grpc.ConverterStub(self.channel("converter"))
+        return self._call("converter", stub.Inspect,
+                          converter_pb2.InspectRequest(artifact=artifact, trust_remote_code=trust_remote_code))
+
+    def optimize(self, model: artifacts_pb2.ArtifactRef | str | os.PathLike, techniques: Iterable[str] = ("auto",), *,
+                 goal: str = "latency", max_accuracy_drop: float = 0.01, relative: bool = False,
+                 calibration_data: artifacts_pb2.ArtifactRef | None = None,
+                 train_data: artifacts_pb2.ArtifactRef | None = None,
+                 eval_data: artifacts_pb2.ArtifactRef | None = None, execution_provider: str = "auto",
+                 threads: int = 0, options: Mapping[str, str] | None = None, output_format: str = "",
+                 on_event: EventCallback | None = None) -> jobs_pb2.OptimizeResult:
+        """Optimize a model (ONNX or Keras ref, or a local path) with techniques or ``auto``."""
+        if not isinstance(model, artifacts_pb2.ArtifactRef):
+            model = self.upload(model, service="optimizer")
+        goals = {"latency": optimizer_pb2.GOAL_LATENCY, "size": optimizer_pb2.GOAL_SIZE}
+        if goal not in goals:
+            raise ValueError(f"goal must be latency or size, not {goal!r}")
+        req = optimizer_pb2.OptimizeRequest(
+            model=model, techniques=list(techniques), goal=goals[goal],
+            budget=optimizer_pb2.AccuracyBudget(max_drop=max_accuracy_drop, relative=relative),
+            execution_provider=execution_provider, threads=threads, options=dict(options or {}),
+            output_format=output_format)
+        for fld, ref in (("calibration_data", calibration_data), ("train_data", train_data), ("eval_data", eval_data)):
+            if ref is not None:
+                getattr(req, fld).CopyFrom(ref)
+        stub = optimizer_pb2_grpc.OptimizerStub(self.channel("optimizer"))
+        return self._job("optimizer", stub.Optimize, req, "optimize_result", on_event)
+
+    # ---- serving --------------------------------------------------------------------------
+    def load_model(self, name: str, model: artifacts_pb2.ArtifactRef, *, version: str = "",
+                   execution_provider: str = "auto", batching: serving_pb2.BatchingConfig | None = None,
+                   keep_versions: int = 0, intra_op_threads: int = 0) -> serving_pb2.LoadModelResponse:
+        """Load an ONNX artifact into the inference service under ``name``."""
+        req = serving_pb2.LoadModelRequest(name=name, version=version, model=model,
+                                           execution_provider=execution_provider, keep_versions=keep_versions,
+                                           intra_op_threads=intra_op_threads)
+        if batching is not None:
+            req.batching.CopyFrom(batching)
+        stub = serving_pb2_grpc.ModelControlStub(self.channel("inference"))
+        return self._call("inference", stub.LoadModel, req)
+
+    def unload_model(self, name: str, version: str = "") -> None:
+        stub = serving_pb2_grpc.ModelControlStub(self.channel("inference"))
+        self._call("inference", stub.UnloadModel, serving_pb2.UnloadModelRequest(name=name, version=version))
+
+    def list_models(self) -> list[serving_pb2.ServedModel]:
+        """Every model version the inference service holds, with state and provider."""
+        stub = serving_pb2_grpc.ModelControlStub(self.channel("inference"))
+        return list(self._call("inference", stub.ListModels, serving_pb2.ListModelsRequest()).models)
+
+    def model_metadata(self, name: str, version: str = "") -> kpb.ModelMetadataResponse:
+        stub = kgrpc.GRPCInferenceServiceStub(self.channel("inference"))
+        return self._call("inference", stub.ModelMetadata, kpb.ModelMetadataRequest(name=name, version=version))
+
+    def infer(self, name: str, inputs: Mapping[str, np.ndarray], *, version: str = "",
+              outputs: Iterable[str] = (), timeout: float | None = None) -> dict[str, np.ndarray]:
+        """Run the model: dict input name -> array in, dict output name -> array out."""
+        tensors, raws = encode_inputs(inputs)
+        req = kpb.ModelInferRequest(model_name=name, model_version=version, inputs=tensors,
+                                    raw_input_contents=raws,
+                                    outputs=[kpb.ModelInferRequest.InferRequestedOutputTensor(name=o) for o in outputs])
+        stub = kgrpc.GRPCInferenceServiceStub(self.channel("inference"))
+        resp = self._call("inference", stub.ModelInfer, req, timeout=timeout or self.timeout)
+        return decode_outputs(resp)
+
+    def deploy(self, model: str | os.PathLike | None = None, *, spec=None, progress=None, **options):
+        """Run the deploy pipeline (upload → convert → optimize → verify → load → smoke test).
+
+        Pass a ``modelport.pipeline.DeploySpec`` as ``spec``, or the model path plus the same
+        options as keyword arguments (``name``, ``optimize``, ``calib``, ``eval``, ...). Returns a
+        ``DeployReport``; raises ``modelport.pipeline.StageFailed`` naming the failing stage.
+        """
+        from modelport.pipeline import DeploySpec, run_pipeline
+
+        if spec is None:
+            spec = DeploySpec(model=model, **options)
+        return run_pipeline(self, spec, progress=progress)
+
