@@ -39,12 +39,7 @@ def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),) if token else ()
 
 
-class _AuthAio(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamUnaryClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
-):
+class _AuthAioBase:
     def __init__(self, token: str):
         self._md = auth_metadata(token)
 
@@ -52,17 +47,34 @@ class _AuthAio(
         md = tuple(d.metadata or ()) + self._md
         return d._replace(metadata=grpc.aio.Metadata(*md)) if hasattr(d, "_replace") else d
 
+
+# grpc.aio files an interceptor under the FIRST of the four interfaces it implements (an
+# if/elif chain), so one class implementing all four would only ever see unary-unary calls:
+# one class per call kind.
+class _AuthAioUnaryUnary(_AuthAioBase, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation, d, request):
         return await continuation(self._details(d), request)
 
+
+class _AuthAioUnaryStream(_AuthAioBase, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation, d, request):
         return await continuation(self._details(d), request)
 
+
+class _AuthAioStreamUnary(_AuthAioBase, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(self, continuation, d, request_iterator):
         return await continuation(self._details(d), request_iterator)
 
+
+class _AuthAioStreamStream(_AuthAioBase, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(self, continuation, d, request_iterator):
         return await continuation(self._details(d), request_iterator)
+
+
+def _auth_aio(token: str) -> list:
+    """Interceptors that add the bearer token to every kind of grpc.aio call."""
+    return [cls(token) for cls in (_AuthAioUnaryUnary, _AuthAioUnaryStream, _AuthAioStreamUnary,
+                                   _AuthAioStreamStream)]
 
 
 class _AuthSync(
@@ -115,7 +127,7 @@ def make_channel(
     if tls is not None and tls.server_name:
         opts.append(("grpc.ssl_target_name_override", tls.server_name))
     if aio:
-        interceptors = [_AuthAio(token)] if token else None
+        interceptors = _auth_aio(token) if token else None
         if tls is not None:
             return grpc.aio.secure_channel(address, tls.credentials(), options=opts, interceptors=interceptors)
         return grpc.aio.insecure_channel(address, options=opts, interceptors=interceptors)

@@ -50,7 +50,11 @@ def _check_auth(token: str | None, metadata) -> None:
         )
     scheme, _, given = auth.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-        raise _Abort(grpc.StatusCode.PERMISSION_DENIED, "the bearer token is not valid for this service")
+        raise _Abort(
+            grpc.StatusCode.PERMISSION_DENIED,
+            "the bearer token is not valid for this service; send the token the service was started "
+            "with (its --auth-token / MODELPORT_<SERVICE>_AUTH_TOKEN) as 'authorization: Bearer <token>'",
+        )
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):

@@ -21,7 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from modelport.runtime.artifacts import ArtifactsServicer
-from modelport.runtime.channels import make_channel
+from modelport.runtime.channels import ClientTLS, make_channel
 from modelport.runtime.interceptors import ServiceInterceptor
 from modelport.runtime.logs import setup_logging
 from modelport.runtime.settings import ServiceSettings, parse_settings
@@ -71,8 +71,16 @@ class Service:
         """Release resources after the server stopped."""
 
     def channel(self, address: str):
-        """A grpc.aio channel to another service (used for artifact pulls)."""
-        return make_channel(address, aio=True)
+        """A grpc.aio channel to another service (used for artifact pulls).
+
+        TLS when ``tls_peer_ca`` is set; our own certificate goes along for peers under mTLS.
+        """
+        s = self.settings
+        tls = None
+        if s.tls_peer_ca:
+            tls = ClientTLS(ca=s.tls_peer_ca, cert=s.tls_cert, key=s.tls_key) if s.tls_cert and s.tls_key \
+                else ClientTLS(ca=s.tls_peer_ca)
+        return make_channel(address, aio=True, tls=tls)
 
 
 @dataclass
@@ -117,9 +125,12 @@ def server_options(settings: ServiceSettings) -> list[tuple[str, int]]:
 def server_credentials(settings: ServiceSettings) -> grpc.ServerCredentials | None:
     """TLS (and mTLS when tls_client_ca is set) credentials, or None for plaintext."""
     if not settings.tls_cert and not settings.tls_key:
+        if settings.tls_client_ca:
+            # Never fall back to plaintext when the operator asked for client certificates.
+            raise ValueError("tls_client_ca (mTLS) needs a server certificate too: set --tls-cert and --tls-key")
         return None
     if not (settings.tls_cert and settings.tls_key):
-        raise ValueError("TLS needs both tls_cert and tls_key")
+        raise ValueError("TLS needs both --tls-cert and --tls-key (PEM files); set both, or neither for plaintext")
     key, cert = settings.tls_key.read_bytes(), settings.tls_cert.read_bytes()
     ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)

@@ -45,6 +45,9 @@ class ServiceSettings(BaseSettings):
     """PEM private key for tls_cert."""
     tls_client_ca: Path | None = None
     """PEM CA bundle; when set, clients must present a certificate it signed (mTLS)."""
+    tls_peer_ca: Path | None = None
+    """PEM CA that signed the other services' certificates; when set, artifact pulls from peers use
+    TLS and present tls_cert/tls_key as the client certificate (for peers that require mTLS)."""
     auth_token: str | None = Field(default=None, repr=False)
     """Bearer token required on mutating RPCs (upload, convert, optimize, load, unload)."""
     advertise_address: str = ""
