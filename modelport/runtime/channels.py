@@ -1,7 +1,11 @@
-"""Client channels with modelport's defaults: big messages, optional TLS/mTLS, bearer token."""
+"""Client channels with modelport's defaults: big messages, optional TLS/mTLS, bearer token,
+and client-side load balancing with retries over several replicas."""
 
 from __future__ import annotations
 
+import ipaddress
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,6 +113,80 @@ class _CallDetails(grpc.ClientCallDetails):
         self.credentials, self.wait_for_ready, self.compression = credentials, wait_for_ready, compression
 
 
+KSERVE_SERVICE = "inference.GRPCInferenceService"
+
+
+def balanced_target(addresses: Sequence[str] | str) -> str:
+    """A gRPC target that resolves to every replica, for client-side load balancing.
+
+    ``["10.0.0.5:8001", "10.0.0.6:8001"]`` -> ``ipv4:10.0.0.5:8001,10.0.0.6:8001`` (likewise
+    ``ipv6:`` for bracketed IPv6). A single host name becomes ``dns:///name:port``, which yields
+    every A/AAAA record (a Kubernetes headless Service). A comma-separated string is accepted.
+    """
+    if isinstance(addresses, str):
+        addresses = [a.strip() for a in addresses.split(",") if a.strip()]
+    if not addresses:
+        raise ValueError("no address given: pass host:port, or several IP:port for client-side balancing")
+    if len(addresses) == 1 and addresses[0].startswith(("dns:", "ipv4:", "ipv6:", "unix:")):
+        return addresses[0]  # already a gRPC target
+    families = set()
+    for addr in addresses:
+        host = addr.rsplit(":", 1)[0].strip("[]")
+        try:
+            families.add(ipaddress.ip_address(host).version)
+        except ValueError:
+            families.add("dns")
+    if families == {4}:
+        return "ipv4:" + ",".join(addresses)
+    if families == {6}:
+        return "ipv6:" + ",".join(addresses)
+    if families == {"dns"} and len(addresses) == 1:
+        return f"dns:///{addresses[0]}"
+    raise ValueError(
+        f"cannot balance over {list(addresses)}: give IP:port addresses of one family, "
+        "or one DNS name whose records list the replicas (e.g. a headless Service)"
+    )
+
+
+def service_config(*, load_balancing: str = "round_robin", retry_services: Sequence[str] = (KSERVE_SERVICE,),
+                   max_attempts: int = 5, initial_backoff_s: float = 0.05, max_backoff_s: float = 1.0,
+                   retry_codes: Sequence[str] = ("UNAVAILABLE",)) -> str:
+    """gRPC service-config JSON: a load-balancing policy plus a retry policy for ``retry_services``.
+
+    Retrying on UNAVAILABLE is safe for inference (ModelInfer has no side effect) and is what
+    makes a replica that drains or dies invisible to callers: the retry goes to another replica.
+    Do not list services with non-idempotent methods (uploads, jobs) here.
+    """
+    cfg: dict = {"loadBalancingConfig": [{load_balancing: {}}]}
+    if retry_services:
+        cfg["methodConfig"] = [{
+            "name": [{"service": s} for s in retry_services],
+            "retryPolicy": {
+                "maxAttempts": max_attempts,
+                "initialBackoff": f"{initial_backoff_s}s",
+                "maxBackoff": f"{max_backoff_s}s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": list(retry_codes),
+            },
+        }]
+    return json.dumps(cfg)
+
+
+def balanced_options(*, retry_buffer_mb: int = 64, **config) -> list[tuple[str, object]]:
+    """Channel options for round_robin + retries (``config`` goes to ``service_config``).
+
+    gRPC only retries a call whose request still fits its retry buffer (256 KiB per call by
+    default), so the buffer is raised to fit inference requests with real tensors.
+    """
+    buffer = retry_buffer_mb * 1024 * 1024
+    return [
+        ("grpc.service_config", service_config(**config)),
+        ("grpc.enable_retries", 1),
+        ("grpc.per_rpc_retry_buffer_size", buffer),
+        ("grpc.retry_buffer_size", buffer * 4),
+    ]
+
+
 def make_channel(
     address: str,
     *,
@@ -120,8 +198,9 @@ def make_channel(
     """Open a channel (sync or grpc.aio) with big-message options, TLS and a bearer token.
 
     ``address`` may also be a gRPC target with several addresses for client-side load
-    balancing, e.g. ``ipv4:127.0.0.1:8001,127.0.0.1:8011`` with
-    ``options=[("grpc.lb_policy_name", "round_robin")]``.
+    balancing: ``make_channel(balanced_target(["127.0.0.1:8001", "127.0.0.1:8011"]),
+    options=balanced_options())`` spreads calls round-robin and retries UNAVAILABLE inference
+    calls on another replica.
     """
     opts = channel_options() + list(options or [])
     if tls is not None and tls.server_name:
