@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 
 from modelport.runtime.server import run_service
-
 from optimizer_svc.service import OptimizerService
 from optimizer_svc.settings import OptimizerSettings
 

@@ -14,3 +14,11 @@ class OptimizerSettings(ServiceSettings):
 
     port: int = 50052
     """gRPC port (0 picks a free one)."""
+    max_concurrent_jobs: int = 1
+    """Optimize jobs running at once (each in its own worker process); the rest queue."""
+    job_timeout_s: float = 1800.0
+    """Per-job wall-clock limit; a job past it is stopped with DEADLINE_EXCEEDED."""
+    warm_workers: int = 1
+    """Worker processes started before the service turns SERVING."""
+    max_jobs_per_worker: int = 1
+    """Jobs a worker runs before it is replaced (TensorFlow/TFMOT memory goes back to the system)."""

@@ -1,0 +1,307 @@
+"""The Optimize job, run in a worker process: load, build each candidate, measure, rank, store.
+
+``optimize_job(progress, store_root, request, origin)`` takes the serialized OptimizeRequest
+(every referenced artifact already in the local store) and returns a serialized OptimizeResult.
+Stages reported: loading, optimizing:<technique>, measuring, storing. A technique that fails
+becomes a candidate with a note; the job fails only on a bad request (InvalidArgument) or when
+every explicitly requested technique failed. The worker runs with ``TF_USE_LEGACY_KERAS=1`` so
+TFMOT works; TensorFlow is imported only for Keras inputs. This module never imports grpc.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from modelport import media
+from modelport.datasets import load_npz, validate_samples
+from modelport.errors import FailedPrecondition, InvalidArgument, ModelportError
+from modelport.store import ArtifactStore
+from modelport.v1 import artifacts_pb2, jobs_pb2, optimizer_pb2
+from optimizer_svc import measure as M
+from optimizer_svc import onnx_techniques as OT
+from optimizer_svc import select
+from optimizer_svc.techniques import KERAS_TECHNIQUES, TFLITE_TECHNIQUES, parse_options, plan
+
+log = logging.getLogger("modelport.optimizer.job")
+
+GOALS = {optimizer_pb2.GOAL_UNSPECIFIED: "latency", optimizer_pb2.GOAL_LATENCY: "latency",
+         optimizer_pb2.GOAL_SIZE: "size"}
+
+
+def sniff_format(path: Path) -> str:
+    """onnx | keras (a .keras zip or an HDF5 file); InvalidArgument for anything else."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return "keras"
+    if len(head) >= 8 and head[4:8] == b"TFL3":
+        raise InvalidArgument("the model is a TFLite flatbuffer; optimize the Keras or ONNX model it was made from "
+                              "(TFLite output: techniques tflite-dynamic, tflite-fp16, tflite-int8)")
+    import onnx
+
+    try:
+        onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - anything unreadable is the user's input problem
+        raise InvalidArgument("the model is neither ONNX nor a Keras .keras/.h5 file; convert it to ONNX first "
+                              "(Converter.Convert) or upload the Keras model") from None
+    return "onnx"
+
+
+class _Spec:
+    """A TensorSpec lookalike for modelport.datasets.validate_samples."""
+
+    def __init__(self, name: str, dtype: str, shape: list[int]):
+        self.name, self.dtype, self.shape = name, dtype, shape
+
+
+def onnx_input_specs(path: Path) -> list[_Spec]:
+    import onnx
+    from onnx import helper
+
+    m = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in m.graph.initializer}
+    specs = []
+    for vi in m.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        dtype = helper.tensor_dtype_to_np_dtype(tt.elem_type).name
+        shape = [d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim]
+        specs.append(_Spec(vi.name, dtype, shape))
+    return specs
+
+
+def load_dataset(path: Path | None, specs: list[_Spec], role: str) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Inputs (validated against the model) and optional ``y`` labels of one NPZ dataset."""
+    if path is None:
+        return {}, None
+    try:
+        arrays = load_npz(path)
+        labels = arrays.pop("y", None)
+        inputs = validate_samples(arrays, specs)
+    except InvalidArgument as e:
+        raise InvalidArgument(f"{role}: {e.message}", e.details) from None
+    n = next(iter(inputs.values())).shape[0]
+    if labels is not None:
+        if labels.ndim == 0 or labels.shape[0] != n:
+            raise InvalidArgument(f"{role}: array 'y' has shape {tuple(labels.shape)} but the inputs have {n} samples; "
+                                  f"'y' needs shape ({n},) (class ids) or ({n}, classes)")
+        if labels.dtype.kind not in "iufb":
+            raise InvalidArgument(f"{role}: array 'y' has dtype {labels.dtype} but must be numeric (int class ids "
+                                  "or float targets)")
+    return inputs, labels
+
+
+def _ref(store: ArtifactStore, path: Path, media_type: str, origin: str) -> artifacts_pb2.ArtifactRef:
+    art = store.put_file(path, media_type)
+    return artifacts_pb2.ArtifactRef(digest=art.digest, size=art.size, media_type=art.media_type, origin=origin)
+
+
+def _report(technique: str, fmt: str, m: M.Measurement, details: dict[str, str]) -> jobs_pb2.CandidateReport:
+    c = jobs_pb2.CandidateReport(
+        technique=technique, format=fmt, size_bytes=m.size_bytes, gzip_size_bytes=m.gzip_size_bytes,
+        latency_p50_ms=m.latency_p50_ms, latency_p90_ms=m.latency_p90_ms, accuracy=m.accuracy,
+        agreement=m.agreement, max_abs_diff=m.max_abs_diff)
+    c.details.update(m.details)
+    c.details.update({k: str(v) for k, v in details.items()})
+    return c
+
+
+def _failed(technique: str, status: str, note: str) -> jobs_pb2.CandidateReport:
+    c = jobs_pb2.CandidateReport(technique=technique, accuracy=math.nan, agreement=math.nan,
+                                 max_abs_diff=math.nan, note=note)
+    c.details["status"] = status
+    return c
+
+
+def optimize_job(progress, store_root: str, request: bytes, origin: str = "") -> bytes:
+    """Worker entry point (see the module docstring)."""
+    req = optimizer_pb2.OptimizeRequest()
+    req.ParseFromString(request)
+    store = ArtifactStore(store_root)
+    work = Path(tempfile.mkdtemp(prefix="optimize-", dir=store.tmp_dir))
+    try:
+        return _optimize(progress, store, req, origin, work).SerializeToString()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _optimize(progress, store: ArtifactStore, req: optimizer_pb2.OptimizeRequest, origin: str,
+              work: Path) -> optimizer_pb2.OptimizeResult:
+    t_start = time.monotonic()
+    opts = parse_options(dict(req.options))
+    goal = GOALS.get(req.goal, "latency")
+    out_format = (req.output_format or "onnx").lower()
+    if out_format not in ("onnx", "tflite"):
+        raise InvalidArgument(f"output_format {req.output_format!r} is not supported; use onnx or tflite")
+    progress("loading", 0.01, "reading the model")
+    model_path = store.path(req.model.digest)
+    fmt = sniff_format(model_path)
+
+    def data_path(ref):
+        return store.path(ref.digest) if ref.digest else None
+
+    cal_p, train_p, eval_p = data_path(req.calibration_data), data_path(req.train_data), data_path(req.eval_data)
+    the_plan = plan(list(req.techniques), fmt, has_train=train_p is not None,
+                    has_inputs=any(p is not None for p in (cal_p, train_p, eval_p)),
+                    has_student=bool(req.student.digest))
+
+    source = None
+    if fmt == "keras":
+        from modelport.conversion.onnx_export import keras_model_to_onnx
+        from optimizer_svc.keras_techniques import KerasSource
+
+        progress("loading", 0.03, "loading the Keras model as tf-keras (TFMOT needs it)")
+        source = KerasSource(model_path, work / "source")
+        baseline_path = work / "baseline.onnx"
+        progress("loading", 0.06, "converting the Keras model to ONNX (the baseline)")
+        keras_model_to_onnx(source.model, baseline_path)
+    else:
+        baseline_path = model_path
+    specs = onnx_input_specs(baseline_path)
+    input_names = [s.name for s in specs]
+    cal_x, _ = load_dataset(cal_p, specs, "calibration_data")
+    train_x, train_y = load_dataset(train_p, specs, "train_data")
+    eval_x, eval_y = load_dataset(eval_p, specs, "eval_data")
+    if not eval_x:  # agreement with the baseline on whatever inputs we have
+        eval_x = cal_x or train_x
+        if not eval_x:
+            from modelport.datasets import generate_inputs
+
+            eval_x = generate_inputs(specs, num_samples=64, seed=0)
+    rep_x = cal_x or train_x or eval_x
+
+    from modelport.providers import choose
+
+    choice = choose(req.execution_provider or "cpu")
+    providers = choice.providers
+    threads = max(0, int(req.threads))
+    mopts = dict(warmup=int(opts["measure.warmup"]), repeats=int(opts["measure.repeats"]),
+                 batch_size=int(opts["measure.batch_size"]))
+
+    progress("measuring", 0.08, "measuring the baseline")
+    base_run = M.onnx_runner(baseline_path, providers, threads)
+    bm = M.measure(baseline_path, base_run, eval_x, eval_y, None, **mopts)
+    reference = bm.outputs
+    baseline = _report("baseline", "onnx", bm, {"input_format": fmt, "execution_provider": choice.primary,
+                                                 "threads": str(threads or "default")})
+    baseline.agreement, baseline.max_abs_diff = 1.0, 0.0
+    baseline.details["cosine"] = "1.000000"
+    if choice.warnings:
+        baseline.note = "; ".join(choice.warnings)
+    if fmt == "onnx":
+        baseline.artifact.CopyFrom(req.model)
+
+    candidates: list[jobs_pb2.CandidateReport] = [_failed(t, "skipped", why) for t, why in the_plan.skipped]
+    built: dict[str, Path] = {}
+    n = len(the_plan.run)
+    train = None
+    if train_x:
+        from optimizer_svc.keras_techniques import TrainSet
+
+        train = TrainSet([train_x[k] for k in input_names], train_y)
+    for i, tech in enumerate(the_plan.run):
+        frac = 0.1 + 0.8 * i / max(n, 1)
+        progress(f"optimizing:{tech}", frac, f"building the {tech} candidate ({i + 1}/{n})")
+        t0 = time.monotonic()
+        try:
+            path, cfmt, details = _build(tech, baseline_path, work, opts, rep_x, input_names, source, train,
+                                         store.path(req.student.digest) if req.student.digest else None,
+                                         out_format)
+            progress("measuring", frac + 0.6 / max(n, 1), f"measuring {tech}")
+            run = (M.onnx_runner(path, providers, threads) if cfmt == "onnx"
+                   else M.tflite_runner(path, input_names, threads))
+            m = M.measure(path, run, eval_x, eval_y, reference, **mopts)
+            details["build_seconds"] = f"{time.monotonic() - t0:.1f}"
+            c = _report(tech, cfmt, m, details)
+            built[tech] = path
+        except ModelportError as e:
+            c = _failed(tech, "failed", f"failed: {e.message}")
+        except Exception as e:  # noqa: BLE001 - one technique's failure must not sink the job
+            log.exception("technique %s failed", tech)
+            c = _failed(tech, "failed", f"failed: {type(e).__name__}: {str(e)[:300]}")
+        candidates.append(c)
+
+    if not the_plan.auto and the_plan.run and not built:
+        raise FailedPrecondition("every requested technique failed: " +
+                                 "; ".join(f"{c.technique}: {c.note}" for c in candidates if c.note))
+    ranked, chosen, reason = select.rank(
+        baseline, candidates, goal=goal, max_drop=req.budget.max_drop, relative=req.budget.relative,
+        auto=the_plan.auto, min_gain=float(opts["auto.min_gain"]) if the_plan.auto else 0.0)
+
+    progress("storing", 0.95, "storing the candidates")
+    for c in ranked:
+        if c.technique in built:
+            c.artifact.CopyFrom(_ref(store, built[c.technique], media.BY_FORMAT[c.format], origin))
+    if fmt == "keras":
+        baseline.artifact.CopyFrom(_ref(store, baseline_path, media.ONNX, origin))
+    elif not baseline.artifact.origin:
+        baseline.artifact.origin = origin
+    result = jobs_pb2.OptimizeResult()
+    result.baseline.CopyFrom(baseline)
+    result.candidates.extend(ranked)
+    result.chosen_technique = chosen.technique
+    result.artifact.CopyFrom(chosen.artifact)
+    result.reason = reason + f" ({time.monotonic() - t_start:.0f}s)"
+    return result
+
+
+def _build(tech: str, baseline: Path, work: Path, opts: dict, rep_x: dict[str, np.ndarray], input_names: list[str],
+           source, train, student: Path | None, out_format: str) -> tuple[Path, str, dict[str, str]]:
+    """Build one candidate; returns (file, format, details)."""
+    out = work / f"{tech.replace(':', '_')}.onnx"
+    if tech == "graph":
+        return out, "onnx", OT.graph_optimize(baseline, out, str(opts["graph.level"]))
+    if tech == "fp16":
+        return out, "onnx", OT.fp16(baseline, out)
+    if tech == "int8-dynamic":
+        return out, "onnx", OT.int8_dynamic(baseline, out, bool(opts["int8-dynamic.per_channel"]))
+    if tech == "int8-static":
+        return out, "onnx", OT.int8_static(baseline, out, rep_x, str(opts["int8-static.method"]),
+                                           bool(opts["int8-static.per_channel"]), int(opts["int8-static.samples"]))
+    from optimizer_svc import keras_techniques as KT
+
+    if tech in TFLITE_TECHNIQUES:
+        mode = tech.split("-", 1)[1]
+        tfl = out.with_suffix(".tflite")
+        d = KT.to_tflite(source.fresh(), tfl, mode, [rep_x[k] for k in input_names], int(opts["int8-static.samples"]))
+        d.update(KT.tflite_int8_facts(tfl))
+        return tfl, "tflite", d
+    assert tech in KERAS_TECHNIQUES
+    if tech == "distill":
+        model, d = KT.distill(source, train, opts, student, work)
+    else:
+        fn = {"prune": KT.prune, "prune-2:4": KT.prune_2_4, "cluster": KT.cluster, "qat": KT.qat}[tech]
+        model, d = fn(source, train, opts)
+    if out_format == "tflite":
+        tfl = out.with_suffix(".tflite")
+        d.update(KT.to_tflite(model, tfl, "float"))
+        return tfl, "tflite", d
+    from modelport.conversion.onnx_export import keras_model_to_onnx
+
+    keras_model_to_onnx(model, out)
+    d.update(_onnx_weight_facts(out))
+    return out, "onnx", d
+
+
+def _onnx_weight_facts(path: Path) -> dict[str, str]:
+    """Zero fraction and the most distinct values of the exported weight matrices/kernels."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(path))
+    arrays = [numpy_helper.to_array(t) for t in m.graph.initializer if len(t.dims) >= 2]
+    arrays = [a for a in arrays if a.dtype.kind == "f" and a.size >= 16]
+    if not arrays:
+        return {}
+    zeros = sum(int((a == 0).sum()) for a in arrays)
+    total = sum(a.size for a in arrays)
+    return {"onnx_weight_sparsity": f"{zeros / total:.4f}",
+            "onnx_max_unique_per_weight": str(max(len(np.unique(a)) for a in arrays))}

@@ -1,0 +1,188 @@
+"""Measure a model candidate: size, gzip size, latency p50/p90 and quality against labels/baseline.
+
+ONNX candidates run on onnxruntime with the requested execution provider and thread count
+(``modelport.providers``); TFLite candidates on the TFLite interpreter. Every candidate of a job
+is measured in the same process as the baseline, on the same inputs, so ratios are fair.
+This module never imports grpc.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
+
+
+@dataclass
+class Measurement:
+    """What ``measure`` found for one model file."""
+
+    size_bytes: int
+    gzip_size_bytes: int
+    latency_p50_ms: float
+    latency_p90_ms: float
+    outputs: list[np.ndarray]
+    accuracy: float = math.nan
+    agreement: float = math.nan
+    max_abs_diff: float = math.nan
+    details: dict[str, str] = field(default_factory=dict)
+
+
+def gzip_size(path: Path) -> int:
+    """Size of the file compressed with gzip level 9 (what a pruned/clustered model ships as)."""
+    return len(gzip.compress(Path(path).read_bytes(), compresslevel=9))
+
+
+def onnx_runner(path: Path, providers: list, threads: int = 0) -> Runner:
+    """A callable feeding a dict of arrays to an onnxruntime session; returns its outputs."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if threads > 0:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), sess_options=so, providers=providers)
+    names = [i.name for i in sess.get_inputs()]
+
+    def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return sess.run(None, {n: feed[n] for n in names})
+
+    return run
+
+
+def tflite_runner(path: Path, input_names: list[str], threads: int = 0) -> Runner:
+    """A callable running a TFLite model with the TFLite interpreter (batch resized on demand).
+
+    ``input_names`` are the baseline's input names in order; TFLite inputs are matched to them
+    by position (the TFLite converter renames them).
+    """
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        import tensorflow as tf
+
+        Interpreter = tf.lite.Interpreter
+    interp = Interpreter(model_path=str(path), num_threads=threads or None)
+    details = sorted(interp.get_input_details(), key=lambda d: d["index"])
+    if len(details) == len(input_names) > 1:
+        by_name = {d["name"].split(":")[0].removeprefix("serving_default_"): d for d in details}
+        if all(n in by_name for n in input_names):
+            details = [by_name[n] for n in input_names]
+    state = {"batch": None}
+
+    def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        arrays = [feed[n] for n in input_names]
+        batch = arrays[0].shape[0]
+        if state["batch"] != batch:
+            for d, a in zip(details, arrays, strict=False):
+                interp.resize_tensor_input(d["index"], list(a.shape))
+            interp.allocate_tensors()
+            state["batch"] = batch
+        for d, a in zip(details, arrays, strict=False):
+            interp.set_tensor(d["index"], a.astype(d["dtype"], copy=False))
+        interp.invoke()
+        outs = sorted(interp.get_output_details(), key=lambda d: d["index"])
+        return [interp.get_tensor(o["index"]).copy() for o in outs]
+
+    return run
+
+
+def latency(run: Runner, feed: dict[str, np.ndarray], warmup: int, repeats: int) -> tuple[float, float]:
+    """p50 and p90 latency in milliseconds of ``run(feed)`` after ``warmup`` untimed runs."""
+    for _ in range(warmup):
+        run(feed)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run(feed)
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return float(np.percentile(times, 50)), float(np.percentile(times, 90))
+
+
+def predict(run: Runner, inputs: dict[str, np.ndarray], batch_size: int = 64) -> list[np.ndarray]:
+    """All outputs over the whole dataset, in batches."""
+    n = next(iter(inputs.values())).shape[0]
+    chunks: list[list[np.ndarray]] = []
+    for start in range(0, n, batch_size):
+        chunks.append(run({k: v[start:start + batch_size] for k, v in inputs.items()}))
+    return [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))]
+
+
+def _classes(out: np.ndarray) -> np.ndarray | None:
+    if out.ndim >= 2 and out.shape[-1] > 1:
+        return out.reshape(out.shape[0], -1, out.shape[-1]).argmax(-1).reshape(out.shape[0], -1)
+    return None
+
+
+def accuracy(outputs: list[np.ndarray], labels: np.ndarray) -> float:
+    """Top-1 accuracy of the first output against integer (or one-hot) labels; NaN if not a classifier."""
+    pred = _classes(outputs[0])
+    if pred is None:
+        return math.nan
+    y = labels
+    if y.ndim == outputs[0].ndim and y.shape[-1] == outputs[0].shape[-1] and y.shape[-1] > 1:
+        y = _classes(y)
+    y = np.asarray(y).reshape(pred.shape[0], -1)
+    if y.shape != pred.shape:
+        return math.nan
+    return float((pred == y).all(axis=1).mean())
+
+
+def agreement(outputs: list[np.ndarray], reference: list[np.ndarray]) -> float:
+    """Fraction of samples whose top-1 class equals the reference's (closeness for non-classifiers)."""
+    a, b = _classes(outputs[0]), _classes(reference[0])
+    if a is not None and b is not None and a.shape == b.shape:
+        return float((a == b).all(axis=1).mean())
+    x = outputs[0].reshape(outputs[0].shape[0], -1).astype(np.float64)
+    r = reference[0].reshape(reference[0].shape[0], -1).astype(np.float64)
+    if x.shape != r.shape:
+        return math.nan
+    tol = 1e-2 * (np.abs(r) + 1e-3)
+    return float((np.abs(x - r) <= tol).all(axis=1).mean())
+
+
+def max_abs_diff(outputs: list[np.ndarray], reference: list[np.ndarray]) -> float:
+    """Largest absolute difference over all outputs (NaN when shapes differ)."""
+    worst = 0.0
+    for o, r in zip(outputs, reference, strict=False):
+        if o.shape != r.shape:
+            return math.nan
+        worst = max(worst, float(np.max(np.abs(o.astype(np.float64) - r.astype(np.float64)))) if o.size else 0.0)
+    return worst
+
+
+def cosine(outputs: list[np.ndarray], reference: list[np.ndarray]) -> float:
+    """Mean per-sample cosine similarity of the first output with the reference's."""
+    x = outputs[0].reshape(outputs[0].shape[0], -1).astype(np.float64)
+    r = reference[0].reshape(reference[0].shape[0], -1).astype(np.float64)
+    if x.shape != r.shape:
+        return math.nan
+    den = np.linalg.norm(x, axis=1) * np.linalg.norm(r, axis=1)
+    den[den == 0] = 1e-12
+    return float(np.mean(np.sum(x * r, axis=1) / den))
+
+
+def measure(path: Path, run: Runner, inputs: dict[str, np.ndarray], labels: np.ndarray | None,
+            reference: list[np.ndarray] | None, *, warmup: int, repeats: int, batch_size: int) -> Measurement:
+    """Size, gzip size, latency on the first ``batch_size`` rows, and quality over ``inputs``."""
+    path = Path(path)
+    feed = {k: v[:batch_size] for k, v in inputs.items()}
+    p50, p90 = latency(run, feed, warmup, repeats)
+    outs = predict(run, inputs)
+    m = Measurement(size_bytes=path.stat().st_size, gzip_size_bytes=gzip_size(path),
+                    latency_p50_ms=p50, latency_p90_ms=p90, outputs=outs)
+    if labels is not None:
+        m.accuracy = accuracy(outs, labels)
+    if reference is not None:
+        m.agreement = agreement(outs, reference)
+        m.max_abs_diff = max_abs_diff(outs, reference)
+        m.details["cosine"] = f"{cosine(outs, reference):.6f}"
+    return m

@@ -1,0 +1,130 @@
+"""ONNX optimization techniques on onnxruntime: offline graph optimization, FP16 (I/O kept
+float32), dynamic INT8 and static INT8 (QDQ) with calibration after ``quant_pre_process``.
+
+Each function reads an ONNX file and writes the candidate to ``out`` and returns facts for the
+report (``details``). This module never imports grpc or TensorFlow.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from modelport.errors import InvalidArgument
+
+log = logging.getLogger("modelport.optimizer.onnx")
+
+
+def graph_optimize(src: Path, out: Path, level: str = "extended") -> dict[str, str]:
+    """Save the graph as onnxruntime optimizes it offline (extended = portable across CPUs)."""
+    import onnx
+    import onnxruntime as ort
+
+    from modelport.providers import graph_optimization_level
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = graph_optimization_level(level)
+    so.optimized_model_filepath = str(out)
+    so.log_severity_level = 3
+    ort.InferenceSession(str(src), sess_options=so, providers=["CPUExecutionProvider"])
+    before, after = onnx.load(str(src)), onnx.load(str(out))
+    return {"level": level, "nodes_before": str(len(before.graph.node)), "nodes_after": str(len(after.graph.node))}
+
+
+def fp16(src: Path, out: Path) -> dict[str, str]:
+    """Weights and compute in float16, graph inputs/outputs kept float32 (callers unchanged)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(src))
+    converted = convert_float_to_float16(model, keep_io_types=True)
+    onnx.save(converted, str(out))
+    n16 = sum(1 for t in converted.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16)
+    return {"fp16_initializers": str(n16), "io_types": "kept float32"}
+
+
+def _preprocess(src: Path, out: Path) -> Path:
+    """quant_pre_process (symbolic shape inference + ORT basic optimization); the source on failure."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(str(src), str(out), skip_symbolic_shape=False)
+        return out
+    except Exception as e:  # noqa: BLE001 - pre-processing is an improvement, not a requirement
+        log.warning("quant_pre_process failed (%s); retrying without symbolic shape inference", e)
+        try:
+            quant_pre_process(str(src), str(out), skip_symbolic_shape=True)
+            return out
+        except Exception as e2:  # noqa: BLE001
+            log.warning("quant_pre_process failed again (%s); quantizing the model as is", e2)
+            return src
+
+
+def int8_dynamic(src: Path, out: Path, per_channel: bool = False) -> dict[str, str]:
+    """Dynamic INT8: weights int8 offline, activations quantized at run time (MatMul/Gemm-heavy models)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    pre = _preprocess(src, out.with_name(out.stem + ".pre.onnx"))
+    quantize_dynamic(str(pre), str(out), weight_type=QuantType.QInt8, per_channel=per_channel)
+    d = int8_facts(out)
+    d["per_channel"] = str(per_channel).lower()
+    return d
+
+
+class _Reader:
+    """CalibrationDataReader over a dict of arrays, one sample per call."""
+
+    def __init__(self, inputs: dict[str, np.ndarray], names: list[str], samples: int, batch: int = 1):
+        n = min(samples, next(iter(inputs.values())).shape[0])
+        self._feeds = [{k: inputs[k][i:i + batch] for k in names} for i in range(0, n, batch)]
+        self._it = iter(self._feeds)
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self):
+        self._it = iter(self._feeds)
+
+
+def int8_static(src: Path, out: Path, inputs: dict[str, np.ndarray], method: str = "minmax",
+                per_channel: bool = False, samples: int = 128) -> dict[str, str]:
+    """Static INT8 in QDQ format, activations calibrated on ``inputs`` with MinMax/Entropy/Percentile."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    if method not in methods:
+        raise InvalidArgument(f"unknown calibration method {method!r}; use one of {', '.join(methods)}")
+    pre = _preprocess(src, out.with_name(out.stem + ".pre.onnx"))
+    names = [i.name for i in onnx.load(str(pre), load_external_data=False).graph.input]
+    missing = [n for n in names if n not in inputs]
+    if missing:
+        raise InvalidArgument(f"calibration data lacks input(s) {', '.join(missing)}")
+    reader = _Reader(inputs, names, samples)
+    quantize_static(str(pre), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=methods[method],
+                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+    d = int8_facts(out)
+    d.update({"method": method, "per_channel": str(per_channel).lower(),
+              "calibration_samples": str(len(reader._feeds))})
+    return d
+
+
+def int8_facts(path: Path) -> dict[str, str]:
+    """How much of a quantized model is INT8: int8 initializers, QDQ / integer op counts."""
+    import onnx
+
+    m = onnx.load(str(path))
+    int8_types = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+    weights = [t for t in m.graph.initializer if len(t.dims) >= 2]
+    int8_w = sum(1 for t in weights if t.data_type in int8_types)
+    ops = [n.op_type for n in m.graph.node]
+    q_ops = sum(1 for o in ops if o in ("DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear",
+                                         "MatMulInteger", "ConvInteger", "QLinearConv", "QLinearMatMul"))
+    return {"int8_weight_tensors": str(int8_w), "weight_tensors": str(len(weights)),
+            "int8_weight_fraction": f"{int8_w / len(weights):.3f}" if weights else "0",
+            "quant_ops": str(q_ops)}
