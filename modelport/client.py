@@ -23,7 +23,7 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from modelport import media
-from modelport.dtypes import to_kserve, to_numpy_dtype
+from modelport.kserve import codec
 from modelport.kserve.v2 import grpc_service_pb2 as kpb
 from modelport.kserve.v2 import grpc_service_pb2_grpc as kgrpc
 from modelport.runtime.artifacts import download_to_file, upload_requests
@@ -83,59 +83,6 @@ def detect_media_type(path: str | os.PathLike) -> str:
     if p.suffix == ".tar":
         return media.SAVEDMODEL
     return media.OCTET
-
-
-def encode_inputs(inputs: Mapping[str, np.ndarray]) -> tuple[list, list[bytes]]:
-    """KServe input tensors + raw_input_contents for a dict of numpy arrays."""
-    try:  # the inference service's codec, when present, is the one mapping to trust
-        from modelport.kserve import codec  # type: ignore[attr-defined]
-    except ImportError:
-        codec = None
-    tensors, raws = [], []
-    for name, value in inputs.items():
-        arr = np.asarray(value)
-        datatype = to_kserve(arr.dtype)
-        if codec is not None and hasattr(codec, "to_raw"):
-            raw = codec.to_raw(arr)
-        elif datatype == "BYTES":
-            raw = b"".join(len(b).to_bytes(4, "little") + b
-                           for b in (x if isinstance(x, bytes) else str(x).encode() for x in arr.ravel()))
-        else:
-            raw = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
-        tensors.append(kpb.ModelInferRequest.InferInputTensor(name=name, datatype=datatype, shape=list(arr.shape)))
-        raws.append(raw)
-    return tensors, raws
-
-
-def decode_outputs(resp: kpb.ModelInferResponse) -> dict[str, np.ndarray]:
-    """Dict name -> numpy array from a ModelInferResponse (raw or typed contents)."""
-    out: dict[str, np.ndarray] = {}
-    for i, t in enumerate(resp.outputs):
-        shape = tuple(int(d) for d in t.shape)
-        if i < len(resp.raw_output_contents):
-            raw = resp.raw_output_contents[i]
-            if t.datatype == "BYTES":
-                items, pos = [], 0
-                while pos < len(raw):
-                    n = int.from_bytes(raw[pos:pos + 4], "little")
-                    items.append(raw[pos + 4:pos + 4 + n])
-                    pos += 4 + n
-                out[t.name] = np.array(items, dtype=object).reshape(shape)
-            else:
-                dt = to_numpy_dtype(t.datatype).newbyteorder("<")
-                out[t.name] = np.frombuffer(raw, dtype=dt).reshape(shape).astype(dt.newbyteorder("="))
-            continue
-        c = t.contents
-        for fld in ("fp32_contents", "fp64_contents", "int_contents", "int64_contents", "uint_contents",
-                    "uint64_contents", "bool_contents", "bytes_contents"):
-            vals = getattr(c, fld)
-            if len(vals):
-                dt = np.dtype(object) if t.datatype == "BYTES" else to_numpy_dtype(t.datatype)
-                out[t.name] = np.array(list(vals), dtype=dt).reshape(shape)
-                break
-        else:
-            out[t.name] = np.zeros(shape, dtype=to_numpy_dtype(t.datatype))
-    return out
 
 
 @dataclass
@@ -368,13 +315,10 @@ class Client:
     def infer(self, name: str, inputs: Mapping[str, np.ndarray], *, version: str = "",
               outputs: Iterable[str] = (), timeout: float | None = None) -> dict[str, np.ndarray]:
         """Run the model: dict input name -> array in, dict output name -> array out."""
-        tensors, raws = encode_inputs(inputs)
-        req = kpb.ModelInferRequest(model_name=name, model_version=version, inputs=tensors,
-                                    raw_input_contents=raws,
-                                    outputs=[kpb.ModelInferRequest.InferRequestedOutputTensor(name=o) for o in outputs])
+        req = codec.make_infer_request(name, inputs, outputs=list(outputs) or None, model_version=version)
         stub = kgrpc.GRPCInferenceServiceStub(self.channel("inference"))
         resp = self._call("inference", stub.ModelInfer, req, timeout=timeout or self.timeout)
-        return decode_outputs(resp)
+        return codec.decode_outputs(resp)
 
     def deploy(self, model: str | os.PathLike | None = None, *, spec=None, progress=None, **options):
         """Run the deploy pipeline (upload → convert → optimize → verify → load → smoke test).

@@ -594,31 +594,23 @@ def run_pipeline(client, spec: DeploySpec, progress: Progress | None = None) -> 
 
 # ---- offline -------------------------------------------------------------------------------
 def write_bundle(client, report: DeployReport, spec: DeploySpec, out: Path) -> Path:
-    """Write a Triton-layout repository ``out/<name>/<version>/model.onnx`` + config.pbtxt + report.json.
+    """Write ``out/<name>/<version>/model.onnx`` + ``config.pbtxt`` (Triton layout); returns the model file.
 
-    The model bytes and config come from the inference service the pipeline loaded them into,
-    so the bundle holds exactly what was verified.
+    The bytes and the config come from the inference service the pipeline loaded and smoke-tested,
+    so the bundle holds exactly what was verified. An existing bundle gains a new version.
     """
-    from google.protobuf import text_format
-
+    from modelport import repository
     from modelport.kserve.v2 import grpc_service_pb2 as kpb
     from modelport.kserve.v2 import grpc_service_pb2_grpc as kgrpc
 
-    name, version = spec.name, report.version or "1"
-    final = report.stage("load").data
-    model_dir = out / name
-    vdir = model_dir / version
-    vdir.mkdir(parents=True, exist_ok=True)
-    client.download(final["digest"], vdir / "model.onnx", service="inference")
+    name = spec.name
+    existing = [int(p.name) for p in (out / name).glob("*") if p.is_dir() and p.name.isdigit()]
+    version = int(spec.version) if spec.version.isdigit() else max(existing, default=0) + 1
     stub = kgrpc.GRPCInferenceServiceStub(client.channel("inference"))
     cfg = stub.ModelConfig(kpb.ModelConfigRequest(name=name, version=report.version), timeout=60).config
-    cfg.name = name
-    if not cfg.platform and not cfg.backend:
-        cfg.platform = "onnxruntime_onnx"
-    tmp = model_dir / ".config.pbtxt.tmp"
-    tmp.write_text(text_format.MessageToString(cfg))
-    tmp.replace(model_dir / "config.pbtxt")
-    return out
+    with tempfile.TemporaryDirectory(prefix="modelport-bundle-") as tmp:
+        model = client.download(report.stage("load").data["digest"], Path(tmp) / "model.onnx", service="inference")
+        return repository.write_model(out, name, version, model, cfg)
 
 
 def run_offline(spec: DeploySpec, progress: Progress | None = None, store: Path | None = None) -> DeployReport:
@@ -626,6 +618,7 @@ def run_offline(spec: DeploySpec, progress: Progress | None = None, store: Path 
     import grpc
 
     from modelport.client import Client, ClientError
+    from modelport.errors import ModelportError
     from modelport.launcher import in_process_services
 
     out = Path(spec.output or f"./{spec.name}-repository").resolve()
@@ -641,9 +634,10 @@ def run_offline(spec: DeploySpec, progress: Progress | None = None, store: Path 
             progress.start("bundle")
         t0 = time.perf_counter()
         try:
-            write_bundle(client, report, spec, out)
-        except (ClientError, grpc.RpcError, OSError) as e:
-            code = e.code if isinstance(e, ClientError) else (e.code().name if isinstance(e, grpc.RpcError) else "INTERNAL")
+            model_file = write_bundle(client, report, spec, out)
+        except (ClientError, grpc.RpcError, OSError, ModelportError) as e:
+            code = (e.code if isinstance(e, ClientError) else e.code().name if isinstance(e, grpc.RpcError)
+                    else e.status if isinstance(e, ModelportError) else "INTERNAL")
             rep.status, rep.detail = "failed", f"{code}: {e}"
             report.ok, report.failed_stage = False, "bundle"
             report.error = {"stage": "bundle", "code": str(code), "message": str(e)}
@@ -651,7 +645,8 @@ def run_offline(spec: DeploySpec, progress: Progress | None = None, store: Path 
             raise StageFailed("bundle", str(code), str(e), report) from None
         rep.status, rep.seconds = "ok", time.perf_counter() - t0
         rep.format, rep.size_bytes = "model-repository", sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-        rep.detail = str(out)
+        rep.detail = str(model_file.relative_to(out))
+        rep.data = {"model_file": str(model_file), "config": str(model_file.parent.parent / "config.pbtxt")}
         report.bundle = str(out)
         report.endpoint = f"modelport-inference --repository {out}"
         if progress:
