@@ -79,7 +79,7 @@ def run(size: int, repeats: int, time_budget_s: float) -> dict:
                                                          log_dir=work / "logs")
         channel = make_channel(address)
         stub = artifacts_pb2_grpc.ArtifactsStub(channel)
-        client = common.RssSampler(os.getpid())
+        client = common.RssSampler(os.getpid(), interval=0.05).start()
 
         # Warm-up: one small round trip so lazy initialisation is not counted as growth.
         small = work / "small.bin"
@@ -126,6 +126,7 @@ def run(size: int, repeats: int, time_budget_s: float) -> dict:
                   flush=True)
             if time.perf_counter() - start > time_budget_s:
                 break
+        client.stop()
         client_peak_mib = (client.peak - client.before) / MiB
         channel.close()
         return {"size_bytes": size, "digest": digest, "generate_s": gen_s, "runs": runs,
