@@ -378,38 +378,20 @@ def plot(results: dict) -> list[str]:
     groups = [(m, b) for m in models for b in models[m]["batches"]]
     colors = {"keras": "grey", "onnx": "tab:blue", "served": "tab:orange", "optimized_served": "tab:green"}
 
-    # 1. throughput ratio to Keras
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    width = 0.2
-    for i, way in enumerate(WAYS):
-        vals = [models[m]["batches"][b][way]["throughput_vs_keras"] for m, b in groups]
-        xs = [g + (i - 1.5) * width for g in range(len(groups))]
-        bars = ax.bar(xs, vals, width, label=WAY_LABELS[way], color=colors[way])
-        for bar, v in zip(bars, vals, strict=True):
-            ax.text(bar.get_x() + bar.get_width() / 2, v, f"{v:.1f}", ha="center", va="bottom", fontsize=7)
-    ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label="Keras baseline = 1")
-    ax.set_xticks(range(len(groups)), [f"{m}\nbatch {b}" for m, b in groups], fontsize=8)
-    ax.set_ylabel("throughput relative to Keras (×, higher is better)")
-    ax.set_title("Throughput per model and batch size, as a ratio to Keras in TensorFlow")
-    ax.legend(fontsize=7, loc="upper left")
-    ax.grid(axis="y", alpha=0.3)
-    names.append(common.save_figure(fig, "e2e_throughput").name)
+    from benchmarks import plots
 
-    # 2. latency p50 with p99 whiskers (log scale)
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    for i, way in enumerate(WAYS):
-        p50 = [models[m]["batches"][b][way]["p50_ms"] for m, b in groups]
-        p99 = [models[m]["batches"][b][way]["p99_ms"] for m, b in groups]
-        xs = [g + (i - 1.5) * width for g in range(len(groups))]
-        ax.bar(xs, p50, width, label=WAY_LABELS[way], color=colors[way],
-               yerr=[[0] * len(p50), [max(0, q - p) for p, q in zip(p50, p99, strict=True)]], capsize=2)
-    ax.set_yscale("log")
-    ax.set_xticks(range(len(groups)), [f"{m}\nbatch {b}" for m, b in groups], fontsize=8)
-    ax.set_ylabel("latency per call (ms, log scale): bar p50, whisker p99")
-    ax.set_title("Latency per call (lower is better)")
-    ax.legend(fontsize=7, loc="upper left")
-    ax.grid(axis="y", alpha=0.3, which="both")
-    names.append(common.save_figure(fig, "e2e_latency").name)
+    labels = [f"{m}\nbatch {b}" for m, b in groups]
+    series = {WAY_LABELS[w]: [models[m]["batches"][b][w]["throughput_vs_keras"] for m, b in groups] for w in WAYS}
+    cmap = {WAY_LABELS[w]: c for w, c in colors.items()}
+    names.append(plots.grouped_bars(
+        "e2e_throughput", labels, series, ylabel="throughput relative to Keras (×, higher is better, log)",
+        title="Throughput per model and batch size, as a ratio to Keras in TensorFlow", baseline=1.0,
+        baseline_label="Keras baseline = 1", log=True, colors=cmap))
+    p50 = {WAY_LABELS[w]: [models[m]["batches"][b][w]["p50_ms"] for m, b in groups] for w in WAYS}
+    p99 = {WAY_LABELS[w]: [models[m]["batches"][b][w]["p99_ms"] for m, b in groups] for w in WAYS}
+    names.append(plots.grouped_bars(
+        "e2e_latency", labels, p50, upper_err=p99, log=True, colors=cmap,
+        ylabel="latency per call (ms, log): bar p50, whisker p99", title="Latency per call (lower is better)"))
 
     # 3. concurrency
     conc = results.get("concurrency")

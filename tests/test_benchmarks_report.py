@@ -96,3 +96,15 @@ def test_full_suite_bounds_fit_the_30_minute_budget():
                                           ("End-to-end: Keras vs ONNX", "end-to-end-keras-vs-onnx")])
 def test_anchor_matches_github(title, anchor):
     assert report._anchor(title) == anchor
+
+
+def test_plot_helpers_write_pngs(tmp_path):
+    from benchmarks import plots
+
+    name = plots.grouped_bars("t_bars", ["a", "b"], {"x": [1.0, 2.0], "y": [0.5, 3.0]}, ylabel="ratio (×)",
+                              title="t", baseline=1.0, upper_err={"x": [1.5, 2.5]}, log=True, results_dir=tmp_path)
+    assert name == "t_bars.png"
+    assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+    name = plots.lines("t_lines", [1, 4, 16], {"base": [1, 2, 3], "served": [1, 3, 5]}, xlabel="threads",
+                       ylabel="req/s", title="t", baseline_series="base", logx=True, results_dir=tmp_path)
+    assert (tmp_path / name).stat().st_size > 1000
