@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from modelport.runtime.server import run_service
-
 from inference_svc.service import InferenceService
 from inference_svc.settings import InferenceSettings
+from modelport.runtime.server import run_service
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,17 +1,74 @@
-"""The inference service: wires its servicers into the shared runtime."""
+"""The inference service: wires its servicers into the shared runtime, loads the repository at start."""
 
 from __future__ import annotations
 
-from modelport.runtime.server import Registration, Service
+import logging
 
+from inference_svc.models import LoadOptions, ModelManager
+from inference_svc.servicer import InferenceServicer, ModelControlServicer
 from inference_svc.settings import InferenceSettings
+from modelport import providers as eps
+from modelport.kserve.v2 import grpc_service_pb2, grpc_service_pb2_grpc
+from modelport.runtime.server import Registration, Service
+from modelport.v1 import serving_pb2, serving_pb2_grpc
+
+log = logging.getLogger("modelport.inference")
+
+KSERVE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+CONTROL = serving_pb2.DESCRIPTOR.services_by_name["ModelControl"].full_name
 
 
 class InferenceService(Service):
+    """KServe v2 inference over onnxruntime, plus modelport's ModelControl."""
+
     name = "inference"
 
-    def __init__(self, settings: InferenceSettings):
+    def __init__(self, settings: InferenceSettings, available_providers: list[str] | None = None):
         super().__init__(settings)
+        eps.normalize(settings.execution_provider)  # fail fast on a typo
+        eps.graph_optimization_level(settings.graph_optimization_level)
+        defaults = LoadOptions(
+            execution_provider=settings.execution_provider,
+            device_id=settings.device_id,
+            intra_op_threads=settings.intra_op_threads,
+            inter_op_threads=settings.inter_op_threads,
+            graph_optimization_level=settings.graph_optimization_level,
+            warmup=settings.warmup,
+        )
+        self.manager = ModelManager(
+            repository_root=settings.repository,
+            defaults=defaults,
+            default_max_batch_size=settings.default_max_batch_size,
+            default_queue_size=settings.max_queue_size,
+            available_providers=available_providers,
+            drain_timeout_s=settings.drain_timeout_s,
+        )
+        self.ready = False
 
     def registrations(self) -> list[Registration]:
-        return []
+        return [
+            Registration(grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
+                         InferenceServicer(self.manager, lambda: self.ready), KSERVE),
+            Registration(serving_pb2_grpc.add_ModelControlServicer_to_server,
+                         ModelControlServicer(self.manager, self), CONTROL),
+        ]
+
+    def mutating_methods(self) -> set[str]:
+        return {
+            f"/{CONTROL}/LoadModel",
+            f"/{CONTROL}/UnloadModel",
+            f"/{KSERVE}/RepositoryModelLoad",
+            f"/{KSERVE}/RepositoryModelUnload",
+        }
+
+    async def startup(self) -> None:
+        """Load and warm up every repository model before health turns SERVING."""
+        if self.settings.repository is not None:
+            loaded = await self.manager.load_repository()
+            log.info("repository %s: loaded %s", self.settings.repository, ", ".join(loaded) or "no models")
+        self.ready = True
+
+    async def shutdown(self) -> None:
+        """Finish in-flight batches, then release every session."""
+        self.ready = False
+        await self.manager.close()

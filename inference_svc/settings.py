@@ -2,15 +2,37 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic_settings import SettingsConfigDict
 
 from modelport.runtime.settings import ServiceSettings
 
 
 class InferenceSettings(ServiceSettings):
-    """modelport inference service."""
+    """modelport inference service: KServe v2 / Triton gRPC on onnxruntime."""
 
     model_config = SettingsConfigDict(env_prefix="MODELPORT_INFERENCE_", extra="ignore")
 
     port: int = 8001
     """gRPC port (0 picks a free one)."""
+    repository: Path | None = None
+    """Triton-layout model repository (<repo>/<model>/<version>/model.onnx + config.pbtxt) loaded at start."""
+    execution_provider: str = "auto"
+    """Default execution provider: auto (TensorRT -> CUDA -> OpenVINO -> CPU), cpu, cuda, tensorrt, openvino."""
+    device_id: int = 0
+    """GPU device id for CUDA/TensorRT."""
+    intra_op_threads: int = 0
+    """onnxruntime intra-op threads per session (0 = onnxruntime default: one per core)."""
+    inter_op_threads: int = 0
+    """onnxruntime inter-op threads (0 = sequential execution)."""
+    graph_optimization_level: str = "all"
+    """onnxruntime graph optimization: disable, basic, extended, all."""
+    default_max_batch_size: int = 0
+    """max_batch_size for models without config.pbtxt whose inputs/outputs all have a dynamic first dim."""
+    max_queue_size: int = 1024
+    """Requests queued per model version before new ones get UNAVAILABLE."""
+    warmup: bool = True
+    """Run one zero-filled inference per version before it is marked READY."""
+    drain_timeout_s: float = 60.0
+    """How long an unloaded (or replaced) version may take to finish its accepted requests."""

@@ -1,0 +1,305 @@
+"""Per model-version request scheduling: a bounded queue, dynamic batching, instance workers.
+
+Requests wait in one bounded queue per model version (full -> ``Unavailable`` at once). Each
+of ``instances`` workers takes the oldest live request and, with dynamic batching, merges
+further compatible requests (same non-batch shapes and dtypes; batch > 1 requests merge too)
+until ``max_batch_size`` or a preferred size is reached or ``max_queue_delay_us`` has passed
+since the first one arrived. The merged batch runs in a thread executor (onnxruntime releases
+the GIL, and the event loop stays free) and the outputs are split back by each request's
+element count. Requests whose deadline passed while queued fail with ``DeadlineExceeded``
+without running; cancelled requests are skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from inference_svc import metrics
+from inference_svc.stats import VersionStats
+from modelport.errors import DeadlineExceeded, Unavailable
+
+log = logging.getLogger("modelport.inference.batching")
+
+# run(inputs, output_names) -> {output name: array}; called in a worker thread.
+RunFn = Callable[[dict[str, np.ndarray], list[str]], dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """How one model version is scheduled."""
+
+    max_batch_size: int = 0
+    """Largest merged batch; 0 = the model has no batch dimension (never merged)."""
+    dynamic: bool = False
+    """Merge concurrent requests."""
+    max_queue_delay_us: int = 0
+    """How long the first request of a batch may wait for more."""
+    preferred_batch_sizes: tuple[int, ...] = ()
+    """Batch sizes that run at once when reached."""
+    max_queue_size: int = 1024
+    """Queued requests beyond this are refused with UNAVAILABLE."""
+    instances: int = 1
+    """Concurrent executions (Triton's instance_group count)."""
+
+    @property
+    def merges(self) -> bool:
+        return self.dynamic and self.max_batch_size > 0
+
+
+@dataclass
+class Pending:
+    inputs: dict[str, np.ndarray]
+    outputs: list[str]
+    elements: int
+    key: tuple
+    deadline: float | None
+    enqueued_ns: int
+    future: asyncio.Future
+    queue_ns: int = 0
+
+
+@dataclass
+class _Result:
+    outputs: list[dict[str, np.ndarray]] = field(default_factory=list)
+    input_ns: int = 0
+    infer_ns: int = 0
+    output_ns: int = 0
+
+
+def batch_key(inputs: dict[str, np.ndarray]) -> tuple:
+    """Requests merge only when every input has the same dtype and non-batch shape."""
+    return tuple(sorted((name, a.dtype.str, a.shape[1:]) for name, a in inputs.items()))
+
+
+class Scheduler:
+    """Queue + workers for one model version."""
+
+    def __init__(self, model: str, version: str, run: RunFn, policy: BatchPolicy, stats: VersionStats):
+        self.model, self.version = model, version
+        self.policy = policy
+        self.stats = stats
+        self._run = run
+        self._pending: deque[Pending] = deque()
+        self._arrived = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._inflight = 0
+        self._workers: list[asyncio.Task] = []
+        self._executor = ThreadPoolExecutor(max_workers=max(1, policy.instances),
+                                            thread_name_prefix=f"ort-{model}-{version}")
+        self._preferred = frozenset(policy.preferred_batch_sizes)
+        self._preferred_max = max(policy.preferred_batch_sizes, default=0)
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for i in range(max(1, self.policy.instances)):
+            self._workers.append(asyncio.create_task(self._worker(), name=f"batcher-{self.model}-{self.version}-{i}"))
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Wait until every accepted request has finished (used before unloading)."""
+        await asyncio.wait_for(self._idle.wait(), timeout)
+
+    async def stop(self) -> None:
+        """Stop the workers (after ``drain``) and release the executor threads."""
+        for w in self._workers:
+            w.cancel()
+        for w in self._workers:
+            try:
+                await w
+            except asyncio.CancelledError:
+                pass
+        self._workers.clear()
+        for p in self._pending:
+            if not p.future.done():
+                p.future.set_exception(Unavailable(f"model '{self.model}' version {self.version} was unloaded; "
+                                                   "retry to reach the current version"))
+        self._pending.clear()
+        self._executor.shutdown(wait=False)
+
+    def run_sync(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        """Run directly, bypassing the queue (warm-up)."""
+        return self._run(inputs, outputs)
+
+    # --- submission ---------------------------------------------------------------------------
+
+    async def submit(self, inputs: dict[str, np.ndarray], outputs: list[str], elements: int,
+                     deadline: float | None = None) -> tuple[dict[str, np.ndarray], int]:
+        """Queue one request; returns (its outputs, ns it waited in the queue).
+
+        Raises Unavailable at once when the queue is full, DeadlineExceeded when its deadline
+        passed before it could run.
+        """
+        if len(self._pending) >= self.policy.max_queue_size:
+            raise Unavailable(
+                f"model '{self.model}' version {self.version}: queue is full ({self.policy.max_queue_size} "
+                "requests waiting); retry later, send fewer concurrent requests or raise max_queue_size",
+                {"model": self.model, "version": self.version},
+            )
+        loop = asyncio.get_running_loop()
+        item = Pending(inputs, outputs, elements, batch_key(inputs), deadline, time.perf_counter_ns(),
+                       loop.create_future())
+        self._pending.append(item)
+        self._inflight += 1
+        self._idle.clear()
+        self._arrived.set()
+        try:
+            result = await item.future
+            return result, item.queue_ns
+        except asyncio.CancelledError:
+            item.future.cancel()
+            raise
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+
+    # --- workers ------------------------------------------------------------------------------
+
+    def _expired(self, item: Pending, now: float) -> bool:
+        if item.deadline is not None and now > item.deadline:
+            if not item.future.done():
+                item.future.set_exception(DeadlineExceeded(
+                    f"model '{self.model}': the request's deadline passed while it waited in the queue; "
+                    "it was not run (raise the client timeout or lower the load)",
+                    {"model": self.model},
+                ))
+            return True
+        return False
+
+    async def _next(self) -> Pending:
+        while True:
+            now = time.monotonic()
+            while self._pending:
+                item = self._pending.popleft()
+                if item.future.done() or self._expired(item, now):
+                    continue
+                return item
+            self._arrived.clear()
+            await self._arrived.wait()
+
+    def _fill(self, batch: list[Pending], size: int, limit: int) -> int:
+        """Move compatible live requests from the queue into ``batch`` up to ``limit`` elements."""
+        if not self._pending:
+            return size
+        now = time.monotonic()
+        key = batch[0].key
+        keep: deque[Pending] = deque()
+        while self._pending:
+            item = self._pending.popleft()
+            if item.future.done() or self._expired(item, now):
+                continue
+            if size < limit and item.key == key and size + item.elements <= limit:
+                batch.append(item)
+                size += item.elements
+            else:
+                keep.append(item)
+        self._pending = keep
+        return size
+
+    def _ready(self, size: int, limit: int) -> bool:
+        if size >= limit:
+            return True
+        if self._preferred and (size in self._preferred or size >= self._preferred_max):
+            return True
+        return False
+
+    async def _worker(self) -> None:
+        p = self.policy
+        while True:
+            first = await self._next()
+            batch, size = [first], first.elements
+            if p.merges:
+                delay_s = p.max_queue_delay_us / 1e6
+                t_end = first.enqueued_ns / 1e9 + delay_s
+                while True:
+                    self._arrived.clear()
+                    size = self._fill(batch, size, p.max_batch_size)
+                    if self._ready(size, p.max_batch_size):
+                        break
+                    remaining = t_end - time.perf_counter_ns() / 1e9
+                    if remaining <= 0:
+                        break
+                    try:
+                        await asyncio.wait_for(self._arrived.wait(), remaining)
+                    except TimeoutError:
+                        size = self._fill(batch, size, p.max_batch_size)
+                        break
+            live = [b for b in batch if not b.future.done()]
+            if not live:
+                continue
+            await self._execute(live)
+
+    async def _execute(self, batch: list[Pending]) -> None:
+        start = time.perf_counter_ns()
+        for b in batch:
+            b.queue_ns = start - b.enqueued_ns
+        loop = asyncio.get_running_loop()
+        try:
+            result = await loop.run_in_executor(self._executor, self._run_batch, batch)
+        except BaseException as exc:  # noqa: BLE001 - every waiter gets the failure
+            if isinstance(exc, asyncio.CancelledError):
+                for b in batch:
+                    if not b.future.done():
+                        b.future.set_exception(Unavailable(
+                            f"model '{self.model}' version {self.version} stopped while running the request; "
+                            "retry"))
+                raise
+            for b in batch:
+                if not b.future.done():
+                    b.future.set_exception(exc)
+            return
+        total = sum(b.elements for b in batch)
+        self.stats.record_execution(total, result.input_ns, result.infer_ns, result.output_ns,
+                                    [(b.elements, b.queue_ns) for b in batch])
+        metrics.observe_execution(self.model, self.version, total, result.infer_ns / 1e9,
+                                  [b.queue_ns / 1e9 for b in batch])
+        for b, out in zip(batch, result.outputs, strict=True):
+            if not b.future.done():
+                b.future.set_result(out)
+
+    def _run_batch(self, batch: list[Pending]) -> _Result:
+        """Merge, run, split (in a worker thread)."""
+        res = _Result()
+        t0 = time.perf_counter_ns()
+        if len(batch) == 1:
+            merged = batch[0].inputs
+            wanted = batch[0].outputs
+        else:
+            merged = {name: np.concatenate([b.inputs[name] for b in batch], axis=0) for name in batch[0].inputs}
+            wanted = []
+            for b in batch:
+                if not b.outputs:
+                    wanted = []
+                    break
+                wanted.extend(o for o in b.outputs if o not in wanted)
+        t1 = time.perf_counter_ns()
+        out = self._run(merged, wanted)
+        t2 = time.perf_counter_ns()
+        if len(batch) == 1:
+            res.outputs.append(out)
+        else:
+            total = sum(b.elements for b in batch)
+            for name, arr in out.items():
+                if arr.ndim == 0 or arr.shape[0] != total:
+                    raise RuntimeError(f"output '{name}' has shape {list(arr.shape)}; cannot split a batch of {total}")
+            offset = 0
+            for b in batch:
+                names = b.outputs or list(out)
+                res.outputs.append({n: out[n][offset:offset + b.elements] for n in names})
+                offset += b.elements
+        t3 = time.perf_counter_ns()
+        res.input_ns, res.infer_ns, res.output_ns = t1 - t0, t2 - t1, t3 - t2
+        return res

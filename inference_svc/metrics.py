@@ -1,0 +1,53 @@
+"""Prometheus metrics of the inference service (served on the runtime's metrics port)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+_LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
+                    5, 10, 30)
+
+REQUESTS = Counter(
+    "modelport_inference_requests_total",
+    "Inference requests by model, version and status (OK or the gRPC status name).",
+    ["model", "version", "status"],
+)
+QUEUE_SECONDS = Histogram(
+    "modelport_inference_queue_seconds",
+    "Time a request waited in the model's scheduling queue.",
+    ["model", "version"],
+    buckets=_LATENCY_BUCKETS,
+)
+COMPUTE_SECONDS = Histogram(
+    "modelport_inference_compute_seconds",
+    "Duration of one model execution (session.run of a whole batch).",
+    ["model", "version"],
+    buckets=_LATENCY_BUCKETS,
+)
+REQUEST_SECONDS = Histogram(
+    "modelport_inference_request_seconds",
+    "Total time of a request inside the service (queue + compute + split).",
+    ["model", "version"],
+    buckets=_LATENCY_BUCKETS,
+)
+BATCH_SIZE = Histogram(
+    "modelport_inference_batch_size",
+    "Elements per model execution (after dynamic batching).",
+    ["model", "version"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+
+
+def observe_request(model: str, version: str, status: str, seconds: float) -> None:
+    """Count one finished request and its total time."""
+    REQUESTS.labels(model, version, status).inc()
+    REQUEST_SECONDS.labels(model, version).observe(seconds)
+
+
+def observe_execution(model: str, version: str, batch_size: int, compute_s: float, queue_s: list[float]) -> None:
+    """Record one model execution: its batch size, compute time and each request's queue time."""
+    BATCH_SIZE.labels(model, version).observe(batch_size)
+    COMPUTE_SECONDS.labels(model, version).observe(compute_s)
+    q = QUEUE_SECONDS.labels(model, version)
+    for s in queue_s:
+        q.observe(s)

@@ -1,0 +1,128 @@
+"""gRPC servicers of the inference service: KServe v2 GRPCInferenceService and modelport.v1.ModelControl.
+
+Thin: each RPC decodes the protobuf (``modelport.kserve.codec``, ``inference_svc.protocol``), calls
+``ModelManager`` and encodes the answer. Domain errors become status codes in the shared interceptor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import modelport
+from inference_svc import protocol
+from inference_svc.models import ModelManager, resolve_artifact
+from modelport.errors import ModelportError
+from modelport.kserve import codec
+from modelport.kserve.v2 import grpc_service_pb2 as pb
+from modelport.kserve.v2 import grpc_service_pb2_grpc as pb_grpc
+from modelport.runtime.artifacts import ensure_local
+from modelport.v1 import serving_pb2, serving_pb2_grpc
+
+EXTENSIONS = ["model_repository", "model_repository(unload_dependents)", "model_configuration", "statistics",
+              "schedule_policy"]
+
+
+def _deadline(context) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """The Open Inference Protocol as Triton's clients expect it."""
+
+    def __init__(self, manager: ModelManager, is_ready):
+        self.manager = manager
+        self._is_ready = is_ready
+
+    async def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=self._is_ready())
+
+    async def ModelReady(self, request, context):
+        return pb.ModelReadyResponse(ready=self.manager.is_ready(request.name, request.version))
+
+    async def ServerMetadata(self, request, context):
+        return pb.ServerMetadataResponse(name="modelport-inference", version=modelport.__version__,
+                                         extensions=EXTENSIONS)
+
+    async def ModelMetadata(self, request, context):
+        return protocol.model_metadata(self.manager, self.manager.get(request.name, request.version))
+
+    async def _infer(self, request, deadline):
+        mv = self.manager.get(request.model_name, request.model_version)
+        inputs = codec.decode_inputs(request)
+        outputs = await self.manager.infer(mv, inputs, [o.name for o in request.outputs], deadline)
+        return codec.make_infer_response(mv.name, mv.label, outputs, request.id)
+
+    async def ModelInfer(self, request, context):
+        return await self._infer(request, _deadline(context))
+
+    async def ModelStreamInfer(self, request_iterator, context):
+        # Requests run concurrently; each response carries its request's id.
+        results: asyncio.Queue = asyncio.Queue()
+        deadline = _deadline(context)
+
+        async def one(req):
+            try:
+                await results.put(pb.ModelStreamInferResponse(infer_response=await self._infer(req, deadline)))
+            except ModelportError as exc:
+                await results.put(pb.ModelStreamInferResponse(
+                    error_message=exc.message, infer_response=pb.ModelInferResponse(id=req.id)))
+
+        async def reader():
+            tasks = [asyncio.create_task(one(req)) async for req in request_iterator]
+            await asyncio.gather(*tasks)
+            await results.put(None)
+
+        feed = asyncio.create_task(reader())
+        try:
+            while (item := await results.get()) is not None:
+                yield item
+            await feed
+        finally:
+            feed.cancel()
+
+    async def ModelConfig(self, request, context):
+        return pb.ModelConfigResponse(config=protocol.model_config(self.manager.get(request.name, request.version)))
+
+    async def ModelStatistics(self, request, context):
+        return protocol.statistics(self.manager, request.name, request.version)
+
+    async def RepositoryIndex(self, request, context):
+        return protocol.repository_index(self.manager, request.ready)
+
+    async def RepositoryModelLoad(self, request, context):
+        await self.manager.load_from_repository(request.model_name, protocol.config_override(request))
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request, context):
+        await self.manager.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+
+class ModelControlServicer(serving_pb2_grpc.ModelControlServicer):
+    """modelport.v1.ModelControl: load from an artifact with provider and batching settings."""
+
+    def __init__(self, manager: ModelManager, service):
+        self.manager = manager
+        self.service = service
+
+    async def LoadModel(self, request, context):
+        opts = protocol.load_options(request, self.manager.defaults)
+        version = protocol.parse_version(request.version)
+        stored = await ensure_local(self.service.store, request.model, channel_factory=self.service.channel)
+        path, config = resolve_artifact(self.service.store, stored, request.name)
+        mv = await self.manager.load(request.name, path, version, config=config, options=opts,
+                                     keep_versions=request.keep_versions, artifact=request.model)
+        return serving_pb2.LoadModelResponse(model=protocol.served_model(mv), warnings=mv.warnings)
+
+    async def UnloadModel(self, request, context):
+        await self.manager.unload(request.name, request.version)
+        return serving_pb2.UnloadModelResponse()
+
+    async def ListModels(self, request, context):
+        return serving_pb2.ListModelsResponse(
+            models=[protocol.served_model(mv) for mv in self.manager.all_versions()])

@@ -1,0 +1,129 @@
+"""Tiny ONNX models built with onnx.helper (no TensorFlow) and a Triton-layout repository for the
+inference-service tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from modelport import repository
+
+OPSET = [helper.make_opsetid("", 17)]
+
+MLP_W = (np.arange(12, dtype=np.float32).reshape(4, 3) / 10.0)
+MLP_B = np.array([1.0, 2.0, 3.0], dtype=np.float32)
+
+
+def _save(graph, path: Path) -> Path:
+    model = helper.make_model(graph, opset_imports=OPSET)
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, path)
+    return path
+
+
+def mlp(path: Path, scale: float = 1.0) -> Path:
+    """y = (x @ W + b) * scale, x FP32 [N, 4] -> y FP32 [N, 3]."""
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["h"]),
+        helper.make_node("Add", ["h", "B"], ["z"]),
+        helper.make_node("Mul", ["z", "S"], ["y"]),
+    ]
+    inits = [numpy_helper.from_array(MLP_W, "W"), numpy_helper.from_array(MLP_B, "B"),
+             numpy_helper.from_array(np.array(scale, np.float32), "S")]
+    g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], inits)
+    return _save(g, path)
+
+
+def mlp_expected(x: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    return ((x @ MLP_W + MLP_B) * scale).astype(np.float32)
+
+
+def multi(path: Path) -> Path:
+    """Two inputs, three outputs: a FP32 [N,3], b INT64 [N,3] -> sum FP32, prod INT64, pos BOOL."""
+    nodes = [
+        helper.make_node("Cast", ["b"], ["bf"], to=TensorProto.FLOAT),
+        helper.make_node("Add", ["a", "bf"], ["sum"]),
+        helper.make_node("Mul", ["b", "b"], ["prod"]),
+        helper.make_node("Greater", ["a", "zero"], ["pos"]),
+    ]
+    g = helper.make_graph(
+        nodes, "multi",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 3]),
+         helper.make_tensor_value_info("b", TensorProto.INT64, ["N", 3])],
+        [helper.make_tensor_value_info("sum", TensorProto.FLOAT, ["N", 3]),
+         helper.make_tensor_value_info("prod", TensorProto.INT64, ["N", 3]),
+         helper.make_tensor_value_info("pos", TensorProto.BOOL, ["N", 3])],
+        [numpy_helper.from_array(np.array(0.0, np.float32), "zero")],
+    )
+    return _save(g, path)
+
+
+def strings(path: Path) -> Path:
+    """BYTES in and out: s STRING [N] -> same STRING [N]; also flag BOOL [N] -> not_flag."""
+    g = helper.make_graph(
+        [helper.make_node("Identity", ["s"], ["same"]), helper.make_node("Not", ["flag"], ["not_flag"])],
+        "strings",
+        [helper.make_tensor_value_info("s", TensorProto.STRING, ["N"]),
+         helper.make_tensor_value_info("flag", TensorProto.BOOL, ["N"])],
+        [helper.make_tensor_value_info("same", TensorProto.STRING, ["N"]),
+         helper.make_tensor_value_info("not_flag", TensorProto.BOOL, ["N"])],
+    )
+    return _save(g, path)
+
+
+def fp16(path: Path) -> Path:
+    """h FP16 [N, 2] -> twice FP16 [N, 2] (h * 2)."""
+    g = helper.make_graph(
+        [helper.make_node("Mul", ["h", "two"], ["twice"])], "fp16",
+        [helper.make_tensor_value_info("h", TensorProto.FLOAT16, ["N", 2])],
+        [helper.make_tensor_value_info("twice", TensorProto.FLOAT16, ["N", 2])],
+        [numpy_helper.from_array(np.array(2.0, np.float16), "two")],
+    )
+    return _save(g, path)
+
+
+def fixed(path: Path) -> Path:
+    """No batch dimension: m FP32 [2, 2] -> t FP32 [2, 2] (transpose)."""
+    g = helper.make_graph(
+        [helper.make_node("Transpose", ["m"], ["t"], perm=[1, 0])], "fixed",
+        [helper.make_tensor_value_info("m", TensorProto.FLOAT, [2, 2])],
+        [helper.make_tensor_value_info("t", TensorProto.FLOAT, [2, 2])],
+    )
+    return _save(g, path)
+
+
+BATCHED_CONFIG = """
+max_batch_size: 8
+dynamic_batching { preferred_batch_size: [ 8 ] max_queue_delay_microseconds: 20000000 }
+instance_group [ { count: 1 kind: KIND_CPU } ]
+"""
+
+
+def build_repository(root: Path) -> Path:
+    """A Triton-layout repository: mlp (2 versions, latest 1), multi, strings, fp16, fixed, batched."""
+    mlp(root / "mlp" / "1" / "model.onnx")
+    mlp(root / "mlp" / "2" / "model.onnx", scale=2.0)
+    (root / "mlp" / "config.pbtxt").write_text(
+        'name: "mlp"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 16\n'
+        'version_policy: { all: { } }\n'
+        'input [ { name: "x" data_type: TYPE_FP32 dims: [ 4 ] } ]\n'
+        'output [ { name: "y" data_type: TYPE_FP32 dims: [ 3 ] } ]\n'
+        'model_warmup [ { name: "w" batch_size: 1 } ]\n'
+    )
+    multi(root / "multi" / "1" / "model.onnx")
+    (root / "multi" / "config.pbtxt").write_text("max_batch_size: 8\n")
+    strings(root / "strings" / "1" / "model.onnx")
+    (root / "strings" / "config.pbtxt").write_text("max_batch_size: 8\n")
+    fp16(root / "fp16" / "1" / "model.onnx")
+    (root / "fp16" / "config.pbtxt").write_text("max_batch_size: 8\n")
+    fixed(root / "fixed" / "1" / "model.onnx")
+    mlp(root / "batched" / "1" / "model.onnx")
+    (root / "batched" / "config.pbtxt").write_text(BATCHED_CONFIG)
+    repository.read_model(root / "batched")  # parses
+    return root

@@ -1,0 +1,116 @@
+"""tritonclient.grpc round trips against a running modelport inference server.
+
+Run by tests/test_inference_triton.py under the separate tritonclient venv (its protobuf pin
+cannot share a process with our stubs): ``python roundtrip.py HOST:PORT OUT.npz``. Writes the
+inputs it sent and the outputs it received (plus JSON facts) for the test to check.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import sys
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+
+def inp(name, arr, datatype):
+    i = grpcclient.InferInput(name, list(arr.shape), datatype)
+    i.set_data_from_numpy(arr)
+    return i
+
+
+def main(url: str, out: str) -> None:
+    c = grpcclient.InferenceServerClient(url)
+    facts: dict = {"live": c.is_server_live(), "ready": c.is_server_ready(),
+                   "mlp_ready": c.is_model_ready("mlp"), "server": c.get_server_metadata(as_json=True)}
+    arrays: dict[str, np.ndarray] = {}
+    rng = np.random.default_rng(0)
+
+    facts["mlp_metadata"] = c.get_model_metadata("mlp", as_json=True)
+    facts["mlp_config"] = c.get_model_config("mlp", as_json=True)
+    facts["index"] = c.get_model_repository_index(as_json=True)
+
+    # Dynamic batch dimension: batch 3, latest version (2) and pinned version 1.
+    x = rng.random((3, 4), dtype=np.float32)
+    arrays["mlp_x"] = x
+    arrays["mlp_y_latest"] = c.infer("mlp", [inp("x", x, "FP32")]).as_numpy("y")
+    r1 = c.infer("mlp", [inp("x", x, "FP32")], model_version="1", request_id="req-7")
+    arrays["mlp_y_v1"] = r1.as_numpy("y")
+    facts["mlp_v1_response"] = r1.get_response(as_json=True)
+
+    # Multi input / output with a requested subset (BOOL output included).
+    a = rng.standard_normal((2, 3)).astype(np.float32)
+    b = rng.integers(-5, 5, (2, 3)).astype(np.int64)
+    arrays["multi_a"], arrays["multi_b"] = a, b
+    r = c.infer("multi", [inp("a", a, "FP32"), inp("b", b, "INT64")],
+                outputs=[grpcclient.InferRequestedOutput("pos"), grpcclient.InferRequestedOutput("prod")])
+    arrays["multi_pos"], arrays["multi_prod"] = r.as_numpy("pos"), r.as_numpy("prod")
+    facts["multi_outputs"] = [o["name"] for o in r.get_response(as_json=True)["outputs"]]
+    facts["multi_sum_absent"] = r.as_numpy("sum") is None
+
+    # Strings (BYTES) and BOOL inputs.
+    s = np.array([b"hello", "wörld".encode(), b"", b"\x00bin"], dtype=np.object_)
+    flag = np.array([True, False, True, False])
+    arrays["strings_flag"] = flag
+    r = c.infer("strings", [inp("s", s, "BYTES"), inp("flag", flag, "BOOL")])
+    facts["strings_same"] = [v.decode("utf-8", "backslashreplace") for v in r.as_numpy("same").tolist()]
+    facts["strings_sent"] = [v.decode("utf-8", "backslashreplace") for v in s.tolist()]
+    arrays["strings_not_flag"] = r.as_numpy("not_flag")
+
+    # FP16.
+    h = rng.random((5, 2)).astype(np.float16)
+    arrays["fp16_h"] = h
+    arrays["fp16_twice"] = c.infer("fp16", [inp("h", h, "FP16")]).as_numpy("twice")
+
+    # Dynamic batching: concurrent async requests of batch 1..4 to the batched model (total 8).
+    done: queue.Queue = queue.Queue()
+    xs = [rng.random((n, 4), dtype=np.float32) for n in (1, 3, 2, 2)]
+    for i, xb in enumerate(xs):
+        c.async_infer("batched", [inp("x", xb, "FP32")], callback=lambda result, error, i=i: done.put((i, result, error)),
+                      request_id=f"b{i}")
+    for _ in xs:
+        i, res, err = done.get(timeout=60)
+        if err is not None:
+            raise err
+        arrays[f"batched_x{i}"] = xs[i]
+        arrays[f"batched_y{i}"] = res.as_numpy("y")
+    facts["batched_stats"] = c.get_inference_statistics("batched", as_json=True)
+
+    # Streaming.
+    stream_results: queue.Queue = queue.Queue()
+    c.start_stream(callback=lambda result, error: stream_results.put((result, error)))
+    c.async_stream_infer("mlp", [inp("x", x[:1], "FP32")], request_id="s1", model_version="1")
+    res, err = stream_results.get(timeout=60)
+    c.stop_stream()
+    facts["stream_error"] = None if err is None else str(err)
+    arrays["stream_y"] = res.as_numpy("y") if res is not None else np.zeros(0)
+
+    # Errors come back as InferenceServerException with the status and message.
+    errors = {}
+    for key, call in {
+        "unknown_model": lambda: c.infer("nope", [inp("x", x, "FP32")]),
+        "wrong_dtype": lambda: c.infer("mlp", [inp("x", x.astype(np.float64), "FP64")]),
+    }.items():
+        try:
+            call()
+            errors[key] = None
+        except InferenceServerException as exc:
+            errors[key] = {"status": exc.status(), "message": exc.message()}
+    facts["errors"] = errors
+    facts["stats_mlp"] = c.get_inference_statistics("mlp", as_json=True)
+
+    # Repository control: unload then load again.
+    c.unload_model("fixed")
+    facts["fixed_ready_after_unload"] = c.is_model_ready("fixed")
+    c.load_model("fixed")
+    facts["fixed_ready_after_load"] = c.is_model_ready("fixed")
+
+    arrays["facts"] = np.frombuffer(json.dumps(facts).encode(), dtype=np.uint8)
+    np.savez(out, **arrays)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
