@@ -137,6 +137,11 @@ def run(size: int, repeats: int, time_budget_s: float) -> dict:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def size_label(size: int) -> str:
+    """``2 GiB`` or ``256 MiB``."""
+    return f"{size / 2**30:g} GiB" if size >= 2**30 else f"{size / MiB:g} MiB"
+
+
 def _rss(s: common.RssSampler) -> dict:
     return {
         "before_mib": s.before / MiB,
@@ -190,8 +195,8 @@ def plot(res: dict, summary: dict) -> list[str]:
     ax.axhline(before + BOUND_MIB, color="tab:red", linestyle="--", label=f"bound: before + {BOUND_MIB} MiB")
     ax.set_xlabel("time (s)")
     ax.set_ylabel("server resident memory (MiB)")
-    gib = res["size_bytes"] / 2**30
-    ax.set_title(f"Server RSS while a {gib:g} GiB artifact moves each way")
+    label = size_label(res["size_bytes"])
+    ax.set_title(f"Server RSS while a {label} artifact moves each way")
     ax.set_ylim(0, max(before + BOUND_MIB * 1.5, max(m for _, m in up + down) * 1.1))
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
@@ -209,14 +214,14 @@ def plot(res: dict, summary: dict) -> list[str]:
         ax.text(b.get_x() + b.get_width() * 0.97, m, f"{m:.0f} MB/s\n{m / med[0]:.2f}× copy", ha="right",
                 va="bottom", fontsize=8)
     ax.set_ylabel("throughput (MB/s, median; bars = min/max)")
-    ax.set_title(f"{gib:g} GiB artifact transfer vs a local file copy")
+    ax.set_title(f"{label} artifact transfer vs a local file copy")
     ax.set_ylim(0, max(summary[k]["max"] for k in keys) * 1.25)
     names.append(common.save_figure(fig, "artifacts_throughput").name)
     return names
 
 
 def markdown(res: dict, summary: dict, plots: list[str], command: str) -> str:
-    gib = res["size_bytes"] / 2**30
+    label = size_label(res["size_bytes"])
     s = summary
     rows = [
         ["local file copy (baseline)", f"{s['copy_mb_s']['median']:.0f} ({s['copy_mb_s']['min']:.0f}–{s['copy_mb_s']['max']:.0f})",
@@ -234,9 +239,9 @@ def markdown(res: dict, summary: dict, plots: list[str], command: str) -> str:
     verdict = ("**Bound met**" if s["bound_met"] else "**Bound NOT met**") + (
         f": the server's resident memory grew by at most "
         f"{max(s['server_peak_growth_upload_mib'], s['server_peak_growth_download_mib']):.1f} MiB "
-        f"(bound {BOUND_MIB} MiB) while {gib:g} GiB went up and came back down.")
+        f"(bound {BOUND_MIB} MiB) while {label} went up and came back down.")
     return "\n".join([
-        f"## Artifact transfer: {gib:g} GiB through Upload and Download",
+        f"## Artifact transfer: {label} through Upload and Download",
         "",
         "A pseudo-random file is generated on disk (streamed, never held in memory), uploaded to the "
         "inference service running **in its own process** (`python -m inference_svc`, 1 MiB chunks, "

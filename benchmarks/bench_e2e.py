@@ -201,6 +201,10 @@ class Served:
 
         return run
 
+    def call(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Encode and send ``feed`` (used for evaluation on changing inputs)."""
+        return self.runner(feed)()
+
 
 def upload_and_load(channel, path: Path, name: str, batching: bool, max_batch: int = 64,
                     delay_us: int = 1000) -> dict:
@@ -228,10 +232,17 @@ def top1(outputs: list[np.ndarray]) -> np.ndarray:
     return np.asarray(outputs[0]).reshape(len(outputs[0]), -1).argmax(axis=1)
 
 
+def predictions(run, case: ModelCase) -> np.ndarray:
+    """Top-1 predictions on the evaluation inputs, in chunks of 32 (so the served model's max
+    batch size never limits the evaluation)."""
+    n = len(next(iter(case.eval_inputs.values())))
+    return np.concatenate([top1(run({k: v[i:i + 32] for k, v in case.eval_inputs.items()}))
+                           for i in range(0, n, 32)])
+
+
 def quality(run, case: ModelCase, reference: np.ndarray | None) -> dict:
     """Accuracy on held-out labels (digits) or top-1 agreement with the FP32 reference."""
-    outs = run(case.eval_inputs)
-    pred = top1(outs)
+    pred = predictions(run, case)
     d = {}
     if case.eval_labels is not None:
         d["accuracy"] = float((pred == case.eval_labels).mean())
@@ -291,7 +302,7 @@ def run_model(case: ModelCase, work: Path, channel, quick: bool) -> dict:
 
     keras_run = keras_runner(case.model)
     ort_run = ort_runner(onnx_path)
-    reference = top1(keras_run(case.eval_inputs))
+    reference = predictions(keras_run, case)
     res["quality"] = {"keras": quality(keras_run, case, None), "onnx": quality(ort_run, case, reference)}
     probe = case.make_inputs(4)
     res["onnx_max_abs_diff"] = float(max(np.abs(a - b).max() for a, b in
@@ -305,8 +316,8 @@ def run_model(case: ModelCase, work: Path, channel, quick: bool) -> dict:
     res["load"] = {"served": upload_and_load(channel, onnx_path, case.name, batching=False),
                    "optimized_served": upload_and_load(channel, chosen_path, f"{case.name}_opt", batching=False)}
     served, served_opt = Served(channel, case.name), Served(channel, f"{case.name}_opt")
-    res["quality"]["served"] = quality(served.runner(case.eval_inputs), case, reference)
-    res["quality"]["optimized_served"] = quality(served_opt.runner(case.eval_inputs), case, reference)
+    res["quality"]["served"] = quality(served.call, case, reference)
+    res["quality"]["optimized_served"] = quality(served_opt.call, case, reference)
 
     res["batches"] = {}
     for b in BATCHES:
