@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import warnings as _warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,7 +114,9 @@ def _build_session(path: Path, opts: LoadOptions, available: list[str] | None = 
     so = eps.session_options(opts.intra_op_threads, opts.inter_op_threads, opts.graph_optimization_level)
     warnings = list(choice.warnings)
     try:
-        sess = ort.InferenceSession(str(path), sess_options=so, providers=choice.providers)
+        with _warnings.catch_warnings():  # onnxruntime's own "provider not available" warning; we report ours
+            _warnings.simplefilter("ignore", UserWarning)
+            sess = ort.InferenceSession(str(path), sess_options=so, providers=choice.providers)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
         if choice.primary == eps.CPU:
             raise InvalidArgument(
@@ -529,9 +532,9 @@ class ModelManager:
                            f"{sorted(rm.versions)}", {"model": name})
         opts = options_from_config(config, self.defaults)
         loaded = set(self.versions(name))
+        # Triton reloads on every call: each version is rebuilt and swapped in without a gap.
         for v in wanted:
-            if v not in loaded or config_override is not None:
-                await self.load(name, rm.versions[v], v, config=config, options=opts)
+            await self.load(name, rm.versions[v], v, config=config, options=opts)
         for v in sorted(loaded - set(wanted)):
             await self.unload(name, str(v))
         return wanted

@@ -1,0 +1,169 @@
+"""The per-version scheduler on its own: bounded queue, deadlines, cancellation, merging and
+exact splitting, preferred sizes. The model run is a real function gated by a threading.Event
+so the order of events is deterministic (no sleeps, no timing assertions)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from inference_svc.batching import BatchPolicy, Scheduler
+from inference_svc.stats import VersionStats
+from modelport.errors import DeadlineExceeded, Unavailable
+
+
+class GatedModel:
+    """y = x * 10 + row index within the executed batch; blocks until ``gate`` is set."""
+
+    def __init__(self):
+        self.gate = threading.Event()
+        self.started = threading.Event()
+        self.batches: list[int] = []
+
+    def __call__(self, inputs, outputs):
+        self.started.set()
+        assert self.gate.wait(30), "gate never opened"
+        x = inputs["x"]
+        self.batches.append(x.shape[0])
+        return {"y": x * 10, "rows": np.arange(x.shape[0], dtype=np.int64).reshape(-1, 1)}
+
+
+async def _started(model: GatedModel) -> None:
+    assert await asyncio.to_thread(model.started.wait, 30)
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+def test_full_queue_refuses_at_once_and_expired_and_cancelled_requests_never_run():
+    async def scenario():
+        model = GatedModel()
+        sched = Scheduler("m", "1", model, BatchPolicy(max_batch_size=4, dynamic=False, max_queue_size=3), VersionStats())
+        sched.start()
+        one = np.ones((1, 2), np.float32)
+        running = asyncio.create_task(sched.submit({"x": one}, [], 1))
+        await _started(model)  # the first request is executing; the queue is empty again
+        expired = asyncio.create_task(sched.submit({"x": one * 2}, [], 1, deadline=time.monotonic() - 1))
+        cancelled = asyncio.create_task(sched.submit({"x": one * 3}, [], 1))
+        kept = asyncio.create_task(sched.submit({"x": one * 4}, [], 1))
+        await asyncio.sleep(0)  # let the three tasks enqueue (scheduling, not timing)
+        with pytest.raises(Unavailable, match=r"model 'm' version 1: queue is full \(3 requests waiting\)"):
+            await sched.submit({"x": one}, [], 1)
+        cancelled.cancel()
+        model.gate.set()
+        out, _ = await running
+        np.testing.assert_array_equal(out["y"], one * 10)
+        with pytest.raises(DeadlineExceeded, match="deadline passed while it waited in the queue; it was not run"):
+            await expired
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        out, queue_ns = await kept
+        np.testing.assert_array_equal(out["y"], one * 40)
+        assert queue_ns > 0
+        assert model.batches == [1, 1]  # the expired and the cancelled request never ran
+        assert sched.stats.execution_count == 2
+        await sched.drain(5)
+        await sched.stop()
+
+    run(scenario())
+
+
+def test_merges_queued_requests_of_any_batch_size_and_splits_exactly():
+    async def scenario():
+        model = GatedModel()
+        stats = VersionStats()
+        sched = Scheduler("m", "1", model, BatchPolicy(max_batch_size=8, dynamic=True, max_queue_delay_us=0),
+                          stats)
+        sched.start()
+        blocker = asyncio.create_task(sched.submit({"x": np.zeros((1, 2), np.float32)}, [], 1))
+        await _started(model)
+        sizes = [2, 1, 3, 2]
+        xs = [np.full((n, 2), i + 1, np.float32) for i, n in enumerate(sizes)]
+        tasks = [asyncio.create_task(sched.submit({"x": x}, ["y"] if i % 2 else [], n))
+                 for i, (x, n) in enumerate(zip(xs, sizes, strict=True))]
+        await asyncio.sleep(0)
+        model.gate.set()
+        await blocker
+        results = [await t for t in tasks]
+        assert model.batches == [1, 8]  # all four queued requests ran as one batch of 8
+        offset = 0
+        for i, ((out, _), x) in enumerate(zip(results, xs, strict=True)):
+            np.testing.assert_array_equal(out["y"], x * 10)
+            if i % 2:
+                assert list(out) == ["y"]  # only what it asked for
+            else:
+                np.testing.assert_array_equal(out["rows"].ravel(), np.arange(offset, offset + x.shape[0]))
+            offset += x.shape[0]
+        assert stats.inference_count == 9 and stats.execution_count == 2
+        assert sorted(stats.batches) == [1, 8]
+        await sched.stop()
+
+    run(scenario())
+
+
+def test_incompatible_shapes_are_not_merged_and_max_batch_is_respected():
+    async def scenario():
+        model = GatedModel()
+        sched = Scheduler("m", "1", model, BatchPolicy(max_batch_size=4, dynamic=True), VersionStats())
+        sched.start()
+        blocker = asyncio.create_task(sched.submit({"x": np.zeros((1, 2), np.float32)}, [], 1))
+        await _started(model)
+        reqs = [np.ones((3, 2), np.float32), np.ones((1, 5), np.float32), np.ones((2, 2), np.float32),
+                np.ones((1, 2), np.float32)]
+        tasks = [asyncio.create_task(sched.submit({"x": x}, [], x.shape[0])) for x in reqs]
+        await asyncio.sleep(0)
+        model.gate.set()
+        await blocker
+        for t, x in zip(tasks, reqs, strict=True):
+            out, _ = await t
+            np.testing.assert_array_equal(out["y"], x * 10)
+        # [3,2]+[1,2] fill 4; [1,5] has another shape; [2,2] waits for the next batch.
+        assert model.batches == [1, 4, 1, 2]
+        await sched.stop()
+
+    run(scenario())
+
+
+def test_waits_for_preferred_size_within_the_delay():
+    async def scenario():
+        model = GatedModel()
+        model.gate.set()
+        sched = Scheduler("m", "1", model, BatchPolicy(max_batch_size=8, dynamic=True, max_queue_delay_us=30_000_000,
+                                                        preferred_batch_sizes=(4,)), VersionStats())
+        sched.start()
+        tasks = []
+        for i in range(4):
+            tasks.append(asyncio.create_task(sched.submit({"x": np.full((1, 2), i, np.float32)}, [], 1)))
+            await asyncio.sleep(0)
+        for t in tasks:
+            await t
+        assert model.batches == [4]  # the first request waited (delay 30 s) until 4 were there
+        await sched.stop()
+
+    run(scenario())
+
+
+def test_stop_fails_queued_requests_with_unavailable():
+    async def scenario():
+        model = GatedModel()
+        sched = Scheduler("m", "1", model, BatchPolicy(max_batch_size=0), VersionStats())
+        sched.start()
+        first = asyncio.create_task(sched.submit({"x": np.ones((1, 2), np.float32)}, [], 1))
+        await _started(model)
+        queued = asyncio.create_task(sched.submit({"x": np.ones((1, 2), np.float32)}, [], 1))
+        await asyncio.sleep(0)
+        stopping = asyncio.create_task(sched.stop())
+        await asyncio.sleep(0)
+        model.gate.set()
+        await stopping
+        with pytest.raises(Unavailable, match="was unloaded; retry"):
+            await queued
+        with pytest.raises(Unavailable, match="stopped while running"):
+            await first
+
+    run(scenario())

@@ -1,0 +1,112 @@
+"""Triton's own client (tritonclient.grpc) against the inference service, unchanged.
+
+tritonclient pins protobuf < 7 and cannot share a process with our stubs (FACTS.md), so the
+client side runs as ``tests/triton_compat/roundtrip.py`` under the tritonclient venv
+(``MODELPORT_TRITON_PYTHON``, else ``<repo>/.venv-triton/bin/python``) and writes what it sent
+and received; this test checks the values.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from inference_fixtures import build_repository, mlp_expected
+
+from inference_svc.service import InferenceService
+from inference_svc.settings import InferenceSettings
+from modelport.runtime.background import BackgroundServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def triton_python() -> str:
+    candidates = [os.environ.get("MODELPORT_TRITON_PYTHON", ""), str(ROOT / ".venv-triton" / "bin" / "python")]
+    for c in candidates:
+        if c and Path(c).is_file():
+            return c
+    pytest.fail("no tritonclient venv: run `make triton-venv` (or set MODELPORT_TRITON_PYTHON to a python with "
+                "tritonclient[grpc] installed)")
+
+
+@pytest.fixture(scope="module")
+def roundtrip(tmp_path_factory):
+    py = triton_python()
+    tmp = tmp_path_factory.mktemp("triton")
+    repo = build_repository(tmp / "repo")
+    settings = InferenceSettings(port=0, host="127.0.0.1", store=tmp / "store", repository=repo)
+    with BackgroundServer(InferenceService(settings)) as srv:
+        out = tmp / "out.npz"
+        p = subprocess.run([py, str(ROOT / "tests" / "triton_compat" / "roundtrip.py"), srv.address, str(out)],
+                           capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-4000:]
+    z = np.load(out, allow_pickle=False)
+    arrays = {k: z[k] for k in z.files}
+    facts = json.loads(arrays.pop("facts").tobytes())
+    return facts, arrays
+
+
+def test_health_metadata_config_index(roundtrip):
+    facts, _ = roundtrip
+    assert facts["live"] and facts["ready"] and facts["mlp_ready"]
+    assert facts["server"]["name"] == "modelport-inference"
+    md = facts["mlp_metadata"]
+    assert md["platform"] == "onnxruntime_onnx" and md["versions"] == ["1", "2"]
+    assert md["inputs"] == [{"name": "x", "datatype": "FP32", "shape": ["-1", "4"]}]
+    cfg = facts["mlp_config"]["config"]
+    assert cfg["max_batch_size"] == 16 and cfg["parameters"]["execution_provider"]["string_value"] == "CPUExecutionProvider"
+    index = {(m["name"], m.get("version", "")) for m in facts["index"]["models"]}
+    assert {("mlp", "1"), ("mlp", "2"), ("strings", "1"), ("fp16", "1")} <= index
+
+
+def test_infer_versions_and_request_id(roundtrip):
+    facts, a = roundtrip
+    np.testing.assert_allclose(a["mlp_y_latest"], mlp_expected(a["mlp_x"], 2.0), rtol=1e-6)
+    np.testing.assert_allclose(a["mlp_y_v1"], mlp_expected(a["mlp_x"]), rtol=1e-6)
+    resp = facts["mlp_v1_response"]
+    assert resp["id"] == "req-7" and resp["model_version"] == "1" and len(resp["raw_output_contents"]) == 1
+
+
+def test_multi_input_output_subset_and_bool(roundtrip):
+    facts, a = roundtrip
+    assert facts["multi_outputs"] == ["pos", "prod"] and facts["multi_sum_absent"]
+    np.testing.assert_array_equal(a["multi_pos"], a["multi_a"] > 0)
+    np.testing.assert_array_equal(a["multi_prod"], a["multi_b"] * a["multi_b"])
+
+
+def test_bytes_strings_and_fp16(roundtrip):
+    facts, a = roundtrip
+    assert facts["strings_same"] == facts["strings_sent"] == ["hello", "wörld", "", "\x00bin"]
+    np.testing.assert_array_equal(a["strings_not_flag"], ~a["strings_flag"])
+    assert a["fp16_twice"].dtype == np.float16
+    np.testing.assert_array_equal(a["fp16_twice"], a["fp16_h"] * 2)
+
+
+def test_dynamic_batching_through_tritonclient(roundtrip):
+    facts, a = roundtrip
+    for i in range(4):
+        np.testing.assert_allclose(a[f"batched_y{i}"], mlp_expected(a[f"batched_x{i}"]), rtol=1e-6)
+    st = facts["batched_stats"]["model_stats"][0]
+    assert int(st["inference_count"]) == 8
+    assert int(st["execution_count"]) < int(st["inference_count"])
+    assert int(st["execution_count"]) == 1
+    assert [int(b["batch_size"]) for b in st["batch_stats"]] == [8]
+
+
+def test_stream_errors_statistics_and_repository_control(roundtrip):
+    facts, a = roundtrip
+    assert facts["stream_error"] is None
+    np.testing.assert_allclose(a["stream_y"], mlp_expected(a["mlp_x"][:1]), rtol=1e-6)
+    errs = facts["errors"]
+    assert errs["unknown_model"]["status"] == "StatusCode.NOT_FOUND"
+    assert "model 'nope' is not loaded" in errs["unknown_model"]["message"]
+    assert errs["wrong_dtype"]["status"] == "StatusCode.INVALID_ARGUMENT"
+    assert "input 'x': datatype FP64 does not match the model's FP32" in errs["wrong_dtype"]["message"]
+    stats = {s["version"]: s for s in facts["stats_mlp"]["model_stats"]}
+    assert int(stats["1"]["inference_stats"]["success"]["count"]) >= 2
+    assert int(stats["2"]["inference_stats"]["fail"]["count"]) == 1
+    assert facts["fixed_ready_after_unload"] is False and facts["fixed_ready_after_load"] is True
