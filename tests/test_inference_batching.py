@@ -167,3 +167,37 @@ def test_stop_fails_queued_requests_with_unavailable():
             await first
 
     run(scenario())
+
+
+def test_manager_close_lets_in_flight_batches_finish(tmp_path):
+    """Shutdown (SIGTERM path) drains: a request already executing completes with its result."""
+    from inference_fixtures import mlp, mlp_expected
+
+    from inference_svc.models import LoadOptions, ModelManager
+
+    async def scenario():
+        manager = ModelManager(defaults=LoadOptions(execution_provider="cpu"))
+        mv = await manager.load("m", mlp(tmp_path / "m.onnx"), 1)
+        real_run = mv.scheduler._run
+        gate, started = threading.Event(), threading.Event()
+
+        def gated(inputs, outputs):
+            started.set()
+            assert gate.wait(30)
+            return real_run(inputs, outputs)
+
+        mv.scheduler._run = gated
+        x = np.ones((2, 4), np.float32)
+        request = asyncio.create_task(manager.infer(mv, {"x": x}, []))
+        assert await asyncio.to_thread(started.wait, 30)
+        closing = asyncio.create_task(manager.close())
+        await asyncio.sleep(0)
+        assert not closing.done() and mv.state == "UNLOADING"
+        assert manager.names() == []  # no longer routable while it drains
+        gate.set()
+        out = await request
+        np.testing.assert_allclose(out["y"], mlp_expected(x), rtol=1e-6)
+        await closing
+        assert mv.state == "UNAVAILABLE" and mv.stats.success.count == 1
+
+    run(scenario())

@@ -440,3 +440,34 @@ def test_service_never_imports_tensorflow():
             "assert 'keras' not in sys.modules, 'keras imported'")
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
+
+
+def test_process_serves_repository_and_exits_cleanly_on_sigterm(tmp_path):
+    """`python -m inference_svc --repository DIR --port 0`: SERVING line, inference, SIGTERM -> exit 0."""
+    import signal
+
+    repo = tmp_path / "repo"
+    mlp(repo / "tiny" / "1" / "model.onnx")
+    env = {**__import__("os").environ, "MODELPORT_INFERENCE_STORE": str(tmp_path / "store")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "inference_svc", "--repository", str(repo), "--port", "0", "--host", "127.0.0.1",
+         "--grace-period-s", "5", "--default-max-batch-size", "4"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert "inference SERVING on port" in line, (line, proc.stderr.read() if proc.poll() is not None else "")
+        port = int(line.rsplit(" ", 1)[1])
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = pb_grpc.GRPCInferenceServiceStub(ch)
+            x = np.ones((3, 4), np.float32)
+            _, out = infer(stub, "tiny", {"x": x})
+            np.testing.assert_allclose(out["y"], mlp_expected(x), rtol=1e-6)
+            assert stub.ModelConfig(pb.ModelConfigRequest(name="tiny")).config.max_batch_size == 4
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        err = proc.stderr.read()
+        assert "model tiny version 1 unloaded" in err and "inference: stopped" in err, err[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
