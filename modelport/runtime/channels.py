@@ -148,16 +148,24 @@ def balanced_target(addresses: Sequence[str] | str) -> str:
     )
 
 
-def service_config(*, load_balancing: str = "round_robin", retry_services: Sequence[str] = (KSERVE_SERVICE,),
-                   max_attempts: int = 5, initial_backoff_s: float = 0.05, max_backoff_s: float = 1.0,
-                   retry_codes: Sequence[str] = ("UNAVAILABLE",)) -> str:
-    """gRPC service-config JSON: a load-balancing policy plus a retry policy for ``retry_services``.
+def service_config(*, load_balancing: str = "round_robin", health_check_service: str | None = "",
+                   retry_services: Sequence[str] = (KSERVE_SERVICE,), max_attempts: int = 5,
+                   initial_backoff_s: float = 0.05, max_backoff_s: float = 1.0,
+                   retry_codes: Sequence[str] = ("UNAVAILABLE", "CANCELLED")) -> str:
+    """gRPC service-config JSON: balancing policy, client-side health checking, retry policy.
 
-    Retrying on UNAVAILABLE is safe for inference (ModelInfer has no side effect) and is what
-    makes a replica that drains or dies invisible to callers: the retry goes to another replica.
-    Do not list services with non-idempotent methods (uploads, jobs) here.
+    - ``health_check_service`` (``""`` = the whole server; None disables): the channel watches
+      grpc.health.v1 on every replica and picks only SERVING ones, so a replica that is still
+      loading models or has begun draining (NOT_SERVING) gets no new calls.
+    - The retry policy covers ``retry_services`` only. ModelInfer has no side effect, so
+      retrying it elsewhere is safe: UNAVAILABLE (connection refused or lost) and CANCELLED
+      (what grpc's server answers for calls it had received but not yet dispatched when it
+      stopped) go to another replica. Never list services with non-idempotent methods
+      (uploads, jobs). gRPC caps ``max_attempts`` at 5.
     """
     cfg: dict = {"loadBalancingConfig": [{load_balancing: {}}]}
+    if health_check_service is not None:
+        cfg["healthCheckConfig"] = {"serviceName": health_check_service}
     if retry_services:
         cfg["methodConfig"] = [{
             "name": [{"service": s} for s in retry_services],
@@ -173,7 +181,7 @@ def service_config(*, load_balancing: str = "round_robin", retry_services: Seque
 
 
 def balanced_options(*, retry_buffer_mb: int = 64, **config) -> list[tuple[str, object]]:
-    """Channel options for round_robin + retries (``config`` goes to ``service_config``).
+    """Channel options for round_robin + health checking + retries (``config``: ``service_config``).
 
     gRPC only retries a call whose request still fits its retry buffer (256 KiB per call by
     default), so the buffer is raised to fit inference requests with real tensors.
