@@ -336,6 +336,7 @@ class _Runner:
     # one stage: time it, report it, turn any error into StageFailed
     def stage(self, name: str, fn: Callable[[StageReport], None]) -> None:
         from modelport.client import ClientError
+        from modelport.errors import ModelportError
 
         rep = self.report.stage(name)
         self.progress.start(name)
@@ -347,6 +348,8 @@ class _Runner:
             self._fail(rep, e.code, e.message, t0)
         except StageFailed:
             raise
+        except ModelportError as e:
+            self._fail(rep, e.status, e.message, t0)
         except (OSError, ValueError, KeyError) as e:
             self._fail(rep, "INVALID_ARGUMENT", f"{type(e).__name__}: {e}", t0)
         finally:
@@ -527,6 +530,7 @@ class _Runner:
 
     def smoke(self, rep: StageReport) -> None:
         from modelport.client import ClientError
+        from modelport.dtypes import to_numpy_dtype
 
         spec = self.spec
         meta = self.client.model_metadata(spec.name, self.report.version)
@@ -536,10 +540,11 @@ class _Runner:
             labels = self.eval_arrays.get("y")
             if set(arrays) == {"x"} and len(meta.inputs) == 1:
                 arrays = {meta.inputs[0].name: arrays["x"]}
+            dtypes = {t.name: t.datatype for t in meta.inputs}
+            arrays = {k: v.astype(to_numpy_dtype(dtypes[k])) if dtypes.get(k, "BYTES") != "BYTES" else v
+                      for k, v in arrays.items()}
         else:
             rng = np.random.default_rng(0)
-            from modelport.dtypes import to_numpy_dtype
-
             arrays = {}
             for t in meta.inputs:
                 shape = [4 if i == 0 and d < 0 else max(int(d), 1) for i, d in enumerate(t.shape)]
