@@ -44,6 +44,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     MODELPORT_INFERENCE_STORE=/var/lib/modelport/store \
     MODELPORT_INFERENCE_LOG_JSON=true \
     MODELPORT_HEALTHCHECK_ADDRESS=localhost:8001
+# GPU build only (the folders are absent in the CPU image, where this is a no-op): onnxruntime-gpu
+# finds the CUDA/cuDNN libraries that the nvidia-*-cu12 wheels unpack under site-packages.
+ENV LD_LIBRARY_PATH=/opt/venv/lib/python3.11/site-packages/nvidia/cuda_runtime/lib:/opt/venv/lib/python3.11/site-packages/nvidia/cudnn/lib:/opt/venv/lib/python3.11/site-packages/nvidia/cublas/lib:/opt/venv/lib/python3.11/site-packages/nvidia/cufft/lib:/opt/venv/lib/python3.11/site-packages/nvidia/curand/lib:/opt/venv/lib/python3.11/site-packages/nvidia/cuda_nvrtc/lib
 RUN useradd --uid 1000 --user-group --create-home --home-dir /home/modelport modelport \
  && mkdir -p /var/lib/modelport/store \
  && chown -R 1000:1000 /var/lib/modelport
