@@ -1,0 +1,269 @@
+"""Serving overhead and dynamic batching of the inference service.
+
+For a small MLP (built with onnx.helper) and MobileNetV2 (``keras.applications``, ``weights=None``,
+converted to ONNX once in a separate subprocess so this process never imports TensorFlow), at
+client concurrency 1 and 16 with batch-1 requests:
+
+* baseline: onnxruntime ``InferenceSession.run`` in-process, same model, same intra-op threads,
+  same batch, called from the same number of threads;
+* served: the inference service in its own process (``python -m inference_svc``) over gRPC
+  KServe ``ModelInfer`` (raw tensors), without dynamic batching;
+* served + dynamic batching: the same with ``dynamic_batching`` on.
+
+Throughput (requests/s), p50 and p99 latency, and ratios to the baseline measured in the same run.
+
+    .venv/bin/python -m benchmarks.bench_serving            # full (a few minutes)
+    .venv/bin/python -m benchmarks.bench_serving --quick    # shorter runs; MobileNetV2 only if cached
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import common
+
+CACHE = Path(tempfile.gettempdir()) / "modelport-bench-serving"
+MOBILENET = CACHE / "mobilenetv2.onnx"
+CONCURRENCY = (1, 16)
+MLP_SIZES = (784, 1024, 1024, 10)
+THREADS = max(1, os.cpu_count() or 1)
+DELAY_US = 500
+MAX_BATCH = 32
+
+EXPORT_SCRIPT = """
+import os, sys
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+import keras
+from modelport.conversion.onnx_export import keras_model_to_onnx
+keras.utils.set_random_seed(0)
+model = keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3))
+keras_model_to_onnx(model, sys.argv[1])
+"""
+
+
+def build_mlp(path: Path, sizes=MLP_SIZES) -> Path:
+    """An MLP (Gemm + Relu layers, random weights) with a dynamic batch dimension."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, inits = [], []
+    prev = "x"
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        w = (rng.standard_normal((n_in, n_out)) / np.sqrt(n_in)).astype(np.float32)
+        b = np.zeros(n_out, np.float32)
+        inits += [numpy_helper.from_array(w, f"W{i}"), numpy_helper.from_array(b, f"B{i}")]
+        out = "y" if i == len(sizes) - 2 else f"h{i}"
+        gemm_out = out if out == "y" else f"g{i}"
+        nodes.append(helper.make_node("Gemm", [prev, f"W{i}", f"B{i}"], [gemm_out]))
+        if out != "y":
+            nodes.append(helper.make_node("Relu", [gemm_out], [out]))
+        prev = out
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", sizes[0]])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", sizes[-1]])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, path)
+    return path
+
+
+def ensure_mobilenet(allow_build: bool) -> Path | None:
+    """MobileNetV2 ONNX, converted once in a TensorFlow subprocess and cached."""
+    if MOBILENET.is_file():
+        return MOBILENET
+    if not allow_build:
+        return None
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tmp = MOBILENET.with_suffix(".tmp.onnx")
+    subprocess.run([sys.executable, "-c", EXPORT_SCRIPT, str(tmp)], cwd=common.REPO_ROOT, check=True, timeout=600)
+    os.replace(tmp, MOBILENET)
+    return MOBILENET
+
+
+def write_repository(root: Path, models: dict[str, Path]) -> None:
+    """Each model twice: ``<name>`` (no dynamic batching) and ``<name>_batched``."""
+    from modelport import repository
+
+    for name, path in models.items():
+        for suffix, batching in (("", False), ("_batched", True)):
+            cfg = repository.config_from_onnx(name + suffix, path, max_batch_size=MAX_BATCH,
+                                              dynamic_batching=batching, max_queue_delay_us=DELAY_US,
+                                              instance_count=1)
+            repository.write_model(root, name + suffix, 1, path, cfg)
+
+
+def input_of(path: Path) -> tuple[str, np.ndarray]:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    shape = [1] + [d if isinstance(d, int) else 1 for d in inp.shape[1:]]
+    return inp.name, np.random.default_rng(0).random(shape, dtype=np.float32)
+
+
+def baseline(path: Path, name: str, x: np.ndarray, concurrency: int, max_calls: int, max_s: float):
+    """In-process InferenceSession.run from ``concurrency`` threads (same threads, same batch)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = THREADS
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    feed = {name: x}
+    return common.measure_throughput(lambda: sess.run(None, feed), concurrency, max_calls=max_calls,
+                                     max_seconds=max_s, warmup=3)
+
+
+def served(address: str, model: str, name: str, x: np.ndarray, concurrency: int, max_calls: int, max_s: float):
+    """ModelInfer over gRPC from ``concurrency`` threads sharing one channel (like tritonclient)."""
+    import grpc
+
+    from modelport.kserve import codec
+    from modelport.kserve.v2 import grpc_service_pb2_grpc as pb_grpc
+    from modelport.runtime.channels import channel_options
+
+    ch = grpc.insecure_channel(address, options=channel_options())
+    stub = pb_grpc.GRPCInferenceServiceStub(ch)
+    req = codec.make_infer_request(model, {name: x})
+
+    def call():
+        resp = stub.ModelInfer(req, timeout=60)
+        codec.decode_outputs(resp)
+
+    try:
+        return common.measure_throughput(call, concurrency, max_calls=max_calls, max_seconds=max_s, warmup=3)
+    finally:
+        ch.close()
+
+
+def server_stats(address: str, model: str) -> dict:
+    import grpc
+
+    from modelport.kserve.v2 import grpc_service_pb2 as pb
+    from modelport.kserve.v2 import grpc_service_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(address) as ch:
+        st = pb_grpc.GRPCInferenceServiceStub(ch).ModelStatistics(pb.ModelStatisticsRequest(name=model))
+    s = st.model_stats[0]
+    return {"inference_count": s.inference_count, "execution_count": s.execution_count,
+            "mean_batch": s.inference_count / s.execution_count if s.execution_count else 0.0}
+
+
+def main() -> None:
+    args = common.bench_args("served throughput vs in-process onnxruntime; dynamic batching").parse_args()
+    quick = args.quick
+    max_s = 3.0 if quick else 8.0
+    max_calls = 300 if quick else 5000
+    work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    models = {"mlp": build_mlp(work / "mlp.onnx")}
+    mobilenet = ensure_mobilenet(allow_build=not quick)
+    if mobilenet is not None:
+        models["mobilenetv2"] = mobilenet
+    repo = work / "repo"
+    write_repository(repo, models)
+    titles = {"mlp": f"MLP {'-'.join(map(str, MLP_SIZES))} (onnx.helper, random weights)",
+              "mobilenetv2": "MobileNetV2 224x224 (keras.applications, weights=None, via tf2onnx)"}
+
+    rows, data = [], {"models": {}, "threads": THREADS, "max_queue_delay_us": DELAY_US, "max_batch_size": MAX_BATCH,
+                      "quick": quick}
+    proc, address = common.start_service_subprocess("inference_svc", "--repository", str(repo),
+                                                    "--intra-op-threads", str(THREADS), "--log-level", "WARNING")
+    try:
+        for model, path in models.items():
+            name, x = input_of(path)
+            per = data["models"].setdefault(model, {"title": titles[model], "runs": {}})
+            for c in CONCURRENCY:
+                base = baseline(path, name, x, c, max_calls, max_s)
+                unb = served(address, model, name, x, c, max_calls, max_s)
+                bat = served(address, model + "_batched", name, x, c, max_calls, max_s)
+                per["runs"][str(c)] = {"in_process": base.to_dict(), "served": unb.to_dict(),
+                                       "served_batched": bat.to_dict()}
+                for label, t in (("onnxruntime in-process (baseline)", base), ("served", unb),
+                                 ("served + dynamic batching", bat)):
+                    rows.append([model, c, label, f"{t.calls_per_s:.1f}", common.fmt_ms(t.latency.p50),
+                                 common.fmt_ms(t.latency.p99), common.fmt_ratio(common.ratio(t.calls_per_s,
+                                                                                              base.calls_per_s)),
+                                 t.errors])
+                print(f"{model} c={c}: base {base.calls_per_s:.1f}/s served {unb.calls_per_s:.1f}/s "
+                      f"batched {bat.calls_per_s:.1f}/s", flush=True)
+            per["batched_stats"] = server_stats(address, model + "_batched")
+    finally:
+        rc = common.stop_service_subprocess(proc)
+        data["server_exit_code"] = rc
+
+    def ratio(model, c, a, b):
+        r = data["models"].get(model, {}).get("runs", {}).get(str(c))
+        return common.ratio(r[a]["calls_per_s"], r[b]["calls_per_s"]) if r else None
+
+    goals = [
+        ("MobileNetV2, concurrency 1: served / in-process", ratio("mobilenetv2", 1, "served", "in_process"), 0.9),
+        ("MLP, concurrency 16: dynamic batching / unbatched (served)",
+         ratio("mlp", 16, "served_batched", "served"), 1.5),
+    ]
+    data["goals"] = {g: {"value": v, "target": t, "met": (v is not None and v >= t)} for g, v, t in goals}
+    goal_rows = [[g, common.fmt_ratio(v), f"≥ {t}×", "n/a" if v is None else ("yes" if v >= t else "NO")]
+                 for g, v, t in goals]
+    batch_rows = [[m, d["batched_stats"]["inference_count"], d["batched_stats"]["execution_count"],
+                   f"{d['batched_stats']['mean_batch']:.2f}"] for m, d in data["models"].items()]
+    md = "\n".join([
+        "## Serving: inference service vs in-process onnxruntime",
+        "",
+        "Batch-1 requests from N client threads. Baseline: `InferenceSession.run` in the benchmark process "
+        f"with the same model and intra-op threads ({THREADS}). Served: `python -m inference_svc` in its own "
+        "process, KServe `ModelInfer` over loopback gRPC with raw tensors, one instance per model; dynamic "
+        f"batching with max_batch_size {MAX_BATCH}, max_queue_delay {DELAY_US} µs. Client and server share "
+        "the machine's cores.",
+        "",
+        *(f"- **{m}**: {d['title']}" for m, d in data["models"].items()),
+        "",
+        common.markdown_table(["model", "concurrency", "way", "req/s", "p50 ms", "p99 ms", "× baseline", "errors"],
+                              rows),
+        "",
+        "Goals:",
+        "",
+        common.markdown_table(["goal", "measured", "target", "met"], goal_rows),
+        "",
+        "Server-side batching (ModelStatistics of the `_batched` models over the whole run):",
+        "",
+        common.markdown_table(["model", "inference_count", "execution_count", "mean batch"], batch_rows),
+        "",
+        f"Command: `{common.command_line()}`",
+        "",
+        common.system_info_markdown(),
+    ])
+    common.write_section("serving", md, data)
+    plot(data)
+    print(md)
+
+
+def plot(data: dict) -> None:
+    plt = common.pyplot()
+    models = list(data["models"])
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 3.6), squeeze=False)
+    ways = [("in_process", "in-process"), ("served", "served"), ("served_batched", "served + batching")]
+    for ax, model in zip(axes[0], models, strict=True):
+        runs = data["models"][model]["runs"]
+        cs = list(runs)
+        width = 0.25
+        for i, (key, label) in enumerate(ways):
+            vals = [runs[c][key]["calls_per_s"] for c in cs]
+            ax.bar([j + i * width for j in range(len(cs))], vals, width, label=label)
+        ax.set_xticks([j + width for j in range(len(cs))], [f"c={c}" for c in cs])
+        ax.set_title(model)
+        ax.set_ylabel("requests/s")
+        ax.legend(fontsize=8)
+    common.save_figure(fig, "serving_throughput")
+
+
+if __name__ == "__main__":
+    t0 = time.time()
+    main()
+    print(f"done in {time.time() - t0:.0f}s")
