@@ -58,6 +58,7 @@ class KerasSource:
         _check_legacy()
         import tf_keras
 
+        work.mkdir(parents=True, exist_ok=True)
         kind = sniff_keras(path) or "keras"
         src = work / f"input.{kind}"
         if not src.exists():
@@ -139,7 +140,7 @@ def prune(src: KerasSource, data: TrainSet, opts: dict):
 
     target = float(opts["prune.sparsity"])
     total = _steps(data, opts)
-    end = max(1, int(total * 0.7))  # reach the target, then fine-tune at full sparsity
+    end = max(1, int(total * 0.5))  # reach the target half way, then fine-tune at full sparsity
     freq = int(opts["prune.frequency"]) or max(1, end // 10)
     schedule = tfmot.sparsity.keras.PolynomialDecay(initial_sparsity=0.0, final_sparsity=target,
                                                     begin_step=0, end_step=end, frequency=freq)
@@ -166,6 +167,7 @@ def prune_2_4(src: KerasSource, data: TrainSet, opts: dict):
     """2:4 structured sparsity (two zeros in every four input-channel weights) on eligible layers."""
     import tensorflow_model_optimization as tfmot
     import tf_keras
+    from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import PruneLowMagnitude
 
     freq = max(1, _steps(data, opts) // 10)
 
@@ -180,7 +182,7 @@ def prune_2_4(src: KerasSource, data: TrainSet, opts: dict):
 
     base = src.fresh()
     pm = tf_keras.models.clone_model(base, clone_function=wrap)
-    wrapped = [lyr for lyr in pm.layers if isinstance(lyr, tfmot.sparsity.keras.PruneLowMagnitude)]
+    wrapped = [lyr for lyr in pm.layers if isinstance(lyr, PruneLowMagnitude)]
     if not wrapped:
         raise FailedPrecondition("no Dense/Conv2D layer has an input-channel count divisible by 4; 2:4 sparsity "
                                  "does not apply to this model")

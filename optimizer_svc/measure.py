@@ -95,15 +95,26 @@ def tflite_runner(path: Path, input_names: list[str], threads: int = 0) -> Runne
     return run
 
 
+MIN_TIMED_SECONDS = 0.25
+MAX_REPEATS = 5000
+
+
 def latency(run: Runner, feed: dict[str, np.ndarray], warmup: int, repeats: int) -> tuple[float, float]:
-    """p50 and p90 latency in milliseconds of ``run(feed)`` after ``warmup`` untimed runs."""
+    """p50 and p90 latency in milliseconds of ``run(feed)`` after ``warmup`` untimed runs.
+
+    At least ``repeats`` timed runs, and more (up to 5000) until 0.25 s were timed, so the
+    percentiles of microsecond-scale models are not noise.
+    """
     for _ in range(warmup):
         run(feed)
-    times = []
-    for _ in range(repeats):
+    times: list[float] = []
+    spent = 0.0
+    while len(times) < repeats or (spent < MIN_TIMED_SECONDS and len(times) < MAX_REPEATS):
         t0 = time.perf_counter()
         run(feed)
-        times.append((time.perf_counter() - t0) * 1000.0)
+        dt = time.perf_counter() - t0
+        spent += dt
+        times.append(dt * 1000.0)
     return float(np.percentile(times, 50)), float(np.percentile(times, 90))
 
 

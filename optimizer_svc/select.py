@@ -37,7 +37,8 @@ def _failed(c: jobs_pb2.CandidateReport) -> bool:
 
 
 def rank(baseline: jobs_pb2.CandidateReport, candidates: list[jobs_pb2.CandidateReport], *, goal: str,
-         max_drop: float, relative: bool, auto: bool, min_gain: float) -> tuple[list[jobs_pb2.CandidateReport],
+         max_drop: float, relative: bool, auto: bool, min_gain: float,
+         output_format: str = "") -> tuple[list[jobs_pb2.CandidateReport],
                                                                           jobs_pb2.CandidateReport, str]:
     """Mark ``within_budget``/``chosen`` and notes; returns (ranked candidates, chosen, reason).
 
@@ -65,7 +66,12 @@ def rank(baseline: jobs_pb2.CandidateReport, candidates: list[jobs_pb2.Candidate
     ranked = in_budget + over + failed
 
     threshold = base_m * (1.0 - min_gain) if auto else math.inf
-    winners = [c for c in in_budget if key(c) < base_m and key(c) <= threshold]
+    eligible = [c for c in in_budget if not (auto and output_format and c.format != output_format)]
+    eligible_ids = {id(c) for c in eligible}
+    for c in in_budget:
+        if id(c) not in eligible_ids:
+            c.note = _join(c.note, f"not eligible under auto: {c.format} output but output_format is {output_format}")
+    winners = [c for c in eligible if key(c) < base_m and key(c) <= threshold]
     if not auto and not winners:
         winners = in_budget or over  # explicit techniques: return what was asked for, best first
     if winners:

@@ -1,0 +1,358 @@
+"""End-to-end tests of the Optimizer service: a real server, real worker processes, real models
+trained on scikit-learn digits, real onnxruntime/TFMOT/TFLite work."""
+# ruff: noqa: F811 - the session fixtures are imported from optimizer_fixtures and used as arguments
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+from optimizer_fixtures import digits, optimizer_server  # noqa: F401 - session fixtures
+
+from modelport import media
+from modelport.runtime.artifacts import download_to_file, upload_requests
+from modelport.v1 import artifacts_pb2_grpc, jobs_pb2, optimizer_pb2, optimizer_pb2_grpc
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def client(optimizer_server):
+    from modelport.runtime.channels import channel_options
+
+    ch = grpc.insecure_channel(optimizer_server.address, options=channel_options())
+    yield ch
+    ch.close()
+
+
+@pytest.fixture(scope="module")
+def refs(client, digits):
+    """The digits model (ONNX and Keras) and datasets uploaded through Artifacts.Upload."""
+    stub = artifacts_pb2_grpc.ArtifactsStub(client)
+
+    def up(path, mt):
+        return stub.Upload(upload_requests(path, mt))
+
+    return {
+        "onnx": up(digits.onnx_path, media.ONNX), "keras": up(digits.keras_path, media.KERAS),
+        "train": up(digits.train, media.NPZ), "calib": up(digits.calib, media.NPZ),
+        "eval": up(digits.eval, media.NPZ), "eval_noy": up(digits.eval_inputs_only, media.NPZ),
+        "up": up,
+    }
+
+
+def run(client, req) -> list[jobs_pb2.JobEvent]:
+    return list(optimizer_pb2_grpc.OptimizerStub(client).Optimize(req, timeout=600))
+
+
+def fetch(client, ref, tmp_path: Path, name: str) -> Path:
+    out = tmp_path / name
+    download_to_file(artifacts_pb2_grpc.ArtifactsStub(client), ref.digest, out)
+    return out
+
+
+def by_technique(result) -> dict[str, jobs_pb2.CandidateReport]:
+    return {c.technique: c for c in result.candidates}
+
+
+def onnx_accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    return float((out.argmax(-1) == y).mean())
+
+
+def weight_arrays(path: Path) -> list[np.ndarray]:
+    """Float weight matrices/kernels (>= 2-D, >= 16 values) of an ONNX file."""
+    m = onnx.load(str(path))
+    arrays = [numpy_helper.to_array(t) for t in m.graph.initializer if len(t.dims) >= 2]
+    return [a for a in arrays if a.dtype.kind == "f" and a.size >= 16]
+
+
+# ---- ONNX techniques ---------------------------------------------------------------------------
+def test_onnx_techniques_yield_loadable_models_within_budget(client, refs, digits, optimizer_server, tmp_path):
+    req = optimizer_pb2.OptimizeRequest(model=refs["onnx"], techniques=["graph", "fp16", "int8-dynamic", "int8-static"],
+                                        calibration_data=refs["calib"], eval_data=refs["eval"],
+                                        budget=optimizer_pb2.AccuracyBudget(max_drop=0.02))
+    req.options["int8-static.method"] = "entropy"
+    req.options["int8-static.per_channel"] = "true"
+    events = run(client, req)
+    stages = [e.stage for e in events]
+    for stage in ("queued", "loading", "optimizing:graph", "optimizing:fp16", "optimizing:int8-dynamic",
+                  "optimizing:int8-static", "measuring", "storing", "done"):
+        assert stage in stages, stages
+    assert [e.progress for e in events] == sorted(e.progress for e in events)
+    res = events[-1].optimize_result
+    assert res.baseline.technique == "baseline"
+    assert abs(res.baseline.accuracy - digits.keras_accuracy) < 1e-6
+    table = by_technique(res)
+    assert set(table) == {"graph", "fp16", "int8-dynamic", "int8-static"}
+    for tech, c in table.items():
+        assert c.artifact.origin == optimizer_server.address
+        assert c.format == "onnx" and c.size_bytes == c.artifact.size and c.gzip_size_bytes > 0
+        assert c.latency_p50_ms > 0 and c.latency_p90_ms >= c.latency_p50_ms
+        path = fetch(client, c.artifact, tmp_path, f"{tech}.onnx")
+        acc = onnx_accuracy(path, digits.eval_x, digits.eval_y)  # loadable and runs
+        assert acc == pytest.approx(c.accuracy, abs=0.01)  # dynamic INT8 scales depend on the batch
+        assert res.baseline.accuracy - acc <= 0.02, tech
+        assert c.within_budget
+    # Quantized weights are INT8 and the graph holds Q/DQ (static) or integer ops (dynamic).
+    for tech in ("int8-dynamic", "int8-static"):
+        m = onnx.load(str(tmp_path / f"{tech}.onnx"))
+        int8 = [t for t in m.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) >= 2]
+        assert len(int8) == 4, tech  # 2 conv kernels + 2 dense matrices
+        assert table[tech].details["int8_weight_fraction"] == "1.000"
+    ops_static = {n.op_type for n in onnx.load(str(tmp_path / "int8-static.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops_static
+    ops_dyn = {n.op_type for n in onnx.load(str(tmp_path / "int8-dynamic.onnx")).graph.node}
+    assert ops_dyn & {"MatMulInteger", "ConvInteger", "DynamicQuantizeLinear"}
+    # FP16 keeps float32 I/O, float16 weights.
+    m16 = onnx.load(str(tmp_path / "fp16.onnx"))
+    assert m16.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert m16.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in m16.graph.initializer)
+    assert table["int8-static"].details["method"] == "entropy"
+    assert table["graph"].details["level"] == "extended"
+    # Explicit techniques: the result is one of them (the best within budget for the latency goal).
+    assert res.chosen_technique in table and table[res.chosen_technique].chosen
+    assert res.artifact.digest == table[res.chosen_technique].artifact.digest
+
+
+def test_rerun_is_served_from_the_cache(client, refs):
+    req = optimizer_pb2.OptimizeRequest(model=refs["onnx"], techniques=["graph"], eval_data=refs["eval"])
+    first = run(client, req)[-1]
+    second = run(client, req)
+    assert len(second) == 1 and second[0].cached and second[0].stage == "done"
+    assert second[0].optimize_result.artifact.digest == first.optimize_result.artifact.digest
+
+
+# ---- auto --------------------------------------------------------------------------------------
+def test_auto_never_returns_a_slower_candidate(client, refs):
+    req = optimizer_pb2.OptimizeRequest(model=refs["onnx"], techniques=["auto"], eval_data=refs["eval_noy"],
+                                        calibration_data=refs["calib"], goal=optimizer_pb2.GOAL_LATENCY)
+    res = run(client, req)[-1].optimize_result
+    table = by_technique(res)
+    # Keras-only techniques are skipped (with a note), not errors, under auto.
+    assert table["prune"].details["status"] == "skipped" and "needs the Keras model" in table["prune"].note
+    assert set(table) >= {"graph", "fp16", "int8-dynamic", "int8-static"}
+    # No labels: quality is agreement with the baseline.
+    assert math.isnan(res.baseline.accuracy) and res.baseline.agreement == 1.0
+    if res.chosen_technique == "baseline":
+        assert res.baseline.chosen and "returning the baseline" in res.reason
+        assert res.artifact.digest == refs["onnx"].digest
+    else:
+        chosen = table[res.chosen_technique]
+        assert chosen.chosen and chosen.within_budget
+        assert chosen.latency_p50_ms < res.baseline.latency_p50_ms
+    assert sum(c.chosen for c in res.candidates) + res.baseline.chosen == 1
+
+
+def test_auto_returns_the_baseline_when_nothing_wins(client, refs):
+    # Demanding a 90 % gain makes every candidate lose: the baseline comes back with the reason.
+    req = optimizer_pb2.OptimizeRequest(model=refs["onnx"], techniques=["auto"], eval_data=refs["eval"],
+                                        goal=optimizer_pb2.GOAL_SIZE)
+    req.options["auto.min_gain"] = "0.9"
+    res = run(client, req)[-1].optimize_result
+    assert res.chosen_technique == "baseline" and res.baseline.chosen
+    assert res.artifact.digest == refs["onnx"].digest
+    assert "returning the baseline" in res.reason and "gzip size" in res.reason
+    assert not any(c.chosen for c in res.candidates)
+    # Without calibration_data, int8-static calibrates on the eval inputs.
+    table = by_technique(res)
+    assert table["int8-static"].gzip_size_bytes < res.baseline.gzip_size_bytes
+
+
+def test_auto_size_goal_picks_a_smaller_model(client, refs):
+    req = optimizer_pb2.OptimizeRequest(model=refs["onnx"], techniques=["auto"], eval_data=refs["eval"],
+                                        calibration_data=refs["calib"], goal=optimizer_pb2.GOAL_SIZE)
+    res = run(client, req)[-1].optimize_result
+    chosen = by_technique(res)[res.chosen_technique]
+    assert chosen.gzip_size_bytes < 0.97 * res.baseline.gzip_size_bytes
+    assert chosen.within_budget
+    ranked = [c for c in res.candidates if c.within_budget]
+    assert ranked[0].technique == res.chosen_technique
+    assert [c.gzip_size_bytes for c in ranked] == sorted(c.gzip_size_bytes for c in ranked)
+
+
+# ---- Keras techniques --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def keras_result(client, refs):
+    req = optimizer_pb2.OptimizeRequest(
+        model=refs["keras"], train_data=refs["train"], calibration_data=refs["calib"], eval_data=refs["eval"],
+        techniques=["prune", "prune-2:4", "cluster", "qat", "distill", "tflite-dynamic", "tflite-fp16", "tflite-int8"],
+        budget=optimizer_pb2.AccuracyBudget(max_drop=0.05))
+    req.options.update({"prune.sparsity": "0.75", "cluster.clusters": "8", "train.epochs": "3",
+                        "distill.epochs": "8"})
+    return run(client, req)
+
+
+def test_keras_techniques_yield_loadable_models(keras_result, client, digits, tmp_path):
+    res = keras_result[-1].optimize_result
+    stages = {e.stage for e in keras_result}
+    assert {"optimizing:prune", "optimizing:cluster", "optimizing:tflite-int8", "storing"} <= stages
+    table = by_technique(res)
+    assert set(table) == {"prune", "prune-2:4", "cluster", "qat", "distill", "tflite-dynamic", "tflite-fp16",
+                          "tflite-int8"}
+    assert res.baseline.details["input_format"] == "keras"
+    assert abs(res.baseline.accuracy - digits.keras_accuracy) < 1e-6  # the baseline is the ONNX conversion
+    for tech, c in table.items():
+        assert not c.details.get("status"), (tech, c.note)
+        assert res.baseline.accuracy - c.accuracy <= 0.05, (tech, c.accuracy)
+        path = fetch(client, c.artifact, tmp_path, f"{tech.replace(':', '_')}.{c.format}")
+        if c.format == "onnx":
+            assert onnx_accuracy(path, digits.eval_x, digits.eval_y) == pytest.approx(c.accuracy, abs=0.01)
+        else:
+            assert tech.startswith("tflite-") and path.read_bytes()[4:8] == b"TFL3"
+
+
+def test_pruning_reaches_the_target_sparsity(keras_result, client, tmp_path):
+    c = by_technique(keras_result[-1].optimize_result)["prune"]
+    arrays = weight_arrays(fetch(client, c.artifact, tmp_path, "prune.onnx"))
+    zeros = sum(int((a == 0).sum()) for a in arrays) / sum(a.size for a in arrays)
+    assert 0.74 <= zeros <= 0.80, zeros
+    assert c.gzip_size_bytes < 0.5 * keras_result[-1].optimize_result.baseline.gzip_size_bytes
+
+
+def test_2_4_pruning_keeps_two_of_every_four(keras_result, client, tmp_path):
+    c = by_technique(keras_result[-1].optimize_result)["prune-2:4"]
+    m = onnx.load(str(fetch(client, c.artifact, tmp_path, "p24.onnx")))
+    dense = [numpy_helper.to_array(t) for t in m.graph.initializer if len(t.dims) == 2 and t.dims[0] % 4 == 0]
+    assert dense, "the Dense matrices (MatMul weights, input dim first) must be there"
+    for w in dense:  # ONNX MatMul weight is (in, out): groups of 4 run along the input axis
+        groups = w.T.reshape(-1, 4)
+        assert ((groups != 0).sum(-1) <= 2).all()
+    assert c.details["layers_2_4"].split("/")[0] == c.details["layers_2_4"].split("/")[1]
+
+
+def test_clustering_reaches_the_cluster_count(keras_result, client, tmp_path):
+    c = by_technique(keras_result[-1].optimize_result)["cluster"]
+    arrays = weight_arrays(fetch(client, c.artifact, tmp_path, "cluster.onnx"))
+    assert arrays and max(len(np.unique(a)) for a in arrays) <= 8
+    assert int(c.details["max_unique_per_kernel"]) <= 8
+
+
+def test_qat_and_tflite_int8_are_quantized(keras_result, client, tmp_path):
+    table = by_technique(keras_result[-1].optimize_result)
+    m = onnx.load(str(fetch(client, table["qat"].artifact, tmp_path, "qat.onnx")))
+    ops = [n.op_type for n in m.graph.node]
+    assert ops.count("QuantizeLinear") >= 4 and ops.count("DequantizeLinear") >= 4
+    assert int(table["tflite-int8"].details["int8_tensors"]) > int(table["tflite-fp16"].details["int8_tensors"])
+    assert int(table["tflite-dynamic"].details["int8_tensors"]) >= 2
+    assert table["tflite-fp16"].size_bytes < 0.6 * keras_result[-1].optimize_result.baseline.size_bytes
+
+
+def test_distill_builds_a_smaller_student(keras_result):
+    c = by_technique(keras_result[-1].optimize_result)["distill"]
+    assert c.details["student"].startswith("width x0.5")
+    assert float(c.details["param_ratio"]) < 0.5
+    assert c.size_bytes < keras_result[-1].optimize_result.baseline.size_bytes
+
+
+def test_keras3_model_is_rebuilt_exactly_in_tf_keras(digits, tmp_path):
+    """The bridge: a Keras 3 .keras file -> tf-keras model (for TFMOT) with identical predictions."""
+    code = (
+        "import sys, numpy as np; from pathlib import Path\n"
+        "from optimizer_svc.keras_techniques import KerasSource\n"
+        "src = KerasSource(Path(sys.argv[1]), Path(sys.argv[2]))\n"
+        "a, b = src.fresh(), src.fresh()\n"
+        "assert a is not b and type(a).__module__.startswith('tf_keras'), type(a)\n"
+        "x = np.load(sys.argv[3])['image'][:64]\n"
+        "np.save(sys.argv[4], a.predict(x, verbose=0))\n"
+    )
+    env = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PATH": "/usr/bin:/bin"}
+    out = tmp_path / "pred.npy"
+    proc = subprocess.run([sys.executable, "-c", code, str(digits.keras_path), str(tmp_path / "w"), str(digits.eval),
+                           str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import keras
+
+    expected = keras.models.load_model(digits.keras_path).predict(digits.eval_x[:64], verbose=0)
+    np.testing.assert_allclose(np.load(out), expected, atol=1e-5)
+
+
+# ---- bad requests ------------------------------------------------------------------------------
+def _error(client, req) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as e:
+        run(client, req)
+    return e.value
+
+
+def test_unknown_technique_lists_the_valid_names(client, refs):
+    err = _error(client, optimizer_pb2.OptimizeRequest(model=refs["onnx"], techniques=["int4"]))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "unknown technique(s) 'int4'" in err.details() and "int8-dynamic" in err.details()
+    assert "tflite-int8" in err.details()
+
+
+def test_keras_technique_on_onnx_input_is_rejected_when_explicit(client, refs):
+    err = _error(client, optimizer_pb2.OptimizeRequest(model=refs["onnx"], techniques=["prune"],
+                                                       train_data=refs["train"]))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "prune needs the Keras model" in err.details()
+
+
+def test_unknown_option_and_bad_value(client, refs):
+    req = optimizer_pb2.OptimizeRequest(model=refs["onnx"], techniques=["graph"])
+    req.options["prune.sparsty"] = "0.5"
+    err = _error(client, req)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "prune.sparsty" in err.details()
+    assert "prune.sparsity" in err.details()
+    req = optimizer_pb2.OptimizeRequest(model=refs["onnx"], techniques=["graph"])
+    req.options["int8-static.method"] = "kl"
+    err = _error(client, req)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "int8-static.method" in err.details() and "minmax, entropy, percentile" in err.details()
+
+
+@pytest.mark.parametrize("arrays,expected", [
+    ({"pixels": np.zeros((4, 8, 8, 1), "float32"), "labels": np.zeros(4)},
+     ["no array 'image'", "(?, 8, 8, 1)", "float32"]),
+    ({"image": np.zeros((4, 64), "float32")}, ["'image'", "shape (4, 64)", "(?, 8, 8, 1)"]),
+    ({"image": np.array([[["a"] * 8] * 8] * 4)[..., None]}, ["'image'", "dtype", "float32"]),
+    ({"image": np.zeros((4, 8, 8, 1), "float32"), "y": np.zeros(3, "int64")}, ["'y'", "(4,)"]),
+])
+def test_bad_datasets_are_rejected_with_the_array_and_expected_shape(client, refs, tmp_path, arrays, expected):
+    p = tmp_path / "bad.npz"
+    np.savez(p, **arrays)
+    bad = refs["up"](p, media.NPZ)
+    req = optimizer_pb2.OptimizeRequest(model=refs["onnx"], techniques=["graph"], eval_data=bad)
+    events = []
+    with pytest.raises(grpc.RpcError) as e:
+        for ev in optimizer_pb2_grpc.OptimizerStub(client).Optimize(req, timeout=300):
+            events.append(ev)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert e.value.details().startswith("eval_data: ")
+    for text in expected:
+        assert text in e.value.details(), e.value.details()
+    assert events[-1].error.code == "INVALID_ARGUMENT"  # the error event precedes the failure
+
+
+def test_cancel_stops_the_job_and_the_service_keeps_serving(client, refs):
+    req = optimizer_pb2.OptimizeRequest(model=refs["keras"], techniques=["distill"], train_data=refs["train"])
+    req.options["distill.epochs"] = "50"
+    call = optimizer_pb2_grpc.OptimizerStub(client).Optimize(req, timeout=300)
+    seen = threading.Event()
+    stages = []
+    for ev in call:
+        stages.append(ev.stage)
+        if ev.stage.startswith("loading"):
+            seen.set()
+            call.cancel()
+            break
+    assert seen.is_set()
+    with pytest.raises(grpc.RpcError) as e:
+        next(call)
+    assert e.value.code() == grpc.StatusCode.CANCELLED
+    res = run(client, optimizer_pb2.OptimizeRequest(model=refs["onnx"], techniques=["fp16"]))[-1]
+    assert res.optimize_result.chosen_technique == "fp16"
