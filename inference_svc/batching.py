@@ -86,6 +86,7 @@ class Scheduler:
         self.model, self.version = model, version
         self.policy = policy
         self.stats = stats
+        self.metrics = metrics.VersionMetrics(model, version)
         self._run = run
         self._pending: deque[Pending] = deque()
         self._arrived = asyncio.Event()
@@ -264,8 +265,7 @@ class Scheduler:
         total = sum(b.elements for b in batch)
         self.stats.record_execution(total, result.input_ns, result.infer_ns, result.output_ns,
                                     [(b.elements, b.queue_ns) for b in batch])
-        metrics.observe_execution(self.model, self.version, total, result.infer_ns / 1e9,
-                                  [b.queue_ns / 1e9 for b in batch])
+        self.metrics.execution(total, result.infer_ns / 1e9, [b.queue_ns / 1e9 for b in batch])
         for b, out in zip(batch, result.outputs, strict=True):
             if not b.future.done():
                 b.future.set_result(out)

@@ -38,6 +38,30 @@ BATCH_SIZE = Histogram(
 )
 
 
+class VersionMetrics:
+    """The labelled children of one model version, looked up once (labels() costs a lock + dict)."""
+
+    def __init__(self, model: str, version: str):
+        self.model, self.version = model, version
+        self._ok = REQUESTS.labels(model, version, "OK")
+        self._request = REQUEST_SECONDS.labels(model, version)
+        self._queue = QUEUE_SECONDS.labels(model, version)
+        self._compute = COMPUTE_SECONDS.labels(model, version)
+        self._batch = BATCH_SIZE.labels(model, version)
+
+    def request(self, status: str, seconds: float) -> None:
+        """Count one finished request and its total time."""
+        (self._ok if status == "OK" else REQUESTS.labels(self.model, self.version, status)).inc()
+        self._request.observe(seconds)
+
+    def execution(self, batch_size: int, compute_s: float, queue_s: list[float]) -> None:
+        """One model execution: batch size, compute time and each request's queue time."""
+        self._batch.observe(batch_size)
+        self._compute.observe(compute_s)
+        for s in queue_s:
+            self._queue.observe(s)
+
+
 def observe_request(model: str, version: str, status: str, seconds: float) -> None:
     """Count one finished request and its total time."""
     REQUESTS.labels(model, version, status).inc()

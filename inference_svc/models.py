@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from inference_svc import metrics
 from inference_svc.batching import BatchPolicy, Scheduler
 from inference_svc.stats import VersionStats
 from modelport import providers as eps
@@ -63,6 +62,7 @@ class LoadOptions:
     max_queue_size: int = 0
     instances: int = 0
     warmup: bool = True
+    allow_spinning: bool = True
 
 
 @dataclass
@@ -111,7 +111,8 @@ def _build_session(path: Path, opts: LoadOptions, available: list[str] | None = 
     import onnxruntime as ort
 
     choice = eps.choose(opts.execution_provider, available, opts.device_id)
-    so = eps.session_options(opts.intra_op_threads, opts.inter_op_threads, opts.graph_optimization_level)
+    so = eps.session_options(opts.intra_op_threads, opts.inter_op_threads, opts.graph_optimization_level,
+                             opts.allow_spinning)
     warnings = list(choice.warnings)
     try:
         with _warnings.catch_warnings():  # onnxruntime's own "provider not available" warning; we report ours
@@ -367,7 +368,7 @@ class ModelManager:
         finally:
             total = time.perf_counter_ns() - start
             mv.stats.record_request(status == "OK", total)
-            metrics.observe_request(mv.name, mv.label, status, total / 1e9)
+            mv.scheduler.metrics.request(status, total / 1e9)
 
     # --- loading ------------------------------------------------------------------------------
 

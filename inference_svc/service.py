@@ -34,6 +34,7 @@ class InferenceService(Service):
             inter_op_threads=settings.inter_op_threads,
             graph_optimization_level=settings.graph_optimization_level,
             warmup=settings.warmup,
+            allow_spinning=settings.ort_allow_spinning,
         )
         self.manager = ModelManager(
             repository_root=settings.repository,

@@ -175,11 +175,18 @@ def graph_optimization_level(level: str | int | None):
 
 
 def session_options(intra_op_threads: int = 0, inter_op_threads: int = 0,
-                    graph_level: str | int | None = None):
-    """onnxruntime SessionOptions with thread counts (0 = ORT default) and optimization level."""
+                    graph_level: str | int | None = None, allow_spinning: bool = True):
+    """onnxruntime SessionOptions with thread counts (0 = ORT default) and optimization level.
+
+    ``allow_spinning=False`` stops idle intra/inter-op threads from spin-waiting between runs
+    (onnxruntime's ``session.*.allow_spinning``), which frees cores shared with other work.
+    """
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    if not allow_spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     if intra_op_threads > 0:
         so.intra_op_num_threads = int(intra_op_threads)
     if inter_op_threads > 0:

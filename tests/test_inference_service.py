@@ -471,3 +471,23 @@ def test_process_serves_repository_and_exits_cleanly_on_sigterm(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_mutating_rpcs_need_the_bearer_token(tmp_path):
+    repo = tmp_path / "repo"
+    mlp(repo / "tiny" / "1" / "model.onnx")
+    svc = InferenceService(_settings(tmp_path, repository=repo, auth_token="s3cret"))
+    with BackgroundServer(svc) as srv, grpc.insecure_channel(srv.address) as ch:
+        kserve = pb_grpc.GRPCInferenceServiceStub(ch)
+        control = serving_pb2_grpc.ModelControlStub(ch)
+        expect_error(grpc.StatusCode.UNAUTHENTICATED, ["authorization: Bearer <token>"],
+                     lambda: kserve.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="tiny")))
+        expect_error(grpc.StatusCode.UNAUTHENTICATED, ["authorization: Bearer <token>"],
+                     lambda: control.UnloadModel(serving_pb2.UnloadModelRequest(name="tiny")))
+        # Inference and reads stay open; the token unlocks the mutating calls.
+        _, out = infer(kserve, "tiny", {"x": np.ones((1, 4), np.float32)})
+        assert out["y"].shape == (1, 3)
+        assert len(control.ListModels(serving_pb2.ListModelsRequest()).models) == 1
+        kserve.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="tiny"),
+                                     metadata=[("authorization", "Bearer s3cret")])
+        assert not kserve.ModelReady(pb.ModelReadyRequest(name="tiny")).ready

@@ -64,6 +64,8 @@ def test_real_available_list_builds_a_session_option_set():
     with pytest.raises(ValueError, match="unknown graph optimization level 'max'"):
         providers.graph_optimization_level("max")
     assert providers.graph_optimization_level(-1) == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    quiet = providers.session_options(allow_spinning=False)
+    assert quiet.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 # --- codec ------------------------------------------------------------------------------------
