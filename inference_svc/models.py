@@ -503,10 +503,10 @@ class ModelManager:
                 "ModelControl.LoadModel")
         return self.repository_root
 
-    def repository_models(self) -> dict[str, repository.RepositoryModel]:
+    def repository_models(self, errors: dict[str, str] | None = None) -> dict[str, repository.RepositoryModel]:
         if self.repository_root is None:
             return {}
-        return repository.scan(self.repository_root)
+        return repository.scan(self.repository_root, errors)
 
     async def load_from_repository(self, name: str, config_override: mc.ModelConfig | None = None) -> list[int]:
         """(Re)load a repository model: load the versions its policy selects, unload the others."""
@@ -543,7 +543,12 @@ class ModelManager:
     async def load_repository(self) -> list[str]:
         """Load every model of the repository (startup); a model that fails is logged, not fatal."""
         names = []
-        for name in self.repository_models():
+        errors: dict[str, str] = {}
+        found = self.repository_models(errors)
+        for name, message in errors.items():
+            self._failed[name] = message
+            log.error("model %s failed to load: %s", name, message)
+        for name in found:
             try:
                 await self.load_from_repository(name)
                 names.append(name)
@@ -558,7 +563,7 @@ class ModelManager:
         names = set(self._models) | set(self._failed)
         repo_models = {}
         try:
-            repo_models = self.repository_models()
+            repo_models = self.repository_models({})
         except ModelportError:
             pass
         names |= set(repo_models)

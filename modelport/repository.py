@@ -109,8 +109,12 @@ def read_model(folder: str | os.PathLike) -> RepositoryModel:
     return RepositoryModel(path.name, path, cfg, versions, has_config)
 
 
-def scan(root: str | os.PathLike) -> dict[str, RepositoryModel]:
-    """All models of a repository folder (folders without any version are skipped)."""
+def scan(root: str | os.PathLike, errors: dict[str, str] | None = None) -> dict[str, RepositoryModel]:
+    """All models of a repository folder (folders without any version are skipped).
+
+    With ``errors`` given, a model folder that cannot be read (bad config.pbtxt) is recorded
+    there as ``name -> message`` instead of failing the whole scan.
+    """
     r = Path(root)
     if not r.is_dir():
         raise NotFound(f"model repository {r} does not exist; create it or pass an existing --repository",
@@ -118,7 +122,13 @@ def scan(root: str | os.PathLike) -> dict[str, RepositoryModel]:
     out: dict[str, RepositoryModel] = {}
     for child in sorted(r.iterdir()):
         if child.is_dir() and not child.name.startswith("."):
-            m = read_model(child)
+            try:
+                m = read_model(child)
+            except InvalidArgument as exc:
+                if errors is None:
+                    raise
+                errors[child.name] = exc.message
+                continue
             if m.versions:
                 out[m.name] = m
     return out

@@ -106,7 +106,8 @@ instance_group [ { count: 1 kind: KIND_CPU } ]
 
 
 def build_repository(root: Path) -> Path:
-    """A Triton-layout repository: mlp (2 versions, latest 1), multi, strings, fp16, fixed, batched."""
+    """A Triton-layout repository: mlp (2 versions, policy all), multi, strings, fp16, fixed, batched,
+    and two models that fail to load (broken config.pbtxt, junk model file)."""
     mlp(root / "mlp" / "1" / "model.onnx")
     mlp(root / "mlp" / "2" / "model.onnx", scale=2.0)
     (root / "mlp" / "config.pbtxt").write_text(
@@ -126,4 +127,10 @@ def build_repository(root: Path) -> Path:
     mlp(root / "batched" / "1" / "model.onnx")
     (root / "batched" / "config.pbtxt").write_text(BATCHED_CONFIG)
     repository.read_model(root / "batched")  # parses
+    # Two models that fail to load: the server starts and serves the others anyway.
+    (root / "broken" / "1").mkdir(parents=True)
+    mlp(root / "broken" / "1" / "model.onnx")
+    (root / "broken" / "config.pbtxt").write_text("max_batch_size: {\n")
+    (root / "junk" / "1").mkdir(parents=True)
+    (root / "junk" / "1" / "model.onnx").write_bytes(b"this is not an onnx model")
     return root

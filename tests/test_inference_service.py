@@ -380,6 +380,19 @@ def test_load_pulls_from_origin_and_repository_archive(server, control, kserve, 
         other.stop()
 
 
+def test_models_that_fail_to_load_are_reported_not_fatal(kserve):
+    assert kserve.ServerReady(pb.ServerReadyRequest()).ready
+    rows = {m.name: m for m in kserve.RepositoryIndex(pb.RepositoryIndexRequest()).models}
+    assert rows["broken"].state == "UNAVAILABLE" and "fix the protobuf text-format syntax" in rows["broken"].reason
+    assert rows["junk"].state == "UNAVAILABLE" and "onnxruntime cannot load model.onnx" in rows["junk"].reason
+    expect_error(BAD, ["config.pbtxt", "fix the protobuf text-format syntax"],
+                 lambda: kserve.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="broken")))
+    expect_error(BAD, ["onnxruntime cannot load model.onnx", "valid ONNX model"],
+                 lambda: kserve.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="junk")))
+    expect_error(grpc.StatusCode.NOT_FOUND, ["model 'junk' is not loaded"],
+                 lambda: infer(kserve, "junk", {"x": np.zeros((1, 4), np.float32)}))
+
+
 def test_repository_index_load_unload_and_config_override(kserve):
     idx = kserve.RepositoryIndex(pb.RepositoryIndexRequest())
     names = {(m.name, m.version, m.state) for m in idx.models}
