@@ -377,3 +377,42 @@ def test_healthcheck_module_imports_neither_tensorflow_nor_onnxruntime():
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("svc", list(SERVICES))
+def test_image_source_set_runs_the_entrypoint_alone(svc, tmp_path):
+    """Rebuild the image's source tree from its COPY lines and import the entry module from it
+    with no other project code reachable (no editable install, no repo on sys.path).
+
+    Proves the COPY set is complete (a module importing another service or a file that is not
+    copied fails here) and, for inference, that the entry point never imports TensorFlow.
+    """
+    ins = dockerfile_instructions(DEPLOY / f"{svc}.Dockerfile")
+    for op, args in ins:
+        if op == "COPY" and "--from" not in args:
+            *sources, _ = args.split()
+            for src in sources:
+                if (ROOT / src).is_dir():
+                    shutil.copytree(ROOT / src, tmp_path / src, ignore=shutil.ignore_patterns("__pycache__"))
+                else:
+                    (tmp_path / src).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(ROOT / src, tmp_path / src)
+    import sysconfig
+
+    site = sysconfig.get_paths()["purelib"]
+    others = [s for s in SERVICES if s != svc]
+    heavy = ["tensorflow", "keras", "tf_keras", "tf2onnx"] if svc == "inference" else []
+    code = f"""
+import importlib.util, sys
+sys.path[:0] = [{str(tmp_path)!r}, {site!r}]  # -S: no .pth files, so no editable-install finder
+import {svc}_svc.__main__, {svc}_svc.service, modelport.healthcheck
+assert {svc}_svc.__file__.startswith({str(tmp_path)!r}), {svc}_svc.__file__
+for other in {others!r}:
+    assert importlib.util.find_spec(other + "_svc") is None, other + " reachable"
+loaded = sorted({{m.split(".")[0] for m in sys.modules}} & set({heavy!r} + [o + "_svc" for o in {others!r}]))
+print(loaded)
+sys.exit(1 if loaded else 0)
+"""
+    proc = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
