@@ -372,3 +372,32 @@ def test_healthcheck_probe_speaks_mtls(mtls_server, certs):
     assert good.returncode == 0 and good.stdout.strip() == f"{mtls_server.address}: SERVING", good.stderr
     bad = subprocess.run(base, capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert bad.returncode == 1 and "UNAVAILABLE" in bad.stderr
+
+
+def test_sdk_client_and_gateway_config_speak_mtls_with_token(mtls_server, certs, model_file, tmp_path):
+    """The CLI/SDK side: GatewayConfig (what `modelport --config` reads) -> Client over mTLS."""
+    from modelport.cli.config import load_config
+    from modelport.client import ClientError
+
+    def client(**keys):
+        cfg_file = tmp_path / "gateway.yaml"
+        cfg_file.write_text("".join(f"{k}: {v}\n" for k, v in {"converter": mtls_server.address, **keys}.items()))
+        return load_config(cfg_file, {}).client()
+
+    tls_keys = {"tls_ca": certs.ca, "tls_cert": certs.client_cert, "tls_key": certs.client_key}
+    good = client(**tls_keys, auth_token=TOKEN)
+    no_token = client(**tls_keys)
+    no_cert = client(tls_ca=certs.ca, auth_token=TOKEN)
+    try:
+        (status,) = good.status(services=["converter"])
+        assert status.status == "SERVING"
+        ref = good.upload(model_file, service="converter")
+        assert good.stat(ref.digest, service="converter").size == model_file.stat().st_size
+        with pytest.raises(ClientError) as info:
+            no_token.upload(model_file, service="converter")
+        assert info.value.code == "UNAUTHENTICATED"
+        (status,) = no_cert.status(services=["converter"], timeout=5)
+        assert status.status == "UNREACHABLE"  # the handshake is refused before any RPC
+    finally:
+        for c in (good, no_token, no_cert):
+            c.close()
