@@ -401,3 +401,48 @@ def test_sdk_client_and_gateway_config_speak_mtls_with_token(mtls_server, certs,
     finally:
         for c in (good, no_token, no_cert):
             c.close()
+
+
+@pytest.fixture(scope="module")
+def secured_inference(tmp_path_factory, certs):
+    """The real inference service under mTLS + token (what the k8s/compose deployments run)."""
+    from inference_svc.service import InferenceService
+    from inference_svc.settings import InferenceSettings
+
+    settings = InferenceSettings(host="127.0.0.1", port=0, store=tmp_path_factory.mktemp("inf"),
+                                 execution_provider="cpu", tls_cert=certs.server_cert, tls_key=certs.server_key,
+                                 tls_client_ca=certs.ca, auth_token=TOKEN)
+    srv = BackgroundServer(InferenceService(settings)).start()
+    yield srv
+    srv.stop(grace=1)
+
+
+def test_inference_service_guards_model_load_and_leaves_reads_open(secured_inference, certs, model_file):
+    from modelport.kserve.v2 import grpc_service_pb2 as kpb
+    from modelport.kserve.v2 import grpc_service_pb2_grpc as kpb_grpc
+    from modelport.v1 import serving_pb2, serving_pb2_grpc
+
+    addr = secured_inference.address
+    tls = ClientTLS(ca=certs.ca, cert=certs.client_cert, key=certs.client_key)
+    with grpc.insecure_channel(addr) as ch:
+        assert rpc_error(lambda: health(ch, timeout=5)).code() == grpc.StatusCode.UNAVAILABLE
+    load = serving_pb2.LoadModelRequest(name="m", model=artifacts_pb2.ArtifactRef(digest="sha256:" + "1" * 64))
+    with make_channel(addr, tls=tls) as ch:
+        control = serving_pb2_grpc.ModelControlStub(ch)
+        kserve = kpb_grpc.GRPCInferenceServiceStub(ch)
+        # reads are open: health, ServerLive, ListModels
+        assert health(ch) == "SERVING"
+        assert kserve.ServerLive(kpb.ServerLiveRequest(), timeout=5).live is True
+        assert list(control.ListModels(serving_pb2.ListModelsRequest(), timeout=5).models) == []
+        # mutating: LoadModel and the KServe repository load both need the token
+        err = rpc_error(lambda: control.LoadModel(load, timeout=5))
+        assert err.code() == grpc.StatusCode.UNAUTHENTICATED and "Bearer" in err.details()
+        err = rpc_error(lambda: kserve.RepositoryModelLoad(kpb.RepositoryModelLoadRequest(model_name="m"), timeout=5))
+        assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+    with make_channel(addr, tls=tls, token="wrong") as ch:
+        err = rpc_error(lambda: serving_pb2_grpc.ModelControlStub(ch).LoadModel(load, timeout=5))
+        assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+    with make_channel(addr, tls=tls, token=TOKEN) as ch:
+        # past auth, the request itself is judged: the digest is in no store and names no origin
+        err = rpc_error(lambda: serving_pb2_grpc.ModelControlStub(ch).LoadModel(load, timeout=10))
+        assert err.code() == grpc.StatusCode.NOT_FOUND and "sha256:" + "1" * 64 in err.details()
