@@ -34,7 +34,8 @@ DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 K8S_VERSION = "1.32"  # the kubectl client on the dev/CI machines; schemas ship in kubernetes-validate
 SERVICES = {"converter": 50051, "optimizer": 50052, "inference": 8001}
-OVERLAYS = ["overlays/cpu", "overlays/gpu"]
+OVERLAYS = ["overlays/cpu", "overlays/gpu"]  # plaintext gRPC probes
+ALL_OVERLAYS = [*OVERLAYS, "overlays/cpu-mtls"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,7 +74,7 @@ def test_base_manifest_validates_against_kubernetes_schema(path):
         validate_k8s(doc)  # raises ValidationError naming the field
 
 
-@pytest.mark.parametrize("overlay", ["base", *OVERLAYS])
+@pytest.mark.parametrize("overlay", ["base", *ALL_OVERLAYS])
 def test_rendered_overlay_validates_against_kubernetes_schema(overlay):
     docs = kustomize(overlay)
     kinds = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in docs)
@@ -161,6 +162,72 @@ def test_gpu_overlay_schedules_inference_on_gpus_and_cpu_overlay_does_not():
         assert "nodeSelector" not in gpu[name]["spec"]["template"]["spec"]
     cpu_text = json.dumps(cpu)
     assert "nvidia.com/gpu" not in cpu_text
+
+
+def test_mtls_overlay_mounts_certificates_and_probes_over_tls():
+    docs = kustomize("overlays/cpu-mtls")
+    for svc, port in SERVICES.items():
+        dep = by_kind(docs, "Deployment")[f"modelport-{svc}"]
+        pod = dep["spec"]["template"]["spec"]
+        (c,) = pod["containers"]
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        mount = next(m for m in c["volumeMounts"] if m["name"] == "tls")
+        assert mount["readOnly"] is True
+        secret = next(v for v in pod["volumes"] if v["name"] == "tls")["secret"]
+        assert secret["secretName"] == "modelport-tls"
+        prefix = f"MODELPORT_{svc.upper()}_"
+        for key, file in (("TLS_CERT", "tls.crt"), ("TLS_KEY", "tls.key"), ("TLS_CLIENT_CA", "ca.crt"),
+                          ("TLS_PEER_CA", "ca.crt")):
+            assert env[prefix + key] == f"{mount['mountPath']}/{file}"
+        assert env["MODELPORT_HEALTHCHECK_ADDRESS"] == f"localhost:{port}"
+        assert env["MODELPORT_HEALTHCHECK_TLS_CERT"] == env[prefix + "TLS_CERT"]
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert "grpc" not in c[probe], "the kubelet grpc probe cannot speak TLS"
+            assert c[probe]["exec"]["command"] == ["python", "-m", "modelport.healthcheck"]
+        # the rest of the base container survived the patches
+        assert c["ports"][0]["containerPort"] == port and "artifacts" in {m["name"] for m in c["volumeMounts"]}
+
+
+def service_settings_classes() -> dict:
+    from converter_svc.settings import ConverterSettings
+    from inference_svc.settings import InferenceSettings
+    from optimizer_svc.settings import OptimizerSettings
+
+    return {"CONVERTER": ConverterSettings, "OPTIMIZER": OptimizerSettings, "INFERENCE": InferenceSettings}
+
+
+def check_env_names(names: set[str], where: str) -> None:
+    """Every MODELPORT_* variable must be a field the service (or the probe) actually reads."""
+    from modelport.healthcheck import parse_args
+
+    classes = service_settings_classes()
+    probe_fields = {a.upper() for a in vars(parse_args([]))}
+    for name in sorted(n for n in names if n.startswith("MODELPORT_")):
+        svc, _, field = name.removeprefix("MODELPORT_").partition("_")
+        if svc == "HEALTHCHECK":
+            assert field in probe_fields, f"{where}: {name} is not read by modelport.healthcheck"
+        else:
+            assert svc in classes, f"{where}: {name} names no service"
+            assert field.lower() in classes[svc].model_fields, f"{where}: {name} is not a {svc} setting"
+
+
+@pytest.mark.parametrize("overlay", ALL_OVERLAYS)
+def test_k8s_env_names_are_real_settings(overlay):
+    docs = kustomize(overlay)
+    names = set(by_kind(docs, "ConfigMap")["modelport-config"]["data"])
+    for dep in by_kind(docs, "Deployment").values():
+        for c in dep["spec"]["template"]["spec"]["containers"]:
+            names |= {e["name"] for e in c.get("env", [])}
+    check_env_names(names, overlay)
+
+
+def test_compose_and_dockerfile_env_names_are_real_settings():
+    doc = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    names = {k for s in doc["services"].values() for k in s["environment"]}
+    check_env_names(names, "compose.yaml")
+    for svc in SERVICES:
+        text = " ".join(a for op, a in dockerfile_instructions(DEPLOY / f"{svc}.Dockerfile") if op == "ENV")
+        check_env_names(set(re.findall(r"(MODELPORT_[A-Z_]+)=", text)), f"{svc}.Dockerfile")
 
 
 # ---------------------------------------------------------------------------------------------
