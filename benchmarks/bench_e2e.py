@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -252,8 +254,13 @@ def quality(run, case: ModelCase, reference: np.ndarray | None) -> dict:
 
 
 def timed(run, feed, quick: bool) -> common.Timing:
-    return common.time_callable(lambda: run(feed), warmup=3 if quick else 5, repeats=200,
-                                max_seconds=1.0 if quick else 3.0)
+    """Warm-up (fewer calls for slow cases), then repeated calls within a time bound."""
+    t0 = time.perf_counter()
+    run(feed)
+    first = time.perf_counter() - t0
+    warmup = max(1, min(5, int(0.5 / max(first, 1e-6))))
+    return common.time_callable(lambda: run(feed), warmup=warmup, repeats=300,
+                                max_seconds=1.0 if quick else 2.5, min_repeats=5)
 
 
 def optimize_candidates(onnx_path: Path, work: Path, case: ModelCase, reference, quick: bool) -> dict:
@@ -262,7 +269,7 @@ def optimize_candidates(onnx_path: Path, work: Path, case: ModelCase, reference,
     from optimizer_svc import onnx_techniques as ot
 
     base = ort_runner(onnx_path)
-    feed = case.make_inputs(32)
+    feed = case.feeds[32]
     base_t = timed(base, feed, quick)
     base_q = quality(base, case, reference)
     cands = {"none (FP32 ONNX)": {"path": onnx_path, "median_b32_ms": base_t.median * 1e3, **base_q}}
@@ -290,30 +297,101 @@ def optimize_candidates(onnx_path: Path, work: Path, case: ModelCase, reference,
     return {"chosen": best, "candidates": cands}
 
 
-def run_model(case: ModelCase, work: Path, channel, quick: bool) -> dict:
+@dataclass
+class CaseData:
+    """What the Keras phase hands to the main phase: files, inputs and the Keras numbers."""
+
+    name: str
+    onnx_path: Path
+    feeds: dict[int, dict[str, np.ndarray]]
+    eval_inputs: dict[str, np.ndarray]
+    eval_labels: np.ndarray | None
+    keras_pred: np.ndarray
+    probe: dict[str, np.ndarray]
+    keras_probe_out: list[np.ndarray]
+    keras: dict
+
+
+def keras_phase(work: Path, quick: bool) -> None:
+    """Child process (the only one that imports TensorFlow): build/train each model, convert it
+    with the converter's ``keras_model_to_onnx``, time Keras, save inputs and reference outputs."""
+    import json
+
     from modelport.conversion.onnx_export import keras_model_to_onnx
 
-    res: dict = {"title": case.title, "note": case.note}
-    t0 = time.perf_counter()
-    onnx_path = work / f"{case.name}.onnx"
-    keras_model_to_onnx(case.model, onnx_path)
-    res["convert_s"] = time.perf_counter() - t0
-    res["onnx_mb"] = onnx_path.stat().st_size / 1e6
+    builders = [lambda: digits_case(epochs=15 if quick else 40)]
+    if not quick:
+        builders += [mobilenet_case, transformer_case]
+    index = []
+    for build in builders:
+        t0 = time.perf_counter()
+        case = build()
+        built_s = time.perf_counter() - t0
+        onnx_path = work / f"{case.name}.onnx"
+        t0 = time.perf_counter()
+        keras_model_to_onnx(case.model, onnx_path)
+        convert_s = time.perf_counter() - t0
+        print(f"{case.name}: built in {built_s:.1f}s, converted in {convert_s:.1f}s", flush=True)
+        run = keras_runner(case.model)
+        feeds = {b: case.make_inputs(b) for b in BATCHES}
+        probe = case.make_inputs(4)
+        arrays = {f"feed{b}__{k}": v for b, f in feeds.items() for k, v in f.items()}
+        arrays |= {f"eval__{k}": v for k, v in case.eval_inputs.items()}
+        arrays |= {f"probe__{k}": v for k, v in probe.items()}
+        arrays |= {f"probe_out{i}": o for i, o in enumerate(run(probe))}
+        arrays["keras_pred"] = predictions(run, case)
+        if case.eval_labels is not None:
+            arrays["labels"] = case.eval_labels
+        np.savez(work / f"{case.name}.inputs.npz", **arrays)
+        rec = {"name": case.name, "title": case.title, "note": case.note, "build_s": built_s,
+               "convert_s": convert_s, "onnx_mb": onnx_path.stat().st_size / 1e6,
+               "quality": quality(run, case, None), "batches": {}}
+        for b in BATCHES:
+            t = timed(run, feeds[b], quick)
+            rec["batches"][str(b)] = {**t.summary_ms(), "items_per_s": b / t.median}
+            print(f"  {case.name} b{b} keras             p50 {t.p50 * 1e3:8.2f} ms  p99 {t.p99 * 1e3:8.2f} ms  "
+                  f"{b / t.median:9.1f} items/s", flush=True)
+        index.append(rec)
+    (work / "keras_phase.json").write_text(json.dumps(index, indent=2))
 
-    keras_run = keras_runner(case.model)
-    ort_run = ort_runner(onnx_path)
-    reference = predictions(keras_run, case)
-    res["quality"] = {"keras": quality(keras_run, case, None), "onnx": quality(ort_run, case, reference)}
-    probe = case.make_inputs(4)
+
+def load_cases(work: Path) -> list[CaseData]:
+    import json
+
+    cases = []
+    for rec in json.loads((work / "keras_phase.json").read_text()):
+        with np.load(work / f"{rec['name']}.inputs.npz") as z:
+            a = {k: z[k] for k in z.files}
+
+        def pick(prefix, a=a):
+            return {k[len(prefix):]: v for k, v in a.items() if k.startswith(prefix)}
+
+        outs = sorted((k for k in a if k.startswith("probe_out")), key=lambda k: int(k[len("probe_out"):]))
+        cases.append(CaseData(
+            name=rec["name"], onnx_path=work / f"{rec['name']}.onnx",
+            feeds={b: pick(f"feed{b}__") for b in BATCHES}, eval_inputs=pick("eval__"),
+            eval_labels=a.get("labels"), keras_pred=a["keras_pred"], probe=pick("probe__"),
+            keras_probe_out=[a[k] for k in outs], keras=rec))
+    return cases
+
+
+def run_model(case: CaseData, work: Path, channel, quick: bool) -> dict:
+    """Everything but Keras, in this process (no TensorFlow here): ONNX in onnxruntime,
+    optimization candidates, the served and the optimized+served model."""
+    k = case.keras
+    res: dict = {"title": k["title"], "note": k["note"], "convert_s": k["convert_s"], "onnx_mb": k["onnx_mb"]}
+    ort_run = ort_runner(case.onnx_path)
+    reference = case.keras_pred
+    res["quality"] = {"keras": k["quality"], "onnx": quality(ort_run, case, reference)}
     res["onnx_max_abs_diff"] = float(max(np.abs(a - b).max() for a, b in
-                                         zip(keras_run(probe), ort_run(probe), strict=True)))
+                                         zip(case.keras_probe_out, ort_run(case.probe), strict=True)))
 
-    opt = optimize_candidates(onnx_path, work, case, reference, quick)
+    opt = optimize_candidates(case.onnx_path, work, case, reference, quick)
     chosen_path = opt["candidates"][opt["chosen"]]["path"]
     res["optimization"] = {"chosen": opt["chosen"],
-                           "candidates": {k: {kk: vv for kk, vv in v.items() if kk != "path"}
-                                          for k, v in opt["candidates"].items()}}
-    res["load"] = {"served": upload_and_load(channel, onnx_path, case.name, batching=False),
+                           "candidates": {kk: {x: y for x, y in v.items() if x != "path"}
+                                          for kk, v in opt["candidates"].items()}}
+    res["load"] = {"served": upload_and_load(channel, case.onnx_path, case.name, batching=False),
                    "optimized_served": upload_and_load(channel, chosen_path, f"{case.name}_opt", batching=False)}
     served, served_opt = Served(channel, case.name), Served(channel, f"{case.name}_opt")
     res["quality"]["served"] = quality(served.call, case, reference)
@@ -321,23 +399,22 @@ def run_model(case: ModelCase, work: Path, channel, quick: bool) -> dict:
 
     res["batches"] = {}
     for b in BATCHES:
-        feed = case.make_inputs(b)
-        runs = {"keras": keras_run, "onnx": ort_run, "served": served.runner(feed),
-                "optimized_served": served_opt.runner(feed)}
-        row = {}
+        feed = case.feeds[b]
+        runs = {"onnx": ort_run, "served": served.runner(feed), "optimized_served": served_opt.runner(feed)}
+        row = {"keras": dict(k["batches"][str(b)])}
         for way, run in runs.items():
             t = timed(run, feed, quick)
             row[way] = {**t.summary_ms(), "items_per_s": b / t.median}
             print(f"  {case.name} b{b} {way:17s} p50 {t.p50 * 1e3:8.2f} ms  p99 {t.p99 * 1e3:8.2f} ms  "
                   f"{b / t.median:9.1f} items/s", flush=True)
         base = row["keras"]["items_per_s"]
-        for way in runs:
+        for way in row:
             row[way]["throughput_vs_keras"] = row[way]["items_per_s"] / base
         res["batches"][str(b)] = row
     return res
 
 
-def run_concurrency(case: ModelCase, work: Path, channel, address: str, quick: bool) -> dict:
+def run_concurrency(case: CaseData, work: Path, channel, address: str, quick: bool) -> dict:
     """Batch-1 requests from N client threads: in-process ORT vs served without/with batching."""
     import grpc
 
@@ -345,7 +422,7 @@ def run_concurrency(case: ModelCase, work: Path, channel, address: str, quick: b
 
     onnx_path = work / f"{case.name}.onnx"
     upload_and_load(channel, onnx_path, f"{case.name}_batched", batching=True, max_batch=32, delay_us=2000)
-    feed = case.make_inputs(1)
+    feed = case.feeds[1]
     ort_run = ort_runner(onnx_path)
     # One channel per 16 client threads: one HTTP/2 connection would serialise them.
     channels = [grpc.insecure_channel(address, options=channel_options() + [("grpc.use_local_subchannel_pool", 1)])
@@ -422,7 +499,8 @@ def plot(results: dict) -> list[str]:
             a.set_xticks(conc["levels"], [str(c) for c in conc["levels"]])
             a.set_xlabel("concurrent client threads (batch-1 requests)")
             a.grid(alpha=0.3)
-        a1.set_ylabel("requests per second")
+        a1.set_ylabel("requests per second (log)")
+        a1.set_yscale("log")
         a1.set_title(f"{conc['model']}: throughput vs concurrency")
         a2.set_ylabel("p99 latency (ms)")
         a2.set_yscale("log")
@@ -501,25 +579,28 @@ def markdown(results: dict, plots: list[str], command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = common.bench_args("Keras vs ONNX vs served vs optimized+served, and serving under concurrency").parse_args(argv)
+    p = common.bench_args("Keras vs ONNX vs served vs optimized+served, and serving under concurrency")
+    p.add_argument("--keras-phase", type=Path, default=None, help=argparse_suppress())
+    args = p.parse_args(argv)
+    if args.keras_phase is not None:
+        keras_phase(args.keras_phase, args.quick)
+        return 0
     command = common.command_line()
     work = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
     proc = None
     results: dict = {"command": command, "quick": args.quick, "models": {}}
     try:
+        # Keras runs in its own process: TensorFlow's thread pools would otherwise compete with
+        # onnxruntime's (and the server's) for the 2 cores and distort every other number.
+        subprocess.run([sys.executable, "-m", "benchmarks.bench_e2e", "--keras-phase", str(work)]
+                       + (["--quick"] if args.quick else []), check=True, cwd=common.REPO_ROOT,
+                       env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        cases = load_cases(work)
         proc, address = common.start_service_subprocess("inference_svc", store=work / "store", log_dir=work / "logs")
         from modelport.runtime.channels import make_channel
 
         channel = make_channel(address)
-        builders = [lambda: digits_case(epochs=15 if args.quick else 40)]
-        if not args.quick:
-            builders += [mobilenet_case, transformer_case]
-        cases = []
-        for build in builders:
-            t0 = time.perf_counter()
-            case = build()
-            cases.append(case)
-            print(f"{case.name}: built in {time.perf_counter() - t0:.1f}s", flush=True)
+        for case in cases:
             results["models"][case.name] = run_model(case, work, channel, args.quick)
         results["concurrency"] = run_concurrency(cases[0], work, channel, address, args.quick)
         channel.close()
@@ -527,9 +608,16 @@ def main(argv: list[str] | None = None) -> int:
         if proc is not None:
             common.stop_service_subprocess(proc)
         shutil.rmtree(work, ignore_errors=True)
+    results["tensorflow_in_measuring_process"] = "tensorflow" in sys.modules
     plots = plot(results)
     common.write_section("e2e", markdown(results, plots, command), results)
     return 0
+
+
+def argparse_suppress():
+    import argparse
+
+    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":
