@@ -222,9 +222,11 @@ def test_k8s_env_names_are_real_settings(overlay):
 
 
 def test_compose_and_dockerfile_env_names_are_real_settings():
-    doc = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
-    names = {k for s in doc["services"].values() for k in s["environment"]}
-    check_env_names(names, "compose.yaml")
+    for name in ("compose.yaml", "compose.mtls.yaml"):
+        doc = yaml.safe_load((DEPLOY / name).read_text())
+        check_env_names({k for s in doc["services"].values() for k in s["environment"]}, name)
+    mtls = yaml.safe_load((DEPLOY / "compose.mtls.yaml").read_text())
+    assert set(mtls["services"]) == set(SERVICES)
     for svc in SERVICES:
         text = " ".join(a for op, a in dockerfile_instructions(DEPLOY / f"{svc}.Dockerfile") if op == "ENV")
         check_env_names(set(re.findall(r"(MODELPORT_[A-Z_]+)=", text)), f"{svc}.Dockerfile")
@@ -242,8 +244,9 @@ def compose_validator() -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(schema)
 
 
-def test_compose_file_validates_against_compose_spec_schema():
-    doc = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+@pytest.mark.parametrize("name", ["compose.yaml", "compose.mtls.yaml"])
+def test_compose_file_validates_against_compose_spec_schema(name):
+    doc = yaml.safe_load((DEPLOY / name).read_text())
     errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in compose_validator().iter_errors(doc)]
     assert errors == []
 
