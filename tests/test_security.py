@@ -446,3 +446,51 @@ def test_inference_service_guards_model_load_and_leaves_reads_open(secured_infer
         # past auth, the request itself is judged: the digest is in no store and names no origin
         err = rpc_error(lambda: serving_pb2_grpc.ModelControlStub(ch).LoadModel(load, timeout=10))
         assert err.code() == grpc.StatusCode.NOT_FOUND and "sha256:" + "1" * 64 in err.details()
+
+
+def _optimizer(store, **tls):
+    from optimizer_svc.service import OptimizerService
+    from optimizer_svc.settings import OptimizerSettings
+
+    return OptimizerService(OptimizerSettings(host="127.0.0.1", port=0, store=store, warm_workers=0, **tls))
+
+
+JOB_SERVICES = {
+    # name: (factory(store, **tls settings), mutating server-streaming method, "module:RequestClass")
+    "optimizer": (_optimizer, "/modelport.v1.Optimizer/Optimize", "modelport.v1.optimizer_pb2:OptimizeRequest"),
+}
+
+
+@pytest.mark.parametrize("name", list(JOB_SERVICES))
+def test_job_service_under_mtls_guards_its_job_rpc(name, tmp_path, certs):
+    """Converter/optimizer: the job RPC needs the token; the same TLS/mTLS rules as everywhere."""
+    import importlib
+
+    factory, method, request_path = JOB_SERVICES[name]
+    module, _, cls = request_path.partition(":")
+    request_cls = getattr(importlib.import_module(module), cls)
+    service = factory(tmp_path / "store", tls_cert=certs.server_cert, tls_key=certs.server_key,
+                      tls_client_ca=certs.ca, auth_token=TOKEN)
+    srv = BackgroundServer(service).start()
+    tls = ClientTLS(ca=certs.ca, cert=certs.client_cert, key=certs.client_key)
+    try:
+        with grpc.insecure_channel(srv.address) as ch:
+            assert rpc_error(lambda: health(ch, timeout=5)).code() == grpc.StatusCode.UNAVAILABLE
+
+        def call(ch):
+            job = ch.unary_stream(method, request_serializer=request_cls.SerializeToString,
+                                  response_deserializer=lambda b: b)
+            return list(job(request_cls(), timeout=30))
+
+        with make_channel(srv.address, tls=tls) as ch:
+            assert health(ch) == "SERVING"
+            err = rpc_error(lambda: call(ch))
+            assert err.code() == grpc.StatusCode.UNAUTHENTICATED and "Bearer" in err.details()
+        with make_channel(srv.address, tls=tls, token="wrong") as ch:
+            assert rpc_error(lambda: call(ch)).code() == grpc.StatusCode.PERMISSION_DENIED
+        with make_channel(srv.address, tls=tls, token=TOKEN) as ch:
+            # authorized: an empty request is now judged on its content (no model ref given)
+            err = rpc_error(lambda: call(ch))
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
+    finally:
+        srv.stop(grace=1)
