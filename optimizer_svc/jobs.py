@@ -27,7 +27,7 @@ from modelport.v1 import artifacts_pb2, jobs_pb2, optimizer_pb2
 from optimizer_svc import measure as M
 from optimizer_svc import onnx_techniques as OT
 from optimizer_svc import select
-from optimizer_svc.techniques import KERAS_TECHNIQUES, TFLITE_TECHNIQUES, parse_options, plan
+from optimizer_svc.techniques import KERAS_TECHNIQUES, NEEDS_TRAIN, TFLITE_TECHNIQUES, parse_options, plan
 
 log = logging.getLogger("modelport.optimizer.job")
 
@@ -99,6 +99,15 @@ def load_dataset(path: Path | None, specs: list[_Spec], role: str) -> tuple[dict
     return inputs, labels
 
 
+def _has_labels(path: Path) -> bool:
+    """Whether an NPZ holds a 'y' array (True when unreadable: load_dataset reports that properly)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return "y" in getattr(z, "files", ["y"])
+    except Exception:  # noqa: BLE001
+        return True
+
+
 def _ref(store: ArtifactStore, path: Path, media_type: str, origin: str) -> artifacts_pb2.ArtifactRef:
     art = store.put_file(path, media_type)
     return artifacts_pb2.ArtifactRef(digest=art.digest, size=art.size, media_type=art.media_type, origin=origin)
@@ -153,6 +162,14 @@ def _optimize(progress, store: ArtifactStore, req: optimizer_pb2.OptimizeRequest
                     has_inputs=any(p is not None for p in (cal_p, train_p, eval_p)),
                     has_student=bool(req.student.digest))
 
+    needs_labels = [t for t in the_plan.run if t in NEEDS_TRAIN]
+    if needs_labels and train_p is not None and not _has_labels(train_p):
+        if not the_plan.auto:
+            raise InvalidArgument(f"train_data has no 'y' array: {', '.join(needs_labels)} fine-tune on labels; add "
+                                  f"'y' (class ids of shape (N,) or one-hot (N, classes)) to the NPZ")
+        for t in needs_labels:
+            the_plan.run.remove(t)
+            the_plan.skipped.append((t, f"{t} fine-tunes on labels and train_data has no 'y' array"))
     source = None
     if fmt == "keras":
         from modelport.conversion.onnx_export import keras_model_to_onnx

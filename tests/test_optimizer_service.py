@@ -356,3 +356,45 @@ def test_cancel_stops_the_job_and_the_service_keeps_serving(client, refs):
     assert e.value.code() == grpc.StatusCode.CANCELLED
     res = run(client, optimizer_pb2.OptimizeRequest(model=refs["onnx"], techniques=["fp16"]))[-1]
     assert res.optimize_result.chosen_technique == "fp16"
+
+
+def test_fine_tuning_without_labels_is_invalid(client, refs, digits, tmp_path):
+    p = tmp_path / "train_noy.npz"
+    np.savez(p, image=digits.eval_x)
+    req = optimizer_pb2.OptimizeRequest(model=refs["keras"], techniques=["cluster"], train_data=refs["up"](p, media.NPZ))
+    err = _error(client, req)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "train_data has no 'y' array: cluster fine-tune on labels" in err.details()
+
+
+def test_token_guard_and_per_job_timeout(tmp_path, refs, digits):
+    """Optimize is mutating (bearer token) and a job past job_timeout_s is stopped with DEADLINE_EXCEEDED."""
+    from modelport.runtime.background import BackgroundServer
+    from modelport.runtime.channels import auth_metadata, channel_options
+    from optimizer_svc.service import OptimizerService
+    from optimizer_svc.settings import OptimizerSettings
+
+    settings = OptimizerSettings(host="127.0.0.1", port=0, store=tmp_path / "store", auth_token="s3cret",
+                                 job_timeout_s=2.0, warm_workers=1)
+    srv = BackgroundServer(OptimizerService(settings)).start()
+    try:
+        ch = grpc.insecure_channel(srv.address, options=channel_options())
+        arts = artifacts_pb2_grpc.ArtifactsStub(ch)
+        md = auth_metadata("s3cret")
+        model = arts.Upload(upload_requests(digits.keras_path, media.KERAS), metadata=md)
+        train = arts.Upload(upload_requests(digits.train, media.NPZ), metadata=md)
+        req = optimizer_pb2.OptimizeRequest(model=model, techniques=["distill"], train_data=train)
+        stub = optimizer_pb2_grpc.OptimizerStub(ch)
+        with pytest.raises(grpc.RpcError) as e:
+            list(stub.Optimize(req, timeout=60))
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        events = []
+        with pytest.raises(grpc.RpcError) as e:
+            for ev in stub.Optimize(req, timeout=120, metadata=md):
+                events.append(ev)
+        assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "per-job timeout of 2s" in e.value.details() and "job_timeout_s" in e.value.details()
+        assert events[-1].error.code == "DEADLINE_EXCEEDED"
+        ch.close()
+    finally:
+        srv.stop()
