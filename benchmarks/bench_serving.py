@@ -144,6 +144,18 @@ def served(address: str, model: str, name: str, x: np.ndarray, concurrency: int,
         ch.close()
 
 
+def combine(runs: list) -> common.Throughput:
+    """Several measurement rounds as one: total calls over total time, all latency samples."""
+    lat: list[float] = []
+    for r in runs:
+        lat.extend(r.latency.samples)
+    errors = [r.first_error for r in runs if r.first_error]
+    return common.Throughput(concurrency=runs[0].concurrency, calls=sum(r.calls for r in runs),
+                             errors=sum(r.errors for r in runs), elapsed_s=sum(r.elapsed_s for r in runs),
+                             items_per_call=runs[0].items_per_call, latency=common.Timing(lat),
+                             first_error=errors[0] if errors else "")
+
+
 def server_stats(address: str, model: str) -> dict:
     import grpc
 
@@ -162,6 +174,8 @@ def main() -> None:
     quick = args.quick
     max_s = 3.0 if quick else 8.0
     max_calls = 300 if quick else 5000
+    rounds = 1 if quick else 3
+    load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     models = {"mlp": build_mlp(work / "mlp.onnx")}
     mobilenet = ensure_mobilenet(allow_build=not quick)
@@ -181,9 +195,13 @@ def main() -> None:
             name, x = input_of(path)
             per = data["models"].setdefault(model, {"title": titles[model], "runs": {}})
             for c in CONCURRENCY:
-                base = baseline(path, name, x, c, max_calls, max_s)
-                unb = served(address, model, name, x, c, max_calls, max_s)
-                bat = served(address, model + "_batched", name, x, c, max_calls, max_s)
+                # Interleaved rounds (A B C A B C ...) so drifting background load hits every way alike.
+                parts: dict[str, list] = {"base": [], "unb": [], "bat": []}
+                for _ in range(rounds):
+                    parts["base"].append(baseline(path, name, x, c, max_calls, max_s / rounds))
+                    parts["unb"].append(served(address, model, name, x, c, max_calls, max_s / rounds))
+                    parts["bat"].append(served(address, model + "_batched", name, x, c, max_calls, max_s / rounds))
+                base, unb, bat = (combine(parts[k]) for k in ("base", "unb", "bat"))
                 per["runs"][str(c)] = {"in_process": base.to_dict(), "served": unb.to_dict(),
                                        "served_batched": bat.to_dict()}
                 for label, t in (("onnxruntime in-process (baseline)", base), ("served", unb),
@@ -208,6 +226,7 @@ def main() -> None:
         ("MLP, concurrency 16: dynamic batching / unbatched (served)",
          ratio("mlp", 16, "served_batched", "served"), 1.5),
     ]
+    data["loadavg_before"], data["loadavg_after"] = load_before, os.getloadavg()
     data["goals"] = {g: {"value": v, "target": t, "met": (v is not None and v >= t)} for g, v, t in goals}
     goal_rows = [[g, common.fmt_ratio(v), f"≥ {t}×", "n/a" if v is None else ("yes" if v >= t else "NO")]
                  for g, v, t in goals]
@@ -220,7 +239,9 @@ def main() -> None:
         f"with the same model and intra-op threads ({THREADS}). Served: `python -m inference_svc` in its own "
         "process, KServe `ModelInfer` over loopback gRPC with raw tensors, one instance per model; dynamic "
         f"batching with max_batch_size {MAX_BATCH}, max_queue_delay {DELAY_US} µs. Client and server share "
-        "the machine's cores.",
+        f"the machine's cores. Each cell is {rounds} interleaved round(s) of up to {max_s / rounds:.1f} s. "
+        f"Load average (1 min) before/after: {load_before[0]:.1f} / {data['loadavg_after'][0]:.1f} on "
+        f"{os.cpu_count()} cores — other work on the machine makes these figures noisy when it is high.",
         "",
         *(f"- **{m}**: {d['title']}" for m, d in data["models"].items()),
         "",
