@@ -209,3 +209,45 @@ def test_a_replica_that_is_not_serving_gets_no_calls(repository, tmp_path_factor
     finally:
         for r in (*warm, cold):
             r.stop(grace=1)
+
+
+def test_tritonclient_balances_with_the_same_service_config(repository, tmp_path_factory):
+    """A stock Triton client (its own venv: tritonclient pins protobuf < 7) spreads its calls
+    over the replicas when given the service config that ``balanced_options`` uses."""
+    import json
+    import os
+    import subprocess
+
+    from modelport.runtime.channels import service_config
+
+    root = Path(__file__).resolve().parent.parent
+    py = next((c for c in (os.environ.get("MODELPORT_TRITON_PYTHON", ""), str(root / ".venv-triton/bin/python"))
+               if c and Path(c).is_file()), None)
+    if py is None:
+        pytest.fail("no tritonclient venv: run `make triton-venv` (or set MODELPORT_TRITON_PYTHON to a python "
+                    "with tritonclient[grpc] installed)")
+    replicas = start_replicas(repository, tmp_path_factory, n=2)
+    try:
+        target = balanced_target([r.address for r in replicas])
+        code = f"""
+import json, numpy as np, tritonclient.grpc as tc
+client = tc.InferenceServerClient(url={target!r}, channel_args=[
+    ("grpc.service_config", {service_config()!r}), ("grpc.enable_retries", 1),
+    ("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)])
+outs = []
+for i in range(20):
+    x = tc.InferInput("x", [1, 4], "FP32")
+    x.set_data_from_numpy(np.full((1, 4), float(i % 3), np.float32))
+    outs.append(client.infer({MODEL!r}, [x]).as_numpy("y").tolist())
+print(json.dumps(outs))
+"""
+        proc = subprocess.run([py, "-c", code], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        outs = json.loads(proc.stdout)
+        for i, out in enumerate(outs):
+            np.testing.assert_allclose(out, np.maximum(np.full((1, 4), i % 3) + BIAS, 0), atol=1e-6)
+        served = [inference_count(r.address) for r in replicas]
+        assert sum(served) == 20 and all(n > 0 for n in served), served
+    finally:
+        for r in replicas:
+            r.stop(grace=1)
