@@ -88,6 +88,36 @@ def fp16(path: Path) -> Path:
     return _save(g, path)
 
 
+ALL_TYPES = {  # input name -> (ONNX element type, numpy dtype)
+    "bool": (TensorProto.BOOL, np.bool_), "uint8": (TensorProto.UINT8, np.uint8),
+    "uint16": (TensorProto.UINT16, np.uint16), "uint32": (TensorProto.UINT32, np.uint32),
+    "uint64": (TensorProto.UINT64, np.uint64), "int8": (TensorProto.INT8, np.int8),
+    "int16": (TensorProto.INT16, np.int16), "int32": (TensorProto.INT32, np.int32),
+    "int64": (TensorProto.INT64, np.int64), "fp16": (TensorProto.FLOAT16, np.float16),
+    "fp32": (TensorProto.FLOAT, np.float32), "fp64": (TensorProto.DOUBLE, np.float64),
+}
+
+
+def alltypes(path: Path) -> Path:
+    """Every numeric KServe datatype: input ``<t>`` [N, 2] -> output ``<t>_out`` (Identity)."""
+    g = helper.make_graph(
+        [helper.make_node("Identity", [n], [f"{n}_out"]) for n in ALL_TYPES], "alltypes",
+        [helper.make_tensor_value_info(n, t, ["N", 2]) for n, (t, _) in ALL_TYPES.items()],
+        [helper.make_tensor_value_info(f"{n}_out", t, ["N", 2]) for n, (t, _) in ALL_TYPES.items()],
+    )
+    return _save(g, path)
+
+
+def alltypes_inputs(batch: int = 2) -> dict[str, np.ndarray]:
+    out = {}
+    for i, (n, (_, dt)) in enumerate(ALL_TYPES.items()):
+        if dt is np.bool_:
+            out[n] = (np.arange(batch * 2).reshape(batch, 2) % 2).astype(bool)
+        else:
+            out[n] = (np.arange(batch * 2).reshape(batch, 2) + i).astype(dt)
+    return out
+
+
 def fixed(path: Path) -> Path:
     """No batch dimension: m FP32 [2, 2] -> t FP32 [2, 2] (transpose)."""
     g = helper.make_graph(
@@ -124,6 +154,7 @@ def build_repository(root: Path) -> Path:
     fp16(root / "fp16" / "1" / "model.onnx")
     (root / "fp16" / "config.pbtxt").write_text("max_batch_size: 8\n")
     fixed(root / "fixed" / "1" / "model.onnx")
+    alltypes(root / "alltypes" / "1" / "model.onnx")
     mlp(root / "batched" / "1" / "model.onnx")
     (root / "batched" / "config.pbtxt").write_text(BATCHED_CONFIG)
     repository.read_model(root / "batched")  # parses

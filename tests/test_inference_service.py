@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from inference_fixtures import build_repository, mlp, mlp_expected
+from inference_fixtures import ALL_TYPES, alltypes_inputs, build_repository, mlp, mlp_expected
 from prometheus_client import REGISTRY
 
 from inference_svc.service import InferenceService
@@ -146,6 +146,22 @@ def test_bytes_and_bool_and_fp16(kserve):
     _, out = infer(kserve, "fp16", {"h": h})
     assert out["twice"].dtype == np.float16
     np.testing.assert_array_equal(out["twice"], h * 2)
+
+
+@pytest.mark.parametrize("raw", [True, False])
+def test_every_numeric_datatype_round_trips(kserve, raw):
+    inputs = alltypes_inputs(3)
+    if not raw:
+        inputs.pop("fp16")  # FP16 has no typed contents: raw only
+    md = kserve.ModelMetadata(pb.ModelMetadataRequest(name="alltypes"))
+    assert {t.name: t.datatype for t in md.inputs} == {n: n.upper() for n in ALL_TYPES}
+    if raw:
+        _, out = infer(kserve, "alltypes", inputs)
+        for name, arr in inputs.items():
+            assert out[f"{name}_out"].dtype == arr.dtype
+            np.testing.assert_array_equal(out[f"{name}_out"], arr)
+    else:
+        expect_error(BAD, ["input 'fp16' is missing"], lambda: infer(kserve, "alltypes", inputs, raw=False))
 
 
 def test_stream_infer(kserve):

@@ -110,3 +110,13 @@ def test_stream_errors_statistics_and_repository_control(roundtrip):
     assert int(stats["1"]["inference_stats"]["success"]["count"]) >= 2
     assert int(stats["2"]["inference_stats"]["fail"]["count"]) == 1
     assert facts["fixed_ready_after_unload"] is False and facts["fixed_ready_after_load"] is True
+
+
+def test_every_numeric_datatype(roundtrip):
+    _, a = roundtrip
+    names = [k[len("alltypes_in_"):] for k in a if k.startswith("alltypes_in_")]
+    assert len(names) == 12
+    for n in names:
+        sent, got = a[f"alltypes_in_{n}"], a[f"alltypes_out_{n}"]
+        assert got.dtype == sent.dtype, n
+        np.testing.assert_array_equal(got, sent)

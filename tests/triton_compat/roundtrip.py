@@ -65,6 +65,17 @@ def main(url: str, out: str) -> None:
     arrays["fp16_h"] = h
     arrays["fp16_twice"] = c.infer("fp16", [inp("h", h, "FP16")]).as_numpy("twice")
 
+    # Every numeric datatype through tritonclient (Identity model).
+    kinds = {"bool": np.bool_, "uint8": np.uint8, "uint16": np.uint16, "uint32": np.uint32, "uint64": np.uint64,
+             "int8": np.int8, "int16": np.int16, "int32": np.int32, "int64": np.int64, "fp16": np.float16,
+             "fp32": np.float32, "fp64": np.float64}
+    typed = {n: (rng.integers(0, 2, (2, 2)).astype(bool) if dt is np.bool_ else
+                 (rng.random((2, 2)) * 100).astype(dt)) for n, dt in kinds.items()}
+    r = c.infer("alltypes", [inp(n, a, n.upper()) for n, a in typed.items()])
+    for n, a in typed.items():
+        arrays[f"alltypes_in_{n}"] = a
+        arrays[f"alltypes_out_{n}"] = r.as_numpy(f"{n}_out")
+
     # Dynamic batching: concurrent async requests of batch 1..4 to the batched model (total 8).
     done: queue.Queue = queue.Queue()
     xs = [rng.random((n, 4), dtype=np.float32) for n in (1, 3, 2, 2)]
