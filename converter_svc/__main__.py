@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from modelport.runtime.server import run_service
-
 from converter_svc.service import ConverterService
 from converter_svc.settings import ConverterSettings
+from modelport.runtime.server import run_service
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,3 +14,11 @@ class ConverterSettings(ServiceSettings):
 
     port: int = 50051
     """gRPC port (0 picks a free one)."""
+    max_concurrent_jobs: int = 1
+    """Conversions running at once (one worker process each); further jobs queue and say so."""
+    job_timeout_s: float = 1800.0
+    """Per-job limit in seconds (Convert and Inspect); a job past it is stopped (DEADLINE_EXCEEDED)."""
+    worker_max_jobs: int = 1
+    """Jobs a worker runs before it exits and a warm spare replaces it (memory goes back); 0 = reuse forever."""
+    warm_workers: int = 1
+    """Workers started (TensorFlow pre-imported) before the service reports SERVING."""

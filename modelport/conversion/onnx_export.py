@@ -130,6 +130,8 @@ def _call_structure(model: Any, args: list, infos: list[KerasTensorInfo]):
     if isinstance(struct, dict):
         keys = list(struct.keys())
         return dict(zip(keys, args, strict=False))
+    if isinstance(struct, (list, tuple)) and len(struct) == len(args):
+        return list(args)  # a functional model built with a list of inputs wants a list, even of one
     if len(args) == 1:
         return args[0]
     return list(args)
@@ -180,10 +182,16 @@ def keras_model_to_onnx(model: Any, out_path: str | Path, opset: int = 17, fixed
     """
     if not 13 <= int(opset) <= 18:
         raise InvalidArgument(f"ONNX opset {opset} is not supported: choose 13..18 (default 17)")
+
+    fn, signature, _ = keras_tf_function(model, fixed_batch_size)
+    function_to_onnx(fn, signature, out_path, opset)
+
+
+def function_to_onnx(fn: Any, signature: list, out_path: str | Path, opset: int = 17) -> None:
+    """Convert a ``tf.function`` (with ``signature``) returning a dict of named outputs to ONNX."""
     import tensorflow as tf
     import tf2onnx
 
-    fn, signature, _ = keras_tf_function(model, fixed_batch_size)
     with tf.device("/cpu:0"):
         model_proto, _ = tf2onnx.convert.from_function(fn, input_signature=signature, opset=int(opset),
                                                        custom_op_handlers=CUSTOM_OP_HANDLERS)

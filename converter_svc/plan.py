@@ -1,0 +1,81 @@
+"""Request checks and job keys for the converter, done in the service process (no TensorFlow).
+
+Everything that can be decided without loading a model happens here, before a job is queued:
+the source is present, its format is detected from content, the target is supported, options
+are in range, a SavedModel archive unpacks safely. The job key covers input digests,
+normalized options and tool versions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import metadata
+
+from modelport import formats
+from modelport.conversion.convert import DEFAULT_SAMPLES, check_opset
+from modelport.errors import InvalidArgument, Unimplemented
+from modelport.jobs import job_key
+from modelport.parity import DEFAULT_ATOL, DEFAULT_RTOL
+from modelport.store import ArtifactStore
+from modelport.v1 import converter_pb2
+
+# Bump when conversion code changes in a way that changes results (invalidates cached jobs).
+CONVERTER_VERSION = "1"
+
+
+@lru_cache(maxsize=1)
+def tool_versions() -> dict[str, str]:
+    """Installed versions of the conversion tool chain (no imports of the tools themselves)."""
+    out = {"modelport-converter": CONVERTER_VERSION}
+    for pkg in ("tensorflow", "tf2onnx", "onnx", "keras", "onnxruntime"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "absent"
+    return out
+
+
+@dataclass(frozen=True)
+class ConvertPlan:
+    """A checked request: detected source format, normalized target/options and the job key."""
+
+    source_format: str
+    target: str
+    key: str
+    options: dict
+
+
+async def plan_convert(store: ArtifactStore, request: converter_pb2.ConvertRequest) -> ConvertPlan:
+    """Validate a ConvertRequest whose artifacts are local; raises the error the client must see."""
+    path = store.path(request.source.digest)
+    fmt = await asyncio.to_thread(formats.detect_format, path)
+    target = formats.check_target(fmt, request.target_format)
+    if fmt == formats.ONNX and target != formats.ONNX:
+        from modelport.conversion.convert import _onnx_to_tf_unimplemented
+
+        err = _onnx_to_tf_unimplemented(target)
+        raise Unimplemented(err.message, err.details)
+    opset = check_opset(request.opset)
+    if request.fixed_batch_size < 0:
+        raise InvalidArgument(
+            f"fixed_batch_size must be >= 0 (0 keeps the batch dynamic), got {request.fixed_batch_size}")
+    p = request.parity
+    if p.rtol < 0 or p.atol < 0 or p.num_samples < 0:
+        raise InvalidArgument("parity rtol, atol and num_samples must be >= 0")
+    if fmt == formats.SAVEDMODEL:
+        await asyncio.to_thread(store.unpacked, request.source.digest)  # traversal/size checks, once
+    options = {
+        "target": target,
+        "opset": opset if target == formats.ONNX else 0,
+        "fixed_batch_size": int(request.fixed_batch_size),
+        "trust_remote_code": bool(request.trust_remote_code),
+        "rtol": p.rtol or DEFAULT_RTOL,
+        "atol": p.atol or DEFAULT_ATOL,
+        "num_samples": 0 if p.samples.digest else (p.num_samples or DEFAULT_SAMPLES),
+        "seed": 0 if p.samples.digest else int(p.seed),
+        "allow_mismatch": bool(p.allow_mismatch),
+    }
+    digests = [request.source.digest] + ([p.samples.digest] if p.samples.digest else [])
+    return ConvertPlan(fmt, target, job_key("convert", digests, options, tool_versions()), options)

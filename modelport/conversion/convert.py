@@ -1,0 +1,349 @@
+"""One conversion job: load, convert, verify parity, store (runs inside a converter worker).
+
+``convert_model(store, request, progress)`` turns a ``ConvertRequest`` into a ``ConvertResult``:
+the source format comes from the content, the target is produced in a temp folder, source and
+target run on the same samples (a user NPZ or generated inputs), and only a result that passes
+parity (or is allowed to mismatch) is published to the store. ``inspect_model`` answers Inspect.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from modelport import formats, media, parity
+from modelport.datasets import generate_inputs, load_npz, validate_samples
+from modelport.errors import FailedPrecondition, InvalidArgument, ModelportError, Unimplemented
+from modelport.store import ArtifactStore
+from modelport.v1 import artifacts_pb2, converter_pb2, jobs_pb2
+
+log = logging.getLogger("modelport.conversion")
+
+DEFAULT_OPSET = 17
+MIN_OPSET, MAX_OPSET = 13, 18
+DEFAULT_SAMPLES = 8
+
+Progress = Callable[[str, float, str], None]
+
+
+def _noop(stage: str, fraction: float, message: str = "") -> None:
+    pass
+
+
+def check_opset(opset: int) -> int:
+    """The requested opset (0 = default 17), or InvalidArgument outside 13..18."""
+    opset = int(opset or DEFAULT_OPSET)
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise InvalidArgument(f"ONNX opset {opset} is not supported: choose {MIN_OPSET}..{MAX_OPSET} "
+                              f"(0 = default {DEFAULT_OPSET})")
+    return opset
+
+
+def source_path(store: ArtifactStore, digest: str, fmt: str) -> Path:
+    """Local path of a source artifact (a SavedModel archive is unpacked safely, once)."""
+    return store.unpacked(digest) if fmt == formats.SAVEDMODEL else store.path(digest)
+
+
+# ---- samples ---------------------------------------------------------------------------------
+
+def _batch_free(specs):
+    out = []
+    for s in specs:
+        c = jobs_pb2.TensorSpec()
+        c.CopyFrom(s)
+        if len(c.shape):
+            c.shape[0] = -1
+        out.append(c)
+    return out
+
+
+def sample_inputs(store: ArtifactStore, options: converter_pb2.ParityOptions, model, fixed_batch: int):
+    """(inputs, description) for parity: the user's NPZ validated, or generated with a fixed seed."""
+    specs = _batch_free(model.inputs)
+    if options.samples.digest:
+        arrays = load_npz(store.path(options.samples.digest))
+        inputs = validate_samples(arrays, specs)
+        n = next(iter(inputs.values())).shape[0] if inputs else 0
+        if fixed_batch and n % fixed_batch:
+            raise InvalidArgument(f"the samples NPZ has {n} samples; with fixed_batch_size={fixed_batch} give a "
+                                  f"multiple of {fixed_batch}")
+        return inputs, options.samples.digest
+    n = options.num_samples or DEFAULT_SAMPLES
+    if n < 0:
+        raise InvalidArgument(f"num_samples must be >= 0, got {n}")
+    if fixed_batch:
+        n = fixed_batch * max(1, -(-n // fixed_batch))
+    inputs = generate_inputs(specs, num_samples=n, seed=int(options.seed), int_ranges=model.int_ranges)
+    return inputs, f"generated(seed={int(options.seed)}, n={n})"
+
+
+def run_checked(model, inputs: dict[str, np.ndarray], role: str) -> dict[str, np.ndarray]:
+    """Run a model for parity; failures become errors that name the role and the fix."""
+    try:
+        return model.run(inputs)
+    except ModelportError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the model rejected the inputs
+        first = str(e).strip().splitlines()[0][:400] if str(e).strip() else type(e).__name__
+        if role == "source":
+            raise InvalidArgument(
+                f"the source model failed on the parity inputs: {first}; supply valid sample inputs as an NPZ "
+                "artifact (ParityOptions.samples)") from None
+        raise FailedPrecondition(f"the converted model failed to run on the parity inputs: {first}") from None
+
+
+# ---- producing targets -------------------------------------------------------------------------
+
+def _check_onnx(path: Path) -> None:
+    """Fail clearly when tf2onnx left ops it could not convert (it continues on error)."""
+    import onnx
+
+    proto = onnx.load_model(str(path), load_external_data=False)
+    unknown = sorted({n.op_type for n in proto.graph.node if n.domain not in ("", "ai.onnx", "ai.onnx.ml",
+                                                                               "com.microsoft")})
+    if unknown:
+        raise FailedPrecondition(
+            f"tf2onnx could not convert these TensorFlow ops to ONNX: {', '.join(unknown)}; the model uses "
+            "operations without an ONNX equivalent (replace them, or convert to tflite instead)",
+            details={"unsupported_ops": ",".join(unknown)},
+        )
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as e:  # noqa: BLE001
+        raise FailedPrecondition(f"the converted ONNX model is invalid: {str(e).splitlines()[0][:400]}") from None
+
+
+def _rename_onnx_io(path: Path, inputs: dict[str, str], outputs: dict[str, str]) -> None:
+    """Rename graph inputs/outputs (old -> new) everywhere they are referenced."""
+    import onnx
+
+    from modelport.conversion.onnx_export import name_batch_dims, save_onnx
+
+    proto = onnx.load_model(str(path))
+    mapping = {old: new for old, new in {**inputs, **outputs}.items() if old != new}
+    if mapping:
+        g = proto.graph
+        for vi in list(g.input) + list(g.output) + list(g.value_info):
+            vi.name = mapping.get(vi.name, vi.name)
+        for node in g.node:
+            for i, n in enumerate(node.input):
+                node.input[i] = mapping.get(n, n)
+            for i, n in enumerate(node.output):
+                node.output[i] = mapping.get(n, n)
+    name_batch_dims(proto)
+    save_onnx(proto, path)
+
+
+def tflite_from_model(src, fixed_batch: int, out: Path, workdir: Path) -> dict[str, str]:
+    """Float32 TFLite of a TensorFlow-backed model; returns notes (batch pinned to 1, TF Select ops).
+
+    Goes through a SavedModel of the model's serving function. Tries builtin ops with the
+    requested batch first; recurrent layers whose tensor lists need a static batch fall back to
+    batch 1, then to TF Select ops (which need the Flex delegate at run time).
+    """
+    import warnings
+
+    import tensorflow as tf
+
+    def attempt(batch: int, select_ops: bool) -> bytes:
+        folder = Path(tempfile.mkdtemp(dir=workdir, prefix="tflite-src-"))
+        src.export_savedmodel(folder, batch)
+        conv = tf.lite.TFLiteConverter.from_saved_model(str(folder), signature_keys=["serving_default"])
+        if select_ops:
+            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
+            conv._experimental_lower_tensor_list_ops = False
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return conv.convert()
+
+    notes: dict[str, str] = {}
+    plans = [(fixed_batch, False)]
+    if not fixed_batch:
+        plans.append((1, False))
+    plans.append((fixed_batch, True))
+    errors = []
+    for batch, select in plans:
+        try:
+            data = attempt(batch, select)
+        except Exception as e:  # noqa: BLE001 - try the next plan
+            lines = [ln for ln in str(e).strip().splitlines() if "error:" in ln] or str(e).strip().splitlines()
+            errors.append(lines[0][:300] if lines else type(e).__name__)
+            log.info("TFLite plan batch=%s select_ops=%s failed: %s", batch, select, errors[-1])
+            continue
+        if batch and not fixed_batch:
+            notes["batch"] = ("pinned to 1: the model's recurrent layers need a static batch for TFLite "
+                              "builtin ops (run samples one at a time)")
+        if select:
+            notes["select_tf_ops"] = "uses TensorFlow Select ops: the runtime needs the Flex delegate"
+        out.write_bytes(data)
+        return notes
+    raise FailedPrecondition("TFLite conversion failed: " + " | ".join(errors))
+
+
+def relabel_opset(proto, opset: int, why: str):
+    """Set the default-domain opset when every op's inputs/attributes validate at ``opset``.
+
+    onnx.version_converter lacks many down-conversion adapters, even for ops whose newer version
+    only added types (Add 14 vs 13). The full checker (schema + shape inference) then decides
+    whether the graph is valid at the target opset; parity verifies the numbers afterwards.
+    """
+    import onnx
+
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    for imp in out.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            imp.version = opset
+    try:
+        onnx.checker.check_model(out, full_check=True)
+    except Exception as e:  # noqa: BLE001
+        raise FailedPrecondition(
+            f"cannot move this ONNX model to opset {opset}: onnx.version_converter failed ({why}) and the graph is "
+            f"not valid at opset {opset} as is ({str(e).splitlines()[0][:300]}); choose an opset closer to the "
+            "model's own or re-export it from its source at that opset") from None
+    return out
+
+
+def produce(src, target: str, workdir: Path, opset: int, fixed_batch: int) -> tuple[Path, dict[str, str]]:
+    """Write the target model under ``workdir``; returns (file or folder, notes)."""
+    from modelport.conversion.models import OnnxModel, TFLiteModel, TFModel
+    from modelport.conversion.onnx_export import function_to_onnx
+
+    notes: dict[str, str] = {}
+    if target == formats.ONNX:
+        out = workdir / "model.onnx"
+        if isinstance(src, TFModel):
+            fn, signature, _ = src.tf_function(fixed_batch)
+            function_to_onnx(fn, signature, out, opset)
+        elif isinstance(src, TFLiteModel):
+            import tf2onnx
+
+            from modelport.conversion.onnx_export import CUSTOM_OP_HANDLERS
+
+            shape_override = None
+            if fixed_batch:
+                in_names, _ = src.tensor_names()
+                shape_override = {in_names[s.name]: [fixed_batch, *s.shape[1:]] for s in src.inputs}
+            tf2onnx.convert.from_tflite(str(src.path), opset=opset, output_path=str(out),
+                                        custom_op_handlers=CUSTOM_OP_HANDLERS, shape_override=shape_override)
+            in_names, out_names = src.tensor_names()
+            _rename_onnx_io(out, {v: k for k, v in in_names.items()}, {v: k for k, v in out_names.items()})
+        elif isinstance(src, OnnxModel):
+            from onnx import version_converter
+
+            from modelport.conversion.onnx_export import save_onnx
+
+            if fixed_batch:
+                raise InvalidArgument("fixed_batch_size is not supported for onnx -> onnx; it changes the opset only")
+            proto = src.proto
+            if src.opset != opset:
+                try:
+                    proto = version_converter.convert_version(proto, opset)
+                    notes["opset_conversion"] = "onnx.version_converter"
+                except Exception as e:  # noqa: BLE001 - try relabelling below
+                    proto = relabel_opset(src.proto, opset, str(e).splitlines()[0][:300])
+                    notes["opset_conversion"] = "relabelled (every op has the same signature at both opsets)"
+            notes["from_opset"] = str(src.opset)
+            save_onnx(proto, out)
+        else:  # pragma: no cover - guarded by formats.TARGETS
+            raise InvalidArgument(f"cannot convert {src.format} to onnx")
+        _check_onnx(out)
+        return out, notes
+    if target == formats.TFLITE:
+        if not isinstance(src, TFModel):
+            raise _onnx_to_tf_unimplemented(target)
+        out = workdir / "model.tflite"
+        notes = tflite_from_model(src, fixed_batch, out, workdir)
+        return out, notes
+    if target == formats.SAVEDMODEL:
+        if not isinstance(src, TFModel):
+            raise _onnx_to_tf_unimplemented(target)
+        out = workdir / "savedmodel"
+        src.export_savedmodel(out, fixed_batch)
+        return out, notes
+    raise InvalidArgument(f"unknown target {target!r}")
+
+
+def _onnx_to_tf_unimplemented(target: str) -> Unimplemented:
+    return Unimplemented(
+        f"ONNX -> {target} is not available in this build: it needs onnx2tf, which requires Python >= 3.12 "
+        "and pins onnx/onnxruntime/numpy/protobuf versions that conflict with the converter's TensorFlow "
+        "2.21 / Python 3.11 stack. Convert from the Keras, SavedModel or TFLite source instead",
+        details={"missing": "onnx2tf"},
+    )
+
+
+# ---- the job -------------------------------------------------------------------------------------
+
+def convert_model(store: ArtifactStore, request: converter_pb2.ConvertRequest,
+                  progress: Progress = _noop) -> jobs_pb2.ConvertResult:
+    """Run one conversion; returns the result (its artifact already published in ``store``)."""
+    from modelport.conversion.models import load_model
+
+    t0 = time.perf_counter()
+    digest = request.source.digest
+    art = store.stat(digest)
+    fmt = formats.detect_format(art.path)
+    target = formats.check_target(fmt, request.target_format)
+    opset = check_opset(request.opset)
+    fixed_batch = int(request.fixed_batch_size)
+    if fixed_batch < 0:
+        raise InvalidArgument(f"fixed_batch_size must be >= 0 (0 keeps the batch dynamic), got {fixed_batch}")
+    opts = request.parity
+    rtol = opts.rtol or parity.DEFAULT_RTOL
+    atol = opts.atol or parity.DEFAULT_ATOL
+    if rtol < 0 or atol < 0:
+        raise InvalidArgument(f"parity tolerances must be >= 0 (rtol={rtol}, atol={atol})")
+
+    progress("loading", 0.05, f"loading the {fmt} model")
+    src = load_model(source_path(store, digest, fmt), fmt, request.trust_remote_code)
+    source_info = src.info()
+    inputs, inputs_source = sample_inputs(store, opts, src, fixed_batch)
+
+    workdir = Path(tempfile.mkdtemp(dir=store.tmp_dir, prefix="convert-"))
+    try:
+        progress("converting", 0.2, f"converting {fmt} -> {target}" + (f" (opset {opset})" if target == "onnx" else ""))
+        out, notes = produce(src, target, workdir, opset, fixed_batch)
+
+        n = next(iter(inputs.values())).shape[0] if inputs else 0
+        progress("verifying", 0.7, f"comparing source and {target} outputs on {n} samples ({inputs_source})")
+        cand = load_model(out, target)
+        ref_out = run_checked(src, inputs, "source")
+        cand_out = run_checked(cand, inputs, "converted")
+        report = parity.compare_outputs(ref_out, cand_out, rtol, atol, inputs_source=inputs_source, samples=n)
+        parity.enforce(report, opts.allow_mismatch)
+
+        progress("storing", 0.9, "storing the converted model")
+        if target == formats.SAVEDMODEL:
+            stored = store.put_dir(out, media.SAVEDMODEL)
+        else:
+            stored = store.put_file(out, media.BY_FORMAT[target])
+        info = cand.info()
+        info.size_bytes = stored.size
+        info.details.update(notes)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    result = jobs_pb2.ConvertResult(
+        artifact=artifacts_pb2.ArtifactRef(digest=stored.digest, size=stored.size, media_type=stored.media_type),
+        info=info, parity=report, source_info=source_info, seconds=time.perf_counter() - t0)
+    return result
+
+
+def inspect_model(store: ArtifactStore, digest: str, trust_remote_code: bool = False,
+                  progress: Progress = _noop) -> jobs_pb2.ModelInfo:
+    """ModelInfo of a stored model (format from content)."""
+    from modelport.conversion.models import load_model
+
+    art = store.stat(digest)
+    fmt = formats.detect_format(art.path)
+    progress("loading", 0.1, f"loading the {fmt} model")
+    info = load_model(source_path(store, digest, fmt), fmt, trust_remote_code).info()
+    info.size_bytes = art.size
+    return info

@@ -1,0 +1,471 @@
+"""Loaded models of every source/target format behind one small interface (TensorFlow lazily).
+
+``load_model(path, fmt, trust_remote_code)`` returns a ``LoadedModel``: its input/output
+``TensorSpec``s, ``run(inputs) -> {output: array}`` for parity checks, ``info()`` as a
+``ModelInfo``, and integer input ranges for generated samples. TensorFlow-backed models
+(Keras, SavedModel) also expose ``tf_function(fixed_batch_size)`` — the callable every
+TensorFlow-side target (ONNX through tf2onnx, TFLite, SavedModel) is produced from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelport import formats
+from modelport.dtypes import ONNX_TO_KSERVE, ORT_TO_KSERVE, to_kserve
+from modelport.errors import FailedPrecondition, InvalidArgument
+from modelport.v1 import jobs_pb2
+
+DEFAULT_INT_HIGH = 10
+
+
+def tensor_spec(name: str, dtype: Any, shape) -> jobs_pb2.TensorSpec:
+    """A TensorSpec proto from a numpy-compatible dtype and a shape (None/-1/str = dynamic)."""
+    dims = []
+    for d in shape:
+        dims.append(int(d) if isinstance(d, (int, np.integer)) and int(d) >= 0 else -1)
+    return jobs_pb2.TensorSpec(name=name, datatype=to_kserve(np.dtype(dtype)), shape=dims)
+
+
+def _tf_dtype_np(dtype) -> np.dtype:
+    import tensorflow as tf
+
+    return np.dtype(tf.as_dtype(dtype).as_numpy_dtype)
+
+
+class LoadedModel:
+    """A model ready to run in this process."""
+
+    format = ""
+    inputs: list[jobs_pb2.TensorSpec]
+    outputs: list[jobs_pb2.TensorSpec]
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.int_ranges: dict[str, tuple[int, int]] = {}
+
+    @property
+    def fixed_batch(self) -> int:
+        """The batch size the model's inputs are pinned to (0 = dynamic)."""
+        dims = [s.shape[0] for s in self.inputs if len(s.shape)]
+        return int(dims[0]) if dims and dims[0] > 0 else 0
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run on a batch of samples; a model with a pinned batch size runs chunk by chunk."""
+        n = next(iter(inputs.values())).shape[0] if inputs else 0
+        step = self.fixed_batch or n
+        if step == n or n == 0:
+            return self._run_batch(inputs)
+        if n % step:
+            raise InvalidArgument(f"the {self.format} model has a fixed batch size of {step}; "
+                                  f"give a multiple of {step} samples (got {n})")
+        parts = [self._run_batch({k: v[i:i + step] for k, v in inputs.items()}) for i in range(0, n, step)]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def _run_batch(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def info(self) -> jobs_pb2.ModelInfo:
+        raise NotImplementedError
+
+    def _base_info(self) -> jobs_pb2.ModelInfo:
+        size = self.path.stat().st_size if self.path.is_file() else sum(
+            p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+        info = jobs_pb2.ModelInfo(format=self.format, size_bytes=size)
+        info.inputs.extend(self.inputs)
+        info.outputs.extend(self.outputs)
+        return info
+
+
+# ---- TensorFlow-backed sources ----------------------------------------------------------------
+
+class TFModel(LoadedModel):
+    """Keras or SavedModel: exposes a tf.function with named inputs and a dict of named outputs."""
+
+    trackable: Any = None
+
+    def tf_function(self, fixed_batch_size: int = 0):
+        """(tf.function with an input signature, signature, output names)."""
+        raise NotImplementedError
+
+    def export_savedmodel(self, folder: Path, fixed_batch_size: int = 0) -> None:
+        """Write a SavedModel whose ``serving_default`` signature is ``tf_function(fixed_batch_size)``."""
+        import tensorflow as tf
+
+        fn, _, _ = self.tf_function(fixed_batch_size)
+        tf.saved_model.save(self.trackable, str(folder), signatures={"serving_default": fn.get_concrete_function()})
+
+    def _run_batch(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import tensorflow as tf
+
+        fn, signature, _ = self._dynamic
+        args = [tf.constant(inputs[s.name]) for s in signature]
+        out = fn(*args)
+        return {k: np.asarray(v) for k, v in out.items()}
+
+    def _outputs_from(self, fn, signature) -> list[jobs_pb2.TensorSpec]:
+        structured = fn.get_concrete_function(*signature).structured_outputs
+        return [tensor_spec(k, _tf_dtype_np(v.dtype), v.shape.as_list()) for k, v in structured.items()]
+
+
+class KerasModel(TFModel):
+    """A Keras 3 ``.keras`` or HDF5 model loaded with Keras 3 (safe mode unless trusted)."""
+
+    def __init__(self, path: Path, fmt: str, trust_remote_code: bool):
+        super().__init__(path)
+        self.format = fmt
+        import keras
+
+        from modelport.conversion.onnx_export import keras_input_infos, keras_tf_function
+
+        # Keras picks its loader by file extension; content-addressed blobs have none, so link one.
+        tmp = Path(tempfile.mkdtemp(prefix="keras-load-"))
+        link = tmp / ("model.keras" if fmt == formats.KERAS else "model.h5")
+        try:
+            os.symlink(Path(path).resolve(), link)
+            self.model = keras.saving.load_model(str(link), compile=False, safe_mode=not trust_remote_code)
+        except Exception as e:  # noqa: BLE001 - classified below
+            raise _keras_load_error(e, fmt, trust_remote_code) from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.trackable = self.model
+        self._dynamic = keras_tf_function(self.model, 0)
+        infos = keras_input_infos(self.model)
+        self.inputs = [tensor_spec(i.name, i.dtype, i.shape) for i in infos]
+        self.outputs = self._outputs_from(self._dynamic[0], self._dynamic[1])
+        high = _embedding_high(self.model)
+        self.int_ranges = {s.name: (0, high) for s in self.inputs if s.datatype.startswith(("INT", "UINT"))}
+
+    def tf_function(self, fixed_batch_size: int = 0):
+        from modelport.conversion.onnx_export import keras_tf_function
+
+        return self._dynamic if not fixed_batch_size else keras_tf_function(self.model, fixed_batch_size)
+
+    def export_savedmodel(self, folder: Path, fixed_batch_size: int = 0) -> None:
+        """SavedModel through Keras' ExportArchive (plain tf.saved_model.save of a Keras 3 model
+        yields a SavedModel whose TFLite conversion reads garbage weights)."""
+        import keras
+
+        fn, _, _ = self.tf_function(fixed_batch_size)
+        archive = keras.export.ExportArchive()
+        archive.track(self.model)
+        archive.add_endpoint("serving_default", fn)
+        archive.write_out(str(folder), verbose=False)
+
+    def info(self) -> jobs_pb2.ModelInfo:
+        import keras
+
+        info = self._base_info()
+        info.parameter_count = int(self.model.count_params())
+        version = _saved_keras_version(self.path, self.format)
+        info.producer = f"keras {version}" if version else f"keras {keras.__version__}"
+        info.details["model_class"] = type(self.model).__name__
+        info.details["layers"] = str(len(self.model.layers))
+        info.details["model_name"] = str(self.model.name)
+        return info
+
+
+def _keras_load_error(e: Exception, fmt: str, trusted: bool) -> Exception:
+    text = str(e)
+    if not trusted and ("safe_mode" in text or "Lambda" in text or "arbitrary code" in text):
+        return FailedPrecondition(
+            "the model contains a Lambda layer or other Python code, and loading it would run that code; "
+            "it was refused (Keras safe_mode). If you trust where the model comes from, repeat the request "
+            "with trust_remote_code=true",
+            details={"reason": "unsafe_code"},
+        )
+    if "Could not locate" in text or "Unknown layer" in text or "custom_objects" in text or "Unrecognized" in text:
+        return InvalidArgument(
+            f"the model uses a custom Keras class the converter does not have ({text.splitlines()[0][:300]}); "
+            "the class's Python code is not stored in the file. Export a SavedModel "
+            "(model.export('dir')) and convert that instead",
+            details={"reason": "custom_object"},
+        )
+    return InvalidArgument(
+        f"the {fmt} model could not be loaded: {type(e).__name__}: {text.splitlines()[0][:400] if text else ''}; "
+        "the file may be corrupted or written by an unsupported Keras version",
+    )
+
+
+def _embedding_high(model: Any) -> int:
+    """Smallest Embedding input_dim in the model (valid index range for integer inputs)."""
+    try:
+        layers = list(model._flatten_layers(include_self=False, recursive=True))
+    except Exception:  # noqa: BLE001 - older API
+        layers = list(getattr(model, "layers", []))
+    dims = [int(layer.input_dim) for layer in layers if type(layer).__name__ == "Embedding"]
+    return min(dims) if dims else DEFAULT_INT_HIGH
+
+
+def _saved_keras_version(path: Path, fmt: str) -> str:
+    try:
+        if fmt == formats.KERAS:
+            with zipfile.ZipFile(path) as z:
+                return json.loads(z.read("metadata.json")).get("keras_version", "")
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            v = f.attrs.get("keras_version", "")
+            return v.decode() if isinstance(v, bytes) else str(v)
+    except Exception:  # noqa: BLE001 - informational only
+        return ""
+
+
+class SavedModelModel(TFModel):
+    """A TensorFlow SavedModel folder, run through its serving signature."""
+
+    format = formats.SAVEDMODEL
+
+    def __init__(self, folder: Path):
+        super().__init__(folder)
+        import tensorflow as tf
+
+        self.root = formats.savedmodel_root(folder)
+        try:
+            self.trackable = tf.saved_model.load(str(self.root))
+        except Exception as e:  # noqa: BLE001
+            raise InvalidArgument(f"the SavedModel could not be loaded: {type(e).__name__}: "
+                                  f"{str(e).splitlines()[0][:400] if str(e) else ''}") from None
+        sigs = dict(self.trackable.signatures)
+        if not sigs:
+            raise InvalidArgument("the SavedModel has no serving signature; export it with model.export(dir) "
+                                  "or tf.saved_model.save(obj, dir, signatures=...)")
+        self.signature_key = "serving_default" if "serving_default" in sigs else sorted(sigs)[0]
+        self.sig = sigs[self.signature_key]
+        args, kwargs = self.sig.structured_input_signature
+        if args:
+            raise InvalidArgument("the SavedModel signature takes positional inputs; export named inputs")
+        self._in_specs = dict(kwargs)
+        self._dynamic = self.tf_function(0)
+        self.inputs = [tensor_spec(k, _tf_dtype_np(v.dtype), v.shape.as_list()) for k, v in self._in_specs.items()]
+        self.outputs = [tensor_spec(k, _tf_dtype_np(v.dtype), v.shape.as_list())
+                        for k, v in self.sig.structured_outputs.items()]
+        emb = [int(v.shape[0]) for v in self.sig.variables if "embedding" in v.name.lower() and v.shape.rank]
+        high = min(emb) if emb else DEFAULT_INT_HIGH
+        self.int_ranges = {s.name: (0, high) for s in self.inputs if s.datatype.startswith(("INT", "UINT"))}
+
+    def tf_function(self, fixed_batch_size: int = 0):
+        import tensorflow as tf
+
+        names = list(self._in_specs)
+        signature = []
+        for n in names:
+            shape = self._in_specs[n].shape.as_list()
+            if shape and fixed_batch_size:
+                shape[0] = fixed_batch_size
+            signature.append(tf.TensorSpec(shape, self._in_specs[n].dtype, name=n))
+        sig = self.sig
+
+        def call(*args):
+            out = sig(**dict(zip(names, args, strict=True)))
+            return {k: tf.identity(v, name=k) for k, v in out.items()}
+
+        fn = tf.function(call, input_signature=signature)
+        return fn, signature, list(self.sig.structured_outputs)
+
+    def info(self) -> jobs_pb2.ModelInfo:
+        info = self._base_info()
+        info.parameter_count = int(sum(int(np.prod(v.shape)) for v in self.sig.variables))
+        info.producer = _saved_model_producer(self.root)
+        info.details["signature"] = self.signature_key
+        return info
+
+
+def _saved_model_producer(root: Path) -> str:
+    try:
+        from tensorflow.core.protobuf import saved_model_pb2
+
+        sm = saved_model_pb2.SavedModel.FromString((root / "saved_model.pb").read_bytes())
+        v = sm.meta_graphs[0].meta_info_def.tensorflow_version
+        return f"tensorflow {v}" if v else "tensorflow"
+    except Exception:  # noqa: BLE001 - informational only
+        return "tensorflow"
+
+
+# ---- TFLite ------------------------------------------------------------------------------------
+
+class TFLiteModel(LoadedModel):
+    """A TFLite flatbuffer run with the TensorFlow Lite interpreter (signature names when present)."""
+
+    format = formats.TFLITE
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        import warnings
+
+        import tensorflow as tf
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                self.interp = tf.lite.Interpreter(model_path=str(path))
+            except Exception as e:  # noqa: BLE001
+                raise InvalidArgument(f"the TFLite model could not be read: {str(e)[:300]}; it may be "
+                                      "truncated or corrupted") from None
+        sigs = self.interp.get_signature_list()
+        self.signature_key = next(iter(sigs), None)
+        if self.signature_key is not None:
+            runner = self.interp.get_signature_runner(self.signature_key)
+            in_d = runner.get_input_details()
+            out_d = runner.get_output_details()
+            self._in = [(n, d) for n, d in in_d.items()]
+            self._out = [(n, d) for n, d in out_d.items()]
+        else:
+            self._in = [(d["name"], d) for d in self.interp.get_input_details()]
+            self._out = [(d["name"], d) for d in self.interp.get_output_details()]
+        self.inputs = [tensor_spec(n, d["dtype"], d.get("shape_signature", d["shape"])) for n, d in self._in]
+        self.outputs = [tensor_spec(n, d["dtype"], d.get("shape_signature", d["shape"])) for n, d in self._out]
+        high = self._gather_rows() or DEFAULT_INT_HIGH
+        self.int_ranges = {s.name: (0, high) for s in self.inputs if s.datatype.startswith(("INT", "UINT"))}
+
+    def _gather_rows(self) -> int:
+        """Smallest row count of a GATHER table (an embedding): the valid range of integer inputs."""
+        try:
+            shapes = {d["index"]: list(d["shape"]) for d in self.interp.get_tensor_details()}
+            rows = [shapes[op["inputs"][0]][0] for op in self.interp._get_ops_details()
+                    if op["op_name"] == "GATHER" and shapes.get(op["inputs"][0])]
+        except Exception:  # noqa: BLE001 - private API; fall back to the default range
+            return 0
+        return int(min(rows)) if rows else 0
+
+    def tensor_names(self) -> tuple[dict[str, str], dict[str, str]]:
+        """Signature name -> TFLite tensor name, for inputs and outputs."""
+        by_index = {d["index"]: d["name"] for d in self.interp.get_tensor_details()}
+        return ({n: by_index.get(d["index"], n) for n, d in self._in},
+                {n: by_index.get(d["index"], n) for n, d in self._out})
+
+    def _run_batch(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        it = self.interp
+        for n, d in self._in:
+            it.resize_tensor_input(d["index"], list(inputs[n].shape), strict=False)
+        it.allocate_tensors()
+        for n, d in self._in:
+            it.set_tensor(d["index"], np.ascontiguousarray(inputs[n]))
+        it.invoke()
+        return {n: np.array(it.get_tensor(d["index"])) for n, d in self._out}
+
+    def info(self) -> jobs_pb2.ModelInfo:
+        info = self._base_info()
+        count = 0
+        for d in self.interp.get_tensor_details():
+            try:
+                count += int(np.asarray(self.interp.get_tensor(d["index"])).size)
+            except ValueError:
+                continue  # not a constant (activation or input)
+        info.parameter_count = count
+        info.producer = "tflite"
+        if self.signature_key:
+            info.details["signature"] = self.signature_key
+        return info
+
+
+# ---- ONNX ----------------------------------------------------------------------------------------
+
+class OnnxModel(LoadedModel):
+    """An ONNX model run with onnxruntime on the CPU."""
+
+    format = formats.ONNX
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        import onnx
+        import onnxruntime as ort
+
+        try:
+            self.proto = onnx.load_model(str(path), load_external_data=False)
+        except Exception as e:  # noqa: BLE001
+            raise InvalidArgument(f"the ONNX model could not be parsed: {str(e)[:300]}") from None
+        try:
+            opts = ort.SessionOptions()
+            opts.log_severity_level = 3
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001
+            raise InvalidArgument(f"onnxruntime cannot load the ONNX model: {str(e).splitlines()[0][:400]}") from None
+        self.inputs = [jobs_pb2.TensorSpec(name=i.name, datatype=ORT_TO_KSERVE.get(i.type, "FP32"),
+                                           shape=[d if isinstance(d, int) and d >= 0 else -1 for d in i.shape])
+                       for i in self.session.get_inputs()]
+        self.outputs = [jobs_pb2.TensorSpec(name=o.name, datatype=ORT_TO_KSERVE.get(o.type, "FP32"),
+                                            shape=[d if isinstance(d, int) and d >= 0 else -1 for d in (o.shape or [])])
+                        for o in self.session.get_outputs()]
+        self.int_ranges = _onnx_int_ranges(self.proto, self.inputs)
+
+    def _run_batch(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = [o.name for o in self.outputs]
+        got = self.session.run(names, {s.name: inputs[s.name] for s in self.inputs})
+        return dict(zip(names, got, strict=True))
+
+    @property
+    def opset(self) -> int:
+        return next((o.version for o in self.proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+    def info(self) -> jobs_pb2.ModelInfo:
+        info = self._base_info()
+        info.opset = self.opset
+        version = self.proto.producer_version.removesuffix(" None")  # tf2onnx appends its git hash or None
+        info.producer = f"{self.proto.producer_name} {version}".strip()
+        info.parameter_count = int(sum(int(np.prod(t.dims)) for t in self.proto.graph.initializer))
+        info.details["ir_version"] = str(self.proto.ir_version)
+        info.details["nodes"] = str(len(self.proto.graph.node))
+        return info
+
+
+# Ops an index tensor flows through on its way to an embedding Gather (casts, reshapes, the
+# negative-index fix-up ``Where(x < 0, x + n, x)`` that Keras' take() emits).
+_INDEX_PASS_THROUGH = {"Cast", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Flatten", "Where", "Add", "Less",
+                       "Mul", "Not", "Sub", "Neg", "Equal", "Greater", "And", "Or",
+                       "Clip", "Max", "Min", "Mod", "Expand", "Transpose"}
+
+
+def _onnx_int_ranges(proto, inputs: list[jobs_pb2.TensorSpec]) -> dict[str, tuple[int, int]]:
+    """Integer inputs feeding a Gather over an initializer (an embedding table) get its row count."""
+    inits = {t.name: list(t.dims) for t in proto.graph.initializer}
+    consumers: dict[str, list] = {}
+    for node in proto.graph.node:
+        for i in node.input:
+            consumers.setdefault(i, []).append(node)
+    ranges = {}
+    for spec in inputs:
+        if not spec.datatype.startswith(("INT", "UINT")):
+            continue
+        high = None
+        frontier, seen = [spec.name], set()
+        while frontier:
+            name = frontier.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            for node in consumers.get(name, []):
+                if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == name and node.input[0] in inits:
+                    rows = inits[node.input[0]][0] if inits[node.input[0]] else None
+                    if rows:
+                        high = rows if high is None else min(high, rows)
+                elif node.op_type in _INDEX_PASS_THROUGH:
+                    frontier.append(node.output[0])
+        ranges[spec.name] = (0, high or DEFAULT_INT_HIGH)
+    return ranges
+
+
+def load_model(path: str | os.PathLike, fmt: str, trust_remote_code: bool = False) -> LoadedModel:
+    """Load a model of a detected format (a SavedModel ``path`` is the unpacked folder)."""
+    path = Path(path)
+    if fmt in (formats.KERAS, formats.H5):
+        return KerasModel(path, fmt, trust_remote_code)
+    if fmt == formats.SAVEDMODEL:
+        return SavedModelModel(path)
+    if fmt == formats.TFLITE:
+        return TFLiteModel(path)
+    if fmt == formats.ONNX:
+        return OnnxModel(path)
+    raise InvalidArgument(f"unknown model format {fmt!r}")
+
+
+__all__ = ["LoadedModel", "TFModel", "KerasModel", "SavedModelModel", "TFLiteModel", "OnnxModel",
+           "load_model", "tensor_spec", "ONNX_TO_KSERVE"]

@@ -1,0 +1,152 @@
+"""Model format detection from content (magic bytes and structure), never from file names.
+
+Knows the five formats modelport converts from — Keras 3 ``.keras`` zip, HDF5, SavedModel tar
+archive, TFLite flatbuffer, ONNX protobuf — and which targets each converts to. Imports no
+TensorFlow (``onnx`` only, for the protobuf parse).
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from modelport.errors import InvalidArgument
+
+KERAS = "keras"
+H5 = "h5"
+SAVEDMODEL = "savedmodel"
+TFLITE = "tflite"
+ONNX = "onnx"
+
+SOURCE_FORMATS = (KERAS, H5, SAVEDMODEL, TFLITE, ONNX)
+
+# Source format -> supported target formats (ONNX -> SavedModel/TFLite: see converter README).
+TARGETS: dict[str, tuple[str, ...]] = {
+    KERAS: (ONNX, TFLITE, SAVEDMODEL),
+    H5: (ONNX, TFLITE, SAVEDMODEL),
+    SAVEDMODEL: (ONNX, TFLITE),
+    TFLITE: (ONNX,),
+    ONNX: (ONNX, SAVEDMODEL, TFLITE),
+}
+
+TARGET_FORMATS = (ONNX, TFLITE, SAVEDMODEL)
+
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+
+
+def _head(path: Path, n: int = 2048) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(n)
+
+
+def _describe(head: bytes) -> str:
+    shown = head[:16]
+    text = shown.hex(" ")
+    return f"first bytes {text!r} ({shown!r})" if shown else "an empty file"
+
+
+def _is_hdf5(path: Path, head: bytes) -> bool:
+    if head.startswith(_HDF5_MAGIC):
+        return True
+    # The superblock may sit after a user block at 512, 1024, 2048, ... bytes.
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        off = 512
+        while off + 8 <= min(size, 1 << 20):
+            f.seek(off)
+            if f.read(8) == _HDF5_MAGIC:
+                return True
+            off *= 2
+    return False
+
+
+def _tar_names(path: Path) -> list[str] | None:
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            return [m.name for m in tar.getmembers()]
+    except (tarfile.TarError, OSError, EOFError):
+        return None
+
+
+def _is_onnx(path: Path) -> bool:
+    import onnx
+
+    try:
+        model = onnx.load_model(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - any parse failure means "not ONNX"
+        return False
+    return model.ir_version > 0 and len(model.graph.node) > 0 and len(model.graph.output) > 0
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """The model format of a file: keras, h5, savedmodel, tflite or onnx.
+
+    Raises InvalidArgument naming what was found (first bytes, or the archive's shape).
+    """
+    path = Path(path)
+    head = _head(path)
+    if not head:
+        raise InvalidArgument("the model artifact is empty (0 bytes); upload the model file itself")
+    if head[:4] in _ZIP_MAGIC:
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except zipfile.BadZipFile as e:
+            raise InvalidArgument(f"the model looks like a zip archive but cannot be read ({e}); "
+                                  "it may be truncated or corrupted — re-export it") from None
+        if "config.json" in names:
+            return KERAS
+        raise InvalidArgument(
+            f"the model is a zip archive without config.json (found {names[:5]}); a Keras 3 .keras file "
+            "holds config.json, metadata.json and model.weights.h5 — save it with model.save('m.keras')"
+        )
+    if _is_hdf5(path, head):
+        return H5
+    if len(head) >= 8 and head[4:8] == b"TFL3":
+        return TFLITE
+    if len(head) > 262 and head[257:262] == b"ustar":
+        names = _tar_names(path)
+        if names is None:
+            raise InvalidArgument("the model is a tar archive that cannot be read; it may be truncated")
+        if any(PurePosixPath(n).name == "saved_model.pb" for n in names):
+            return SAVEDMODEL
+        raise InvalidArgument(
+            f"the model is a tar archive without saved_model.pb (found {names[:5]}); a SavedModel artifact "
+            "is the SavedModel folder packed as tar (saved_model.pb and variables/ at its root)"
+        )
+    if _is_onnx(path):
+        return ONNX
+    raise InvalidArgument(
+        f"unrecognized model content: {_describe(head)}; expected a Keras 3 .keras zip, an HDF5 .h5 file, "
+        "a SavedModel tar archive, a TFLite flatbuffer (TFL3) or an ONNX ModelProto"
+    )
+
+
+def check_target(source_format: str, target_format: str) -> str:
+    """Normalize and check a target format for a source format; InvalidArgument lists the options."""
+    target = (target_format or "").strip().lower()
+    if target not in TARGET_FORMATS:
+        raise InvalidArgument(
+            f"unknown target format {target_format!r}: choose one of {', '.join(TARGET_FORMATS)}"
+        )
+    allowed = TARGETS[source_format]
+    if target not in allowed:
+        raise InvalidArgument(
+            f"converting {source_format} to {target} is not supported; supported targets for "
+            f"{source_format}: {', '.join(allowed)}"
+        )
+    return target
+
+
+def savedmodel_root(folder: str | os.PathLike) -> Path:
+    """The folder holding saved_model.pb inside an unpacked SavedModel archive."""
+    folder = Path(folder)
+    if (folder / "saved_model.pb").is_file():
+        return folder
+    hits = sorted(p.parent for p in folder.rglob("saved_model.pb"))
+    if not hits:
+        raise InvalidArgument("the archive holds no saved_model.pb; pack the SavedModel folder itself")
+    return min(hits, key=lambda p: len(p.parts))
