@@ -57,13 +57,15 @@ def train_digits_cnn(out: Path, epochs: int = 12, seed: int = 0, data: dict | No
     return {**data, "keras_test_accuracy": float(np.mean(np.argmax(probs, 1) == data["y_test"]))}
 
 
-def write_datasets(data: dict, folder: Path) -> tuple[Path, Path]:
-    """calib.npz (training images) and eval.npz (validation images + labels) for the optimizer."""
+def write_datasets(data: dict, folder: Path) -> tuple[Path, Path, Path]:
+    """calib.npz (training images), eval.npz (validation images + labels) and train.npz (training
+    images + labels, for the fine-tuning techniques) for the optimizer."""
     folder.mkdir(parents=True, exist_ok=True)
-    calib, evaluation = folder / "calib.npz", folder / "eval.npz"
+    calib, evaluation, train = folder / "calib.npz", folder / "eval.npz", folder / "train.npz"
     np.savez(calib, x=data["x_train"][:256])
     np.savez(evaluation, x=data["x_val"], y=data["y_val"])
-    return calib, evaluation
+    np.savez(train, x=data["x_train"], y=data["y_train"])
+    return calib, evaluation, train
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path(".modelport/demo"), help="model, data, store, logs")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--optimize", default="auto", help="auto, none, or comma-separated techniques")
+    parser.add_argument("--no-finetune", action="store_true",
+                        help="no training data for the optimizer: skips prune/cluster/qat/distill (faster)")
     parser.add_argument("--default-ports", action="store_true",
                         help="use 50051/50052/8001 instead of free ephemeral ports")
     args = parser.parse_args(argv)
@@ -90,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     model_path = work / "digits.keras"
     data = train_digits_cnn(model_path, epochs=args.epochs)
-    calib, evaluation = write_datasets(data, work / "data")
+    calib, evaluation, train = write_datasets(data, work / "data")
     console.print(f"trained in {time.perf_counter() - t0:.1f} s: {len(data['x_train'])} train / {len(data['x_val'])} "
                   f"val / {len(data['x_test'])} test digits; Keras test accuracy "
                   f"[bold]{data['keras_test_accuracy'] * 100:.2f}%[/]; saved {model_path}")
@@ -109,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         with Client(**addrs) as client:
             console.rule("[bold]3. modelport deploy digits.keras --optimize " + args.optimize)
             spec = DeploySpec(model=model_path, name="digits", optimize=args.optimize, calib=calib,
-                              eval=evaluation, max_accuracy_drop=0.01)
+                              eval=evaluation, train=None if args.no_finetune else train, max_accuracy_drop=0.01)
             try:
                 with RichProgress(Console(stderr=True)) as progress:
                     report = run_pipeline(client, spec, progress)

@@ -434,7 +434,8 @@ class _Runner:
             rep.size_bytes = self.final_ref.size
             return
         keras_source = self.convert_result.source_info.format in ("keras", "h5", "savedmodel")
-        use_source = keras_source and bool(KERAS_TECHNIQUES & set(techniques))
+        # auto on a Keras source gets the original, so TFMOT/TFLite candidates compete too
+        use_source = keras_source and (techniques == ["auto"] or bool(KERAS_TECHNIQUES & set(techniques)))
         model = self.refs["model"] if use_source else self.final_ref
         res = self.client.optimize(
             model, techniques, goal=spec.goal, max_accuracy_drop=spec.max_accuracy_drop, relative=spec.relative_drop,
@@ -499,6 +500,11 @@ class _Runner:
                                       f"{res.chosen_technique} agrees with the baseline on only "
                                       f"{chosen.agreement * 100:.1f}% of samples (budget {spec.max_accuracy_drop})")
             rep.latency_ms = _finite(chosen.latency_p50_ms)
+        from modelport import media
+
+        if self.final_ref.media_type and self.final_ref.media_type != media.ONNX:
+            raise ClientError("FAILED_PRECONDITION", f"the chosen model is {self.final_ref.media_type}, but the "
+                              "inference service serves ONNX; choose ONNX techniques or --optimize none")
         rep.parity = "; ".join(checks) or "no samples"
         rep.format = "onnx"
         rep.size_bytes = self.final_ref.size

@@ -67,5 +67,5 @@ def digits_model(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("digits")
     data = train_digits_cnn(root / "digits.keras", epochs=3)
-    calib, evaluation = write_datasets(data, root)
+    calib, evaluation, _ = write_datasets(data, root)
     return {"model": root / "digits.keras", "calib": calib, "eval": evaluation, **data}

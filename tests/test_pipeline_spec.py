@@ -148,3 +148,18 @@ def test_report_json_is_strict_json_and_table_renders():
     console = Console(record=True, width=200)
     print_report(console, _report(False))
     assert "deploy failed at stage verify: FAILED_PRECONDITION: too inaccurate" in console.export_text()
+
+
+def test_rich_progress_renders_stages_from_events():
+    from modelport.cli.render import RichProgress
+    from modelport.v1 import jobs_pb2
+
+    console = Console(record=True, width=120, force_terminal=False)
+    with RichProgress(console) as p:
+        p.start("convert")
+        p.update("convert", jobs_pb2.JobEvent(stage="converting", progress=0.5).progress, "converting: tf2onnx")
+        p.finish("convert", StageReport("convert", "ok", parity="passed: max|diff| 1e-07"))
+        p.finish("verify", StageReport("verify", "failed", detail="FAILED_PRECONDITION: [too] inaccurate"))
+    text = console.export_text()
+    assert "convert" in text and "done passed: max|diff| 1e-07" in text
+    assert "FAILED FAILED_PRECONDITION: [too] inaccurate" in text

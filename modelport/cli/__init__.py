@@ -316,7 +316,7 @@ def optimize(
     if as_json:
         _print_json({"output": str(output), **MessageToDict(res, preserving_proto_field_name=True)})
         return
-    from modelport.cli.render import candidates_table
+    from modelport.cli.render import candidate_notes, candidates_table
 
     rep = DeployReport(name=model.stem, model=str(model))
     row = lambda c: {"technique": c.technique, "format": c.format, "size_bytes": c.size_bytes,  # noqa: E731
@@ -326,6 +326,8 @@ def optimize(
     rep.stages.append(StageReport("optimize", status="ok", data={"baseline": row(res.baseline),
                                                                  "candidates": [row(c) for c in res.candidates]}))
     out.print(candidates_table(rep))
+    for line in candidate_notes(rep):
+        out.print(line, highlight=False, markup=False)
     out.print(f"chose [bold]{res.chosen_technique or 'baseline'}[/]: {res.reason}\nwrote {output} "
               f"({human_size(res.artifact.size)})")
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -20,26 +22,27 @@ def human_size(n: int | float | None) -> str:
     n = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+            return f"{n:.0f} {unit}" if unit == "B" or n >= 100 else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GiB"
 
 
 def fmt_ms(x: float | None) -> str:
-    return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) or x == 0 else f"{x:.2f} ms"
+    return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) or x == 0 else f"{x:.3g} ms"
 
 
-def fmt_acc(x: float | None) -> str:
-    return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x * 100:.2f}%"
+def fmt_acc(x: float | None, digits: int = 2) -> str:
+    return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x * 100:.{digits}f}%"
 
 
 class RichProgress(PipelineProgress):
     """One live progress bar per pipeline stage, on stderr so --json stdout stays clean."""
 
     def __init__(self, console: Console):
-        self.bars = Progress(SpinnerColumn(), TextColumn("[bold]{task.fields[stage]:<9}"), BarColumn(),
+        self.bars = Progress(SpinnerColumn(), TextColumn("[bold]{task.fields[stage]:<8}"), BarColumn(bar_width=24),
                              TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
-                             TextColumn("{task.description}"), console=console, transient=False)
+                             TextColumn("{task.description}"), console=console,
+                             transient=False)
         self.tasks: dict[str, Any] = {}
 
     def __enter__(self) -> RichProgress:
@@ -55,7 +58,7 @@ class RichProgress(PipelineProgress):
     def update(self, stage: str, fraction: float, message: str = "") -> None:
         if stage not in self.tasks:
             self.start(stage)
-        self.bars.update(self.tasks[stage], completed=max(0.0, min(fraction, 1.0)), description=message[:70])
+        self.bars.update(self.tasks[stage], completed=max(0.0, min(fraction, 1.0)), description=message[:48])
 
     def finish(self, stage: str, report: StageReport) -> None:
         if stage not in self.tasks:
@@ -63,54 +66,85 @@ class RichProgress(PipelineProgress):
         mark = {"ok": "[green]done", "skipped": "[dim]skipped", "failed": "[red]FAILED"}.get(report.status, "")
         detail = report.detail if report.status == "failed" else (report.parity or report.detail)
         self.bars.update(self.tasks[stage], completed=1.0 if report.status != "failed" else None,
-                         description=f"{mark}[/] {detail[:80]}")
+                         description=f"{mark}[/] {escape(detail[:40])}")
         self.bars.stop_task(self.tasks[stage])
 
 
 def stage_table(report: DeployReport) -> Table:
-    """One row per stage: status, format, size, latency, accuracy, parity/detail, time."""
-    t = Table(title=f"deploy {report.name}", title_justify="left")
-    for col, kw in (("stage", {}), ("status", {}), ("format", {}), ("size", {"justify": "right"}),
-                    ("latency", {"justify": "right"}), ("accuracy", {"justify": "right"}),
-                    ("parity / detail", {"overflow": "fold"}), ("time", {"justify": "right"})):
-        t.add_column(col, **kw)
+    """One row per stage: status, format, size, latency, accuracy, time (details listed below it)."""
+    t = Table(title=f"deploy {report.name}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("stage", "status", "format", "size", "latency", "accuracy", "time"):
+        t.add_column(col, justify="right" if col in ("size", "latency", "accuracy", "time") else "left",
+                     no_wrap=True)
     colors = {"ok": "green", "failed": "red", "skipped": "dim", "pending": "dim"}
     for s in report.stages:
-        detail = s.parity if s.parity and s.stage != "verify" else ""
-        detail = "; ".join(x for x in (detail, s.parity if s.stage == "verify" else "", s.detail) if x)
         t.add_row(s.stage, f"[{colors.get(s.status, 'white')}]{s.status}[/]", s.format or "-",
-                  human_size(s.size_bytes), fmt_ms(s.latency_ms), fmt_acc(s.accuracy), detail,
-                  f"{s.seconds:.1f} s")
+                  human_size(s.size_bytes), fmt_ms(s.latency_ms), fmt_acc(s.accuracy), f"{s.seconds:.1f} s")
     return t
+
+
+def stage_details(report: DeployReport) -> list[str]:
+    """'stage: parity; detail' lines for the stages that have something to say."""
+    lines = []
+    for s in report.stages:
+        text = "; ".join(x for x in (s.parity, s.detail) if x)
+        if text:
+            lines.append(f"[bold]{s.stage}[/]: {text}")
+    return lines
 
 
 def candidates_table(report: DeployReport) -> Table | None:
-    """The optimizer's ranked candidates beside the baseline, when the optimize stage ran."""
+    """The optimizer's measured candidates beside the baseline, when the optimize stage ran."""
     data = next((s.data for s in report.stages if s.stage == "optimize" and s.status == "ok"), None)
     if not data or not data.get("candidates") and not data.get("baseline"):
         return None
-    t = Table(title="optimization candidates (best first)", title_justify="left")
-    for col in ("technique", "format", "size", "gzip", "p50", "p90", "accuracy", "agreement", "budget", "note"):
-        t.add_column(col, justify="right" if col in ("size", "gzip", "p50", "p90", "accuracy", "agreement") else "left",
-                     overflow="fold")
     rows = [data["baseline"]] if data.get("baseline") else []
-    rows += [c for c in data.get("candidates", []) if c["technique"] != "baseline"]
+    rows += [c for c in data.get("candidates", []) if c["technique"] != "baseline" and c.get("size_bytes")]
+    show_format = len({c.get("format") for c in rows}) > 1
+    t = Table(title="optimization candidates (best first, * = chosen)", title_justify="left", box=box.SIMPLE_HEAD,
+              pad_edge=False, collapse_padding=True)
+    cols = ["technique", *(["fmt"] if show_format else []), "size", "gzip", "p50 ms", "acc", "agree", "budget"]
+    for col in cols:
+        t.add_column(col, justify="left" if col in ("technique", "format", "budget") else "right", no_wrap=True)
+    num = lambda x: "-" if not x or not math.isfinite(x) else f"{x:.3f}"  # noqa: E731
     for c in rows:
         name = ("* " if c.get("chosen") else "  ") + c["technique"]
-        t.add_row(f"[bold green]{name}[/]" if c.get("chosen") else name, c.get("format") or "-",
+        t.add_row(f"[bold green]{name}[/]" if c.get("chosen") else name,
+                  *([c.get("format") or "-"] if show_format else []),
                   human_size(c.get("size_bytes")), human_size(c.get("gzip_size_bytes")),
-                  fmt_ms(c.get("latency_p50_ms")), fmt_ms(c.get("latency_p90_ms")), fmt_acc(c.get("accuracy")),
-                  fmt_acc(c.get("agreement")), "ok" if c.get("within_budget") else "over",
-                  (c.get("note") or "")[:60])
+                  num(c.get("latency_p50_ms")), fmt_acc(c.get("accuracy"), 1), fmt_acc(c.get("agreement"), 1),
+                  "ok" if c.get("within_budget") else "over")
     return t
+
+
+def candidate_notes(report: DeployReport) -> list[str]:
+    """Why each candidate was chosen or dropped; candidates that produced nothing are grouped."""
+    data = next((s.data for s in report.stages if s.stage == "optimize" and s.status == "ok"), None) or {}
+    lines, not_run = [], {}
+    for c in data.get("candidates", []):
+        if c["technique"] == "baseline":
+            continue
+        if c.get("size_bytes"):
+            if c.get("note"):
+                lines.append(f"  {c['technique']}: {c['note']}")
+        else:
+            note = (c.get("note") or "no result").removeprefix(c["technique"] + " ").removeprefix(c["technique"] + ": ")
+            not_run.setdefault(note, []).append(c["technique"])
+    for note, names in not_run.items():
+        lines.append(f"  not run ({', '.join(names)}): {note}")
+    return lines
 
 
 def print_report(console: Console, report: DeployReport) -> None:
     """The final per-stage table, the candidate table, warnings and where the model is served."""
     console.print(stage_table(report))
+    for line in stage_details(report):
+        console.print(line, highlight=False)
     cands = candidates_table(report)
     if cands is not None:
         console.print(cands)
+        for line in candidate_notes(report):
+            console.print(line, highlight=False, markup=False)
     for w in report.warnings:
         console.print(f"[yellow]warning:[/] {w}")
     if report.ok:
