@@ -50,12 +50,17 @@ def kubectl() -> str:
     return path
 
 
+_RENDERED: dict[str, str] = {}
+
+
 def kustomize(folder: str) -> list[dict]:
-    """Render ``deploy/k8s/<folder>`` with the real kubectl kustomize."""
-    proc = subprocess.run([kubectl(), "kustomize", str(K8S / folder)], capture_output=True, text=True,
-                          timeout=60)
-    assert proc.returncode == 0, f"kubectl kustomize {folder} failed:\n{proc.stderr}"
-    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+    """Render ``deploy/k8s/<folder>`` with the real kubectl kustomize (once per test session)."""
+    if folder not in _RENDERED:
+        proc = subprocess.run([kubectl(), "kustomize", str(K8S / folder)], capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode == 0, f"kubectl kustomize {folder} failed:\n{proc.stderr}"
+        _RENDERED[folder] = proc.stdout
+    return [d for d in yaml.safe_load_all(_RENDERED[folder]) if d]
 
 
 def validate_k8s(doc: dict) -> None:
