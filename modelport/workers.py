@@ -17,7 +17,9 @@ import importlib
 import logging
 import multiprocessing as mp
 import os
+import shutil
 import signal
+import tempfile
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,7 +53,12 @@ def _child_main(conn, env: dict[str, str], preload: tuple[str, ...]) -> None:
         def progress(stage: str, fraction: float, message: str = "") -> None:
             conn.send(("progress", stage, float(fraction), message))
 
+        # Each job runs in its own scratch folder: some tools (onnxruntime's symbolic shape
+        # inference, for one) drop temp files into the working directory.
+        scratch = tempfile.mkdtemp(prefix="modelport-job-")
+        home = os.getcwd()
         try:
+            os.chdir(scratch)
             func = getattr(importlib.import_module(module), name)
             result = func(progress=progress, **kwargs)
             conn.send(("result", result))
@@ -60,6 +67,9 @@ def _child_main(conn, env: dict[str, str], preload: tuple[str, ...]) -> None:
         except BaseException:  # noqa: BLE001 - reported, never leaked to the client
             traceback.print_exc()
             conn.send(("error", "INTERNAL", _INTERNAL, {}, None))
+        finally:
+            os.chdir(home)
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 @dataclass

@@ -161,3 +161,17 @@ def _alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_jobs_run_in_a_scratch_folder_that_is_removed():
+    async def main():
+        pool = await _pool(max_jobs_per_worker=0)
+        try:
+            return await pool.run("worker_jobs:write_in_cwd", {}, timeout=60)
+        finally:
+            await pool.close()
+
+    cwd = run(main())
+    assert cwd != os.getcwd() and "modelport-job-" in cwd
+    assert not os.path.exists(cwd)
+    assert not os.path.exists("stray.tmp")

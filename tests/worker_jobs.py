@@ -35,3 +35,9 @@ def hang(progress, marker):
 
 def env(progress, name):
     return os.environ.get(name)
+
+
+def write_in_cwd(progress):
+    with open("stray.tmp", "w") as f:
+        f.write("x")
+    return os.getcwd()
