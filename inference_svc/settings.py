@@ -12,7 +12,9 @@ from modelport.runtime.settings import ServiceSettings
 class InferenceSettings(ServiceSettings):
     """modelport inference service: KServe v2 / Triton gRPC on onnxruntime."""
 
-    model_config = SettingsConfigDict(env_prefix="MODELPORT_INFERENCE_", extra="ignore")
+    # use_attribute_docstrings: the docstring under each field becomes its --help text.
+    model_config = SettingsConfigDict(env_prefix="MODELPORT_INFERENCE_", extra="ignore",
+                                      use_attribute_docstrings=True)
 
     port: int = 8001
     """gRPC port (0 picks a free one)."""
