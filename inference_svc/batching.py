@@ -221,27 +221,39 @@ class Scheduler:
         p = self.policy
         while True:
             first = await self._next()
-            batch, size = [first], first.elements
+            batch = [first]
             if p.merges:
-                delay_s = p.max_queue_delay_us / 1e6
-                t_end = first.enqueued_ns / 1e9 + delay_s
-                while True:
-                    self._arrived.clear()
-                    size = self._fill(batch, size, p.max_batch_size)
-                    if self._ready(size, p.max_batch_size):
-                        break
-                    remaining = t_end - time.perf_counter_ns() / 1e9
-                    if remaining <= 0:
-                        break
-                    try:
-                        await asyncio.wait_for(self._arrived.wait(), remaining)
-                    except TimeoutError:
-                        size = self._fill(batch, size, p.max_batch_size)
-                        break
+                batch = await self._gather(batch)
             live = [b for b in batch if not b.future.done()]
-            if not live:
-                continue
-            await self._execute(live)
+            if live:
+                await self._execute(live)
+
+    async def _gather(self, batch: list[Pending]) -> list[Pending]:
+        """Grow a batch from the queue until it is full, preferred, or its oldest request waited the delay.
+
+        Requests cancelled meanwhile leave the batch (and free their room) at every step.
+        """
+        p = self.policy
+        delay_s = p.max_queue_delay_us / 1e6
+        while True:
+            self._arrived.clear()
+            batch = [b for b in batch if not b.future.done()]
+            if not batch:
+                return batch
+            size = self._fill(batch, sum(b.elements for b in batch), p.max_batch_size)
+            if self._ready(size, p.max_batch_size):
+                return batch
+            t_end = min(b.enqueued_ns for b in batch) / 1e9 + delay_s
+            remaining = t_end - time.perf_counter_ns() / 1e9
+            if remaining <= 0:
+                return batch
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                batch = [b for b in batch if not b.future.done()]
+                if batch:
+                    self._fill(batch, sum(b.elements for b in batch), p.max_batch_size)
+                return batch
 
     async def _execute(self, batch: list[Pending]) -> None:
         start = time.perf_counter_ns()

@@ -201,3 +201,26 @@ def test_manager_close_lets_in_flight_batches_finish(tmp_path):
         assert mv.state == "UNAVAILABLE" and mv.stats.success.count == 1
 
     run(scenario())
+
+
+def test_a_request_cancelled_while_its_batch_waits_frees_its_room():
+    async def scenario():
+        model = GatedModel()
+        model.gate.set()
+        sched = Scheduler("m", "1", model, BatchPolicy(max_batch_size=4, dynamic=True, max_queue_delay_us=30_000_000),
+                          VersionStats())
+        sched.start()
+        first = asyncio.create_task(sched.submit({"x": np.zeros((1, 2), np.float32)}, [], 1))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # the worker now holds `first` and waits for more (delay 30 s)
+        first.cancel()
+        tasks = [asyncio.create_task(sched.submit({"x": np.full((1, 2), i, np.float32)}, [], 1)) for i in range(4)]
+        for i, t in enumerate(tasks):
+            out, _ = await t
+            np.testing.assert_array_equal(out["y"], np.full((1, 2), i * 10, np.float32))
+        assert model.batches == [4]  # the four live requests filled the batch at once
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        await sched.stop()
+
+    run(scenario())
