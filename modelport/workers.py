@@ -144,7 +144,11 @@ class WorkerPool:
         await asyncio.to_thread(proc.start)
         child.close()
         w = _Worker(proc, parent)
-        msg = await self._recv(w, timeout=600)
+        try:
+            msg = await self._recv(w, timeout=600)
+        except BaseException:  # cancelled while starting (the pool is closing): leave no process behind
+            w.kill()
+            raise
         if msg is None or msg[0] != "ready":
             w.kill()
             raise Internal(f"{self.name} process failed to start ({_describe_exit(proc.exitcode)})")
