@@ -357,13 +357,15 @@ class ModelManager:
         except asyncio.CancelledError:
             status = "CANCELLED"
             raise
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            # A loaded model that fails on a request failed on *this* input (shape or values the graph
+            # cannot take): the caller gets onnxruntime's reason. Anything else is our bug: INTERNAL.
+            if type(exc).__module__.startswith("onnxruntime"):
+                status = "INVALID_ARGUMENT"
+                raise InvalidArgument(f"model '{mv.name}' rejected the input: {exc}; check the input values "
+                                      "against the model", {"model": mv.name}) from None
             status = "INTERNAL"
             log.error("model %s version %s failed", mv.name, mv.version, exc_info=exc)
-            text = str(exc)
-            if "INVALID_ARGUMENT" in text or "Invalid" in type(exc).__name__:
-                status = "INVALID_ARGUMENT"
-                raise InvalidArgument(f"model '{mv.name}' rejected the input: {text}", {"model": mv.name}) from None
             raise
         finally:
             total = time.perf_counter_ns() - start

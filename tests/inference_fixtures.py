@@ -118,6 +118,17 @@ def alltypes_inputs(batch: int = 2) -> dict[str, np.ndarray]:
     return out
 
 
+def reshape(path: Path) -> Path:
+    """v FP32 [K] -> r FP32 [2, 2]: accepts any K by its metadata, but only K = 4 runs."""
+    g = helper.make_graph(
+        [helper.make_node("Reshape", ["v", "shape"], ["r"])], "reshape",
+        [helper.make_tensor_value_info("v", TensorProto.FLOAT, ["K"])],
+        [helper.make_tensor_value_info("r", TensorProto.FLOAT, [2, 2])],
+        [numpy_helper.from_array(np.array([2, 2], np.int64), "shape")],
+    )
+    return _save(g, path)
+
+
 def fixed(path: Path) -> Path:
     """No batch dimension: m FP32 [2, 2] -> t FP32 [2, 2] (transpose)."""
     g = helper.make_graph(
@@ -155,6 +166,7 @@ def build_repository(root: Path) -> Path:
     (root / "fp16" / "config.pbtxt").write_text("max_batch_size: 8\n")
     fixed(root / "fixed" / "1" / "model.onnx")
     alltypes(root / "alltypes" / "1" / "model.onnx")
+    reshape(root / "reshape" / "1" / "model.onnx")
     mlp(root / "batched" / "1" / "model.onnx")
     (root / "batched" / "config.pbtxt").write_text(BATCHED_CONFIG)
     repository.read_model(root / "batched")  # parses

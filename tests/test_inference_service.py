@@ -210,6 +210,13 @@ def test_bad_inputs_name_the_tensor_and_the_expectation(kserve):
                  lambda: infer(kserve, "multi", {"a": np.zeros((1, 3), np.float32), "b": np.zeros((2, 3), np.int64)}))
 
 
+def test_input_the_model_itself_rejects(kserve):
+    _, out = infer(kserve, "reshape", {"v": np.arange(4, dtype=np.float32)})
+    np.testing.assert_array_equal(out["r"], np.arange(4, dtype=np.float32).reshape(2, 2))
+    expect_error(BAD, ["model 'reshape' rejected the input", "check the input values"],
+                 lambda: infer(kserve, "reshape", {"v": np.arange(5, dtype=np.float32)}))
+
+
 def test_raw_content_of_wrong_length(kserve):
     req = codec.make_infer_request("mlp", {"x": np.zeros((2, 4), np.float32)})
     req.raw_input_contents[0] = req.raw_input_contents[0][:-3]
