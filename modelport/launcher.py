@@ -80,6 +80,7 @@ class Launcher:
         self.services = services
         self.children: dict[str, Child] = {}
         self._logs: list = []
+        self._changed = threading.Event()
 
     def command(self, name: str) -> list[str]:
         return [self.python, "-m", MODULES[name], "--port", str(self.ports[name]), "--host", self.host,
@@ -116,25 +117,42 @@ class Launcher:
             if m and m.group(1) == child.name:
                 child.port = int(m.group(2))
                 child.ready.set()
+                self._changed.set()
             elif self.log_dir is None:
                 print(f"[{child.name}] {line}", file=sys.stderr, flush=True)
         child.ready.set()  # stdout closed: the process is gone (start notices it exited)
+        self._changed.set()
 
     def wait_ready(self, timeout: float) -> None:
-        """Wait for every READY line, then confirm SERVING through grpc.health.v1."""
+        """Wait for every READY line (failing fast when any child exits), then confirm SERVING over
+        grpc.health.v1."""
         deadline = time.monotonic() + timeout
-        for child in self.children.values():
-            child.ready.wait(max(deadline - time.monotonic(), 0))
-            if child.port is None:
-                rc = child.proc.poll()
-                why = f"exited with code {rc}" if rc is not None else f"not SERVING after {timeout:.0f}s"
-                tail = "\n".join(child.lines[-10:])
-                logs = f" (log: {self.log_dir / (child.name + '.log')})" if self.log_dir else ""
-                raise LaunchError(f"{child.name} service {why}{logs}" + (f"\n{tail}" if tail else ""))
+        pending = dict(self.children)
+        while pending:
+            for name, child in list(pending.items()):
+                if child.port is not None:
+                    del pending[name]
+                elif child.ready.is_set() or child.proc.poll() is not None:
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        child.proc.wait(10)
+                    self._raise(child, f"exited with code {child.proc.returncode}")
+            if not pending:
+                break
+            if time.monotonic() >= deadline:
+                self._raise(next(iter(pending.values())), f"not SERVING after {timeout:.0f}s")
+            self._changed.wait(0.5)
+            self._changed.clear()
         for child in self.children.values():
             status = health_status(child.address, timeout=max(deadline - time.monotonic(), 1.0))
             if status != "SERVING":
                 raise LaunchError(f"{child.name} printed its SERVING line but health says {status}")
+
+    def _raise(self, child: Child, why: str) -> None:
+        tail = "\n".join(child.lines[-10:])
+        log = self.log_dir / f"{child.name}.log" if self.log_dir else None
+        if log is not None and log.is_file():
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-10:])
+        raise LaunchError(f"{child.name} service {why}" + (f" (log: {log})" if log else "") + (f"\n{tail}" if tail else ""))
 
     def addresses(self) -> dict[str, str]:
         return {name: c.address for name, c in self.children.items()}
