@@ -260,7 +260,7 @@ def timed(run, feed, quick: bool) -> common.Timing:
     first = time.perf_counter() - t0
     warmup = max(1, min(5, int(0.5 / max(first, 1e-6))))
     return common.time_callable(lambda: run(feed), warmup=warmup, repeats=300,
-                                max_seconds=1.0 if quick else 2.5, min_repeats=5)
+                                max_seconds=1.0 if quick else 2.0, min_repeats=5)
 
 
 def optimize_candidates(onnx_path: Path, work: Path, case: ModelCase, reference, quick: bool) -> dict:
@@ -429,7 +429,7 @@ def run_concurrency(case: CaseData, work: Path, channel, address: str, quick: bo
                 for _ in range(4)]
     levels = CONCURRENCY[:2] if quick else CONCURRENCY
     out: dict = {"model": case.name, "levels": list(levels), "ways": {}}
-    seconds = 1.5 if quick else 5.0
+    seconds = 1.5 if quick else 4.0
     for way in ("onnx_in_process", "served", "served_batched"):
         out["ways"][way] = []
         for c in levels:

@@ -387,7 +387,16 @@ def system_info() -> dict[str, object]:
         "libraries": library_versions(),
         "git_commit": git_commit(),
         "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load_avg_1_5_15": load_average(),
     }
+
+
+def load_average() -> list[float] | None:
+    """1/5/15-minute load averages: on a shared machine, how busy it was while we measured."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def git_commit() -> str:
@@ -410,7 +419,9 @@ def system_info_markdown(info: dict | None = None) -> str:
         f"SIMD flags: {', '.join(cpu['simd_flags']) or 'none found'}",
         f"- Memory: {info['memory_gib']} GiB; OS: {info['os']}; Python {info['python']}",
         f"- Libraries: {libs}",
-        f"- Commit: {info['git_commit']}; measured {info['date_utc']}",
+        f"- Commit: {info['git_commit']}; measured {info['date_utc']}"
+        + (f"; load average (1/5/15 min) {'/'.join(str(x) for x in info['load_avg_1_5_15'])}"
+           if info.get("load_avg_1_5_15") else ""),
     ])
 
 

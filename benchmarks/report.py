@@ -89,9 +89,13 @@ def build_report(run: dict | None, results_dir: Path | None = None, info: dict |
             status = r["status"]
             if status != "ok":
                 status = f"**{status}**" + (f" ({r['reason']})" if r.get("reason") else "")
+            load = r.get("load_avg_before")
             rows.append([r["name"], f"`{r.get('command', '')}`", status, f"{r.get('elapsed_s', 0):.0f} s",
-                         ", ".join(r.get("sections_written", [])) or "—"])
-        lines.append(common.markdown_table(["benchmark", "command", "status", "time", "sections written"], rows))
+                         f"{load[0]:.1f}" if load else "—", ", ".join(r.get("sections_written", [])) or "—"])
+        lines.append(common.markdown_table(["benchmark", "command", "status", "time", "load avg at start",
+                                            "sections written"], rows))
+        lines.append("\nLoad average = runnable processes over the last minute on this 2-core machine; "
+                     "above 2, other work shared the cores while the benchmark ran.")
         failed = [r for r in run.get("benchmarks", []) if r["status"] != "ok"]
         for r in failed:
             lines.append(f"\n`{r['name']}` did not finish ({r['status']}); the end of its log "

@@ -55,6 +55,7 @@ def run_one(name: str, quick: bool, timeout: float, log_dir: Path) -> dict:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     start = time.time()
+    load_before = common.load_average()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=common.REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -79,6 +80,8 @@ def run_one(name: str, quick: bool, timeout: float, log_dir: Path) -> dict:
         "elapsed_s": round(elapsed, 1),
         "timeout_s": round(timeout, 1),
         "sections_written": produced,
+        "load_avg_before": load_before,
+        "load_avg_after": common.load_average(),
         "log": str(log_path.relative_to(common.REPO_ROOT)),
     }
     if status != "ok":

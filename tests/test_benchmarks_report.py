@@ -45,7 +45,7 @@ def test_report_has_header_commands_sections_and_every_plot(tmp_path, monkeypatc
         "started_utc": "2026-01-01 00:00:00 UTC", "elapsed_s": 600.0,
         "benchmarks": [
             {"name": "artifacts", "command": ".venv/bin/python -m benchmarks.bench_artifacts", "status": "ok",
-             "elapsed_s": 61.0, "sections_written": ["artifacts.md"]},
+             "elapsed_s": 61.0, "sections_written": ["artifacts.md"], "load_avg_before": [0.5, 0.4, 0.3]},
             {"name": "serving", "command": ".venv/bin/python -m benchmarks.bench_serving", "status": "timeout",
              "elapsed_s": 300.0, "sections_written": [], "log": "benchmarks/results/logs/serving.log",
              "log_tail": "Traceback: stuck"},
@@ -55,7 +55,7 @@ def test_report_has_header_commands_sections_and_every_plot(tmp_path, monkeypatc
     assert text.startswith("# modelport benchmarks")
     assert "Test CPU" in text and "onnxruntime 1.32.0" in text
     assert "`.venv/bin/python -m benchmarks.run_all`" in text or ".venv/bin/python -m benchmarks.run_all" in text
-    assert "| artifacts | `.venv/bin/python -m benchmarks.bench_artifacts` | ok | 61 s | artifacts.md |" in text
+    assert "| artifacts | `.venv/bin/python -m benchmarks.bench_artifacts` | ok | 61 s | 0.5 | artifacts.md |" in text
     assert "**timeout**" in text and "Traceback: stuck" in text
     # sections in order, after the header
     order = [text.index(h) for h in ["## End to end", "## Serving\n", "## Serving with batching",
