@@ -415,43 +415,36 @@ def run_model(case: CaseData, work: Path, channel, quick: bool) -> dict:
 
 
 def run_concurrency(case: CaseData, work: Path, channel, address: str, quick: bool) -> dict:
-    """Batch-1 requests from N client threads: in-process ORT vs served without/with batching."""
-    import grpc
-
-    from modelport.runtime.channels import channel_options
+    """Batch-1 requests from N client threads: in-process onnxruntime vs served without/with
+    dynamic batching. Reuses bench_serving's measurement functions (same method as its section)."""
+    from benchmarks import bench_serving as sv
 
     onnx_path = work / f"{case.name}.onnx"
-    upload_and_load(channel, onnx_path, f"{case.name}_batched", batching=True, max_batch=32, delay_us=2000)
-    feed = case.feeds[1]
-    ort_run = ort_runner(onnx_path)
-    # One channel per 16 client threads: one HTTP/2 connection would serialise them.
-    channels = [grpc.insecure_channel(address, options=channel_options() + [("grpc.use_local_subchannel_pool", 1)])
-                for _ in range(4)]
+    batched = f"{case.name}_batched"
+    upload_and_load(channel, onnx_path, batched, batching=True, max_batch=32, delay_us=2000)
+    (in_name, x), = case.feeds[1].items()
     levels = CONCURRENCY[:2] if quick else CONCURRENCY
-    out: dict = {"model": case.name, "levels": list(levels), "ways": {}}
     seconds = 1.5 if quick else 4.0
-    for way in ("onnx_in_process", "served", "served_batched"):
+    out: dict = {"model": case.name, "levels": list(levels), "ways": {}, "mean_batch": []}
+    ways = {
+        "onnx_in_process": lambda c: sv.baseline(onnx_path, in_name, x, c, 10**6, seconds),
+        "served": lambda c: sv.served(address, case.name, in_name, x, c, 10**6, seconds),
+        "served_batched": lambda c: sv.served(address, batched, in_name, x, c, 10**6, seconds),
+    }
+    for way, measure in ways.items():
         out["ways"][way] = []
         for c in levels:
-            if way == "onnx_in_process":
-                fn = lambda: ort_run(feed)  # noqa: E731
-                fns = [fn]
-            else:
-                name = case.name if way == "served" else f"{case.name}_batched"
-                fns = [Served(ch, name).runner(feed) for ch in channels]
-            counter = iter(range(10**9))
-
-            def call(fns=fns, counter=counter):
-                return fns[next(counter) % len(fns)]()
-
-            tp = common.measure_throughput(call, c, max_calls=100_000, max_seconds=seconds, warmup=2)
-            d = tp.to_dict()
+            before = sv.server_stats(address, batched) if way == "served_batched" else None
+            d = measure(c).to_dict()
+            if before is not None:
+                after = sv.server_stats(address, batched)
+                runs = after["execution_count"] - before["execution_count"]
+                d["mean_batch"] = (after["inference_count"] - before["inference_count"]) / runs if runs else 0.0
             out["ways"][way].append(d)
             lat = d.get("latency", {})
             print(f"  concurrency {c:3d} {way:16s} {d['calls_per_s']:8.1f} req/s  p50 {lat.get('p50_ms', 0):7.2f} ms"
-                  f"  p99 {lat.get('p99_ms', 0):7.2f} ms  errors {d['errors']}", flush=True)
-    for ch in channels:
-        ch.close()
+                  f"  p99 {lat.get('p99_ms', 0):7.2f} ms  errors {d['errors']}"
+                  + (f"  mean batch {d['mean_batch']:.1f}" if "mean_batch" in d else ""), flush=True)
     return out
 
 
@@ -566,13 +559,15 @@ def markdown(results: dict, plots: list[str], command: str) -> str:
                 crow.append([label, r["concurrency"], f"{r['calls_per_s']:.0f}",
                              common.fmt_ratio(common.ratio(r["calls_per_s"], base[r["concurrency"]]["calls_per_s"])),
                              f"{lat.get('p50_ms', float('nan')):.2f}", f"{lat.get('p99_ms', float('nan')):.2f}",
-                             r["errors"]])
+                             f"{r['mean_batch']:.1f}" if "mean_batch" in r else "—", r["errors"]])
         lines += [f"### Serving overhead against concurrency ({conc['model']}, batch-1 requests)", "",
-                  "N client threads (4 gRPC channels) send batch-1 requests for a fixed time; the baseline is N threads "
-                  "calling one onnxruntime session in-process. Dynamic batching: max batch 32, max queue delay "
-                  "2 ms. With 2 cores shared by client and server, the Python client itself is part of the cost.", "",
+                  "N client threads (one shared gRPC channel, like tritonclient) send batch-1 requests for a fixed "
+                  "time; the baseline is N threads calling one onnxruntime session in-process. Dynamic batching: "
+                  "max batch 32, max queue delay 2 ms; mean batch = inferences / executions from the service's "
+                  "ModelStatistics. Measured with `bench_serving`'s functions. With 2 cores shared by client and "
+                  "server, the Python client itself is part of the cost.", "",
                   common.markdown_table(["way", "concurrency", "req/s", "vs in-process", "p50 ms", "p99 ms",
-                                         "errors"], crow), ""]
+                                         "mean batch", "errors"], crow), ""]
     lines += [f"![{p}]({p})\n" for p in plots]
     lines += ["Command:", "", f"    {command}"]
     return "\n".join(lines)

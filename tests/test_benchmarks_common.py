@@ -111,3 +111,31 @@ def test_write_section_writes_md_and_json(tmp_path):
         common.write_section("demo", "# wrong level", {}, results_dir=tmp_path)
     with pytest.raises(ValueError, match="section name"):
         common.write_section("../evil", "## x", {}, results_dir=tmp_path)
+
+
+def test_artifact_bench_file_is_streamed_and_hashed(tmp_path):
+    from benchmarks import bench_artifacts
+    from modelport.store import sha256_file
+
+    path = tmp_path / "a.bin"
+    digest = bench_artifacts.make_file(path, 3 * bench_artifacts.BLOCK + 5)
+    assert path.stat().st_size == 3 * bench_artifacts.BLOCK + 5
+    assert digest == sha256_file(path)
+    blocks = path.read_bytes()
+    # every block differs (a counter is mixed in), so nothing can be deduplicated or compressed away
+    b = bench_artifacts.BLOCK
+    assert blocks[:b] != blocks[b:2 * b]
+    assert bench_artifacts.size_label(2 << 30) == "2 GiB" and bench_artifacts.size_label(256 << 20) == "256 MiB"
+
+
+def test_rss_sampler_sees_this_process(tmp_path):
+    import os
+
+    with common.RssSampler(os.getpid(), interval=0.005) as s:
+        block = bytearray(64 << 20)  # touch 64 MiB so RSS visibly grows
+        for i in range(0, len(block), 4096):
+            block[i] = 1
+    # stop() takes a final reading while the block is still alive, so the peak must include it
+    assert s.peak - s.before >= 32 << 20
+    assert s.after >= s.before + (32 << 20) and len(s.samples) >= 1
+    del block
