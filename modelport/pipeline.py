@@ -558,7 +558,9 @@ class _Runner:
                 arrays[t.name] = (rng.random(shape).astype(dt) if dt.kind == "f"
                                   else rng.integers(0, 2, shape).astype(dt))
         n = len(next(iter(arrays.values())))
-        batch = 64
+        batch = 64  # requests stay within the model's max batch size when batching is configured
+        if spec.batching is not None and spec.batching.max_batch_size > 0:
+            batch = min(batch, spec.batching.max_batch_size)
         outs: list[dict[str, np.ndarray]] = []
         lat = []
         for i in range(0, n, batch):

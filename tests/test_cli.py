@@ -148,13 +148,39 @@ def test_deploy_end_to_end_json_then_infer(digits_model, gateway_args, client):
 
 
 @pytest.mark.integration
-def test_deploy_rich_output_shows_stage_table(digits_model, gateway_args):
+def test_deploy_from_spec_file_rich_output(digits_model, gateway_args, tmp_path):
     d = digits_model
-    res = run([*gateway_args, "deploy", str(d["model"]), "--name", "digits-plain", "--optimize", "none"])
+    spec = tmp_path / "pipeline.yaml"
+    spec.write_text(f"model: {d['model']}\nname: from-spec\noptimize: none\neval: {d['eval']}\n"
+                    "batching: {max_batch_size: 8, max_queue_delay_us: 200}\n")
+    res = run([*gateway_args, "deploy", "-f", str(spec), "--name", "digits-plain"])  # the flag wins
     assert res.exit_code == 0, res.output
     for word in ("deploy digits-plain", "upload", "convert", "optimize", "skipped", "verify", "load", "smoke",
-                 "deployed digits-plain"):
+                 "deployed digits-plain", "onnx vs original: passed"):
         assert word in res.output
+
+
+@pytest.mark.integration
+def test_convert_and_optimize_single_steps(digits_model, gateway_args, tmp_path):
+    import onnxruntime as ort
+
+    d = digits_model
+    out = tmp_path / "digits.onnx"
+    res = run([*gateway_args, "convert", str(d["model"]), "--to", "onnx", "-o", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.stdout)
+    assert result["output"] == str(out) and result["parity"]["passed"] is True
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    probs = sess.run(None, {sess.get_inputs()[0].name: d["x_test"]})[0]
+    assert np.mean(np.argmax(probs, 1) == d["y_test"]) == pytest.approx(d["keras_test_accuracy"], abs=0.01)
+
+    opt = tmp_path / "digits-fp16.onnx"
+    res = run([*gateway_args, "optimize", str(out), "-t", "fp16", "--eval", str(d["eval"]), "-o", str(opt)])
+    assert res.exit_code == 0, res.output
+    assert "optimization candidates" in res.output and f"wrote {opt}" in " ".join(res.output.split())
+    assert opt.is_file() and opt.stat().st_size > 0
+    res = run([*gateway_args, "optimize", str(out), "-t", "turbo", "-o", str(opt)])
+    assert res.exit_code == 2 and "unknown technique(s) turbo" in res.output
 
 
 def test_failing_stage_exits_1_naming_stage_and_reason(gateway_args, tmp_path):
@@ -180,3 +206,22 @@ def test_unreachable_service_fails_upload_with_unavailable(tmp_path, gateway_arg
     report = json.loads(res.stdout)
     assert report["failed_stage"] == "upload" and report["error"]["code"] == "UNAVAILABLE"
     assert "is the converter service running? start all three with `modelport up`" in report["error"]["message"]
+
+
+def test_bearer_token_is_sent_on_mutating_rpcs(tmp_path):
+    from inference_svc.service import InferenceService
+    from inference_svc.settings import InferenceSettings
+    from modelport.runtime.background import BackgroundServer
+
+    settings = InferenceSettings(host="127.0.0.1", port=0, store=tmp_path / "store", auth_token="s3cret")
+    with BackgroundServer(InferenceService(settings)) as srv:
+        model = tiny_onnx_classifier(tmp_path / "t.onnx")
+        with Client(inference=srv.address) as anonymous:
+            with pytest.raises(ClientError) as e:
+                anonymous.upload(model, service="inference")
+            assert e.value.code == "UNAUTHENTICATED"
+        with Client(inference=srv.address, token="s3cret") as client:
+            ref = client.upload(model, service="inference")
+            assert client.load_model("t", ref).model.state == "READY"
+        res = run(["--inference", srv.address, "--auth-token", "s3cret", "models", "--json"])
+        assert [m["name"] for m in json.loads(res.output)["models"]] == ["t"]
