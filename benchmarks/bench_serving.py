@@ -32,7 +32,10 @@ from benchmarks import common
 CACHE = Path(tempfile.gettempdir()) / "modelport-bench-serving"
 MOBILENET = CACHE / "mobilenetv2.onnx"
 CONCURRENCY = (1, 16)
-MLP_SIZES = (784, 1024, 1024, 10)
+# The goal MLP (~5.8M parameters: per-call compute outweighs the gRPC overhead, the case dynamic
+# batching is for) and a tiny one (~0.27M parameters: overhead-bound) as the contrast.
+MLP_SIZES = (784, 2048, 2048, 10)
+TINY_MLP_SIZES = (784, 256, 256, 10)
 THREADS = max(1, os.cpu_count() or 1)
 DELAY_US = 500
 MAX_BATCH = 32
@@ -116,6 +119,8 @@ def baseline(path: Path, name: str, x: np.ndarray, concurrency: int, max_calls: 
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = THREADS
+    # Same session options as the server (which turns thread spinning off by default).
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     feed = {name: x}
     return common.measure_throughput(lambda: sess.run(None, feed), concurrency, max_calls=max_calls,
@@ -172,18 +177,19 @@ def server_stats(address: str, model: str) -> dict:
 def main() -> None:
     args = common.bench_args("served throughput vs in-process onnxruntime; dynamic batching").parse_args()
     quick = args.quick
-    max_s = 3.0 if quick else 8.0
+    max_s = 1.5 if quick else 8.0
     max_calls = 300 if quick else 5000
     rounds = 1 if quick else 3
     load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
-    models = {"mlp": build_mlp(work / "mlp.onnx")}
+    models = {"mlp": build_mlp(work / "mlp.onnx"), "mlp_tiny": build_mlp(work / "mlp_tiny.onnx", TINY_MLP_SIZES)}
     mobilenet = ensure_mobilenet(allow_build=not quick)
     if mobilenet is not None:
         models["mobilenetv2"] = mobilenet
     repo = work / "repo"
     write_repository(repo, models)
-    titles = {"mlp": f"MLP {'-'.join(map(str, MLP_SIZES))} (onnx.helper, random weights)",
+    titles = {"mlp": f"MLP {'-'.join(map(str, MLP_SIZES))} (onnx.helper, random weights, ~5.8M parameters)",
+              "mlp_tiny": f"MLP {'-'.join(map(str, TINY_MLP_SIZES))} (~0.27M parameters; gRPC overhead dominates)",
               "mobilenetv2": "MobileNetV2 224x224 (keras.applications, weights=None, via tf2onnx)"}
 
     rows, data = [], {"models": {}, "threads": THREADS, "max_queue_delay_us": DELAY_US, "max_batch_size": MAX_BATCH,
@@ -236,7 +242,8 @@ def main() -> None:
         "## Serving: inference service vs in-process onnxruntime",
         "",
         "Batch-1 requests from N client threads. Baseline: `InferenceSession.run` in the benchmark process "
-        f"with the same model and intra-op threads ({THREADS}). Served: `python -m inference_svc` in its own "
+        f"with the same model, intra-op threads ({THREADS}) and session options (thread spinning off, the "
+        "server's default). Served: `python -m inference_svc` in its own "
         "process, KServe `ModelInfer` over loopback gRPC with raw tensors, one instance per model; dynamic "
         f"batching with max_batch_size {MAX_BATCH}, max_queue_delay {DELAY_US} µs. Client and server share "
         f"the machine's cores. Each cell is {rounds} interleaved round(s) of up to {max_s / rounds:.1f} s. "
