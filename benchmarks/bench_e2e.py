@@ -503,6 +503,32 @@ def plot(results: dict) -> list[str]:
     return names
 
 
+def key_figures(results: dict) -> list[str]:
+    """One bullet per finding, computed from the numbers (no claim is written by hand)."""
+    out = []
+    for m, r in results["models"].items():
+        for b, row in r["batches"].items():
+            best = max(WAYS, key=lambda w: row[w]["items_per_s"])
+            overhead = row["served"]["p50_ms"] - row["onnx"]["p50_ms"]
+            out.append(f"- {m}, batch {b}: ONNX in-process {common.fmt_ratio(row['onnx']['throughput_vs_keras'])} "
+                       f"Keras, served {common.fmt_ratio(row['served']['throughput_vs_keras'])}, optimized+served "
+                       f"{common.fmt_ratio(row['optimized_served']['throughput_vs_keras'])}; serving adds "
+                       f"{overhead:+.2f} ms p50 per call over in-process; fastest: {WAY_LABELS[best]}.")
+    conc = results.get("concurrency")
+    if conc:
+        top = max(conc["levels"])
+        srv = {r["concurrency"]: r for r in conc["ways"]["served"]}
+        bat = {r["concurrency"]: r for r in conc["ways"]["served_batched"]}
+        one = {r["concurrency"]: r for r in conc["ways"]["onnx_in_process"]}
+        out.append(f"- {conc['model']} at {top} concurrent batch-1 clients: dynamic batching gives "
+                   f"{common.fmt_ratio(common.ratio(bat[top]['calls_per_s'], srv[top]['calls_per_s']))} the "
+                   f"throughput of unbatched serving (mean batch {bat[top].get('mean_batch', 0):.1f}); served reaches "
+                   f"{common.fmt_ratio(common.ratio(max(bat[top]['calls_per_s'], srv[top]['calls_per_s']), one[top]['calls_per_s']))} "
+                   f"of in-process onnxruntime. At 1 client, batching costs "
+                   f"{bat[1]['latency']['p50_ms'] - srv[1]['latency']['p50_ms']:+.2f} ms p50 (the queue delay).")
+    return out
+
+
 def markdown(results: dict, plots: list[str], command: str) -> str:
     models = results["models"]
     lines = ["## End to end: Keras → ONNX → served → optimized + served", "",
@@ -515,6 +541,7 @@ def markdown(results: dict, plots: list[str], command: str) -> str:
              "that keeps accuracy within 1 point (or ≥ 98% top-1 agreement), like its `auto`. Client and "
              "server share the same 2 cores, so served numbers include that contention. Latency = one call "
              "(p50 / p99 over repeated calls after warm-up); throughput = batch / median latency.", ""]
+    lines += ["Key figures (computed from the tables below):", ""] + key_figures(results) + [""]
     rows = []
     for m, r in models.items():
         for b, row in r["batches"].items():
