@@ -209,6 +209,9 @@ class Client:
             download_to_file(stub, digest, out, timeout=self.timeout)
         except grpc.RpcError as e:
             raise ClientError.from_rpc(e, service) from None
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(out, 0o666 & ~umask)  # a user's file, not a private temp file
         return Path(out)
 
     # ---- jobs -----------------------------------------------------------------------------

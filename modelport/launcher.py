@@ -250,6 +250,8 @@ def in_process_services(store: Path, host: str = "127.0.0.1") -> Iterator[dict[s
     from optimizer_svc.service import OptimizerService
     from optimizer_svc.settings import OptimizerSettings
 
+    # TensorFlow's C++ banner lines would interleave with the CLI's progress bars (workers inherit this)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     store = Path(store)
     store.mkdir(parents=True, exist_ok=True)
     started: dict[str, BackgroundServer] = {}

@@ -397,7 +397,7 @@ class _Runner:
             self.progress.update("upload", i / len(files), f"{key}: {p.name}")
             self.refs[key] = self.client.upload(p, media_type=mt, service="converter")
         model = self.refs["model"]
-        rep.format = model.media_type.rsplit(".", 1)[-1]
+        rep.format = model.media_type.rsplit(".", 1)[-1].removesuffix("+tar")
         rep.size_bytes = model.size
         rep.detail = f"{model.digest[:19]}… to converter"
         rep.data = {k: {"digest": r.digest, "size": r.size, "media_type": r.media_type} for k, r in self.refs.items()}

@@ -172,6 +172,8 @@ def deploy(
         else:
             print_report(out, e.report)
         raise _fail(f"deploy failed at stage {e.stage}: {e.code}: {e.message}") from None
+    except KeyboardInterrupt:
+        raise _fail("interrupted: the running stage was cancelled (closing the stream cancels its job)", 130) from None
     if as_json:
         _print_json(report.to_dict())
     else:
