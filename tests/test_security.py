@@ -455,8 +455,16 @@ def _optimizer(store, **tls):
     return OptimizerService(OptimizerSettings(host="127.0.0.1", port=0, store=store, warm_workers=0, **tls))
 
 
+def _converter(store, **tls):
+    from converter_svc.service import ConverterService
+    from converter_svc.settings import ConverterSettings
+
+    return ConverterService(ConverterSettings(host="127.0.0.1", port=0, store=store, warm_workers=0, **tls))
+
+
 JOB_SERVICES = {
     # name: (factory(store, **tls settings), mutating server-streaming method, "module:RequestClass")
+    "converter": (_converter, "/modelport.v1.Converter/Convert", "modelport.v1.converter_pb2:ConvertRequest"),
     "optimizer": (_optimizer, "/modelport.v1.Optimizer/Optimize", "modelport.v1.optimizer_pb2:OptimizeRequest"),
 }
 
