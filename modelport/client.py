@@ -159,9 +159,11 @@ class Client:
                 out.append(ServiceStatus(svc, self.address(svc), name, "",
                                          (time.perf_counter() - t0) * 1000))
             except grpc.RpcError as e:
-                st = "UNREACHABLE" if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) \
-                    else e.code().name
-                out.append(ServiceStatus(svc, self.address(svc), st, e.details() or ""))
+                unreachable = e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+                msg = e.details() or ""
+                if unreachable:  # "failed to connect to all addresses; ...: Connection refused" -> the reason
+                    msg = msg.rsplit(": ", 1)[-1] if e.code() == grpc.StatusCode.UNAVAILABLE else "no answer"
+                out.append(ServiceStatus(svc, self.address(svc), "UNREACHABLE" if unreachable else e.code().name, msg))
         return out
 
     def wait_ready(self, timeout: float = 60.0, services: Iterable[str] = SERVICES) -> None:

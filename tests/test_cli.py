@@ -183,6 +183,26 @@ def test_convert_and_optimize_single_steps(digits_model, gateway_args, tmp_path)
     assert res.exit_code == 2 and "unknown technique(s) turbo" in res.output
 
 
+@pytest.mark.integration
+def test_sdk_deploy_reports_progress_and_returns_the_report(digits_model, client):
+    from modelport.pipeline import Progress
+
+    seen: list[tuple[str, str]] = []
+
+    class Recorder(Progress):
+        def start(self, stage, message=""):
+            seen.append((stage, "start"))
+
+        def finish(self, stage, report):
+            seen.append((stage, report.status))
+
+    report = client.deploy(digits_model["model"], name="sdk-digits", optimize="none", progress=Recorder())
+    assert report.ok and report.version and report.stage("load").data["state"] == "READY"
+    assert seen == [(s, e) for s in ("upload", "convert", "optimize", "verify", "load", "smoke")
+                    for e in ("start", "skipped" if s == "optimize" else "ok")]
+    assert report.stage("smoke").data["samples"] == 4  # generated from the model's metadata (no --eval)
+
+
 def test_failing_stage_exits_1_naming_stage_and_reason(gateway_args, tmp_path):
     bad = tmp_path / "broken.keras"
     bad.write_bytes(b"PK\x03\x04" + b"\x00garbage" * 64)
