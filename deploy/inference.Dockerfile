@@ -25,12 +25,13 @@ RUN python deploy/pyproject_requirements.py ${EXTRA} > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt \
  && ! pip show tensorflow >/dev/null 2>&1
 
-# --- build: our own code, installed without dependencies (they are all in the deps layer).
+# --- build: our own code, installed without dependencies (they are all in the deps layer),
+# --- then imported from / so the installed copy (not /src) is what gets checked.
 FROM deps AS build
 COPY modelport ./modelport
 COPY inference_svc ./inference_svc
 RUN pip install --no-deps --no-compile . \
- && python -c "import inference_svc, modelport.healthcheck"
+ && cd / && python -c "import inference_svc, modelport.healthcheck"
 
 # --- runtime: the venv only, no compilers, no source tree, non-root.
 FROM ${PYTHON_IMAGE} AS runtime

@@ -16,12 +16,13 @@ COPY deploy/pyproject_requirements.py deploy/
 RUN python deploy/pyproject_requirements.py optimizer > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt
 
-# --- build: our own code, installed without dependencies (they are all in the deps layer).
+# --- build: our own code, installed without dependencies (they are all in the deps layer),
+# --- then imported from / so the installed copy (not /src) is what gets checked.
 FROM deps AS build
 COPY modelport ./modelport
 COPY optimizer_svc ./optimizer_svc
 RUN pip install --no-deps --no-compile . \
- && python -c "import optimizer_svc, modelport.healthcheck"
+ && cd / && python -c "import optimizer_svc, modelport.healthcheck"
 
 # --- runtime: the venv only, no compilers, no source tree, non-root.
 FROM ${PYTHON_IMAGE} AS runtime
