@@ -48,17 +48,18 @@ def discover(bench_dir: Path = BENCH_DIR) -> list[str]:
     return known + [n for n in names if n not in known]
 
 
-def run_one(name: str, quick: bool, timeout: float, log_dir: Path) -> dict:
+def run_one(name: str, quick: bool, timeout: float, log_dir: Path, package: str = "benchmarks",
+            cwd: Path | None = None) -> dict:
     """Run ``python -m benchmarks.bench_<name> [--quick]`` in its own process group; kill the
-    group on timeout. Returns a status record."""
-    cmd = [sys.executable, "-m", f"benchmarks.bench_{name}"] + (["--quick"] if quick else [])
+    group (the benchmark and any service it started) on timeout. Returns a status record."""
+    cmd = [sys.executable, "-m", f"{package}.bench_{name}"] + (["--quick"] if quick else [])
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     start = time.time()
     load_before = common.load_average()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=common.REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
+        proc = subprocess.Popen(cmd, cwd=cwd or common.REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
         timed_out = False
         try:
@@ -82,26 +83,34 @@ def run_one(name: str, quick: bool, timeout: float, log_dir: Path) -> dict:
         "sections_written": produced,
         "load_avg_before": load_before,
         "load_avg_after": common.load_average(),
-        "log": str(log_path.relative_to(common.REPO_ROOT)),
+        "log": str(log_path.relative_to(common.REPO_ROOT)) if log_path.is_relative_to(common.REPO_ROOT)
+        else str(log_path),
     }
     if status != "ok":
         rec["log_tail"] = _tail(log_path)
     return rec
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGTERM the benchmark's own process group (it and the services it started), then SIGKILL."""
+def _kill_group(proc: subprocess.Popen, grace: float = 15.0) -> None:
+    """SIGTERM the benchmark's own process group (it and the services it started, which then
+    drain), wait up to ``grace`` seconds for the whole group to exit, then SIGKILL what is left."""
+    pgid = proc.pid  # start_new_session=True made the benchmark its group's leader
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(pgid, signal.SIGTERM)
     except ProcessLookupError:
         return
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        proc.poll()  # reap the leader so it does not keep the group alive as a zombie
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(pgid, 0)
         except ProcessLookupError:
-            pass
+            return
+        time.sleep(0.1)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _tail(path: Path, lines: int = 25) -> str:

@@ -108,3 +108,42 @@ def test_plot_helpers_write_pngs(tmp_path):
     name = plots.lines("t_lines", [1, 4, 16], {"base": [1, 2, 3], "served": [1, 3, 5]}, xlabel="threads",
                        ylabel="req/s", title="t", baseline_series="base", logx=True, results_dir=tmp_path)
     assert (tmp_path / name).stat().st_size > 1000
+
+
+def _fake_package(tmp_path, body: str) -> Path:
+    pkg = tmp_path / "fakebench"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "bench_x.py").write_text(body)
+    return pkg
+
+
+def test_run_one_kills_an_overrunning_benchmark_and_its_children(tmp_path):
+    import os
+
+    import psutil
+
+    pidfile = tmp_path / "child.pid"
+    _fake_package(tmp_path, f"""
+import subprocess, sys, threading
+child = subprocess.Popen([sys.executable, "-c", "import threading; threading.Event().wait()"])
+open({str(pidfile)!r}, "w").write(str(child.pid))
+print("started", flush=True)
+threading.Event().wait()
+""")
+    rec = run_all.run_one("x", False, 3, tmp_path / "logs", package="fakebench", cwd=tmp_path)
+    assert rec["status"] == "timeout"
+    assert rec["returncode"] != 0
+    assert "started" in (tmp_path / "logs" / "x.log").read_text()
+    child = int(pidfile.read_text())
+    # the whole process group went down with it: nothing left running
+    assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+    assert os.getpgid(os.getpid()) != child
+
+
+def test_run_one_reports_a_failing_benchmark_with_its_log_tail(tmp_path):
+    _fake_package(tmp_path, "raise SystemExit('bench_x broke: no model')\n")
+    rec = run_all.run_one("x", True, 60, tmp_path / "logs", package="fakebench", cwd=tmp_path)
+    assert rec["status"] == "failed" and rec["returncode"] == 1
+    assert "bench_x broke: no model" in rec["log_tail"]
+    assert rec["command"].endswith("--quick")
