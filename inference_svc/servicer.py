@@ -7,6 +7,7 @@ Thin: each RPC decodes the protobuf (``modelport.kserve.codec``, ``inference_svc
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import modelport
@@ -18,6 +19,8 @@ from modelport.kserve.v2 import grpc_service_pb2 as pb
 from modelport.kserve.v2 import grpc_service_pb2_grpc as pb_grpc
 from modelport.runtime.artifacts import ensure_local
 from modelport.v1 import serving_pb2, serving_pb2_grpc
+
+log = logging.getLogger("modelport.inference")
 
 EXTENSIONS = ["model_repository", "model_repository(unload_dependents)", "model_configuration", "statistics",
               "schedule_policy"]
@@ -71,6 +74,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             except ModelportError as exc:
                 await results.put(pb.ModelStreamInferResponse(
                     error_message=exc.message, infer_response=pb.ModelInferResponse(id=req.id)))
+            except Exception:  # noqa: BLE001 - one bad request must not end the stream
+                log.exception("stream request %s failed", req.id)
+                await results.put(pb.ModelStreamInferResponse(
+                    error_message="Internal server error (logged on the server)",
+                    infer_response=pb.ModelInferResponse(id=req.id)))
 
         async def reader():
             tasks = [asyncio.create_task(one(req)) async for req in request_iterator]
