@@ -119,6 +119,7 @@ class Client:
 
     # ---- plumbing -------------------------------------------------------------------------
     def address(self, service: str) -> str:
+        """The configured address of ``service`` (converter, optimizer or inference)."""
         if service not in SERVICES:
             raise ValueError(f"unknown service {service!r}; one of {', '.join(SERVICES)}")
         return getattr(self, service)
@@ -130,6 +131,7 @@ class Client:
         return self._channels[service]
 
     def close(self) -> None:
+        """Close every channel (cancels in-flight calls, and with them their jobs)."""
         for ch in self._channels.values():
             ch.close()
         self._channels.clear()
@@ -196,6 +198,7 @@ class Client:
         return ref
 
     def stat(self, digest: str, service: str = "converter") -> artifacts_pb2.ArtifactRef:
+        """The stored ref of ``digest`` in ``service``'s store (ClientError NOT_FOUND otherwise)."""
         stub = artifacts_pb2_grpc.ArtifactsStub(self.channel(service))
         return self._call(service, stub.Stat, artifacts_pb2.StatRequest(digest=digest))
 
@@ -305,6 +308,7 @@ class Client:
         return self._call("inference", stub.LoadModel, req)
 
     def unload_model(self, name: str, version: str = "") -> None:
+        """Unload one version of a model, or all of them when ``version`` is empty."""
         stub = serving_pb2_grpc.ModelControlStub(self.channel("inference"))
         self._call("inference", stub.UnloadModel, serving_pb2.UnloadModelRequest(name=name, version=version))
 
@@ -314,6 +318,7 @@ class Client:
         return list(self._call("inference", stub.ListModels, serving_pb2.ListModelsRequest()).models)
 
     def model_metadata(self, name: str, version: str = "") -> kpb.ModelMetadataResponse:
+        """KServe v2 ModelMetadata: input/output names, datatypes and shapes (-1 = dynamic)."""
         stub = kgrpc.GRPCInferenceServiceStub(self.channel("inference"))
         return self._call("inference", stub.ModelMetadata, kpb.ModelMetadataRequest(name=name, version=version))
 

@@ -33,7 +33,7 @@ def client(gateway_services):
         yield c
 
 
-def test_status_cli_table_and_json(gateway_args):
+def test_status_cli_table_and_json(gateway_args, gateway_services):
     res = run([*gateway_args, "status"])
     assert res.exit_code == 0, res.output
     assert res.output.count("SERVING") == 3
@@ -41,6 +41,8 @@ def test_status_cli_table_and_json(gateway_args):
     assert data["ok"] is True
     assert [s["service"] for s in data["services"]] == ["converter", "optimizer", "inference"]
     assert {s["status"] for s in data["services"]} == {"SERVING"}
+    with Client(**gateway_services["addresses"]) as c:
+        c.wait_ready(timeout=30)  # returns at once: all three are SERVING
 
 
 def test_status_reports_unreachable_with_exit_1(gateway_args):
