@@ -152,7 +152,8 @@ class Launcher:
         log = self.log_dir / f"{child.name}.log" if self.log_dir else None
         if log is not None and log.is_file():
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-10:])
-        raise LaunchError(f"{child.name} service {why}" + (f" (log: {log})" if log else "") + (f"\n{tail}" if tail else ""))
+        where = f" (log: {log})" if log else " (its log is above)"
+        raise LaunchError(f"{child.name} service {why}{where}" + (f"\n{tail}" if tail and log else ""))
 
     def addresses(self) -> dict[str, str]:
         return {name: c.address for name, c in self.children.items()}

@@ -32,6 +32,7 @@ TECHNIQUES = (
 # Techniques that need the Keras model itself (TFMOT / TFLite); the rest work on the converted ONNX.
 KERAS_TECHNIQUES = {"prune", "prune-2:4", "cluster", "qat", "distill", "tflite-dynamic", "tflite-fp16", "tflite-int8"}
 STAGES = ("upload", "convert", "optimize", "verify", "load", "smoke")
+SMOKE_MAX_SAMPLES = 2048  # the smoke test runs at most this many eval rows through the served model
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -557,7 +558,9 @@ class _Runner:
                 dt = to_numpy_dtype(t.datatype)
                 arrays[t.name] = (rng.random(shape).astype(dt) if dt.kind == "f"
                                   else rng.integers(0, 2, shape).astype(dt))
-        n = len(next(iter(arrays.values())))
+        n = min(len(next(iter(arrays.values()))), SMOKE_MAX_SAMPLES)
+        arrays = {k: v[:n] for k, v in arrays.items()}
+        labels = labels[:n] if labels is not None else None
         batch = 64  # requests stay within the model's max batch size when batching is configured
         if spec.batching is not None and spec.batching.max_batch_size > 0:
             batch = min(batch, spec.batching.max_batch_size)
