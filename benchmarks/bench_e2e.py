@@ -276,8 +276,16 @@ def optimize_candidates(onnx_path: Path, work: Path, case: ModelCase, reference,
     for tech, fn in (("graph", lambda o: ot.graph_optimize(onnx_path, o, "extended")),
                      ("int8-dynamic", lambda o: ot.int8_dynamic(onnx_path, o))):
         out = work / f"{case.name}.{tech}.onnx"
+        cwd = os.getcwd()
         try:
-            details = fn(out)
+            # onnxruntime's symbolic shape inference (inside quant_pre_process) saves
+            # "sym_shape_infer_temp.onnx" + external data into the *current directory* when it
+            # cannot infer every shape (the transformer): keep that litter in the work folder.
+            os.chdir(work)
+            try:
+                details = fn(out)
+            finally:
+                os.chdir(cwd)
             run = ort_runner(out)
             t = timed(run, feed, quick)
             q = quality(run, case, reference)
