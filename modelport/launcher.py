@@ -48,14 +48,23 @@ class Child:
         return f"127.0.0.1:{self.port}"
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Ask Linux to SIGTERM the child when the launcher dies, so no service is orphaned."""
+def _load_prctl():
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux
+        return None
+
+
+# Resolved once in the parent: the child runs only one C call between fork and exec.
+_PRCTL = _load_prctl()
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask Linux to SIGTERM the child when the launching thread dies, so no service is orphaned."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class Launcher:
@@ -99,7 +108,8 @@ class Launcher:
                     self._logs.append(stderr)
                 proc = subprocess.Popen(self.command(name), stdout=subprocess.PIPE, stderr=stderr,
                                         stdin=subprocess.DEVNULL, env=env, text=True, bufsize=1,
-                                        start_new_session=True, preexec_fn=_die_with_parent)
+                                        start_new_session=True,
+                                        preexec_fn=_die_with_parent if _PRCTL is not None else None)
                 child = Child(name, proc)
                 self.children[name] = child
                 threading.Thread(target=self._read, args=(child,), daemon=True, name=f"{name}-stdout").start()

@@ -81,3 +81,19 @@ def test_launcher_port_offset_layout_and_failure_reason(tmp_path):
     cmd = Launcher(tmp_path / "s", ports={"inference": 8101}).command("inference")
     assert cmd[1:] == ["-m", "inference_svc", "--port", "8101", "--host", "127.0.0.1", "--store",
                        str((tmp_path / "s").resolve())]
+
+
+def test_services_do_not_outlive_a_killed_launcher(tmp_path):
+    """SIGKILL gives `modelport up` no chance to clean up: the kernel (PDEATHSIG) stops the services."""
+    cmd = [sys.executable, "-m", "modelport.cli", "up", "--store", str(tmp_path / "store"), "--converter-port", "0",
+           "--optimizer-port", "0", "--inference-port", "0", "--log-dir", str(tmp_path / "logs")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=tmp_path)
+    try:
+        _read_until(proc, r"all services SERVING", [])
+        children = psutil.Process(proc.pid).children()
+        assert len(children) == 3
+    finally:
+        proc.kill()
+        proc.wait()
+    _, alive = psutil.wait_procs(children, timeout=60)
+    assert not alive
