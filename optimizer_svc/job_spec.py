@@ -75,7 +75,7 @@ class OptimizeJobs:
             normalize(req.execution_provider)
         except ValueError as e:
             raise InvalidArgument(str(e)) from None
-        fmt = sniff_format(store.path(req.model.digest))
+        fmt = sniff_format(store.path(req.model.digest), parse=False)
         plan(list(req.techniques), fmt, has_train=bool(req.train_data.digest),
              has_inputs=any(r.digest for r in (req.calibration_data, req.train_data, req.eval_data)),
              has_student=bool(req.student.digest))

@@ -35,8 +35,12 @@ GOALS = {optimizer_pb2.GOAL_UNSPECIFIED: "latency", optimizer_pb2.GOAL_LATENCY: 
          optimizer_pb2.GOAL_SIZE: "size"}
 
 
-def sniff_format(path: Path) -> str:
-    """onnx | keras (a .keras zip or an HDF5 file); InvalidArgument for anything else."""
+def sniff_format(path: Path, parse: bool = True) -> str:
+    """onnx | keras (a .keras zip or an HDF5 file); InvalidArgument for anything else.
+
+    With ``parse=False`` (the service process) an ONNX file is only told apart by its header, so a
+    big model is not parsed on the event loop; the worker parses it fully.
+    """
     with open(path, "rb") as f:
         head = f.read(8)
     if head.startswith(b"PK\x03\x04") or head.startswith(b"\x89HDF\r\n\x1a\n"):
@@ -44,6 +48,8 @@ def sniff_format(path: Path) -> str:
     if len(head) >= 8 and head[4:8] == b"TFL3":
         raise InvalidArgument("the model is a TFLite flatbuffer; optimize the Keras or ONNX model it was made from "
                               "(TFLite output: techniques tflite-dynamic, tflite-fp16, tflite-int8)")
+    if not parse:
+        return "onnx"
     import onnx
 
     try:
@@ -291,6 +297,8 @@ def _build(tech: str, baseline: Path, work: Path, opts: dict, rep_x: dict[str, n
         return out, "onnx", OT.int8_static(baseline, out, rep_x, str(opts["int8-static.method"]),
                                            bool(opts["int8-static.per_channel"]), int(opts["int8-static.samples"]))
     from optimizer_svc import keras_techniques as KT
+
+    KT.seed(0)  # same request, same fine-tune
 
     if tech in TFLITE_TECHNIQUES:
         mode = tech.split("-", 1)[1]

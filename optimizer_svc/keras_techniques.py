@@ -84,6 +84,13 @@ class KerasSource:
 
 
 # ---- training helpers -------------------------------------------------------------------------
+def seed(value: int = 0) -> None:
+    """Seed Python, numpy and TensorFlow so a technique's fine-tune is reproducible."""
+    import tf_keras
+
+    tf_keras.utils.set_random_seed(value)
+
+
 def _is_probabilities(out: np.ndarray) -> bool:
     return (out.ndim >= 2 and out.shape[-1] > 1 and float(out.min()) >= 0.0
             and np.allclose(out.sum(-1), 1.0, atol=1e-3))

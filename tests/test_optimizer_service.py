@@ -398,3 +398,12 @@ def test_token_guard_and_per_job_timeout(tmp_path, refs, digits):
         ch.close()
     finally:
         srv.stop()
+
+
+def test_a_file_that_is_no_model_is_invalid(client, refs, tmp_path):
+    p = tmp_path / "notes.txt"
+    p.write_text("not a model at all")
+    req = optimizer_pb2.OptimizeRequest(model=refs["up"](p, media.OCTET), techniques=["graph"])
+    err = _error(client, req)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "neither ONNX nor a Keras .keras/.h5 file" in err.details()
