@@ -327,7 +327,7 @@ def keras_phase(work: Path, quick: bool) -> None:
 
     from modelport.conversion.onnx_export import keras_model_to_onnx
 
-    builders = [lambda: digits_case(epochs=15 if quick else 40)]
+    builders = [lambda: digits_case(epochs=8 if quick else 40)]
     if not quick:
         builders += [mobilenet_case, transformer_case]
     index = []
@@ -420,6 +420,19 @@ def run_model(case: CaseData, work: Path, channel, quick: bool) -> dict:
             row[way]["throughput_vs_keras"] = row[way]["items_per_s"] / base
         res["batches"][str(b)] = row
     return res
+
+
+def grpc_floor(channel, quick: bool) -> dict:
+    """Latency of a no-op unary RPC (KServe ServerLive) to the same server: the part of every
+    served call that is Python gRPC on both ends, not the model."""
+    from modelport.kserve.v2 import grpc_service_pb2 as kpb
+    from modelport.kserve.v2 import grpc_service_pb2_grpc as kgrpc
+
+    stub = kgrpc.GRPCInferenceServiceStub(channel)
+    req = kpb.ServerLiveRequest()
+    t = common.time_callable(lambda: stub.ServerLive(req, timeout=30), warmup=20, repeats=2000,
+                             max_seconds=1.0 if quick else 2.0)
+    return t.summary_ms()
 
 
 def run_concurrency(case: CaseData, work: Path, channel, address: str, quick: bool) -> dict:
@@ -522,6 +535,11 @@ def key_figures(results: dict) -> list[str]:
                        f"Keras, served {common.fmt_ratio(row['served']['throughput_vs_keras'])}, optimized+served "
                        f"{common.fmt_ratio(row['optimized_served']['throughput_vs_keras'])}; serving adds "
                        f"{overhead:+.2f} ms p50 per call over in-process; fastest: {WAY_LABELS[best]}.")
+    floor = results.get("grpc_floor")
+    if floor:
+        out.append(f"- A no-op gRPC call (KServe `ServerLive`) to the same server takes {floor['p50_ms']:.2f} ms p50 "
+                   f"({floor['p99_ms']:.2f} ms p99): the floor under every served number above, from Python gRPC "
+                   "on both ends sharing 2 cores.")
     conc = results.get("concurrency")
     if conc:
         top = max(conc["levels"])
@@ -630,6 +648,8 @@ def main(argv: list[str] | None = None) -> int:
         from modelport.runtime.channels import make_channel
 
         channel = make_channel(address)
+        results["grpc_floor"] = grpc_floor(channel, args.quick)
+        print(f"  no-op RPC (ServerLive) p50 {results['grpc_floor']['p50_ms']:.3f} ms", flush=True)
         for case in cases:
             results["models"][case.name] = run_model(case, work, channel, args.quick)
         results["concurrency"] = run_concurrency(cases[0], work, channel, address, args.quick)
