@@ -18,8 +18,15 @@ from modelport.repository import read_config
 __all__ = ["digits_model"]
 
 
+def _no_warm_workers(monkeypatch) -> None:
+    """In-process services spawn their TensorFlow worker on the first job instead of at startup."""
+    monkeypatch.setenv("MODELPORT_CONVERTER_WARM_WORKERS", "0")
+    monkeypatch.setenv("MODELPORT_OPTIMIZER_WARM_WORKERS", "0")
+
+
 @pytest.mark.integration
-def test_offline_bundle_is_served_by_the_inference_service(digits_model, tmp_path):
+def test_offline_bundle_is_served_by_the_inference_service(digits_model, tmp_path, monkeypatch):
+    _no_warm_workers(monkeypatch)
     d = digits_model
     out = tmp_path / "bundle"
     res = CliRunner().invoke(app, ["deploy", str(d["model"]), "--offline", "-o", str(out), "--name", "digits",
@@ -53,7 +60,8 @@ def test_offline_bundle_is_served_by_the_inference_service(digits_model, tmp_pat
 
 
 @pytest.mark.integration
-def test_offline_failure_writes_report_and_exits_1(tmp_path):
+def test_offline_failure_writes_report_and_exits_1(tmp_path, monkeypatch):
+    _no_warm_workers(monkeypatch)
     bad = tmp_path / "broken.h5"
     bad.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 100)
     out = tmp_path / "bundle"

@@ -15,6 +15,9 @@ import pytest
 from modelport.client import Client
 from modelport.launcher import Launcher, LaunchError, health_status
 
+# These tests run no jobs: skip the converter/optimizer warm TensorFlow workers (seconds of startup each).
+NO_WARM = {**os.environ, "MODELPORT_CONVERTER_WARM_WORKERS": "0", "MODELPORT_OPTIMIZER_WARM_WORKERS": "0"}
+
 
 def _read_until(proc: subprocess.Popen, pattern: str, lines: list[str], timeout: float = 180.0) -> re.Match:
     """Read proc.stdout lines (in a thread, bounded by ``timeout``) until one matches."""
@@ -40,7 +43,7 @@ def test_up_serves_three_services_and_stops_on_sigterm(tmp_path):
     cmd = [sys.executable, "-m", "modelport.cli", "up", "--store", str(tmp_path / "store"),
            "--converter-port", "0", "--optimizer-port", "0", "--inference-port", "0", "--log-dir", str(tmp_path / "logs")]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-                            env={**os.environ, "COLUMNS": "200"})
+                            env={**NO_WARM, "COLUMNS": "200"})
     lines: list[str] = []
     try:
         m = _read_until(proc, r"all services SERVING converter=(\S+) optimizer=(\S+) inference=(\S+)", lines)
@@ -73,7 +76,7 @@ def test_up_serves_three_services_and_stops_on_sigterm(tmp_path):
 def test_launcher_port_offset_layout_and_failure_reason(tmp_path):
     # a service that cannot start is reported by name with its exit code and log tail
     bad = Launcher(tmp_path / "store", ports={"converter": 0, "optimizer": 0, "inference": 0},
-                   extra_args={"optimizer": ["--no-such-flag"]}, log_dir=tmp_path / "logs")
+                   extra_args={"optimizer": ["--no-such-flag"]}, log_dir=tmp_path / "logs", env=NO_WARM)
     with pytest.raises(LaunchError, match=r"optimizer service exited with code 2"):
         bad.start(timeout=120)
     assert all(c.proc.poll() is not None for c in bad.children.values())  # the others were stopped
@@ -87,7 +90,8 @@ def test_services_do_not_outlive_a_killed_launcher(tmp_path):
     """SIGKILL gives `modelport up` no chance to clean up: the kernel (PDEATHSIG) stops the services."""
     cmd = [sys.executable, "-m", "modelport.cli", "up", "--store", str(tmp_path / "store"), "--converter-port", "0",
            "--optimizer-port", "0", "--inference-port", "0", "--log-dir", str(tmp_path / "logs")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=tmp_path)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=tmp_path,
+                            env=NO_WARM)
     try:
         _read_until(proc, r"all services SERVING", [])
         children = psutil.Process(proc.pid).children()
