@@ -319,9 +319,15 @@ def _parity_summary(p) -> str:
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:
-    """Arrays of an NPZ data file (inputs by name or 'x', optional 'y')."""
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    """Arrays of an NPZ data file (inputs by name or 'x', optional 'y'); ValueError naming the file."""
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        raise ValueError(f"{path} is not a readable NPZ file ({e}); write it with numpy.savez(path, x=..., y=...)") \
+            from None
 
 
 class _Runner:
@@ -332,7 +338,7 @@ class _Runner:
         self.report = DeployReport(name=spec.name or "model", model=str(spec.model), target=spec.target)
         self.tmp = tempfile.TemporaryDirectory(prefix="modelport-deploy-")
         self.refs: dict[str, Any] = {}
-        self.eval_arrays = read_npz(spec.eval) if spec.eval else None
+        self.eval_arrays: dict[str, np.ndarray] | None = None
 
     # one stage: time it, report it, turn any error into StageFailed
     def stage(self, name: str, fn: Callable[[StageReport], None]) -> None:
@@ -351,7 +357,9 @@ class _Runner:
             raise
         except ModelportError as e:
             self._fail(rep, e.status, e.message, t0)
-        except (OSError, ValueError, KeyError) as e:
+        except ValueError as e:
+            self._fail(rep, "INVALID_ARGUMENT", str(e), t0)
+        except (OSError, KeyError) as e:
             self._fail(rep, "INVALID_ARGUMENT", f"{type(e).__name__}: {e}", t0)
         finally:
             rep.seconds = time.perf_counter() - t0
@@ -378,6 +386,7 @@ class _Runner:
         from modelport.archive import pack_dir
 
         spec = self.spec
+        self.eval_arrays = read_npz(spec.eval) if spec.eval else None
         path = spec.model
         media_type = None
         if path.is_dir():  # a SavedModel folder travels as one archive artifact

@@ -163,3 +163,17 @@ def test_rich_progress_renders_stages_from_events():
     text = console.export_text()
     assert "convert" in text and "done passed: max|diff| 1e-07" in text
     assert "FAILED FAILED_PRECONDITION: [too] inaccurate" in text
+
+
+def test_unreadable_eval_npz_fails_the_upload_stage(files):
+    from modelport import Client
+    from modelport.pipeline import StageFailed, run_pipeline
+
+    (files / "eval.npz").write_bytes(b"not a zip")
+    spec = load_spec(None, {"model": str(files / "digits.keras"), "eval": str(files / "eval.npz")})
+    with Client(converter="127.0.0.1:1", optimizer="127.0.0.1:1", inference="127.0.0.1:1") as client:
+        with pytest.raises(StageFailed) as e:
+            run_pipeline(client, spec)
+    assert (e.value.stage, e.value.code) == ("upload", "INVALID_ARGUMENT")
+    assert f"{files / 'eval.npz'} is not a readable NPZ file" in e.value.message
+    assert e.value.report.to_dict()["stages"][0]["status"] == "failed"
