@@ -106,6 +106,7 @@ def detect_format(path: str | os.PathLike) -> str:
     if _is_hdf5(path, head):
         return H5
     if len(head) >= 8 and head[4:8] == b"TFL3":
+        check_tflite_structure(path)
         return TFLITE
     if len(head) > 262 and head[257:262] == b"ustar":
         names = _tar_names(path)
@@ -123,6 +124,84 @@ def detect_format(path: str | os.PathLike) -> str:
         f"unrecognized model content: {_describe(head)}; expected a Keras 3 .keras zip, an HDF5 .h5 file, "
         "a SavedModel tar archive, a TFLite flatbuffer (TFL3) or an ONNX ModelProto"
     )
+
+
+class _FlatBuffer:
+    """Bounds-checked reads of a flatbuffer (enough to reject corrupt TFLite files before TF sees them)."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def _u(self, off: int, n: int) -> int:
+        if off < 0 or off + n > len(self.data):
+            raise ValueError(f"offset {off} is outside the file ({len(self.data)} bytes)")
+        return int.from_bytes(self.data[off:off + n], "little", signed=False)
+
+    def table(self, off: int) -> tuple[int, int, int]:
+        """(table offset, vtable offset, vtable size) after checking the vtable lies in the file."""
+        soff = self._u(off, 4)
+        soff = soff - (1 << 32) if soff >= 1 << 31 else soff
+        vt = off - soff
+        vt_size = self._u(vt, 2)
+        tbl_size = self._u(vt + 2, 2)
+        if vt_size < 4 or vt_size % 2 or vt + vt_size > len(self.data) or off + tbl_size > len(self.data):
+            raise ValueError(f"table at {off} has an invalid vtable")
+        return off, vt, vt_size
+
+    def field(self, table: tuple[int, int, int], index: int) -> int | None:
+        """Absolute position of field ``index`` of a table, or None when absent."""
+        off, vt, vt_size = table
+        slot = 4 + 2 * index
+        if slot + 2 > vt_size:
+            return None
+        rel = self._u(vt + slot, 2)
+        return off + rel if rel else None
+
+    def vector(self, pos: int | None, elem_size: int) -> tuple[int, int]:
+        """(start, length) of the vector referenced at ``pos`` (an offset field)."""
+        if pos is None:
+            return 0, 0
+        start = pos + self._u(pos, 4)
+        n = self._u(start, 4)
+        if start + 4 + n * elem_size > len(self.data):
+            raise ValueError(f"vector at {start} of {n} elements runs past the end of the file")
+        return start + 4, n
+
+
+def check_tflite_structure(path: Path) -> None:
+    """Walk the TFLite Model table (subgraphs, operator codes, buffers) with bounds checks.
+
+    The TFLite interpreter trusts its input and can crash on a corrupted or truncated file;
+    this rejects such files with INVALID_ARGUMENT first.
+    """
+    data = Path(path).read_bytes()
+    fb = _FlatBuffer(data)
+    try:
+        model = fb.table(fb._u(0, 4))
+        # Model: 0 version, 1 operator_codes, 2 subgraphs, 3 description, 4 buffers.
+        for field_index in (1, 2, 4):
+            start, n = fb.vector(fb.field(model, field_index), 4)
+            for i in range(n):
+                elem = start + 4 * i
+                tbl = fb.table(elem + fb._u(elem, 4))
+                if field_index == 4:  # Buffer: 0 data (ubyte vector), 1 offset, 2 size (large models)
+                    fb.vector(fb.field(tbl, 0), 1)
+                if field_index == 2:  # SubGraph: 0 tensors, 1 inputs, 2 outputs, 3 operators
+                    for sub in (0, 3):
+                        s0, m = fb.vector(fb.field(tbl, sub), 4)
+                        for j in range(m):
+                            e = s0 + 4 * j
+                            fb.table(e + fb._u(e, 4))
+                    fb.vector(fb.field(tbl, 1), 4)
+                    fb.vector(fb.field(tbl, 2), 4)
+        _, subgraphs = fb.vector(fb.field(model, 2), 4)
+        if subgraphs == 0:
+            raise ValueError("the model has no subgraph")
+    except ValueError as e:
+        raise InvalidArgument(
+            f"the TFLite model could not be read: its flatbuffer is corrupted or truncated ({e}); "
+            "re-export or re-upload the .tflite file"
+        ) from None
 
 
 def check_target(source_format: str, target_format: str) -> str:

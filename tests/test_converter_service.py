@@ -6,7 +6,6 @@ One session-scoped server (warm worker reused) serves every test here; models ar
 from __future__ import annotations
 
 import io
-import os
 import tarfile
 import zipfile
 
@@ -194,10 +193,17 @@ def test_corrupted_and_unknown_content_is_invalid_argument(conv, model_files, tm
     err, _ = conv.convert_error(conv.upload(trunc), "onnx")
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "zip archive" in err.details()
 
-    fake = tmp_path / "fake.tflite"
-    fake.write_bytes(b"\x1c\x00\x00\x00TFL3" + os.urandom(64))
-    err, _ = conv.convert_error(conv.upload(fake), "onnx")
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "TFLite model could not be read" in err.details()
+    fake = tmp_path / "fake.tflite"  # TFLite identifier, garbage tables: rejected before the interpreter sees it
+    fake.write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(range(64)))
+    err, events = conv.convert_error(conv.upload(fake), "onnx")
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and not events
+    assert "TFLite model could not be read: its flatbuffer is corrupted or truncated" in err.details()
+    lite = _result(conv.convert(conv.upload(model_files["conv1d_net"]), "tflite")).artifact
+    half = tmp_path / "half.tflite"
+    data = conv.download(lite, tmp_path / "full.tflite").read_bytes()
+    half.write_bytes(data[: len(data) // 2])
+    err, _ = conv.convert_error(conv.upload(half), "onnx")
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "corrupted or truncated" in err.details()
 
     nozip = tmp_path / "other.zip"
     with zipfile.ZipFile(nozip, "w") as z:
