@@ -93,6 +93,9 @@ class Scheduler:
         self._idle = asyncio.Event()
         self._idle.set()
         self._inflight = 0
+        self._instances = max(1, policy.instances)
+        self._busy = 0  # executions running now (workers and the direct path), at most _instances
+        self._slot_free = asyncio.Event()
         self._workers: list[asyncio.Task] = []
         self._executor = ThreadPoolExecutor(max_workers=max(1, policy.instances),
                                             thread_name_prefix=f"ort-{model}-{version}")
@@ -102,7 +105,7 @@ class Scheduler:
     # --- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        for i in range(max(1, self.policy.instances)):
+        for i in range(self._instances):
             self._workers.append(asyncio.create_task(self._worker(), name=f"batcher-{self.model}-{self.version}-{i}"))
 
     @property
@@ -123,10 +126,7 @@ class Scheduler:
             except asyncio.CancelledError:
                 pass
         self._workers.clear()
-        for p in self._pending:
-            if not p.future.done():
-                p.future.set_exception(Unavailable(f"model '{self.model}' version {self.version} was unloaded; "
-                                                   "retry to reach the current version"))
+        self._fail(list(self._pending), "was unloaded; retry to reach the current version")
         self._pending.clear()
         self._executor.shutdown(wait=False)
 
@@ -152,6 +152,8 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         item = Pending(inputs, outputs, elements, batch_key(inputs), deadline, time.perf_counter_ns(),
                        loop.create_future())
+        if not self.policy.merges and not self._pending and self._busy < self._instances:
+            return await self._direct(item)
         self._pending.append(item)
         self._inflight += 1
         self._idle.clear()
@@ -166,6 +168,34 @@ class Scheduler:
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
+
+    async def _direct(self, item: Pending) -> tuple[dict[str, np.ndarray], int]:
+        """Without merging, an idle instance and an empty queue: run at once (no worker hand-off)."""
+        self._busy += 1
+        self._inflight += 1
+        self._idle.clear()
+        try:
+            await self._execute([item])
+            return item.future.result(), item.queue_ns
+        except asyncio.CancelledError:
+            if item.future.done() and not item.future.cancelled():
+                item.future.exception()  # retrieved: no "never retrieved" warning
+            raise
+        finally:
+            self._release()
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+
+    def _release(self) -> None:
+        self._busy -= 1
+        self._slot_free.set()
+
+    async def _acquire(self) -> None:
+        while self._busy >= self._instances:
+            self._slot_free.clear()
+            await self._slot_free.wait()
+        self._busy += 1
 
     # --- workers ------------------------------------------------------------------------------
 
@@ -222,11 +252,24 @@ class Scheduler:
         while True:
             first = await self._next()
             batch = [first]
-            if p.merges:
-                batch = await self._gather(batch)
-            live = [b for b in batch if not b.future.done()]
-            if live:
-                await self._execute(live)
+            try:
+                if p.merges:
+                    batch = await self._gather(batch)
+                await self._acquire()
+            except asyncio.CancelledError:  # stopped while holding requests: they must not hang
+                self._fail(batch, "was unloaded; retry to reach the current version")
+                raise
+            try:
+                live = [b for b in batch if not b.future.done()]
+                if live:
+                    await self._execute(live)
+            finally:
+                self._release()
+
+    def _fail(self, batch: list[Pending], why: str) -> None:
+        for b in batch:
+            if not b.future.done():
+                b.future.set_exception(Unavailable(f"model '{self.model}' version {self.version} {why}"))
 
     async def _gather(self, batch: list[Pending]) -> list[Pending]:
         """Grow a batch from the queue until it is full, preferred, or its oldest request waited the delay.
@@ -264,11 +307,7 @@ class Scheduler:
             result = await loop.run_in_executor(self._executor, self._run_batch, batch)
         except BaseException as exc:  # noqa: BLE001 - every waiter gets the failure
             if isinstance(exc, asyncio.CancelledError):
-                for b in batch:
-                    if not b.future.done():
-                        b.future.set_exception(Unavailable(
-                            f"model '{self.model}' version {self.version} stopped while running the request; "
-                            "retry"))
+                self._fail(batch, "stopped while running the request; retry")
                 raise
             for b in batch:
                 if not b.future.done():

@@ -151,7 +151,8 @@ def test_waits_for_preferred_size_within_the_delay():
 def test_stop_fails_queued_requests_with_unavailable():
     async def scenario():
         model = GatedModel()
-        sched = Scheduler("m", "1", model, BatchPolicy(max_batch_size=0), VersionStats())
+        # Merging policy: every request goes through the queue and a worker.
+        sched = Scheduler("m", "1", model, BatchPolicy(max_batch_size=4, dynamic=True), VersionStats())
         sched.start()
         first = asyncio.create_task(sched.submit({"x": np.ones((1, 2), np.float32)}, [], 1))
         await _started(model)
@@ -165,6 +166,32 @@ def test_stop_fails_queued_requests_with_unavailable():
             await queued
         with pytest.raises(Unavailable, match="stopped while running"):
             await first
+
+    run(scenario())
+
+
+def test_direct_path_without_merging_respects_the_instance_count():
+    """No merging: an idle instance runs a request at once; beyond `instances` they queue."""
+    async def scenario():
+        model = GatedModel()
+        stats = VersionStats()
+        sched = Scheduler("m", "1", model, BatchPolicy(max_batch_size=0, instances=1, max_queue_size=8), stats)
+        sched.start()
+        first = asyncio.create_task(sched.submit({"x": np.ones((1, 2), np.float32)}, [], 1))
+        await _started(model)
+        rest = [asyncio.create_task(sched.submit({"x": np.full((1, 2), i, np.float32)}, [], 1)) for i in range(3)]
+        await asyncio.sleep(0)
+        assert len(model.batches) == 0 and sched.inflight == 4  # one running, three waiting
+        stopping = asyncio.create_task(sched.stop())
+        await asyncio.sleep(0)
+        model.gate.set()
+        out, _ = await first  # the direct run is not cut short by stop()
+        np.testing.assert_array_equal(out["y"], np.full((1, 2), 10, np.float32))
+        await stopping
+        for t in rest:
+            with pytest.raises(Unavailable, match="was unloaded"):
+                await t
+        assert model.batches == [1]
 
     run(scenario())
 
