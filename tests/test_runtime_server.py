@@ -194,3 +194,26 @@ def test_prometheus_metrics_count_calls_by_method_and_code(probe, channel_to):
     assert after[nf] - before.get(nf, 0) == 3
     assert after[ok] - before.get(ok, 0) == 1
     assert 'modelport_grpc_request_seconds_bucket{le="0.005",method="LoadModel",service="probe"}' in text
+
+
+def test_port_in_use_gives_a_clear_error(probe, tmp_path):
+    service = ProbeService(ServiceSettings(host="127.0.0.1", port=probe.port, store=tmp_path / "s2"))
+    srv = BackgroundServer(service)
+    with pytest.raises(OSError, match=rf"could not bind 127.0.0.1:{probe.port} .*--port \(0 picks a free one\)"):
+        srv.start()
+    srv.loop.call_soon_threadsafe(srv.loop.stop)
+
+
+def test_drain_delay_keeps_accepting_calls_after_health_flips(tmp_path, channel_to):
+    service = ProbeService(_settings(tmp_path, drain_delay_s=3.0))
+    srv = BackgroundServer(service).start()
+    stopping = threading.Thread(target=srv.call, args=(srv.running.stop(5),))
+    stopping.start()
+    srv.call(_wait_for_status(srv, NOT_SERVING), timeout=10)
+    # Health already says NOT_SERVING, yet calls still succeed during the drain delay.
+    stub = serving_pb2_grpc.ModelControlStub(channel_to(srv.address))
+    assert stub.LoadModel(serving_pb2.LoadModelRequest(name="ok"), timeout=5).model.state == "READY"
+    stopping.join(timeout=30)
+    assert not stopping.is_alive()
+    srv.running = None
+    srv.stop()

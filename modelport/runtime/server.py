@@ -106,6 +106,10 @@ class RunningServer:
         if grace is None:
             grace = self.service.settings.grace_period_s
         await self.health.enter_graceful_shutdown()
+        if self.service.settings.drain_delay_s > 0:
+            # Let health-checking clients and load balancers move away before the server
+            # stops accepting: calls received but not yet dispatched would be cancelled.
+            await asyncio.sleep(self.service.settings.drain_delay_s)
         await self.server.stop(grace)
         await self.service.shutdown()
 
@@ -158,9 +162,18 @@ async def start_service(service: Service, *, ready: bool = True) -> RunningServe
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     creds = server_credentials(s)
     bind = f"{s.host}:{s.port}"
-    port = server.add_secure_port(bind, creds) if creds else server.add_insecure_port(bind)
+    try:
+        port = server.add_secure_port(bind, creds) if creds else server.add_insecure_port(bind)
+    except RuntimeError as e:  # grpc's "Failed to bind" carries no hint
+        port = 0
+        cause = e
+    else:
+        cause = None
     if port == 0:
-        raise OSError(f"could not bind {bind}")
+        raise OSError(
+            f"{service.name}: could not bind {bind} (port in use or not permitted); "
+            f"choose another with --port (0 picks a free one)"
+        ) from cause
     host = "localhost" if s.host in ("[::]", "0.0.0.0", "") else s.host
     service.address = s.advertise_address or f"{host}:{port}"
     artifacts.advertise = service.address

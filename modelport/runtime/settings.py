@@ -33,6 +33,9 @@ class ServiceSettings(BaseSettings):
     """Server keepalive ping interval."""
     grace_period_s: float = 30.0
     """On SIGTERM: health goes NOT_SERVING, then in-flight calls get this long to finish."""
+    drain_delay_s: float = 0.0
+    """On SIGTERM: time between health turning NOT_SERVING and refusing new calls (lets load
+    balancers and health-checking clients move away; set it to a few seconds on Kubernetes)."""
     metrics_port: int = -1
     """Prometheus metrics HTTP port; -1 disables, 0 picks a free one."""
     log_level: str = "INFO"
