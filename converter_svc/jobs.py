@@ -11,11 +11,11 @@ from modelport.store import ArtifactStore
 from modelport.v1 import converter_pb2
 
 
-def convert(progress, store_root: str, request: bytes, max_artifact_bytes: int = 0) -> bytes:
+def convert(progress, store_root: str, request: bytes, max_artifact_bytes: int = 0, onnx2tf_python: str = "") -> bytes:
     """Run one ConvertRequest; returns ConvertResult bytes."""
     store = ArtifactStore(store_root, max_artifact_bytes)
     req = converter_pb2.ConvertRequest.FromString(request)
-    return convert_model(store, req, progress).SerializeToString()
+    return convert_model(store, req, progress, onnx2tf_python).SerializeToString()
 
 
 def inspect(progress, store_root: str, digest: str, trust_remote_code: bool = False) -> bytes:

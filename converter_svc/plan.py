@@ -14,8 +14,9 @@ from functools import lru_cache
 from importlib import metadata
 
 from modelport import formats
+from modelport.conversion import onnx2tf_bridge
 from modelport.conversion.convert import DEFAULT_SAMPLES, check_opset
-from modelport.errors import InvalidArgument, Unimplemented
+from modelport.errors import InvalidArgument
 from modelport.jobs import job_key
 from modelport.parity import DEFAULT_ATOL, DEFAULT_RTOL
 from modelport.store import ArtifactStore
@@ -47,16 +48,18 @@ class ConvertPlan:
     options: dict
 
 
-async def plan_convert(store: ArtifactStore, request: converter_pb2.ConvertRequest) -> ConvertPlan:
+async def plan_convert(store: ArtifactStore, request: converter_pb2.ConvertRequest,
+                       onnx2tf_python: str = "") -> ConvertPlan:
     """Validate a ConvertRequest whose artifacts are local; raises the error the client must see."""
     path = store.path(request.source.digest)
     fmt = await asyncio.to_thread(formats.detect_format, path)
     target = formats.check_target(fmt, request.target_format)
+    versions = dict(tool_versions())
     if fmt == formats.ONNX and target != formats.ONNX:
-        from modelport.conversion.convert import _onnx_to_tf_unimplemented
-
-        err = _onnx_to_tf_unimplemented(target)
-        raise Unimplemented(err.message, err.details)
+        python = onnx2tf_bridge.onnx2tf_python(onnx2tf_python)
+        if python is None:
+            raise onnx2tf_bridge.unimplemented(target)
+        versions["onnx2tf"] = onnx2tf_bridge.onnx2tf_version(python)
     opset = check_opset(request.opset)
     if request.fixed_batch_size < 0:
         raise InvalidArgument(
@@ -78,4 +81,4 @@ async def plan_convert(store: ArtifactStore, request: converter_pb2.ConvertReque
         "allow_mismatch": bool(p.allow_mismatch),
     }
     digests = [request.source.digest] + ([p.samples.digest] if p.samples.digest else [])
-    return ConvertPlan(fmt, target, job_key("convert", digests, options, tool_versions()), options)
+    return ConvertPlan(fmt, target, job_key("convert", digests, options, versions), options)

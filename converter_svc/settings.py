@@ -22,3 +22,6 @@ class ConverterSettings(ServiceSettings):
     """Jobs a worker runs before it exits and a warm spare replaces it (memory goes back); 0 = reuse forever."""
     warm_workers: int = 1
     """Workers started (TensorFlow pre-imported) before the service reports SERVING."""
+    onnx2tf_python: str = ""
+    """Python of a separate venv with onnx2tf (needs Python >= 3.12) used for ONNX -> TFLite/SavedModel;
+    empty = ``.venv-onnx2tf/bin/python`` in the repo if present, else those targets answer UNIMPLEMENTED."""

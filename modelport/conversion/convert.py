@@ -210,7 +210,8 @@ def relabel_opset(proto, opset: int, why: str):
     return out
 
 
-def produce(src, target: str, workdir: Path, opset: int, fixed_batch: int) -> tuple[Path, dict[str, str]]:
+def produce(src, target: str, workdir: Path, opset: int, fixed_batch: int,
+            onnx2tf_python: str = "") -> tuple[Path, dict[str, str]]:
     """Write the target model under ``workdir``; returns (file or folder, notes)."""
     from modelport.conversion.models import OnnxModel, TFLiteModel, TFModel
     from modelport.conversion.onnx_export import function_to_onnx
@@ -255,6 +256,15 @@ def produce(src, target: str, workdir: Path, opset: int, fixed_batch: int) -> tu
             raise InvalidArgument(f"cannot convert {src.format} to onnx")
         _check_onnx(out)
         return out, notes
+    if isinstance(src, OnnxModel) and target in (formats.TFLITE, formats.SAVEDMODEL):
+        from modelport.conversion import onnx2tf_bridge
+
+        python = onnx2tf_bridge.onnx2tf_python(onnx2tf_python)
+        if python is None:
+            raise onnx2tf_bridge.unimplemented(target)
+        out = onnx2tf_bridge.run_onnx2tf(python, src.path, [s.name for s in src.inputs], target, workdir, fixed_batch)
+        notes["tool"] = f"onnx2tf {onnx2tf_bridge.onnx2tf_version(python)}"
+        return out, notes
     if target == formats.TFLITE:
         if not isinstance(src, TFModel):
             raise _onnx_to_tf_unimplemented(target)
@@ -271,18 +281,15 @@ def produce(src, target: str, workdir: Path, opset: int, fixed_batch: int) -> tu
 
 
 def _onnx_to_tf_unimplemented(target: str) -> Unimplemented:
-    return Unimplemented(
-        f"ONNX -> {target} is not available in this build: it needs onnx2tf, which requires Python >= 3.12 "
-        "and pins onnx/onnxruntime/numpy/protobuf versions that conflict with the converter's TensorFlow "
-        "2.21 / Python 3.11 stack. Convert from the Keras, SavedModel or TFLite source instead",
-        details={"missing": "onnx2tf"},
-    )
+    from modelport.conversion import onnx2tf_bridge
+
+    return onnx2tf_bridge.unimplemented(target)
 
 
 # ---- the job -------------------------------------------------------------------------------------
 
 def convert_model(store: ArtifactStore, request: converter_pb2.ConvertRequest,
-                  progress: Progress = _noop) -> jobs_pb2.ConvertResult:
+                  progress: Progress = _noop, onnx2tf_python: str = "") -> jobs_pb2.ConvertResult:
     """Run one conversion; returns the result (its artifact already published in ``store``)."""
     from modelport.conversion.models import load_model
 
@@ -309,7 +316,7 @@ def convert_model(store: ArtifactStore, request: converter_pb2.ConvertRequest,
     workdir = Path(tempfile.mkdtemp(dir=store.tmp_dir, prefix="convert-"))
     try:
         progress("converting", 0.2, f"converting {fmt} -> {target}" + (f" (opset {opset})" if target == "onnx" else ""))
-        out, notes = produce(src, target, workdir, opset, fixed_batch)
+        out, notes = produce(src, target, workdir, opset, fixed_batch, onnx2tf_python)
 
         n = next(iter(inputs.values())).shape[0] if inputs else 0
         progress("verifying", 0.7, f"comparing source and {target} outputs on {n} samples ({inputs_source})")

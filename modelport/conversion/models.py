@@ -343,6 +343,17 @@ class TFLiteModel(LoadedModel):
                 {n: by_index.get(d["index"], n) for n, d in self._out})
 
     def _run_batch(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = next(iter(inputs.values())).shape[0] if inputs else 0
+        try:
+            return self._invoke(inputs)
+        except RuntimeError:
+            if n <= 1:
+                raise
+            # Some delegates (XNNPACK) cannot resize every graph to a larger batch: one sample at a time.
+            parts = [self._invoke({k: v[i:i + 1] for k, v in inputs.items()}) for i in range(n)]
+            return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def _invoke(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         it = self.interp
         for n, d in self._in:
             it.resize_tensor_input(d["index"], list(inputs[n].shape), strict=False)
