@@ -50,20 +50,37 @@ def _history(t: Any) -> list | None:
     return None
 
 
-def _node(node: dict) -> list:
-    """One Keras 3 inbound node ``{"args": [...], "kwargs": {...}}`` -> Keras 2 ``[[name, n, i, kw], ...]``."""
+# Names of the extra positional tensor arguments of layers that take several (tf-keras wants kwargs).
+_POSITIONAL = {"MultiHeadAttention": ("query", "value", "key"), "Attention": ("inputs",),
+               "AdditiveAttention": ("inputs",)}
+
+
+def _node(node: dict, cls: str = "") -> list:
+    """One Keras 3 inbound node ``{"args": [...], "kwargs": {...}}`` -> Keras 2 ``[[name, n, i, kw], ...]``.
+
+    Tensors passed as extra positional arguments (``MultiHeadAttention(q, v)``) or as keyword
+    arguments become tf-keras's ``{"value": [name, node, index]}`` keyword entries on the first tensor.
+    """
     args = node.get("args", [])
-    kwargs = {k: v for k, v in (node.get("kwargs") or {}).items() if _history(v) is None}
+    kwargs = {}
+    for k, v in (node.get("kwargs") or {}).items():
+        h = _history(v)
+        kwargs[k] = h[:3] if h else _plain(v)
     tensors: list = []
+    extra: list = []
     for a in args:
         if isinstance(a, list):
             tensors.extend(h for h in (_history(x) for x in a) if h)
         else:
             h = _history(a)
             if h:
-                tensors.append(h)
+                (extra if tensors and cls in _POSITIONAL else tensors).append(h)
+    names = _POSITIONAL.get(cls, ())
+    for i, h in enumerate(extra, start=1):
+        if i < len(names):
+            kwargs[names[i]] = h[:3]
     if kwargs and tensors:
-        tensors[0][3] = _plain(kwargs)
+        tensors[0][3] = kwargs
     return tensors
 
 
@@ -78,6 +95,9 @@ def _layer_config(layer: dict) -> dict:
         if "batch_shape" in cfg:
             cfg["batch_input_shape"] = cfg.pop("batch_shape")
         cfg.pop("optional", None)
+    if cls == "MultiHeadAttention":  # tf-keras pops these in from_config; None = build on first call
+        for key in ("query_shape", "key_shape", "value_shape"):
+            cfg.setdefault(key, None)
     if cls in ("Sequential", "Functional", "Model"):
         return _model_config(layer)
     return {"class_name": cls, "config": cfg}
@@ -91,7 +111,7 @@ def _model_config(model: dict) -> dict:
         out = _layer_config(layer)
         if cls != "Sequential":
             out["name"] = layer.get("name", out["config"].get("name"))
-            out["inbound_nodes"] = [_node(n) for n in layer.get("inbound_nodes", [])]
+            out["inbound_nodes"] = [_node(n, layer["class_name"]) for n in layer.get("inbound_nodes", [])]
         layers.append(out)
     new_cfg = {k: _plain(v) for k, v in cfg.items() if k not in ("layers", "build_input_shape")}
     new_cfg["layers"] = layers

@@ -259,26 +259,42 @@ def test_distill_builds_a_smaller_student(keras_result):
     assert c.size_bytes < keras_result[-1].optimize_result.baseline.size_bytes
 
 
-def test_keras3_model_is_rebuilt_exactly_in_tf_keras(digits, tmp_path):
-    """The bridge: a Keras 3 .keras file -> tf-keras model (for TFMOT) with identical predictions."""
+def test_keras_models_are_rebuilt_exactly_in_tf_keras(digits, tmp_path):
+    """The bridge: Keras 3 .keras files (CNN, attention, depthwise/separable convs, Sequential) and a
+    tf-keras .h5 -> tf-keras models (what TFMOT needs) with the same predictions."""
+    import keras
+    import tf_models
+
+    cases = {"digits": (digits.keras_path, digits.eval_x[:16])}
+    rng = np.random.default_rng(0)
+    for name, x in [("attention_net", rng.integers(0, 40, (4, 10)).astype("int32")),
+                    ("conv_net", rng.uniform(-1, 1, (4, 16, 16, 3)).astype("float32")),
+                    ("sequential_dense", rng.uniform(-1, 1, (4, 8)).astype("float32"))]:
+        cases[name] = (tf_models.save_keras(getattr(tf_models, name)(), tmp_path / f"{name}.keras"), x)
+    expected = {n: keras.models.load_model(p).predict(x, verbose=0) for n, (p, x) in cases.items()}
+    h5, h5_expected = tf_models.write_tf_keras_h5(tmp_path / "legacy.h5")
+    cases["tf_keras_h5"] = (h5, np.linspace(-1, 1, 16, dtype="float32").reshape(2, 8))
+    expected["tf_keras_h5"] = np.load(h5_expected)
+    for n, (_, x) in cases.items():
+        np.save(tmp_path / f"{n}.x.npy", x)
     code = (
         "import sys, numpy as np; from pathlib import Path\n"
         "from optimizer_svc.keras_techniques import KerasSource\n"
-        "src = KerasSource(Path(sys.argv[1]), Path(sys.argv[2]))\n"
-        "a, b = src.fresh(), src.fresh()\n"
-        "assert a is not b and type(a).__module__.startswith('tf_keras'), type(a)\n"
-        "x = np.load(sys.argv[3])['image'][:64]\n"
-        "np.save(sys.argv[4], a.predict(x, verbose=0))\n"
+        "d = Path(sys.argv[1])\n"
+        "for n in sys.argv[2:]:\n"
+        "    src = KerasSource(Path(sys.argv[1]) / n, d / ('w_' + n))\n"
+        "    a, b = src.fresh(), src.fresh()\n"
+        "    assert a is not b and type(a).__module__.startswith('tf_keras'), type(a)\n"
+        "    np.save(d / (n + '.out.npy'), a.predict(np.load(d / (n + '.x.npy')), verbose=0))\n"
     )
+    for n, (p, _) in cases.items():
+        (tmp_path / n).symlink_to(p)
     env = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PATH": "/usr/bin:/bin"}
-    out = tmp_path / "pred.npy"
-    proc = subprocess.run([sys.executable, "-c", code, str(digits.keras_path), str(tmp_path / "w"), str(digits.eval),
-                           str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path), *cases], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    import keras
-
-    expected = keras.models.load_model(digits.keras_path).predict(digits.eval_x[:64], verbose=0)
-    np.testing.assert_allclose(np.load(out), expected, atol=1e-5)
+    for n in cases:
+        np.testing.assert_allclose(np.load(tmp_path / f"{n}.out.npy"), expected[n], atol=1e-5, err_msg=n)
 
 
 # ---- bad requests ------------------------------------------------------------------------------

@@ -147,6 +147,14 @@ def test_keras3_config_translation():
     assert layers[1]["inbound_nodes"] == [[["a", 0, 0, {}]]]
     assert layers[2]["inbound_nodes"] == [[["d", 0, 0, {}], ["d", 0, 0, {}]]]
     assert out["config"]["input_layers"] == [["a", 0, 0]] and out["config"]["output_layers"] == [["s", 0, 0]]
+    mha = {"class_name": "MultiHeadAttention", "name": "att", "config": {"name": "att", "num_heads": 2},
+           "inbound_nodes": [{"args": [{"class_name": "__keras_tensor__", "config": {"keras_history": ["q", 0, 0]}},
+                                       {"class_name": "__keras_tensor__", "config": {"keras_history": ["v", 1, 0]}}],
+                              "kwargs": {"use_causal_mask": True}}]}
+    k3["config"]["layers"].append(mha)
+    att = keras_bridge.translate_config(k3)["config"]["layers"][-1]
+    assert att["inbound_nodes"] == [[["q", 0, 0, {"use_causal_mask": True, "value": ["v", 1, 0]}]]]
+    assert att["config"]["query_shape"] is None  # tf-keras builds it on the first call
     assert keras_bridge._unknown_kwarg("('Keyword argument not understood:', 'quantization_config')") == \
         "quantization_config"
     assert keras_bridge._unknown_kwarg("__init__() got an unexpected keyword argument 'input_axes'") == "input_axes"
