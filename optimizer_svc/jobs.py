@@ -27,7 +27,14 @@ from modelport.v1 import artifacts_pb2, jobs_pb2, optimizer_pb2
 from optimizer_svc import measure as M
 from optimizer_svc import onnx_techniques as OT
 from optimizer_svc import select
-from optimizer_svc.techniques import KERAS_TECHNIQUES, NEEDS_TRAIN, TFLITE_TECHNIQUES, parse_options, plan
+from optimizer_svc.techniques import (
+    KERAS_TECHNIQUES,
+    NEEDS_TRAIN,
+    ONNX_TECHNIQUES,
+    TFLITE_TECHNIQUES,
+    parse_options,
+    plan,
+)
 
 log = logging.getLogger("modelport.optimizer.job")
 
@@ -181,11 +188,20 @@ def _optimize(progress, store: ArtifactStore, req: optimizer_pb2.OptimizeRequest
         from modelport.conversion.onnx_export import keras_model_to_onnx
         from optimizer_svc.keras_techniques import KerasSource
 
-        progress("loading", 0.03, "loading the Keras model as tf-keras (TFMOT needs it)")
+        progress("loading", 0.03, "loading the Keras model as tf-keras (TFMOT needs it) and converting it to ONNX")
         source = KerasSource(model_path, work / "source")
-        baseline_path = work / "baseline.onnx"
-        progress("loading", 0.06, "converting the Keras model to ONNX (the baseline)")
-        keras_model_to_onnx(source.model, baseline_path)
+        if source.baseline_onnx is not None:
+            baseline_path = source.baseline_onnx
+        else:
+            baseline_path = work / "baseline.onnx"
+            keras_model_to_onnx(source.model, baseline_path)
+        if source.model is None:  # tf-keras cannot rebuild it: only the ONNX techniques apply
+            keras_only = [t for t in the_plan.run if t not in ONNX_TECHNIQUES]
+            if keras_only and not the_plan.auto:
+                raise InvalidArgument(source.rebuild_error)
+            for t in keras_only:
+                the_plan.run.remove(t)
+                the_plan.skipped.append((t, source.rebuild_error))
     else:
         baseline_path = model_path
     specs = onnx_input_specs(baseline_path)

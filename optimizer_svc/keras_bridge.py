@@ -27,6 +27,7 @@ from modelport.errors import InvalidArgument
 
 CONFIG = "config.json"
 WEIGHTS = "weights.npz"
+BASELINE_ONNX = "baseline.onnx"
 
 
 # ---- config translation (pure Python, unit-tested) -------------------------------------------
@@ -129,9 +130,16 @@ def translate_config(keras3_config: dict) -> dict:
 
 # ---- step 1: Keras 3 process ----------------------------------------------------------------
 def export_portable(src: str, out_dir: str) -> None:
-    """Load ``src`` with Keras 3 and write the tf-keras config and per-layer weights to ``out_dir``."""
+    """Load ``src`` with Keras 3; write the tf-keras config, per-layer weights and ``baseline.onnx``.
+
+    The ONNX file is the converter's conversion of the Keras 3 model itself (shared
+    ``keras_model_to_onnx``): the optimizer's baseline, usable even when tf-keras cannot rebuild
+    the model (then only the ONNX techniques run).
+    """
     import keras
     import numpy as np
+
+    from modelport.conversion.onnx_export import keras_model_to_onnx
 
     model = keras.models.load_model(src, compile=False)
     out = Path(out_dir)
@@ -145,6 +153,7 @@ def export_portable(src: str, out_dir: str) -> None:
         for i, w in enumerate(layer.get_weights()):
             arrays[f"{layer.name}/{i}"] = np.asarray(w)
     np.savez(out / WEIGHTS, **arrays)
+    keras_model_to_onnx(model, out / BASELINE_ONNX)
 
 
 def _walk(model):
@@ -154,12 +163,23 @@ def _walk(model):
             yield from _walk(layer)
 
 
+def _die_with_parent() -> None:
+    """Linux: the bridge process gets SIGKILL when the worker dies (job cancelled or timed out)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def run_export(src: str, out_dir: str, timeout: float = 600) -> None:
     """Run ``export_portable`` in a fresh Keras 3 interpreter (this process may be tf-keras)."""
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     proc = subprocess.run([sys.executable, "-m", "optimizer_svc.keras_bridge", src, out_dir], env=env,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, preexec_fn=_die_with_parent)
     if proc.returncode != 0:
         tail = (proc.stderr or "").strip().splitlines()[-1:] or ["no output"]
         raise InvalidArgument(
@@ -176,6 +196,13 @@ def load_tf_keras(portable_dir: str):
 
     d = Path(portable_dir)
     cfg = json.loads((d / CONFIG).read_text())
+    missing = sorted({c for c in _class_names(cfg) if not hasattr(tf_keras.layers, c)
+                      and c not in ("Functional", "Sequential", "Model")})
+    if missing:
+        raise InvalidArgument(
+            f"tf-keras (needed by TFMOT and the TFLite techniques) has no layer {', '.join(missing)}, so it cannot "
+            "rebuild this model; only graph, fp16, int8-dynamic and int8-static apply to it"
+        )
     model = None
     for _ in range(20):  # Keras 3 adds keyword arguments tf-keras lacks; drop them one by one
         try:
@@ -214,6 +241,13 @@ def _unknown_kwarg(msg: str) -> str | None:
         if m:
             return m.group(1)
     return None
+
+
+def _class_names(cfg: dict):
+    for layer in cfg.get("config", {}).get("layers", []):
+        yield layer.get("class_name", "")
+        if isinstance(layer.get("config"), dict) and "layers" in layer["config"]:
+            yield from _class_names(layer)
 
 
 def _drop_key(obj: Any, key: str) -> Any:

@@ -52,7 +52,12 @@ class TrainSet:
 
 
 class KerasSource:
-    """The user's Keras model as a tf-keras factory: ``fresh()`` returns a new, independent copy."""
+    """The user's Keras model as a tf-keras factory: ``fresh()`` returns a new, independent copy.
+
+    ``baseline_onnx`` is set when the model came through the Keras 3 bridge (the converter's ONNX of
+    the Keras 3 model). ``model`` is None and ``rebuild_error`` says why when tf-keras cannot rebuild
+    the model: then only the ONNX techniques apply.
+    """
 
     def __init__(self, path: Path, work: Path):
         _check_legacy()
@@ -64,12 +69,21 @@ class KerasSource:
         if not src.exists():
             os.symlink(path, src)
         self.portable = work / "portable"
+        self.baseline_onnx: Path | None = None
+        self.rebuild_error = ""
+        self.model = None
         try:
             model = tf_keras.models.load_model(str(src), compile=False)
             self._write_portable(model)
         except Exception:  # noqa: BLE001 - a Keras 3 file: bridge it through a Keras 3 process
             keras_bridge.run_export(str(src), str(self.portable))
-        self.model = self.fresh()
+            self.baseline_onnx = self.portable / keras_bridge.BASELINE_ONNX
+        try:
+            self.model = self.fresh()
+        except InvalidArgument as e:
+            if self.baseline_onnx is None:
+                raise
+            self.rebuild_error = e.message
 
     def _write_portable(self, model) -> None:
         self.portable.mkdir(parents=True, exist_ok=True)

@@ -423,3 +423,29 @@ def test_a_file_that_is_no_model_is_invalid(client, refs, tmp_path):
     err = _error(client, req)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "neither ONNX nor a Keras .keras/.h5 file" in err.details()
+
+
+def test_keras_model_tf_keras_cannot_rebuild_still_gets_onnx_techniques(client, refs, tmp_path):
+    """RMSNormalization exists only in Keras 3: the ONNX techniques run on its ONNX conversion, the
+    TFMOT/TFLite ones are skipped under auto (with the reason) and refused when requested."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 1), name="image")
+    x = keras.layers.Dense(16, activation="relu")(keras.layers.Flatten()(inp))
+    out = keras.layers.Dense(10, activation="softmax")(keras.layers.RMSNormalization()(x))
+    path = tmp_path / "rms.keras"
+    keras.Model(inp, out).save(path)
+    model = refs["up"](path, media.KERAS)
+    req = optimizer_pb2.OptimizeRequest(model=model, techniques=["auto"], eval_data=refs["eval"],
+                                        train_data=refs["train"])
+    res = run(client, req)[-1].optimize_result
+    table = by_technique(res)
+    assert res.baseline.details["input_format"] == "keras" and res.baseline.artifact.digest
+    for tech in ("graph", "fp16", "int8-dynamic", "int8-static"):
+        assert not table[tech].details.get("status") and table[tech].latency_p50_ms > 0
+    for tech in ("prune", "cluster", "distill", "tflite-int8"):
+        assert table[tech].details["status"] == "skipped"
+        assert "has no layer RMSNormalization" in table[tech].note
+    err = _error(client, optimizer_pb2.OptimizeRequest(model=model, techniques=["cluster"], train_data=refs["train"]))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "has no layer RMSNormalization" in err.details()
