@@ -15,6 +15,7 @@ import pytest
 import tf_models
 from converter_fixtures import *  # noqa: F403 - fixtures: converter_server, conv
 
+from modelport.store import sha256_file
 from modelport.v1 import artifacts_pb2, converter_pb2, jobs_pb2
 
 pytestmark = pytest.mark.integration
@@ -176,7 +177,7 @@ def test_onnx_to_tensorflow_without_onnx2tf_is_unimplemented(conv, converter_ser
         settings.onnx2tf_python = old
 
 
-def test_onnx_to_tflite_and_savedmodel_through_onnx2tf(conv, model_files):
+def test_onnx_to_tflite_and_savedmodel_through_onnx2tf(conv, converter_server, model_files):
     """ONNX -> TensorFlow runs onnx2tf from its own Python 3.12 venv (``make onnx2tf-venv``).
 
     Without that venv the converter answers UNIMPLEMENTED (asserted here too), so the suite states
@@ -199,6 +200,10 @@ def test_onnx_to_tflite_and_savedmodel_through_onnx2tf(conv, model_files):
     image_onnx = _result(conv.convert(conv.upload(model_files["conv_net"]), "onnx")).artifact
     res = _result(conv.convert(image_onnx, "tflite"))
     assert res.parity.passed and list(res.info.inputs[0].shape) == [-1, 16, 16, 3]
+    # onnx2tf edits its input file in place: the stored source must be untouched
+    store = converter_server.service.store
+    for ref in (onnx_ref, image_onnx):
+        assert sha256_file(store.path(ref.digest)) == ref.digest
 
 
 def test_lambda_refused_by_default_and_converted_when_trusted(conv, model_files):

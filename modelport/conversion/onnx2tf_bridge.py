@@ -9,6 +9,7 @@ loaded and checked for parity by the converter like any other result.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -46,9 +47,10 @@ def unimplemented(target: str) -> Unimplemented:
 def run_onnx2tf(python: Path, onnx_path: Path, input_names: list[str], target: str, workdir: Path,
                 fixed_batch: int = 0, timeout: float = 1800) -> Path:
     """Convert with onnx2tf; returns the float32 .tflite file or a clean SavedModel folder."""
-    link = workdir / "model.onnx"  # onnx2tf names its outputs after the input file
-    if not link.exists():
-        os.symlink(onnx_path.resolve(), link)
+    # A private copy: onnx2tf rewrites its input file in place (it names unnamed ops), which must
+    # never reach the content-addressed blob. It also names its outputs after the input file.
+    link = workdir / "model.onnx"
+    shutil.copyfile(onnx_path, link)
     out = workdir / "onnx2tf-out"
     cmd = [str(python), "-m", "onnx2tf", "-i", str(link), "-o", str(out), "-osd", "-n"]
     if input_names:
