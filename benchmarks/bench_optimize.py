@@ -156,7 +156,9 @@ def rows_for(name: str, res) -> list[dict]:
             "model": name, "technique": c.technique, "format": c.format, "failed": failed, "note": c.note,
             "size_ratio": None if failed else c.size_bytes / b.size_bytes,
             "gzip_ratio": None if failed else c.gzip_size_bytes / b.gzip_size_bytes,
-            "latency_ratio": None if failed else c.latency_p50_ms / b.latency_p50_ms,
+            # timed interleaved with the baseline in the same job (drift on a shared machine cancels out)
+            "latency_ratio": None if failed else float(c.details.get("latency_ratio_paired",
+                                                                     c.latency_p50_ms / b.latency_p50_ms)),
             "latency_p50_ms": c.latency_p50_ms, "baseline_p50_ms": b.latency_p50_ms,
             "accuracy": None if math.isnan(c.accuracy) else c.accuracy,
             "accuracy_change": (c.accuracy - q_base) if (q_base is not None and not failed) else None,
@@ -211,7 +213,8 @@ def main() -> int:
     md = ["## Optimizer: techniques against the FP32 baseline", "",
           "Each model goes through one Optimize request on a real optimizer service; every candidate is "
           "measured in the same job as its baseline (latency p50 on CPUExecutionProvider or the TFLite "
-          "interpreter, onnxruntime default threads). Ratios are candidate / baseline (lower is better for "
+          "interpreter, onnxruntime default threads; each candidate is timed in alternating blocks with the "
+          "baseline and the latency ratio comes from those paired runs). Ratios are candidate / baseline (lower is better for "
           "size and latency). Accuracy change is in points on the labeled eval split (digits); the random-"
           "weight transformer and MobileNetV2 have no labels, so top-1 agreement and the output cosine "
           "against the baseline stand in (budget: 1 point on digits, 5 % agreement elsewhere). Explicit technique "

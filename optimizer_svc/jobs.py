@@ -257,7 +257,7 @@ def _optimize(progress, store: ArtifactStore, req: optimizer_pb2.OptimizeRequest
             progress("measuring", frac + 0.6 / max(n, 1), f"measuring {tech}")
             run = (M.onnx_runner(path, providers, threads) if cfmt == "onnx"
                    else M.tflite_runner(path, input_names, threads))
-            m = M.measure(path, run, eval_x, eval_y, reference, **mopts)
+            m = M.measure(path, run, eval_x, eval_y, reference, baseline_run=base_run, **mopts)
             details["build_seconds"] = f"{time.monotonic() - t0:.1f}"
             c = _report(tech, cfmt, m, details)
             built[tech] = path

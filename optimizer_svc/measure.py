@@ -118,6 +118,34 @@ def latency(run: Runner, feed: dict[str, np.ndarray], warmup: int, repeats: int)
     return float(np.percentile(times, 50)), float(np.percentile(times, 90))
 
 
+def paired_latency(run: Runner, baseline: Runner, feed: dict[str, np.ndarray], warmup: int, repeats: int,
+                   rounds: int = 6) -> tuple[float, float, float]:
+    """Candidate p50, p90 and the baseline's p50, timed in alternating blocks.
+
+    Interleaving the two models spreads any drift (other load on the machine, clock changes)
+    over both, so the ratio is fair even when absolute times move between runs.
+    """
+    for _ in range(warmup):
+        run(feed)
+        baseline(feed)
+    cand: list[float] = []
+    base: list[float] = []
+    per_block = max(1, repeats // rounds)
+    budget = MIN_TIMED_SECONDS / rounds
+    for _ in range(rounds):
+        for fn, out in ((run, cand), (baseline, base)):
+            spent, n = 0.0, 0
+            while n < per_block or (spent < budget and n < MAX_REPEATS // rounds):
+                t0 = time.perf_counter()
+                fn(feed)
+                dt = time.perf_counter() - t0
+                spent += dt
+                n += 1
+                out.append(dt * 1000.0)
+    c50, c90, b50 = (float(np.percentile(cand, 50)), float(np.percentile(cand, 90)), float(np.percentile(base, 50)))
+    return c50, c90, b50
+
+
 def predict(run: Runner, inputs: dict[str, np.ndarray], batch_size: int = 64) -> list[np.ndarray]:
     """All outputs over the whole dataset, in batches."""
     n = next(iter(inputs.values())).shape[0]
@@ -182,14 +210,26 @@ def cosine(outputs: list[np.ndarray], reference: list[np.ndarray]) -> float:
 
 
 def measure(path: Path, run: Runner, inputs: dict[str, np.ndarray], labels: np.ndarray | None,
-            reference: list[np.ndarray] | None, *, warmup: int, repeats: int, batch_size: int) -> Measurement:
-    """Size, gzip size, latency on the first ``batch_size`` rows, and quality over ``inputs``."""
+            reference: list[np.ndarray] | None, *, warmup: int, repeats: int, batch_size: int,
+            baseline_run: Runner | None = None) -> Measurement:
+    """Size, gzip size, latency on the first ``batch_size`` rows, and quality over ``inputs``.
+
+    With ``baseline_run`` the latency is timed interleaved with the baseline and
+    ``details`` get the baseline's p50 from those interleaved runs and the candidate/baseline ratio.
+    """
     path = Path(path)
     feed = {k: v[:batch_size] for k, v in inputs.items()}
-    p50, p90 = latency(run, feed, warmup, repeats)
+    base50 = None
+    if baseline_run is not None:
+        p50, p90, base50 = paired_latency(run, baseline_run, feed, warmup, repeats)
+    else:
+        p50, p90 = latency(run, feed, warmup, repeats)
     outs = predict(run, inputs)
     m = Measurement(size_bytes=path.stat().st_size, gzip_size_bytes=gzip_size(path),
                     latency_p50_ms=p50, latency_p90_ms=p90, outputs=outs)
+    if base50:
+        m.details["baseline_latency_p50_ms_paired"] = f"{base50:.6f}"
+        m.details["latency_ratio_paired"] = f"{p50 / base50:.4f}"
     if labels is not None:
         m.accuracy = accuracy(outs, labels)
     if reference is not None:

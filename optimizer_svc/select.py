@@ -26,6 +26,15 @@ def goal_metric(c: jobs_pb2.CandidateReport, goal: str) -> float:
     return float(c.gzip_size_bytes if goal == "size" else c.latency_p50_ms)
 
 
+def goal_ratio(c: jobs_pb2.CandidateReport, baseline: jobs_pb2.CandidateReport, goal: str) -> float:
+    """Candidate / baseline on the goal metric; for latency the ratio timed interleaved with the
+    baseline (``latency_ratio_paired``) when measured, which drift on a busy machine cannot bias."""
+    if goal != "size" and "latency_ratio_paired" in c.details:
+        return float(c.details["latency_ratio_paired"])
+    base = goal_metric(baseline, goal)
+    return goal_metric(c, goal) / base if base else math.nan
+
+
 def allowed_drop(baseline: jobs_pb2.CandidateReport, max_drop: float, relative: bool) -> float:
     """Absolute quality drop the budget allows (0 in the request means the default 0.01)."""
     drop = max_drop if max_drop > 0 else DEFAULT_MAX_DROP
@@ -46,47 +55,47 @@ def rank(baseline: jobs_pb2.CandidateReport, candidates: list[jobs_pb2.Candidate
     """
     unit = "gzip size" if goal == "size" else "latency p50"
     allowed = allowed_drop(baseline, max_drop, relative)
-    base_q, base_m = quality(baseline), goal_metric(baseline, goal)
+    base_q = quality(baseline)
     measured = [c for c in candidates if not _failed(c)]
     for c in measured:
         drop = base_q - quality(c)
         c.within_budget = bool(not math.isnan(drop) and drop <= allowed + 1e-12)
         c.details["quality_drop"] = f"{drop:.4f}"
-        c.details[f"{goal}_ratio"] = f"{goal_metric(c, goal) / base_m:.3f}" if base_m else "nan"
+        c.details[f"{goal}_ratio"] = f"{goal_ratio(c, baseline, goal):.3f}"
         if not c.within_budget:
             c.note = _join(c.note, f"over budget: quality drop {drop:.4f} > allowed {allowed:.4f}")
     baseline.within_budget = True
 
     def key(c):
-        return goal_metric(c, goal)
+        r = goal_ratio(c, baseline, goal)
+        return math.inf if math.isnan(r) else r
 
     in_budget = sorted([c for c in measured if c.within_budget], key=key)
     over = sorted([c for c in measured if not c.within_budget], key=key)
     failed = [c for c in candidates if _failed(c)]
     ranked = in_budget + over + failed
 
-    threshold = base_m * (1.0 - min_gain) if auto else math.inf
+    threshold = (1.0 - min_gain) if auto else math.inf
     eligible = [c for c in in_budget if not (auto and output_format and c.format != output_format)]
     eligible_ids = {id(c) for c in eligible}
     for c in in_budget:
         if id(c) not in eligible_ids:
             c.note = _join(c.note, f"not eligible under auto: {c.format} output but output_format is {output_format}")
-    winners = [c for c in eligible if key(c) < base_m and key(c) <= threshold]
+    winners = [c for c in eligible if key(c) < 1.0 and key(c) <= threshold]
     if not auto and not winners:
         winners = in_budget or over  # explicit techniques: return what was asked for, best first
     if winners:
         best = winners[0]
         best.chosen = True
-        ratio = key(best) / base_m if base_m else math.nan
-        reason = f"{best.technique}: {unit} {ratio:.3f}x the baseline's, quality drop {base_q - quality(best):.4f}"
+        reason = f"{best.technique}: {unit} {key(best):.3f}x the baseline's, quality drop {base_q - quality(best):.4f}"
         if not best.within_budget:
             reason += f" (over the accuracy budget of {allowed:.4f}: no requested technique met it)"
-        elif key(best) >= base_m:
+        elif key(best) >= 1.0:
             reason += " (not better than the baseline on this machine; returned because it was requested)"
         best.note = _join(best.note, "chosen")
         for c in in_budget:
             if c is not best and not c.note:
-                c.note = f"{unit} {key(c) / base_m:.3f}x the baseline's" if base_m else ""
+                c.note = f"{unit} {key(c):.3f}x the baseline's"
         return ranked, best, reason
     baseline.chosen = True
     if not measured:
@@ -96,10 +105,9 @@ def rank(baseline: jobs_pb2.CandidateReport, candidates: list[jobs_pb2.Candidate
     else:
         best = in_budget[0]
         reason = (f"no candidate within budget beat the baseline's {unit} by {min_gain:.0%} or more (best: "
-                  f"{best.technique} at {key(best) / base_m:.3f}x); returning the baseline")
+                  f"{best.technique} at {key(best):.3f}x); returning the baseline")
     for c in in_budget:
-        c.note = _join(c.note, f"not faster/smaller enough: {unit} {key(c) / base_m:.3f}x the baseline's"
-                       if base_m else "")
+        c.note = _join(c.note, f"not faster/smaller enough: {unit} {key(c):.3f}x the baseline's")
     return ranked, baseline, reason
 
 

@@ -154,7 +154,13 @@ def test_auto_never_returns_a_slower_candidate(client, refs):
     else:
         chosen = table[res.chosen_technique]
         assert chosen.chosen and chosen.within_budget
-        assert chosen.latency_p50_ms < res.baseline.latency_p50_ms
+        # Timed interleaved with the baseline: faster than the baseline in those same runs.
+        assert chosen.latency_p50_ms < float(chosen.details["baseline_latency_p50_ms_paired"])
+        assert float(chosen.details["latency_ratio_paired"]) <= 0.97
+    for c in res.candidates:  # every measured ONNX candidate was timed beside the baseline
+        if not c.details.get("status"):
+            assert float(c.details["latency_ratio_paired"]) == pytest.approx(
+                c.latency_p50_ms / float(c.details["baseline_latency_p50_ms_paired"]), rel=1e-3)
     assert sum(c.chosen for c in res.candidates) + res.baseline.chosen == 1
 
 
