@@ -134,3 +134,21 @@ def test_job_timeout_stops_the_job(dedicated):
     assert stream.error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert "per-job timeout of 3s" in stream.error.details() and "job_timeout_s" in stream.error.details()
     assert _gone(pid)
+
+
+def test_client_deadline_cancels_the_job_and_its_worker(dedicated):
+    srv, client, ref = dedicated
+    srv.service.convert_job = HANG_JOB
+    pids = []
+    try:
+        call = client.converter.Convert(
+            converter_pb2.ConvertRequest(source=ref, target_format="onnx",
+                                         parity=converter_pb2.ParityOptions(seed=404)), timeout=8)
+        with pytest.raises(grpc.RpcError) as e:
+            for ev in call:
+                if ev.stage == "loading" and "pid=" in ev.message:
+                    pids.append(int(ev.message.split("pid=")[1]))
+    finally:
+        srv.service.convert_job = REAL_JOB
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert len(pids) == 1 and _gone(pids[0])
