@@ -10,7 +10,7 @@ from modelport.runtime.settings import ServiceSettings
 class ConverterSettings(ServiceSettings):
     """modelport converter service."""
 
-    model_config = SettingsConfigDict(env_prefix="MODELPORT_CONVERTER_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="MODELPORT_CONVERTER_", extra="ignore", use_attribute_docstrings=True)
 
     port: int = 50051
     """gRPC port (0 picks a free one)."""
