@@ -77,6 +77,7 @@ async def job_events(
     stage = "queued"
     yield jobs_pb2.JobEvent(job_id=job_id, stage="queued", progress=0.0, message="accepted")
     task = asyncio.ensure_future(pool.run(func, kwargs, timeout=timeout, on_progress=on_progress, on_queued=on_queued))
+    getter: asyncio.Future | None = None
     try:
         while True:
             getter = asyncio.ensure_future(events.get())
@@ -100,6 +101,8 @@ async def job_events(
         cache.put(key, result)
         yield final(result, False)
     finally:
+        if getter is not None and not getter.done():
+            getter.cancel()
         if not task.done():
             task.cancel()
             try:

@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class ServiceSettings(BaseSettings):
     """Fields every service has."""
 
-    model_config = SettingsConfigDict(env_prefix="MODELPORT_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="MODELPORT_", extra="ignore", use_attribute_docstrings=True)
 
     host: str = "[::]"
     """Interface to bind; '[::]' listens on all, '127.0.0.1' on loopback only."""
