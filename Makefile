@@ -6,8 +6,13 @@ STAMP  := $(VENV)/.modelport-installed
 # tritonclient pins protobuf < 7 (FACTS.md): it lives in its own venv, used by compat tests.
 TRITON_VENV  ?= .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed
+# onnx2tf (ONNX -> TensorFlow/TFLite) needs Python >= 3.12 and pins its own stack (FACTS.md):
+# the converter runs it from this venv. Without a Python 3.12 those targets answer UNIMPLEMENTED.
+ONNX2TF_VENV  ?= .venv-onnx2tf
+ONNX2TF_STAMP := $(ONNX2TF_VENV)/.installed
+PYTHON312     ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python /root/.pyenv/versions/3.12*/bin/python) $(shell command -v python3.12 2>/dev/null))
 
-.PHONY: venv demo test test-fast protos check-protos lint bench up clean
+.PHONY: venv triton-venv onnx2tf-venv demo test test-fast protos lint bench up clean
 
 venv: $(STAMP)
 
@@ -25,12 +30,24 @@ $(TRITON_STAMP):
 
 triton-venv: $(TRITON_STAMP)
 
+$(ONNX2TF_STAMP):
+ifneq ($(PYTHON312),)
+	@test -x $(ONNX2TF_VENV)/bin/python || $(PYTHON312) -m venv $(ONNX2TF_VENV)
+	$(ONNX2TF_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(ONNX2TF_VENV)/bin/python -m pip install --quiet "onnx2tf[tensorflow]==2.6.9" "onnx-graphsurgeon==0.6.1"
+	@touch $(ONNX2TF_STAMP)
+else
+	@echo "no Python 3.12 found: ONNX -> TensorFlow/TFLite conversion will answer UNIMPLEMENTED"
+endif
+
+onnx2tf-venv: $(ONNX2TF_STAMP)
+
 ## make demo: train a digits CNN, deploy it through converter -> optimizer -> inference, classify over gRPC.
 demo: $(STAMP)
 	$(PY) -m modelport.demo
 
 ## make test: the whole suite (real servers, real TensorFlow and onnxruntime).
-test: $(STAMP) $(TRITON_STAMP)
+test: $(STAMP) $(TRITON_STAMP) $(ONNX2TF_STAMP)
 	MODELPORT_TRITON_PYTHON=$(abspath $(TRITON_VENV))/bin/python $(PY) -m pytest tests
 
 test-fast: $(STAMP)
@@ -49,4 +66,4 @@ up: $(STAMP)
 	$(VENV)/bin/modelport up
 
 clean:
-	rm -rf $(VENV) $(TRITON_VENV) .modelport .pytest_cache
+	rm -rf $(VENV) $(TRITON_VENV) $(ONNX2TF_VENV) .modelport .pytest_cache
