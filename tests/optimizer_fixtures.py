@@ -89,9 +89,15 @@ def put(store: ArtifactStore, path: Path, media_type: str):
 MEDIA = {".keras": media.KERAS, ".h5": media.H5, ".onnx": media.ONNX, ".npz": media.NPZ}
 
 
+_TRAINED: dict[str, Digits] = {}
+
+
 @pytest.fixture(scope="session")
 def digits(tmp_path_factory) -> Digits:
-    return make_digits(tmp_path_factory.mktemp("digits"))
+    # Several test modules import this fixture (each gets its own FixtureDef): train once per session.
+    if "digits" not in _TRAINED:
+        _TRAINED["digits"] = make_digits(tmp_path_factory.mktemp("digits"))
+    return _TRAINED["digits"]
 
 
 @pytest.fixture(scope="session")

@@ -455,3 +455,23 @@ def test_keras_model_tf_keras_cannot_rebuild_still_gets_onnx_techniques(client, 
         assert "has no layer RMSNormalization" in table[tech].note
     err = _error(client, optimizer_pb2.OptimizeRequest(model=model, techniques=["cluster"], train_data=refs["train"]))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "has no layer RMSNormalization" in err.details()
+
+
+def test_distill_into_a_given_student_with_tflite_output(client, refs, digits, tmp_path):
+    import keras
+
+    keras.utils.set_random_seed(1)
+    student = keras.Sequential([keras.Input((8, 8, 1), name="image"), keras.layers.Flatten(),
+                                keras.layers.Dense(24, activation="relu"), keras.layers.Dense(10, activation="softmax")])
+    path = tmp_path / "student.keras"
+    student.save(path)
+    req = optimizer_pb2.OptimizeRequest(model=refs["keras"], techniques=["distill"], train_data=refs["train"],
+                                        eval_data=refs["eval"], student=refs["up"](path, media.KERAS),
+                                        output_format="tflite")
+    req.options["distill.epochs"] = "15"
+    res = run(client, req)[-1].optimize_result
+    c = by_technique(res)["distill"]
+    assert c.details["student"] == "given" and int(c.details["student_params"]) == student.count_params()
+    assert c.format == "tflite" and res.artifact.media_type == media.TFLITE and res.chosen_technique == "distill"
+    assert fetch(client, c.artifact, tmp_path, "student.tflite").read_bytes()[4:8] == b"TFL3"
+    assert c.accuracy > 0.85  # learned from the teacher on real digits
