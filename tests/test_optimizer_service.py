@@ -475,3 +475,16 @@ def test_distill_into_a_given_student_with_tflite_output(client, refs, digits, t
     assert c.format == "tflite" and res.artifact.media_type == media.TFLITE and res.chosen_technique == "distill"
     assert fetch(client, c.artifact, tmp_path, "student.tflite").read_bytes()[4:8] == b"TFL3"
     assert c.accuracy > 0.85  # learned from the teacher on real digits
+
+
+def test_execution_provider_fallback_is_reported_and_unknown_is_invalid(client, refs):
+    req = optimizer_pb2.OptimizeRequest(model=refs["onnx"], techniques=["graph"], eval_data=refs["eval"],
+                                        execution_provider="cuda", threads=1)
+    res = run(client, req)[-1].optimize_result
+    assert res.baseline.details["execution_provider"] == "CPUExecutionProvider"
+    assert res.baseline.details["threads"] == "1"
+    assert "CUDAExecutionProvider is not available" in res.baseline.note
+    err = _error(client, optimizer_pb2.OptimizeRequest(model=refs["onnx"], techniques=["graph"],
+                                                       execution_provider="tpu"))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "unknown execution provider 'tpu'" in err.details() and "cuda" in err.details()
