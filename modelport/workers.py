@@ -113,7 +113,6 @@ class WorkerPool:
         self._waiting = 0
         self._closed = False
         self._spares: set[asyncio.Task] = set()
-        self._starting: set[_Worker] = set()
 
     # ---- lifecycle ---------------------------------------------------------------------------
     async def start(self, warm: int = 1) -> None:
@@ -126,9 +125,6 @@ class WorkerPool:
         self._closed = True
         for t in list(self._spares):
             t.cancel()
-        for w in list(self._starting):  # a spare still importing its modules
-            w.kill()
-        self._starting.clear()
         for w in self._idle:
             try:
                 w.conn.send(("exit",))
