@@ -177,6 +177,19 @@ def combine(runs: list) -> common.Throughput:
                              first_error=errors[0] if errors else "")
 
 
+def server_times(address: str, model: str) -> tuple[int, int, int]:
+    """(successful requests, their total ns, session.run ns) from the server's ModelStatistics."""
+    import grpc
+
+    from modelport.kserve.v2 import grpc_service_pb2 as pb
+    from modelport.kserve.v2 import grpc_service_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(address) as ch:
+        s = pb_grpc.GRPCInferenceServiceStub(ch).ModelStatistics(pb.ModelStatisticsRequest(name=model)).model_stats[0]
+    st = s.inference_stats
+    return st.success.count, st.success.ns, st.compute_infer.ns
+
+
 def server_stats(address: str, model: str) -> dict:
     import grpc
 
@@ -219,13 +232,23 @@ def main() -> None:
             for c in CONCURRENCY:
                 # Interleaved rounds (A B C A B C ...) so drifting background load hits every way alike.
                 parts: dict[str, list] = {"base": [], "unb": [], "bat": []}
+                spent = [0, 0, 0]  # server-side: requests, total ns, session.run ns (unbatched runs)
                 for _ in range(rounds):
                     parts["base"].append(baseline(path, name, x, c, max_calls, max_s / rounds))
+                    before = server_times(address, model)
                     parts["unb"].append(served(address, model, name, x, c, max_calls, max_s / rounds))
+                    spent = [a + b - c0 for a, b, c0 in zip(spent, server_times(address, model), before, strict=True)]
                     parts["bat"].append(served(address, model + "_batched", name, x, c, max_calls, max_s / rounds))
                 base, unb, bat = (combine(parts[k]) for k in ("base", "unb", "bat"))
                 per["runs"][str(c)] = {"in_process": base.to_dict(), "served": unb.to_dict(),
                                        "served_batched": bat.to_dict()}
+                if c == 1 and spent[0]:
+                    per["c1_breakdown_ms"] = {
+                        "in_process_mean": base.latency.mean * 1e3,
+                        "server_session_run_mean": spent[2] / spent[0] / 1e6,
+                        "server_total_mean": spent[1] / spent[0] / 1e6,
+                        "client_mean": unb.latency.mean * 1e3,
+                    }
                 for label, t in (("onnxruntime in-process (baseline)", base), ("served", unb),
                                  ("served + dynamic batching", bat)):
                     rows.append([model, c, label, f"{t.calls_per_s:.1f}", common.fmt_ms(t.latency.p50),
@@ -282,6 +305,17 @@ def main() -> None:
         "",
         common.markdown_table(["model", "inference_count", "execution_count", "mean batch", "ms/item at batch 1",
                                "ms/item at batch 8"], batch_rows),
+        "",
+        "Where the time of one served request goes at concurrency 1 (means, ms): onnxruntime in-process; "
+        "`session.run` inside the server and the request's time in the server's model manager "
+        "(ModelStatistics success time: validation, queue, executor hand-off, run, split); what the client "
+        "measured (adds both gRPC stacks, (de)serialization and the transfer of the tensor):",
+        "",
+        common.markdown_table(
+            ["model", "in-process run", "server session.run", "server total", "client round trip"],
+            [[m, *(f"{d['c1_breakdown_ms'][k]:.2f}" for k in ("in_process_mean", "server_session_run_mean",
+                                                             "server_total_mean", "client_mean"))]
+             for m, d in data["models"].items() if "c1_breakdown_ms" in d]),
         "",
         "Dynamic batching pays when a batched run costs less per item than single runs and the server, "
         "not the client, is the bottleneck: the MLP re-reads its weights on every call, so a batch of 8 "
