@@ -105,6 +105,7 @@ def write_repository(root: Path, models: dict[str, Path]) -> None:
 
 
 def input_of(path: Path) -> tuple[str, np.ndarray]:
+    """The first input's name and a random batch-1 array for it."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -191,6 +192,7 @@ def server_times(address: str, model: str) -> tuple[int, int, int]:
 
 
 def server_stats(address: str, model: str) -> dict:
+    """Batching figures of a model from the server's ModelStatistics."""
     import grpc
 
     from modelport.kserve.v2 import grpc_service_pb2 as pb
@@ -204,6 +206,7 @@ def server_stats(address: str, model: str) -> dict:
 
 
 def main() -> None:
+    """Build the models, start the server, measure, write the report."""
     args = common.bench_args("served throughput vs in-process onnxruntime; dynamic batching").parse_args()
     quick = args.quick
     max_s = 1.5 if quick else 8.0
@@ -334,6 +337,7 @@ def main() -> None:
 
 
 def plot(data: dict) -> None:
+    """Grouped bars of requests/s per model and concurrency."""
     plt = common.pyplot()
     models = list(data["models"])
     fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 3.6), squeeze=False)

@@ -51,11 +51,13 @@ class BatchPolicy:
 
     @property
     def merges(self) -> bool:
+        """Whether concurrent requests are merged into one execution."""
         return self.dynamic and self.max_batch_size > 0
 
 
 @dataclass
 class Pending:
+    """One queued request and the future its caller awaits."""
     inputs: dict[str, np.ndarray]
     outputs: list[str]
     elements: int
@@ -105,11 +107,13 @@ class Scheduler:
     # --- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Start the instance workers (on the running event loop)."""
         for i in range(self._instances):
             self._workers.append(asyncio.create_task(self._worker(), name=f"batcher-{self.model}-{self.version}-{i}"))
 
     @property
     def inflight(self) -> int:
+        """Accepted requests not finished yet."""
         return self._inflight
 
     async def drain(self, timeout: float | None = None) -> None:

@@ -42,6 +42,7 @@ class TensorSpec:
     shape: tuple[int, ...]
 
     def describe(self) -> str:
+        """'name (DATATYPE [dims])' for error messages."""
         return f"{self.name} ({self.datatype} {list(self.shape)})"
 
 
@@ -89,16 +90,20 @@ class ModelVersion:
 
     @property
     def provider(self) -> str:
+        """The execution provider the session mainly runs on."""
         return self.providers[0]
 
     @property
     def label(self) -> str:
+        """The version as KServe spells it (a string)."""
         return str(self.version)
 
     def input_map(self) -> dict[str, TensorSpec]:
+        """Inputs by name."""
         return {t.name: t for t in self.inputs}
 
     def output_names(self) -> list[str]:
+        """Output names in model order."""
         return [t.name for t in self.outputs]
 
 
@@ -231,12 +236,15 @@ class ModelManager:
     # --- lookup -------------------------------------------------------------------------------
 
     def names(self) -> list[str]:
+        """Names of the loaded models."""
         return sorted(self._models)
 
     def versions(self, name: str) -> dict[int, ModelVersion]:
+        """Loaded versions of a model (empty when none)."""
         return self._models.get(name, {})
 
     def all_versions(self) -> list[ModelVersion]:
+        """Every loaded version of every model, sorted."""
         return [v for n in sorted(self._models) for _, v in sorted(self._models[n].items())]
 
     def get(self, name: str, version: str = "") -> ModelVersion:
@@ -259,6 +267,7 @@ class ModelManager:
         return versions[v]
 
     def is_ready(self, name: str, version: str = "") -> bool:
+        """Whether the version (newest when empty) is loaded and READY."""
         try:
             return self.get(name, version).state == READY
         except NotFound:
@@ -506,6 +515,7 @@ class ModelManager:
         return self.repository_root
 
     def repository_models(self, errors: dict[str, str] | None = None) -> dict[str, repository.RepositoryModel]:
+        """The models of the repository folder (empty without one)."""
         if self.repository_root is None:
             return {}
         return repository.scan(self.repository_root, errors)

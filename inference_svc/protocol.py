@@ -115,6 +115,7 @@ def statistics(manager: ModelManager, name: str, version: str) -> pb.ModelStatis
 
 
 def repository_index(manager: ModelManager, ready_only: bool) -> pb.RepositoryIndexResponse:
+    """RepositoryIndex of loaded versions and repository folders."""
     resp = pb.RepositoryIndexResponse()
     for name, version, state, reason in manager.index(ready_only):
         resp.models.add(name=name, version=version, state=state, reason=reason)
@@ -122,6 +123,7 @@ def repository_index(manager: ModelManager, ready_only: bool) -> pb.RepositoryIn
 
 
 def batching_config(mv: ModelVersion) -> serving_pb2.BatchingConfig:
+    """A version's batching policy as a BatchingConfig."""
     p = mv.policy
     return serving_pb2.BatchingConfig(max_batch_size=p.max_batch_size, max_queue_delay_us=p.max_queue_delay_us,
                                       preferred_batch_sizes=list(p.preferred_batch_sizes),
@@ -129,6 +131,7 @@ def batching_config(mv: ModelVersion) -> serving_pb2.BatchingConfig:
 
 
 def served_model(mv: ModelVersion) -> serving_pb2.ServedModel:
+    """A loaded version as ListModels/LoadModel report it."""
     out = serving_pb2.ServedModel(name=mv.name, version=mv.label, state=mv.state, execution_provider=mv.provider,
                                   reason=mv.reason, batching=batching_config(mv))
     if mv.artifact is not None:
@@ -174,6 +177,7 @@ def load_options(request: serving_pb2.LoadModelRequest, defaults: LoadOptions) -
 
 
 def parse_version(version: str) -> int | None:
+    """LoadModel's version string as an int (None when empty)."""
     if not version:
         return None
     try:

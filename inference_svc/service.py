@@ -47,6 +47,7 @@ class InferenceService(Service):
         self.ready = False
 
     def registrations(self) -> list[Registration]:
+        """GRPCInferenceService and ModelControl."""
         return [
             Registration(grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
                          InferenceServicer(self.manager, lambda: self.ready), KSERVE),
@@ -55,6 +56,7 @@ class InferenceService(Service):
         ]
 
     def mutating_methods(self) -> set[str]:
+        """Methods guarded by the bearer token."""
         return {
             f"/{CONTROL}/LoadModel",
             f"/{CONTROL}/UnloadModel",

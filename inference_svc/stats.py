@@ -20,12 +20,14 @@ class Duration:
     ns: int = 0
 
     def add(self, ns: int, count: int = 1) -> None:
+        """Add one (or ``count``) occurrence(s) lasting ``ns`` in total."""
         self.count += count
         self.ns += int(ns)
 
 
 @dataclass
 class BatchStats:
+    """Per-batch-size compute durations."""
     compute_input: Duration = field(default_factory=Duration)
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)

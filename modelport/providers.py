@@ -48,6 +48,7 @@ class ProviderChoice:
 
     @property
     def names(self) -> list[str]:
+        """Provider names in priority order."""
         return [name for name, _ in self.providers]
 
 

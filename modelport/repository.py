@@ -84,6 +84,7 @@ def select_versions(policy: mc.ModelVersionPolicy, available: list[int]) -> list
 
 
 def model_file_name(config: mc.ModelConfig) -> str:
+    """The model file inside a version folder (default model.onnx)."""
     return config.default_model_filename or DEFAULT_MODEL_FILE
 
 
@@ -218,6 +219,7 @@ def config_from_onnx(name: str, onnx_path: str | os.PathLike, max_batch_size: in
     inits = {i.name for i in model.graph.initializer}
 
     def describe(values) -> list[tuple[str, str, list[int]]]:
+        """(name, KServe datatype, dims) of graph inputs/outputs."""
         out = []
         for v in values:
             if v.name in inits:

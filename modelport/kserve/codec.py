@@ -49,6 +49,7 @@ def numpy_dtype(datatype: str, tensor: str = "") -> np.dtype:
 
 
 def element_count(shape: Iterable[int]) -> int:
+    """Number of elements of a shape."""
     n = 1
     for d in shape:
         n *= int(d)
