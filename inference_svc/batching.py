@@ -97,6 +97,7 @@ class Scheduler:
         self._inflight = 0
         self._instances = max(1, policy.instances)
         self._busy = 0  # executions running now (workers and the direct path), at most _instances
+        self._held = 0  # requests taken off the queue by a worker that waits for a free instance
         self._slot_free = asyncio.Event()
         self._workers: list[asyncio.Task] = []
         self._executor = ThreadPoolExecutor(max_workers=max(1, policy.instances),
@@ -147,7 +148,7 @@ class Scheduler:
         Raises Unavailable at once when the queue is full, DeadlineExceeded when its deadline
         passed before it could run.
         """
-        if len(self._pending) >= self.policy.max_queue_size:
+        if len(self._pending) + self._held >= self.policy.max_queue_size:
             raise Unavailable(
                 f"model '{self.model}' version {self.version}: queue is full ({self.policy.max_queue_size} "
                 "requests waiting); retry later, send fewer concurrent requests or raise max_queue_size",
@@ -259,7 +260,12 @@ class Scheduler:
             try:
                 if p.merges:
                     batch = await self._gather(batch)
-                await self._acquire()
+                # Requests held while waiting for a free instance still count against the queue bound.
+                self._held += len(batch)
+                try:
+                    await self._acquire()
+                finally:
+                    self._held -= len(batch)
             except asyncio.CancelledError:  # stopped while holding requests: they must not hang
                 self._fail(batch, "was unloaded; retry to reach the current version")
                 raise

@@ -527,3 +527,60 @@ def test_mutating_rpcs_need_the_bearer_token(tmp_path):
         kserve.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="tiny"),
                                      metadata=[("authorization", "Bearer s3cret")])
         assert not kserve.ModelReady(pb.ModelReadyRequest(name="tiny")).ready
+
+
+def test_queue_bound_and_expired_requests_over_grpc(server, kserve, control, tmp_path):
+    """Through the real server: with one request running and one queued (max_queue_size 1) the next
+    is refused at once with UNAVAILABLE; a queued request whose client deadline passes is never run."""
+    import collections
+
+    ref = _store_ref(server, mlp(tmp_path / "q.onnx"))
+    control.LoadModel(serving_pb2.LoadModelRequest(
+        name="queue", model=ref, batching=serving_pb2.BatchingConfig(max_batch_size=4, max_queue_size=1)))
+    mv = server.service.manager.get("queue")
+    sched = mv.scheduler
+    real_run = sched._run
+    gate, started, queued, failed = (threading.Event() for _ in range(4))
+    runs: list[int] = []
+
+    def gated(inputs, outputs):
+        runs.append(inputs["x"].shape[0])
+        started.set()
+        assert gate.wait(60)
+        return real_run(inputs, outputs)
+
+    class NotifyingDeque(collections.deque):
+        def append(self, item):
+            super().append(item)
+            queued.set()
+
+    real_record = mv.stats.record_request
+
+    def record(ok, total_ns):
+        real_record(ok, total_ns)
+        if not ok:
+            failed.set()
+
+    sched._run, sched._pending, mv.stats.record_request = gated, NotifyingDeque(), record
+    try:
+        x = np.ones((1, 4), np.float32)
+        running = kserve.ModelInfer.future(codec.make_infer_request("queue", {"x": x}), timeout=60)
+        assert started.wait(60)
+        expiring = kserve.ModelInfer.future(codec.make_infer_request("queue", {"x": x * 2}), timeout=1.0)
+        assert queued.wait(60)
+        expect_error(grpc.StatusCode.UNAVAILABLE, ["model 'queue' version 1: queue is full (1 requests waiting)",
+                                                  "raise max_queue_size"],
+                     lambda: infer(kserve, "queue", {"x": x * 3}))
+        with pytest.raises(grpc.RpcError) as err:
+            expiring.result(timeout=60)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert failed.wait(60)  # the server saw the expired request end (cancelled, not run)
+        gate.set()
+        out = codec.decode_outputs(running.result(timeout=60))
+        np.testing.assert_allclose(out["y"], mlp_expected(x), rtol=1e-6)
+        _, out = infer(kserve, "queue", {"x": x * 4})
+        np.testing.assert_allclose(out["y"], mlp_expected(x * 4), rtol=1e-6)
+        assert runs == [1, 1]  # the expired request never reached the model
+    finally:
+        gate.set()
+        control.UnloadModel(serving_pb2.UnloadModelRequest(name="queue"))
