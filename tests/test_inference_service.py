@@ -554,14 +554,14 @@ def test_queue_bound_and_expired_requests_over_grpc(server, kserve, control, tmp
             super().append(item)
             queued.set()
 
-    real_record = mv.stats.record_request
+    real_request = sched.metrics.request
 
-    def record(ok, total_ns):
-        real_record(ok, total_ns)
-        if not ok:
+    def request_done(status, seconds):
+        real_request(status, seconds)
+        if status == "CANCELLED":  # the deadline cancelled the call on the server
             failed.set()
 
-    sched._run, sched._pending, mv.stats.record_request = gated, NotifyingDeque(), record
+    sched._run, sched._pending, sched.metrics.request = gated, NotifyingDeque(), request_done
     try:
         x = np.ones((1, 4), np.float32)
         running = kserve.ModelInfer.future(codec.make_infer_request("queue", {"x": x}), timeout=60)
