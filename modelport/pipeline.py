@@ -25,12 +25,9 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-TECHNIQUES = (
-    "graph", "fp16", "int8-dynamic", "int8-static", "prune", "prune-2:4", "cluster", "qat", "distill",
-    "tflite-dynamic", "tflite-fp16", "tflite-int8",
-)
-# Techniques that need the Keras model itself (TFMOT / TFLite); the rest work on the converted ONNX.
-KERAS_TECHNIQUES = {"prune", "prune-2:4", "cluster", "qat", "distill", "tflite-dynamic", "tflite-fp16", "tflite-int8"}
+from modelport.techniques import ALL_TECHNIQUES as TECHNIQUES
+from modelport.techniques import KERAS_SOURCE_TECHNIQUES as KERAS_TECHNIQUES
+
 STAGES = ("upload", "convert", "optimize", "verify", "load", "smoke")
 SMOKE_MAX_SAMPLES = 2048  # the smoke test runs at most this many eval rows through the served model
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")

@@ -23,18 +23,12 @@ from modelport import media
 from modelport.datasets import load_npz, validate_samples
 from modelport.errors import FailedPrecondition, InvalidArgument, ModelportError
 from modelport.store import ArtifactStore
+from modelport.techniques import KERAS_TECHNIQUES, ONNX_TECHNIQUES, TFLITE_TECHNIQUES
 from modelport.v1 import artifacts_pb2, jobs_pb2, optimizer_pb2
 from optimizer_svc import measure as M
 from optimizer_svc import onnx_techniques as OT
 from optimizer_svc import select
-from optimizer_svc.techniques import (
-    KERAS_TECHNIQUES,
-    NEEDS_TRAIN,
-    ONNX_TECHNIQUES,
-    TFLITE_TECHNIQUES,
-    parse_options,
-    plan,
-)
+from optimizer_svc.techniques import NEEDS_TRAIN, parse_options, plan
 
 log = logging.getLogger("modelport.optimizer.job")
 

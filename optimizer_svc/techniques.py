@@ -12,12 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from modelport.errors import InvalidArgument
-
-ONNX_TECHNIQUES = ("graph", "fp16", "int8-dynamic", "int8-static")
-KERAS_TECHNIQUES = ("prune", "prune-2:4", "cluster", "qat", "distill")
-TFLITE_TECHNIQUES = ("tflite-dynamic", "tflite-fp16", "tflite-int8")
-ALL_TECHNIQUES = ONNX_TECHNIQUES + KERAS_TECHNIQUES + TFLITE_TECHNIQUES
-AUTO = "auto"
+from modelport.techniques import ALL_TECHNIQUES, AUTO, ONNX_TECHNIQUES
 
 # Techniques that need a labeled (or, for distill, at least an input-only) training set.
 NEEDS_TRAIN = {"prune", "prune-2:4", "cluster", "qat"}

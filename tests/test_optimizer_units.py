@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from modelport.errors import InvalidArgument
+from modelport.techniques import ALL_TECHNIQUES
 from modelport.v1 import jobs_pb2
 from optimizer_svc import keras_bridge, measure, select
-from optimizer_svc.techniques import ALL_TECHNIQUES, parse_options, plan
+from optimizer_svc.techniques import parse_options, plan
 
 
 def test_names_are_the_issue_vocabulary():
