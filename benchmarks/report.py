@@ -85,6 +85,8 @@ def build_report(run: dict | None, results_dir: Path | None = None, info: dict |
                  f"{run.get('started_utc', '?')}, {run.get('elapsed_s', 0) / 60:.1f} min in total):\n",
                  "\n".join(cmds), "",
                  "Each benchmark ran in its own process with a time bound:\n"]
+        for rr in run.get("reruns", []):
+            lines.append(f"Re-run afterwards (started {rr['started_utc']}):\n\n    {rr['command']}\n")
         rows = []
         for r in run.get("benchmarks", []):
             status = r["status"]

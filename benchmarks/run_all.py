@@ -120,6 +120,18 @@ def _tail(path: Path, lines: int = 25) -> str:
         return ""
 
 
+def merge_runs(previous: dict, partial: dict) -> dict:
+    """A partial run (``--only``/``--skip``) replaces its benchmarks' records in the previous
+    run's list and keeps the others, so the report still lists every section's origin."""
+    if previous.get("quick") != partial.get("quick"):
+        return partial  # never mix quick and full records
+    fresh = {r["name"]: {**r, "rerun": partial["command"]} for r in partial["benchmarks"]}
+    merged = [fresh.pop(r["name"], r) for r in previous.get("benchmarks", [])] + list(fresh.values())
+    return {**previous, "benchmarks": merged,
+            "reruns": previous.get("reruns", []) + [{"command": partial["command"],
+                                                      "started_utc": partial["started_utc"]}]}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Run every modelport benchmark and write BENCHMARKS.md.")
     p.add_argument("--quick", action="store_true", help="run each benchmark with --quick")
@@ -174,7 +186,10 @@ def main(argv: list[str] | None = None) -> int:
         "benchmarks": records,
     }
     common.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (common.RESULTS_DIR / "run_all.json").write_text(json.dumps(run, indent=2) + "\n")
+    run_path = common.RESULTS_DIR / "run_all.json"
+    if (args.only or args.skip) and run_path.is_file():
+        run = merge_runs(json.loads(run_path.read_text()), run)
+    run_path.write_text(json.dumps(run, indent=2) + "\n")
     if not args.no_report:
         path = report.write_report(run)
         print(f"[run_all] wrote {path.relative_to(common.REPO_ROOT)} ({run['elapsed_s']:.0f}s total)", flush=True)

@@ -147,3 +147,17 @@ def test_run_one_reports_a_failing_benchmark_with_its_log_tail(tmp_path):
     assert rec["status"] == "failed" and rec["returncode"] == 1
     assert "bench_x broke: no model" in rec["log_tail"]
     assert rec["command"].endswith("--quick")
+
+
+def test_partial_rerun_replaces_only_its_records():
+    full = {"command": "run_all", "quick": False, "started_utc": "t0", "elapsed_s": 100,
+            "benchmarks": [{"name": "artifacts", "status": "ok"}, {"name": "e2e", "status": "timeout"}]}
+    part = {"command": "run_all --only e2e", "quick": False, "started_utc": "t1", "elapsed_s": 10,
+            "benchmarks": [{"name": "e2e", "status": "ok"}]}
+    merged = run_all.merge_runs(full, part)
+    assert [(r["name"], r["status"]) for r in merged["benchmarks"]] == [("artifacts", "ok"), ("e2e", "ok")]
+    assert merged["benchmarks"][1]["rerun"] == "run_all --only e2e"
+    assert merged["reruns"] == [{"command": "run_all --only e2e", "started_utc": "t1"}]
+    assert merged["command"] == "run_all"
+    # quick records never mix with full ones
+    assert run_all.merge_runs(full, {**part, "quick": True})["benchmarks"] == part["benchmarks"]
