@@ -281,8 +281,10 @@ def markdown(res: dict, summary: dict, plots: list[str], command: str) -> str:
         common.markdown_table(["run", "before upload", "peak during upload", "after upload",
                                "peak during download", "after download"], per_run),
         "",
-        f"Client process (this benchmark) RSS growth: {res['client_rss_growth_mib']:.1f} MiB "
-        "(`upload_requests` and `download_to_file` stream too).",
+        f"Client process (this benchmark) peak RSS growth over the whole run (every repeat, both directions "
+        f"and the baselines): {res['client_rss_growth_mib']:.1f} MiB. It does not scale with the artifact "
+        "(`upload_requests` reads one chunk at a time, `download_to_file` writes each chunk as it arrives); "
+        "what there is comes from gRPC's buffers and the allocator.",
         "",
         *[f"![{p}]({p})\n" for p in plots],
         "Command:",
