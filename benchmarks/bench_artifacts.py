@@ -226,8 +226,8 @@ def plot(res: dict, summary: dict) -> list[str]:
     bars = ax.bar(labels, med, yerr=err, capsize=4, color=["grey", "tab:purple", "tab:blue", "tab:green"])
     ax.axhline(med[0], color="grey", linestyle="--", linewidth=1)
     for b, m in zip(bars, med, strict=True):
-        ax.text(b.get_x() + b.get_width() * 0.97, m, f"{m:.0f} MB/s\n{m / med[0]:.2f}× copy", ha="right",
-                va="bottom", fontsize=8)
+        ax.text(b.get_x() + b.get_width() / 2, m / 2, f"{m:.0f} MB/s\n{m / med[0]:.2f}× copy", ha="center",
+                va="center", fontsize=8, color="white", fontweight="bold")
     ax.set_ylabel("throughput (MB/s, median; bars = min/max)")
     ax.set_title(f"{label} artifact transfer vs a local file copy")
     ax.set_ylim(0, max(summary[k]["max"] for k in keys) * 1.25)
