@@ -96,6 +96,7 @@ def tflite_runner(path: Path, input_names: list[str], threads: int = 0) -> Runne
 
 
 MIN_TIMED_SECONDS = 0.25
+PAIRED_ROUNDS = 6  # interleaved candidate/baseline timing rounds (a sign test over them)
 MAX_REPEATS = 5000
 
 
@@ -119,11 +120,13 @@ def latency(run: Runner, feed: dict[str, np.ndarray], warmup: int, repeats: int)
 
 
 def paired_latency(run: Runner, baseline: Runner, feed: dict[str, np.ndarray], warmup: int, repeats: int,
-                   rounds: int = 6) -> tuple[float, float, float]:
-    """Candidate p50, p90 and the baseline's p50, timed in alternating blocks.
+                   rounds: int = 6) -> tuple[float, float, float, int]:
+    """Candidate p50, p90, the baseline's p50, and in how many rounds the candidate was faster.
 
-    Interleaving the two models spreads any drift (other load on the machine, clock changes)
-    over both, so the ratio is fair even when absolute times move between runs.
+    The two models are timed in alternating blocks whose order flips every round (ABBA), so
+    drift (other load on the machine, clock changes) and order effects (who runs first on warm
+    caches) spread over both. Counting the rounds the candidate won is a sign test: a model that
+    is not really faster wins all ``rounds`` rounds only by chance (1 in 2**rounds).
     """
     for _ in range(warmup):
         run(feed)
@@ -132,18 +135,23 @@ def paired_latency(run: Runner, baseline: Runner, feed: dict[str, np.ndarray], w
     base: list[float] = []
     per_block = max(1, repeats // rounds)
     budget = MIN_TIMED_SECONDS / rounds
-    for _ in range(rounds):
-        for fn, out in ((run, cand), (baseline, base)):
-            spent, n = 0.0, 0
-            while n < per_block or (spent < budget and n < MAX_REPEATS // rounds):
+    wins = 0
+    for i in range(rounds):
+        blocks: dict[int, list[float]] = {}
+        order = ((run, cand), (baseline, base)) if i % 2 == 0 else ((baseline, base), (run, cand))
+        for fn, out in order:
+            spent, block = 0.0, []
+            while len(block) < per_block or (spent < budget and len(block) < MAX_REPEATS // rounds):
                 t0 = time.perf_counter()
                 fn(feed)
                 dt = time.perf_counter() - t0
                 spent += dt
-                n += 1
-                out.append(dt * 1000.0)
+                block.append(dt * 1000.0)
+            out.extend(block)
+            blocks[id(out)] = block
+        wins += int(np.median(blocks[id(cand)]) < np.median(blocks[id(base)]))
     c50, c90, b50 = (float(np.percentile(cand, 50)), float(np.percentile(cand, 90)), float(np.percentile(base, 50)))
-    return c50, c90, b50
+    return c50, c90, b50, wins
 
 
 def predict(run: Runner, inputs: dict[str, np.ndarray], batch_size: int = 64) -> list[np.ndarray]:
@@ -221,7 +229,7 @@ def measure(path: Path, run: Runner, inputs: dict[str, np.ndarray], labels: np.n
     feed = {k: v[:batch_size] for k, v in inputs.items()}
     base50 = None
     if baseline_run is not None:
-        p50, p90, base50 = paired_latency(run, baseline_run, feed, warmup, repeats)
+        p50, p90, base50, wins = paired_latency(run, baseline_run, feed, warmup, repeats, PAIRED_ROUNDS)
     else:
         p50, p90 = latency(run, feed, warmup, repeats)
     outs = predict(run, inputs)
@@ -230,6 +238,7 @@ def measure(path: Path, run: Runner, inputs: dict[str, np.ndarray], labels: np.n
     if base50:
         m.details["baseline_latency_p50_ms_paired"] = f"{base50:.6f}"
         m.details["latency_ratio_paired"] = f"{p50 / base50:.4f}"
+        m.details["latency_rounds_faster"] = f"{wins}/{PAIRED_ROUNDS}"
     if labels is not None:
         m.accuracy = accuracy(outs, labels)
     if reference is not None:

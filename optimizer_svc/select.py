@@ -35,6 +35,16 @@ def goal_ratio(c: jobs_pb2.CandidateReport, baseline: jobs_pb2.CandidateReport, 
     return goal_metric(c, goal) / base if base else math.nan
 
 
+def consistently_faster(c: jobs_pb2.CandidateReport) -> bool:
+    """True unless interleaved timing shows the candidate lost at least one round to the baseline.
+
+    A sub-millisecond model's p50 can differ by 10 % from noise alone; requiring every paired
+    round to agree keeps ``auto`` from "choosing" a model whose compute is identical to the
+    baseline's (e.g. a pruned but dense model)."""
+    won, _, total = c.details.get("latency_rounds_faster", "").partition("/")
+    return not total or won == total
+
+
 def allowed_drop(baseline: jobs_pb2.CandidateReport, max_drop: float, relative: bool) -> float:
     """Absolute quality drop the budget allows (0 in the request means the default 0.01)."""
     drop = max_drop if max_drop > 0 else DEFAULT_MAX_DROP
@@ -82,6 +92,11 @@ def rank(baseline: jobs_pb2.CandidateReport, candidates: list[jobs_pb2.Candidate
         if id(c) not in eligible_ids:
             c.note = _join(c.note, f"not eligible under auto: {c.format} output but output_format is {output_format}")
     winners = [c for c in eligible if key(c) < 1.0 and key(c) <= threshold]
+    if auto and goal != "size":
+        for c in [c for c in winners if not consistently_faster(c)]:
+            winners.remove(c)
+            c.note = _join(c.note, f"latency gain not consistent: faster in only "
+                                   f"{c.details['latency_rounds_faster']} interleaved rounds")
     if not auto and not winners:
         winners = in_budget or over  # explicit techniques: return what was asked for, best first
     if winners:

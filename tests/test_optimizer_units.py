@@ -90,6 +90,38 @@ def test_auto_never_returns_a_slower_or_larger_candidate():
     assert chosen is base and "gzip size" in reason
 
 
+def test_auto_needs_the_gain_in_every_interleaved_round():
+    base = _cand("baseline", 10.0, 1000, accuracy=0.95)
+    noisy = _cand("prune-2:4", 8.5, 500, 0.95)
+    noisy.details.update({"latency_ratio_paired": "0.85", "latency_rounds_faster": "4/6"})
+    steady = _cand("graph", 9.5, 1000, 0.95)
+    steady.details.update({"latency_ratio_paired": "0.95", "latency_rounds_faster": "6/6"})
+    _, chosen, _ = select.rank(base, [noisy, steady], goal="latency", max_drop=0.01, relative=False, auto=True,
+                               min_gain=0.03)
+    assert chosen is steady
+    assert "faster in only 4/6 interleaved rounds" in noisy.note
+    _, chosen, reason = select.rank(_cand("baseline", 10.0, 1000, accuracy=0.95), [noisy], goal="latency",
+                                    max_drop=0.01, relative=False, auto=True, min_gain=0.03)
+    assert chosen.technique == "baseline" and "returning the baseline" in reason
+
+
+def test_paired_latency_counts_rounds_won():
+    import time as _time
+
+    from optimizer_svc.measure import paired_latency
+
+    def slow(feed):
+        _time.sleep(0.002)
+
+    def fast(feed):
+        return None
+
+    c50, _, b50, wins = paired_latency(fast, slow, {}, warmup=1, repeats=6, rounds=4)
+    assert wins == 4 and c50 < b50
+    _, _, _, wins = paired_latency(slow, fast, {}, warmup=1, repeats=6, rounds=4)
+    assert wins == 0
+
+
 def test_relative_budget_and_tflite_not_eligible_under_onnx_output():
     base = _cand("baseline", 10.0, 1000, accuracy=0.80)
     cands = [_cand("tflite-int8", 2.0, 100, 0.79, fmt="tflite"), _cand("prune", 9.0, 400, 0.785)]
