@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from benchmarks import common
+from benchmarks.models import transformer_encoder
 
 GOAL = 1.3
 
@@ -32,16 +33,8 @@ def build_models(quick: bool, folder: Path) -> dict[str, Path]:
     keras.utils.set_random_seed(0)
     size = 96 if quick else 224
     mobilenet = keras.applications.MobileNetV2(weights=None, input_shape=(size, size, 3))
-    seq, dim, heads, blocks = 64, 128, 4, 2
-    ids = keras.Input((seq,), dtype="int32", name="token_ids")
-    x = keras.layers.Embedding(1000, dim)(ids)
-    for _ in range(blocks):
-        a = keras.layers.MultiHeadAttention(num_heads=heads, key_dim=dim // heads)(x, x)
-        x = keras.layers.LayerNormalization()(keras.layers.Add()([x, a]))
-        f = keras.layers.Dense(dim * 4, activation="gelu")(x)
-        x = keras.layers.LayerNormalization()(keras.layers.Add()([x, keras.layers.Dense(dim)(f)]))
-    out = keras.layers.Dense(2, activation="softmax", name="label")(keras.layers.GlobalAveragePooling1D()(x))
-    transformer = keras.Model(ids, out, name="transformer_encoder")
+    transformer = transformer_encoder(keras, vocab=1000, seq=64, dim=128, heads=4, ff=512, blocks=2,
+                                      ff_activation="gelu", head_units=2, head_activation="softmax", head_name="label")
     paths = {}
     for name, model in ((f"MobileNetV2 {size}x{size}", mobilenet), ("transformer encoder (2 blocks, d=128)", transformer)):
         p = folder / (name.split()[0].lower() + ".keras")

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import common
+from benchmarks.models import transformer_encoder
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
@@ -31,20 +32,6 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 ONNX_TECHS = ["graph", "fp16", "int8-dynamic", "int8-static"]
 KERAS_TECHS = ["graph", "fp16", "int8-dynamic", "int8-static", "prune", "prune-2:4", "cluster", "qat", "distill",
                "tflite-dynamic", "tflite-fp16", "tflite-int8"]
-
-
-def transformer(keras, vocab=1000, seq=64, dim=128, heads=4, ff=512, blocks=2):
-    ids = keras.Input((seq,), dtype="int32", name="token_ids")
-    x = keras.layers.Embedding(vocab, dim)(ids)
-    for _ in range(blocks):
-        a = keras.layers.MultiHeadAttention(num_heads=heads, key_dim=dim // heads)(x, x)
-        x = keras.layers.LayerNormalization()(keras.layers.Add()([x, a]))
-        f = keras.layers.Dense(ff, activation="relu")(x)
-        f = keras.layers.Dense(dim)(f)
-        x = keras.layers.LayerNormalization()(keras.layers.Add()([x, f]))
-    x = keras.layers.GlobalAveragePooling1D()(x)
-    out = keras.layers.Dense(dim, name="features")(x)
-    return keras.Model(ids, out, name="transformer_encoder")
 
 
 def digits_cnn(keras):
@@ -90,7 +77,7 @@ def build_models(work: Path, quick: bool) -> list[dict]:
                               "cluster.clusters": "16"}})
 
     # transformer encoder: random weights, random token ids; quality = output cosine/agreement.
-    t = transformer(keras, blocks=1 if quick else 2)
+    t = transformer_encoder(keras, blocks=1 if quick else 2)
     keras_model_to_onnx(t, work / "transformer.onnx")
     ids = rng.integers(0, 1000, size=(64, 64)).astype("int32")
     np.savez(work / "tr_eval.npz", token_ids=ids)
