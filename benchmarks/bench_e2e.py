@@ -393,6 +393,9 @@ def run_model(case: CaseData, work: Path, channel, quick: bool) -> dict:
     res["quality"] = {"keras": k["quality"], "onnx": quality(ort_run, case, reference)}
     res["onnx_max_abs_diff"] = float(max(np.abs(a - b).max() for a, b in
                                          zip(case.keras_probe_out, ort_run(case.probe), strict=True)))
+    # Spread of the reference output across classes: ~0 means a flat output (random weights),
+    # where agreement and a zero diff say nothing about numerical fidelity.
+    res["output_spread"] = float(np.asarray(case.keras_probe_out[0]).std(axis=-1).mean())
 
     opt = optimize_candidates(case.onnx_path, work, case, reference, quick)
     chosen_path = opt["candidates"][opt["chosen"]]["path"]
@@ -601,6 +604,14 @@ def markdown(results: dict, plots: list[str], command: str) -> str:
               common.markdown_table(["model", "what", "tf2onnx", "ONNX MB", "max abs diff ONNX vs Keras", "Keras",
                                      "ONNX", "served", "optimized (chosen) served",
                                      "optimizer candidates, in-process batch-32 median"], qrows), ""]
+    for m, r in models.items():
+        note = r.get("note", "")
+        if r.get("output_spread", 1.0) < 1e-6:
+            note += ("; its output is flat (per-sample spread across classes "
+                     f"{r['output_spread']:.1e}), so agreement and the zero diff do not show numerical fidelity here")
+        if note:
+            lines.append(f"- {m}: {note}.")
+    lines.append("")
     conc = results.get("concurrency")
     if conc:
         base = {r["concurrency"]: r for r in conc["ways"]["onnx_in_process"]}
