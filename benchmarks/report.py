@@ -85,18 +85,18 @@ def build_report(run: dict | None, results_dir: Path | None = None, info: dict |
                  f"{run.get('started_utc', '?')}, {run.get('elapsed_s', 0) / 60:.1f} min in total):\n",
                  "\n".join(cmds), "",
                  "Each benchmark ran in its own process with a time bound:\n"]
-        for rr in run.get("reruns", []):
-            lines.append(f"Re-run afterwards (started {rr['started_utc']}):\n\n    {rr['command']}\n")
         rows = []
         for r in run.get("benchmarks", []):
-            status = r["status"]
-            if status != "ok":
+            status = r["status"] + (" (re-run)" if r.get("rerun") else "")
+            if r["status"] != "ok":
                 status = f"**{status}**" + (f" ({r['reason']})" if r.get("reason") else "")
             load = r.get("load_avg_before")
             rows.append([r["name"], f"`{r.get('command', '')}`", status, f"{r.get('elapsed_s', 0):.0f} s",
                          f"{load[0]:.1f}" if load else "—", ", ".join(r.get("sections_written", [])) or "—"])
         lines.append(common.markdown_table(["benchmark", "command", "status", "time", "load avg at start",
                                             "sections written"], rows))
+        for rr in run.get("reruns", []):
+            lines.append(f"\nRe-run afterwards (started {rr['started_utc']}), replacing those rows:\n\n    {rr['command']}")
         lines.append("\nLoad average = runnable processes over the last minute on this 2-core machine; "
                      "above 2, other work shared the cores while the benchmark ran.")
         failed = [r for r in run.get("benchmarks", []) if r["status"] != "ok"]
