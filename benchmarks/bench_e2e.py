@@ -116,21 +116,14 @@ def mobilenet_case(size: int = 224) -> ModelCase:
 
 def transformer_case(vocab: int = 2000, seq: int = 64, dim: int = 128, heads: int = 4, ff: int = 256,
                      blocks: int = 2) -> ModelCase:
-    """A small transformer encoder classifier over int32 token ids."""
+    """A small transformer encoder classifier over int32 token ids (the benchmarks' shared builder)."""
     import keras
 
+    from benchmarks.models import transformer_encoder
+
     keras.utils.set_random_seed(0)
-    ids = keras.Input((seq,), dtype="int32", name="token_ids")
-    x = keras.layers.Embedding(vocab, dim)(ids)
-    for _ in range(blocks):
-        a = keras.layers.MultiHeadAttention(num_heads=heads, key_dim=dim // heads)(x, x)
-        x = keras.layers.LayerNormalization()(keras.layers.Add()([x, a]))
-        f = keras.layers.Dense(ff, activation="relu")(x)
-        f = keras.layers.Dense(dim)(f)
-        x = keras.layers.LayerNormalization()(keras.layers.Add()([x, f]))
-    x = keras.layers.GlobalAveragePooling1D()(x)
-    out = keras.layers.Dense(4, activation="softmax", name="label_probs")(x)
-    model = keras.Model(ids, out, name="transformer_encoder")
+    model = transformer_encoder(keras, vocab=vocab, seq=seq, dim=dim, heads=heads, ff=ff, blocks=blocks,
+                                head_units=4, head_activation="softmax", head_name="label_probs")
     rng = np.random.default_rng(2)
 
     def make(b):
