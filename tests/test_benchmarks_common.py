@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 # `benchmarks` is a top-level folder, not an installed package: `python -m pytest` finds it via
 # the working directory, the `pytest` script does not.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import common  # noqa: E402
+from benchmarks import common
 
 
 @pytest.mark.parametrize("q", [0, 1, 10, 50, 90, 99, 100])

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `benchmarks` is a top-level folder
-from benchmarks import common, report, run_all  # noqa: E402
+from benchmarks import common, report, run_all
 
 INFO = {
     "cpu": {"model": "Test CPU", "logical_cores": 2, "usable_cores": 2, "simd_flags": ["avx2"]},
