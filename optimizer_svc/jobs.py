@@ -240,6 +240,11 @@ def _optimize(progress, store: ArtifactStore, req: optimizer_pb2.OptimizeRequest
         from optimizer_svc.keras_techniques import TrainSet
 
         train = TrainSet([train_x[k] for k in input_names], train_y)
+    elif "distill" in the_plan.run and rep_x:
+        # Distillation learns the teacher's outputs: unlabeled calibration/eval inputs suffice.
+        from optimizer_svc.keras_techniques import TrainSet
+
+        train = TrainSet([rep_x[k] for k in input_names], None)
     for i, tech in enumerate(the_plan.run):
         frac = 0.1 + 0.8 * i / max(n, 1)
         progress(f"optimizing:{tech}", frac, f"building the {tech} candidate ({i + 1}/{n})")

@@ -146,7 +146,7 @@ def plan(techniques: list[str], input_format: str, *, has_train: bool, has_input
         if why is None and t in NEEDS_TRAIN and not has_train:
             why = f"{t} fine-tunes the model and needs train_data (NPZ with inputs and 'y' labels)"
         if why is None and t == "distill" and not has_inputs:
-            why = "distill trains a student and needs train_data (NPZ with inputs; 'y' labels optional)"
+            why = "distill trains a student on inputs: give train_data, calibration_data or eval_data"
         if why is None and t in NEEDS_CALIBRATION and not has_inputs:
             why = f"{t} needs representative inputs: pass calibration_data (or train_data/eval_data)"
         if why is None:

@@ -477,6 +477,19 @@ def test_distill_into_a_given_student_with_tflite_output(client, refs, digits, t
     assert c.accuracy > 0.85  # learned from the teacher on real digits
 
 
+def test_distill_learns_from_unlabeled_calibration_inputs(client, refs):
+    """Without train_data, distillation trains the student on the teacher's outputs for the
+    calibration inputs (no labels needed) instead of failing."""
+    req = optimizer_pb2.OptimizeRequest(model=refs["keras"], techniques=["distill"],
+                                        calibration_data=refs["calib"], eval_data=refs["eval"])
+    req.options["distill.epochs"] = "15"
+    res = run(client, req)[-1].optimize_result
+    c = by_technique(res)["distill"]
+    assert not c.note.startswith("failed"), c.note
+    assert c.details["student"].startswith("width x0.5")
+    assert c.accuracy > 0.5  # learned something real from the teacher, without a single label
+
+
 def test_execution_provider_fallback_is_reported_and_unknown_is_invalid(client, refs):
     req = optimizer_pb2.OptimizeRequest(model=refs["onnx"], techniques=["graph"], eval_data=refs["eval"],
                                         execution_provider="cuda", threads=1)
