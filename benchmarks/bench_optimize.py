@@ -1,7 +1,7 @@
 """Optimizer benchmark: per technique, size / gzip-size / latency ratios and accuracy (or output
 agreement and cosine) change against the FP32 baseline measured in the same job.
 
-Models: a small transformer encoder (token ids -> 128-d features; ONNX techniques), MobileNetV2
+Models: a small transformer encoder (BERT-Mini shape: 4 blocks, d=256, 128 tokens; ONNX techniques), MobileNetV2
 (``weights=None``, 96x96; ONNX techniques) and the digits CNN trained on scikit-learn digits
 (Keras input: every technique). Everything goes through a real optimizer service (gRPC, worker
 processes), as a user's request would.
@@ -77,9 +77,14 @@ def build_models(work: Path, quick: bool) -> list[dict]:
                               "cluster.clusters": "16"}})
 
     # transformer encoder: random weights, random token ids; quality = output cosine/agreement.
-    t = transformer_encoder(keras, blocks=1 if quick else 2)
+    # Full run: BERT-Mini's published shape (L=4, H=256, A=4, FF=1024; Turc et al. 2019) at 128 tokens —
+    # the smallest standard encoder. --quick: one block of d=128 over 64 tokens.
+    if quick:
+        t, seq = transformer_encoder(keras, blocks=1), 64
+    else:
+        t, seq = transformer_encoder(keras, dim=256, heads=4, ff=1024, blocks=4, seq=128, head_units=256), 128
     keras_model_to_onnx(t, work / "transformer.onnx")
-    ids = rng.integers(0, 1000, size=(64, 64)).astype("int32")
+    ids = rng.integers(0, 1000, size=(64, seq)).astype("int32")
     np.savez(work / "tr_eval.npz", token_ids=ids)
     np.savez(work / "tr_calib.npz", token_ids=ids[:32])
     specs.append({"name": "transformer encoder", "model": work / "transformer.onnx", "eval": work / "tr_eval.npz",
