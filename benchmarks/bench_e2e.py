@@ -36,6 +36,7 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
+from benchmarks.models import digits_arrays  # noqa: E402
 
 BATCHES = (1, 32)
 CONCURRENCY = (1, 4, 16, 64)
@@ -68,15 +69,10 @@ class ModelCase:
 def digits_case(epochs: int = 40) -> ModelCase:
     """A small CNN trained on scikit-learn's 8x8 digits (real data, real accuracy)."""
     import keras
-    from sklearn.datasets import load_digits
 
     keras.utils.set_random_seed(0)
-    d = load_digits()
-    x = (d.images / 16.0).astype("float32")[..., None]
-    y = d.target.astype("int64")
-    rng = np.random.default_rng(0)
-    idx = rng.permutation(len(x))
-    train, test = idx[:1437], idx[1437:]
+    x, y = digits_arrays(np.random.default_rng(0))
+    train, test = slice(0, 1437), slice(1437, None)
     inp = keras.Input((8, 8, 1), name="image")
     h = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(inp)
     h = keras.layers.MaxPooling2D()(h)

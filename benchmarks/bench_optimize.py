@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import common
-from benchmarks.models import transformer_encoder
+from benchmarks.models import digits_arrays, transformer_encoder
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
@@ -48,7 +48,6 @@ def digits_cnn(keras):
 def build_models(work: Path, quick: bool) -> list[dict]:
     """Build (and for digits, train) the models; returns one spec per model."""
     import keras
-    from sklearn.datasets import load_digits
 
     from modelport.conversion.onnx_export import keras_model_to_onnx
 
@@ -57,11 +56,7 @@ def build_models(work: Path, quick: bool) -> list[dict]:
     rng = np.random.default_rng(0)
 
     # digits: real data, trained; Keras input so every technique applies.
-    d = load_digits()
-    x = (d.images / 16.0).astype("float32")[..., None]
-    y = d.target.astype("int64")
-    order = rng.permutation(len(y))
-    x, y = x[order], y[order]
+    x, y = digits_arrays(rng)
     m = digits_cnn(keras)
     m.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     m.fit(x[:1400], y[:1400], epochs=4 if quick else 8, batch_size=32, verbose=0)
