@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelport.errors import Cancelled, DeadlineExceeded, Internal, ModelportError, error_for_status
+from modelport.errors import DeadlineExceeded, Internal, ModelportError, error_for_status
 
 log = logging.getLogger("modelport.workers")
 
@@ -266,7 +266,3 @@ class WorkerPool:
             self._spawn_spare()
         else:
             self._idle.append(w)
-
-
-def cancelled_error() -> Cancelled:
-    return Cancelled("the job was cancelled by the client")
