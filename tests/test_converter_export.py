@@ -77,6 +77,53 @@ def test_multi_io_keeps_names_and_fixed_batch_on_request(tmp_path):
         np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-5)
 
 
+def _op_types(path) -> list[str]:
+    import onnx
+
+    return [n.op_type for n in onnx.load(str(path)).graph.node]
+
+
+def test_layer_norms_become_one_node_from_opset_17(tmp_path):
+    """tf2onnx's 13-node lowering of Keras LayerNormalization is fused into ONNX LayerNormalization
+    (opset >= 17) with the same outputs; older opsets keep the lowering."""
+    import keras
+
+    from modelport.conversion.onnx_export import keras_model_to_onnx
+
+    model = tf_models.attention_net()
+    # Non-trivial gamma/beta so a wrong fusion (swapped, dropped or misplaced constants) shows.
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.LayerNormalization):
+            gamma, beta = layer.get_weights()
+            layer.set_weights([np.linspace(0.5, 2.0, gamma.size, dtype="float32"),
+                               np.linspace(-1.0, 1.0, beta.size, dtype="float32")])
+    ids = np.random.default_rng(1).integers(0, 40, (6, 10)).astype("int32")
+    keras_model_to_onnx(model, tmp_path / "ln17.onnx", opset=17)
+    keras_model_to_onnx(model, tmp_path / "ln13.onnx", opset=13)
+    ops17, ops13 = _op_types(tmp_path / "ln17.onnx"), _op_types(tmp_path / "ln13.onnx")
+    assert ops17.count("LayerNormalization") == 2
+    assert "GlobalAveragePool" not in ops17 and "Reciprocal" not in ops17
+    assert "LayerNormalization" not in ops13 and ops13.count("GlobalAveragePool") == 4
+    assert len(ops17) == len(ops13) - 2 * 12
+    for name in ("ln17.onnx", "ln13.onnx"):
+        _, got, ref = _run_both(model, tmp_path / name, {"token_ids": ids})
+        np.testing.assert_allclose(got[0], ref[0], rtol=1e-4, atol=1e-5)
+
+
+def test_layer_norm_on_rank2_input_is_left_alone(tmp_path):
+    import keras
+
+    from modelport.conversion.onnx_export import keras_model_to_onnx
+
+    x_in = keras.Input((8,), name="x")
+    model = keras.Model(x_in, keras.layers.LayerNormalization(name="ln")(keras.layers.Dense(8)(x_in)))
+    keras_model_to_onnx(model, tmp_path / "ln2.onnx")
+    assert "LayerNormalization" not in _op_types(tmp_path / "ln2.onnx")
+    x = np.random.default_rng(2).normal(size=(3, 8)).astype("float32")
+    _, got, ref = _run_both(model, tmp_path / "ln2.onnx", {"x": x})
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-4, atol=1e-5)
+
+
 def test_bad_opset_is_invalid_argument(tmp_path):
     from modelport.conversion.onnx_export import keras_model_to_onnx
     from modelport.errors import InvalidArgument

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modelport.conversion.onnx_fusions import fuse_layer_norms
 from modelport.errors import InvalidArgument
 
 _NAME_OK = re.compile(r"[^A-Za-z0-9_.\-/]")
@@ -196,6 +197,7 @@ def function_to_onnx(fn: Any, signature: list, out_path: str | Path, opset: int 
         model_proto, _ = tf2onnx.convert.from_function(fn, input_signature=signature, opset=int(opset),
                                                        custom_op_handlers=CUSTOM_OP_HANDLERS)
     name_batch_dims(model_proto)
+    fuse_layer_norms(model_proto)
     save_onnx(model_proto, Path(out_path))
 
 
