@@ -7,6 +7,7 @@ import logging
 from inference_svc.models import LoadOptions, ModelManager
 from inference_svc.servicer import InferenceServicer, ModelControlServicer
 from inference_svc.settings import InferenceSettings
+from inference_svc.shm import SharedMemoryRegistry
 from modelport import providers as eps
 from modelport.kserve.v2 import grpc_service_pb2, grpc_service_pb2_grpc
 from modelport.runtime.server import Registration, Service
@@ -44,13 +45,14 @@ class InferenceService(Service):
             available_providers=available_providers,
             drain_timeout_s=settings.drain_timeout_s,
         )
+        self.shm = SharedMemoryRegistry(enabled=settings.shared_memory)
         self.ready = False
 
     def registrations(self) -> list[Registration]:
         """GRPCInferenceService and ModelControl."""
         return [
             Registration(grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
-                         InferenceServicer(self.manager, lambda: self.ready), KSERVE),
+                         InferenceServicer(self.manager, lambda: self.ready, self.shm), KSERVE),
             Registration(serving_pb2_grpc.add_ModelControlServicer_to_server,
                          ModelControlServicer(self.manager, self), CONTROL),
         ]
@@ -62,6 +64,10 @@ class InferenceService(Service):
             f"/{CONTROL}/UnloadModel",
             f"/{KSERVE}/RepositoryModelLoad",
             f"/{KSERVE}/RepositoryModelUnload",
+            f"/{KSERVE}/SystemSharedMemoryRegister",
+            f"/{KSERVE}/SystemSharedMemoryUnregister",
+            f"/{KSERVE}/CudaSharedMemoryRegister",
+            f"/{KSERVE}/CudaSharedMemoryUnregister",
         }
 
     async def startup(self) -> None:
@@ -72,6 +78,7 @@ class InferenceService(Service):
         self.ready = True
 
     async def shutdown(self) -> None:
-        """Finish in-flight batches, then release every session."""
+        """Finish in-flight batches, release every session, then unmap the shared memory regions."""
         self.ready = False
         await self.manager.close()
+        self.shm.close()

@@ -1,7 +1,9 @@
 """gRPC servicers of the inference service: KServe v2 GRPCInferenceService and modelport.v1.ModelControl.
 
 Thin: each RPC decodes the protobuf (``modelport.kserve.codec``, ``inference_svc.protocol``), calls
-``ModelManager`` and encodes the answer. Domain errors become status codes in the shared interceptor.
+``ModelManager`` and encodes the answer. Requests that point tensors into registered system shared
+memory go through ``inference_svc.shm`` (which maps the regions and reads/writes the tensors). Domain
+errors become status codes in the shared interceptor.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import time
 import modelport
 from inference_svc import protocol
 from inference_svc.models import ModelManager, resolve_artifact
-from modelport.errors import ModelportError
+from inference_svc.shm import SharedMemoryRegistry
+from modelport.errors import ModelportError, Unimplemented
 from modelport.kserve import codec
 from modelport.kserve.v2 import grpc_service_pb2 as pb
 from modelport.kserve.v2 import grpc_service_pb2_grpc as pb_grpc
@@ -24,6 +27,9 @@ log = logging.getLogger("modelport.inference")
 
 EXTENSIONS = ["model_repository", "model_repository(unload_dependents)", "model_configuration", "statistics",
               "schedule_policy"]
+SHM_EXTENSION = "system_shared_memory"
+NO_CUDA = ("CUDA shared memory is not supported: this server has no GPU build; use system shared memory "
+           "(register_system_shared_memory) or send tensors in the request")
 
 
 def _deadline(context) -> float | None:
@@ -34,9 +40,11 @@ def _deadline(context) -> float | None:
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """The Open Inference Protocol as Triton's clients expect it."""
 
-    def __init__(self, manager: ModelManager, is_ready):
+    def __init__(self, manager: ModelManager, is_ready, shm: SharedMemoryRegistry | None = None):
         self.manager = manager
         self._is_ready = is_ready
+        self.shm = shm if shm is not None else SharedMemoryRegistry(enabled=False)
+        self.extensions = EXTENSIONS + ([SHM_EXTENSION] if self.shm.enabled else [])
 
     async def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=True)
@@ -49,13 +57,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ServerMetadata(self, request, context):
         return pb.ServerMetadataResponse(name="modelport-inference", version=modelport.__version__,
-                                         extensions=EXTENSIONS)
+                                         extensions=self.extensions)
 
     async def ModelMetadata(self, request, context):
         return protocol.model_metadata(self.manager, self.manager.get(request.name, request.version))
 
     async def _infer(self, request, deadline):
         mv = self.manager.get(request.model_name, request.model_version)
+        if codec.uses_shm(request):
+            with self.shm.lease(request) as lease:
+                inputs = lease.decode_inputs()
+                outputs = await self.manager.infer(mv, inputs, [o.name for o in request.outputs], deadline)
+                return lease.response(mv.name, mv.label, outputs, request.id)
         inputs = codec.decode_inputs(request)
         outputs = await self.manager.infer(mv, inputs, [o.name for o in request.outputs], deadline)
         return codec.make_infer_response(mv.name, mv.label, outputs, request.id)
@@ -109,6 +122,26 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelUnload(self, request, context):
         await self.manager.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
+
+    async def SystemSharedMemoryStatus(self, request, context):
+        return self.shm.status_response(request.name)
+
+    async def SystemSharedMemoryRegister(self, request, context):
+        self.shm.register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    async def SystemSharedMemoryUnregister(self, request, context):
+        self.shm.unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    async def CudaSharedMemoryStatus(self, request, context):
+        raise Unimplemented(NO_CUDA)
+
+    async def CudaSharedMemoryRegister(self, request, context):
+        raise Unimplemented(NO_CUDA)
+
+    async def CudaSharedMemoryUnregister(self, request, context):
+        raise Unimplemented(NO_CUDA)
 
 
 class ModelControlServicer(serving_pb2_grpc.ModelControlServicer):

@@ -42,3 +42,6 @@ class InferenceSettings(ServiceSettings):
     """Run one zero-filled inference per version before it is marked READY."""
     drain_timeout_s: float = 60.0
     """How long an unloaded (or replaced) version may take to finish its accepted requests."""
+    shared_memory: bool = True
+    """Triton's system shared memory extension: same-host clients register POSIX segments (/dev/shm) and pass
+    tensors through them instead of the gRPC message. --no-shared-memory refuses registrations."""

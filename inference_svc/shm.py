@@ -1,0 +1,330 @@
+"""System shared memory regions of the inference service (Triton's ``system_shared_memory`` extension).
+
+A client on the same host creates a POSIX shared memory segment (``shm_open(key)``, i.e. the file
+``/dev/shm/<key>``), registers a window of it (offset, byte size) under a region name, then points
+request inputs and requested outputs at the region through tensor parameters. The server reads the
+inputs straight from the mapping (numeric inputs are zero-copy numpy views) and writes the outputs
+into it, so the tensors never travel through gRPC.
+
+``SharedMemoryRegistry`` maps each registered segment once (``os.open`` + ``mmap``, never
+``multiprocessing.shared_memory``, whose resource tracker may unlink the client's segment) and
+hands a ``RequestLease`` to each request using regions: the lease resolves and bounds-checks every
+reference before inference and keeps its regions mapped until the response is built, so an
+unregister during a request only takes effect (unmap) once the request is done. Keys are
+restricted to plain names in /dev/shm (no further '/', no '..', no symlinks, regular files only).
+
+Domain code: raises ``modelport.errors`` only, never imports grpc. All methods run on the server's
+event loop thread; the mapping itself is read by onnxruntime's threads through the numpy views.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from modelport.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from modelport.kserve import codec
+from modelport.kserve.v2 import grpc_service_pb2 as pb
+
+log = logging.getLogger("modelport.inference.shm")
+
+SHM_DIR = Path("/dev/shm")
+
+DISABLED = ("system shared memory is disabled: the server was started with --no-shared-memory; send tensors in "
+            "the request (raw_input_contents) or restart the server without --no-shared-memory")
+
+
+def segment_path(key: str) -> Path:
+    """The /dev/shm file of a POSIX shm key ('/name' or 'name'); InvalidArgument for anything else."""
+    name = key[1:] if key.startswith("/") else key
+    if not name or "/" in name or name in (".", "..") or ".." in name or "\x00" in name:
+        raise InvalidArgument(
+            f"shared memory key {key!r} is not allowed: use a plain POSIX shm name such as '/my_input' (one "
+            "leading '/' at most, no other '/', no '..'); it names the file /dev/shm/<name>",
+            {"key": key},
+        )
+    return SHM_DIR / name
+
+
+@dataclass(eq=False)
+class Region:
+    """One registered window of a mapped segment."""
+
+    name: str
+    key: str
+    offset: int
+    byte_size: int
+    fd: int
+    mm: mmap.mmap
+    base: int
+    """Position of the region's first byte inside ``mm`` (the mapping starts page-aligned)."""
+    users: int = 0
+    retired: bool = False
+    closed: bool = field(default=False)
+
+    def check_segment(self) -> None:
+        """FailedPrecondition when the segment shrank below the region since registration (reading it
+        would fault)."""
+        size = os.fstat(self.fd).st_size
+        if size < self.offset + self.byte_size:
+            raise FailedPrecondition(
+                f"shared memory region '{self.name}': segment '{self.key}' shrank to {size} bytes, below the "
+                f"registered offset {self.offset} + byte_size {self.byte_size}; unregister and register it again",
+                {"region": self.name},
+            )
+
+    def view(self, offset: int, size: int) -> memoryview:
+        """``size`` bytes at ``offset`` inside the region (bounds checked by the caller)."""
+        start = self.base + offset
+        return memoryview(self.mm)[start:start + size]
+
+    def close(self) -> None:
+        """Unmap and close the descriptor; a mapping still viewed by live arrays is unmapped when they go."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.mm.close()
+        except BufferError:  # numpy views still alive: the mapping is released with the last of them
+            pass
+        os.close(self.fd)
+
+
+def _open_segment(name: str, key: str, offset: int, byte_size: int) -> Region:
+    path = segment_path(key)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise InvalidArgument(
+            f"Unable to open shared memory region: '{key}' ({path} does not exist); create the segment first "
+            "(shm_open, or tritonclient.utils.shared_memory.create_shared_memory_region) on this host and "
+            f"register region '{name}' with the same key",
+            {"region": name, "key": key},
+        ) from None
+    except OSError as exc:
+        raise InvalidArgument(
+            f"Unable to open shared memory region: '{key}' ({path}: {exc.strerror}); the segment must be a "
+            "regular file in /dev/shm, readable and writable by the server's user",
+            {"region": name, "key": key},
+        ) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InvalidArgument(f"Unable to open shared memory region: '{key}' ({path} is not a regular file)",
+                                  {"region": name, "key": key})
+        if offset + byte_size > st.st_size:
+            raise InvalidArgument(
+                f"failed to register shared memory region '{name}': offset {offset} + byte_size {byte_size} = "
+                f"{offset + byte_size} exceeds segment '{key}' of {st.st_size} bytes; register a window inside "
+                "the segment or create a larger one",
+                {"region": name, "key": key},
+            )
+        start = offset - offset % mmap.ALLOCATIONGRANULARITY
+        try:
+            mm = mmap.mmap(fd, byte_size + offset - start, flags=mmap.MAP_SHARED,
+                           prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=start)
+        except OSError as exc:
+            raise InvalidArgument(f"failed to register shared memory region '{name}': cannot map '{key}': "
+                                  f"{exc.strerror}", {"region": name, "key": key}) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return Region(name, key, offset, byte_size, fd, mm, offset - start)
+
+
+class SharedMemoryRegistry:
+    """Registered system shared memory regions by name."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self._regions: dict[str, Region] = {}
+
+    def register(self, name: str, key: str, offset: int, byte_size: int) -> Region:
+        """Map ``byte_size`` bytes at ``offset`` of segment ``key`` as region ``name``."""
+        if not self.enabled:
+            raise FailedPrecondition(DISABLED)
+        if not name:
+            raise InvalidArgument("shared memory region name is empty; give the region a name to refer to it "
+                                  "from requests")
+        if byte_size <= 0:
+            raise InvalidArgument(f"failed to register shared memory region '{name}': byte_size is 0; give the "
+                                  "size in bytes of the window to register", {"region": name})
+        segment_path(key)
+        if name in self._regions:
+            raise AlreadyExists(f"shared memory region '{name}' already in manager; unregister it first or use "
+                                "another name", {"region": name})
+        region = _open_segment(name, key, int(offset), int(byte_size))
+        self._regions[name] = region
+        log.info("registered shared memory region %s: key %s, offset %d, %d bytes", name, key, offset, byte_size)
+        return region
+
+    def unregister(self, name: str = "") -> list[str]:
+        """Unregister one region (all with an empty name; an unknown name is a no-op, as in Triton).
+
+        A region in use by a request stays mapped until that request is done.
+        """
+        names = list(self._regions) if not name else ([name] if name in self._regions else [])
+        for n in names:
+            region = self._regions.pop(n)
+            region.retired = True
+            if region.users == 0:
+                region.close()
+            else:
+                log.info("shared memory region %s unregistered; unmapped after %d in-flight request(s)", n,
+                         region.users)
+        return names
+
+    def status(self, name: str = "") -> list[Region]:
+        """Registered regions (all, or the named one: NotFound when unknown, as in Triton)."""
+        if not name:
+            return [self._regions[n] for n in sorted(self._regions)]
+        region = self._regions.get(name)
+        if region is None:
+            raise NotFound(f"Unable to find system shared memory region: '{name}'; registered regions: "
+                           f"{', '.join(sorted(self._regions)) or 'none'}", {"region": name})
+        return [region]
+
+    def get(self, name: str, tensor: str, kind: str) -> Region:
+        """A registered region for a request tensor; InvalidArgument naming the tensor when unknown."""
+        region = self._regions.get(name)
+        if region is None:
+            if not self.enabled:
+                raise FailedPrecondition(DISABLED, {"tensor": tensor})
+            raise InvalidArgument(
+                f"{kind} '{tensor}': shared memory region '{name}' is not registered (registered: "
+                f"{', '.join(sorted(self._regions)) or 'none'}); register it first with "
+                "SystemSharedMemoryRegister (tritonclient: register_system_shared_memory)",
+                {"tensor": tensor, "region": name},
+            )
+        return region
+
+    def lease(self, request: pb.ModelInferRequest) -> RequestLease:
+        """Resolve and hold the regions one inference request uses (use it as a context manager)."""
+        return RequestLease(self, request)
+
+    def _release(self, region: Region) -> None:
+        region.users -= 1
+        if region.users == 0 and region.retired:
+            region.close()
+
+    def close(self) -> None:
+        """Unregister and unmap everything (service shutdown)."""
+        self.unregister("")
+
+    # --- protobuf mapping -----------------------------------------------------------------------
+
+    def status_response(self, name: str = "") -> pb.SystemSharedMemoryStatusResponse:
+        """SystemSharedMemoryStatusResponse: regions keyed by name."""
+        resp = pb.SystemSharedMemoryStatusResponse()
+        for r in self.status(name):
+            resp.regions[r.name].CopyFrom(pb.SystemSharedMemoryStatusResponse.RegionStatus(
+                name=r.name, key=r.key, offset=r.offset, byte_size=r.byte_size))
+        return resp
+
+
+def _bounds(region: Region, ref: codec.ShmRef, tensor: str, kind: str) -> None:
+    end = ref.offset + ref.byte_size
+    if end > region.byte_size:
+        raise InvalidArgument(
+            f"{kind} '{tensor}': shared_memory_offset {ref.offset} + shared_memory_byte_size {ref.byte_size} = "
+            f"{end} exceeds shared memory region '{region.name}' ({region.byte_size} bytes); lower them or "
+            "register a larger region",
+            {"tensor": tensor, "region": region.name},
+        )
+
+
+class RequestLease:
+    """The shared memory one inference request reads and writes, held until its response is built."""
+
+    def __init__(self, registry: SharedMemoryRegistry, request: pb.ModelInferRequest):
+        self.request = request
+        self._registry = registry
+        self._held: list[Region] = []
+        self.inputs: dict[str, tuple[Region, codec.ShmRef]] = {}
+        self.outputs: dict[str, tuple[Region, codec.ShmRef]] = {}
+        try:
+            for kind, tensors, into in (("input", request.inputs, self.inputs),
+                                        ("output", request.outputs, self.outputs)):
+                for t in tensors:
+                    ref = codec.shm_ref(t, kind)
+                    if ref is None:
+                        continue
+                    region = registry.get(ref.region, t.name, kind)
+                    _bounds(region, ref, t.name, kind)
+                    if region not in self._held:
+                        region.check_segment()
+                        region.users += 1
+                        self._held.append(region)
+                    into[t.name] = (region, ref)
+        except BaseException:
+            self.release()
+            raise
+
+    def __enter__(self) -> RequestLease:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Let go of the regions (unmapping the ones unregistered meanwhile)."""
+        held, self._held = self._held, []
+        for region in held:
+            self._registry._release(region)
+
+    def decode_inputs(self) -> dict[str, np.ndarray]:
+        """All inputs: from shared memory where the request says so, else from the message."""
+        def view(ref: codec.ShmRef, tensor: str) -> memoryview:
+            region, _ = self.inputs[tensor]
+            return region.view(ref.offset, ref.byte_size)
+
+        return codec.decode_inputs_shm(self.request, view)
+
+    def write_outputs(self, outputs: dict[str, np.ndarray]) -> set[str]:
+        """Write the outputs requested in shared memory into their regions; returns their names.
+
+        InvalidArgument naming the output, its byte size and the space given when one does not fit.
+        """
+        written = set()
+        for name, (region, ref) in self.outputs.items():
+            if name not in outputs:
+                continue
+            arr = np.asarray(outputs[name])
+            data = None
+            if arr.dtype.kind in "OSU":
+                data = codec.serialize_bytes_tensor(arr)
+                size = len(data)
+            else:
+                size = arr.nbytes
+            if size > ref.byte_size:
+                raise InvalidArgument(
+                    f"output '{name}' is {size} bytes ({arr.dtype} {list(arr.shape)}) but its shared memory "
+                    f"window in region '{region.name}' (offset {ref.offset}, region {region.byte_size} bytes) is "
+                    f"{ref.byte_size} bytes; give it shared_memory_byte_size >= {size} (register a larger region "
+                    "if needed)",
+                    {"tensor": name, "region": region.name, "needed_bytes": str(size)},
+                )
+            dst = region.view(ref.offset, size)
+            if data is not None:
+                dst[:] = data
+            elif size:
+                src = np.ascontiguousarray(arr)
+                if src.dtype.byteorder == ">":
+                    src = src.astype(src.dtype.newbyteorder("<"))
+                np.frombuffer(dst, dtype=np.uint8)[:] = src.reshape(-1).view(np.uint8)
+            written.add(name)
+        return written
+
+    def response(self, model_name: str, model_version: str, outputs: dict[str, np.ndarray],
+                 request_id: str = "") -> pb.ModelInferResponse:
+        """Write the shared-memory outputs and build the response (Triton's layout: empty raw entries)."""
+        written = self.write_outputs(outputs)
+        if not written:
+            return codec.make_infer_response(model_name, model_version, outputs, request_id)
+        return codec.make_infer_response_shm(model_name, model_version, outputs, written, request_id)
