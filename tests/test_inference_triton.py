@@ -120,3 +120,34 @@ def test_every_numeric_datatype(roundtrip):
         sent, got = a[f"alltypes_in_{n}"], a[f"alltypes_out_{n}"]
         assert got.dtype == sent.dtype, n
         np.testing.assert_array_equal(got, sent)
+
+
+def test_system_shared_memory_with_tritonclient(roundtrip):
+    """tritonclient.utils.shared_memory + register_system_shared_memory + set_shared_memory, unchanged."""
+    facts, a = roundtrip
+    regions = {r["name"]: r for r in facts["shm_status"]["regions"].values()}
+    assert set(regions) == {"tc_in", "tc_out"}
+    assert regions["tc_out"]["offset"] == "256" and regions["tc_out"]["byte_size"] == "512"
+    assert regions["tc_in"]["key"].startswith("/mp_triton_in_")
+    assert list(facts["shm_status_one"]["regions"]) == ["tc_out"]
+    # Triton's response layout: the output is described, its raw_output_contents entry is empty.
+    assert facts["shm_y_output"] == {"datatype": "FP32", "shape": [3, 3], "raw": [0]}
+    np.testing.assert_allclose(a["shm_y"], mlp_expected(a["shm_x"]), rtol=1e-6)
+    # Mixed request: raw outputs stay readable with as_numpy next to a shared-memory one.
+    np.testing.assert_array_equal(a["shm_multi_pos"], a["shm_multi_a"] > 0)
+    np.testing.assert_allclose(a["shm_multi_sum"], a["shm_multi_a"] + a["shm_multi_b"], rtol=1e-6)
+    assert facts["shm_strings"] == facts["shm_strings_sent"] == ["shm", "ünï", ""]
+    errs = facts["shm_errors"]
+    assert errs["duplicate"]["status"] == "StatusCode.ALREADY_EXISTS"
+    assert "shared memory region 'tc_in' already in manager" in errs["duplicate"]["message"]
+    assert errs["missing_key"]["status"] == "StatusCode.INVALID_ARGUMENT"
+    assert "Unable to open shared memory region: '/mp_absent_" in errs["missing_key"]["message"]
+    assert errs["unknown_status"]["status"] == "StatusCode.NOT_FOUND"
+    assert "Unable to find system shared memory region: 'nope'" in errs["unknown_status"]["message"]
+    assert errs["cuda_status"]["status"] == "StatusCode.UNIMPLEMENTED"
+    assert "no GPU build" in errs["cuda_status"]["message"]
+    assert errs["too_small_output"]["status"] == "StatusCode.INVALID_ARGUMENT"
+    assert "output 'y' is 36 bytes" in errs["too_small_output"]["message"]
+    assert list(facts["shm_status_after_one"]["regions"]) == ["tc_out"]
+    assert facts["shm_status_after_all"] == {}
+    assert facts["shm_segments_left"] == []

@@ -8,12 +8,14 @@ inputs it sent and the outputs it received (plus JSON facts) for the test to che
 from __future__ import annotations
 
 import json
+import os
 import queue
 import sys
 
 import numpy as np
 import tritonclient.grpc as grpcclient
-from tritonclient.utils import InferenceServerException
+import tritonclient.utils.shared_memory as shm
+from tritonclient.utils import InferenceServerException, serialize_byte_tensor, triton_to_np_dtype
 
 
 def inp(name, arr, datatype):
@@ -113,6 +115,8 @@ def main(url: str, out: str) -> None:
     facts["errors"] = errors
     facts["stats_mlp"] = c.get_inference_statistics("mlp", as_json=True)
 
+    shared_memory(c, facts, arrays, rng)
+
     # Repository control: unload then load again.
     c.unload_model("fixed")
     facts["fixed_ready_after_unload"] = c.is_model_ready("fixed")
@@ -121,6 +125,93 @@ def main(url: str, out: str) -> None:
 
     arrays["facts"] = np.frombuffer(json.dumps(facts).encode(), dtype=np.uint8)
     np.savez(out, **arrays)
+
+
+def error_of(call) -> dict | None:
+    try:
+        call()
+    except InferenceServerException as exc:
+        return {"status": exc.status(), "message": exc.message()}
+    return None
+
+
+def shared_memory(c, facts: dict, arrays: dict, rng) -> None:
+    """System shared memory exactly as Triton's simple_grpc_shm_client does it, plus BYTES, a mixed
+    request (shm and raw inputs/outputs) and the error answers."""
+    pid = os.getpid()
+    in_key, out_key = f"/mp_triton_in_{pid}", f"/mp_triton_out_{pid}"
+    c.unregister_system_shared_memory()
+    in_h = shm.create_shared_memory_region("tc_in", in_key, 1024)
+    out_h = shm.create_shared_memory_region("tc_out", out_key, 1024)
+    try:
+        c.register_system_shared_memory("tc_in", in_key, 1024)
+        c.register_system_shared_memory("tc_out", out_key, 512, offset=256)
+        facts["shm_status"] = c.get_system_shared_memory_status(as_json=True)
+        facts["shm_status_one"] = c.get_system_shared_memory_status("tc_out", as_json=True)
+
+        # mlp: input and output in shared memory.
+        x = rng.random((3, 4), dtype=np.float32)
+        shm.set_shared_memory_region(in_h, [x])
+        i = grpcclient.InferInput("x", [3, 4], "FP32")
+        i.set_shared_memory("tc_in", x.nbytes)
+        o = grpcclient.InferRequestedOutput("y")
+        o.set_shared_memory("tc_out", 36)
+        r = c.infer("mlp", [i], outputs=[o], model_version="1")
+        out = r.get_output("y")
+        facts["shm_y_output"] = {"datatype": out.datatype, "shape": list(out.shape),
+                                 "raw": [len(b) for b in r.get_response().raw_output_contents]}
+        arrays["shm_x"] = x
+        # get_contents_as_numpy returns a view of the mapping: copy before destroy_shared_memory_region.
+        arrays["shm_y"] = shm.get_contents_as_numpy(out_h, triton_to_np_dtype(out.datatype), out.shape,
+                                                    offset=256).copy()
+
+        # multi: a from shm at an offset, b raw; sum to shm, pos returned in the message (as_numpy).
+        a = rng.standard_normal((2, 3)).astype(np.float32)
+        b = rng.integers(-5, 5, (2, 3)).astype(np.int64)
+        shm.set_shared_memory_region(in_h, [a], offset=512)
+        ia = grpcclient.InferInput("a", [2, 3], "FP32")
+        ia.set_shared_memory("tc_in", a.nbytes, offset=512)
+        osum = grpcclient.InferRequestedOutput("sum")
+        osum.set_shared_memory("tc_out", 24, offset=64)
+        r = c.infer("multi", [ia, inp("b", b, "INT64")], outputs=[osum, grpcclient.InferRequestedOutput("pos")])
+        arrays["shm_multi_a"], arrays["shm_multi_b"] = a, b
+        arrays["shm_multi_pos"] = r.as_numpy("pos")
+        arrays["shm_multi_sum"] = shm.get_contents_as_numpy(out_h, np.float32, [2, 3], offset=256 + 64).copy()
+
+        # BYTES through shared memory (serialized as tritonclient does).
+        s = np.array([b"shm", "ünï".encode(), b""], dtype=np.object_)
+        ser = serialize_byte_tensor(s)
+        shm.set_shared_memory_region(in_h, [ser])
+        isb = grpcclient.InferInput("s", [3], "BYTES")
+        isb.set_shared_memory("tc_in", len(ser.item()))
+        osame = grpcclient.InferRequestedOutput("same")
+        osame.set_shared_memory("tc_out", 128)
+        c.infer("strings", [isb, inp("flag", np.array([True, False, True]), "BOOL")], outputs=[osame])
+        got = shm.get_contents_as_numpy(out_h, np.object_, [3], offset=256)
+        facts["shm_strings"] = [v.decode("utf-8") for v in got.tolist()]
+        facts["shm_strings_sent"] = [v.decode("utf-8") for v in s.tolist()]
+
+        facts["shm_errors"] = {
+            "duplicate": error_of(lambda: c.register_system_shared_memory("tc_in", in_key, 1024)),
+            "missing_key": error_of(lambda: c.register_system_shared_memory("nokey", f"/mp_absent_{pid}", 8)),
+            "unknown_status": error_of(lambda: c.get_system_shared_memory_status("nope")),
+            "cuda_status": error_of(lambda: c.get_cuda_shared_memory_status()),
+            "too_small_output": error_of(lambda: c.infer("mlp", [i], outputs=[small_output()], model_version="1")),
+        }
+        c.unregister_system_shared_memory("tc_in")
+        facts["shm_status_after_one"] = c.get_system_shared_memory_status(as_json=True)
+        c.unregister_system_shared_memory()
+        facts["shm_status_after_all"] = c.get_system_shared_memory_status(as_json=True)
+    finally:
+        shm.destroy_shared_memory_region(in_h)
+        shm.destroy_shared_memory_region(out_h)
+    facts["shm_segments_left"] = [k for k in (in_key, out_key) if os.path.exists("/dev/shm" + k)]
+
+
+def small_output():
+    o = grpcclient.InferRequestedOutput("y")
+    o.set_shared_memory("tc_out", 8)
+    return o
 
 
 if __name__ == "__main__":
