@@ -360,6 +360,32 @@ def test_unregister_during_in_flight_request(kserve, server, seg):
     still_serving(kserve)
 
 
+def test_shrunk_segment_is_refused_not_faulted(kserve, seg):
+    """A client truncating its segment below a registered region gets FAILED_PRECONDITION (reading the
+    mapping past the file's end would kill the server with SIGBUS)."""
+    s = seg(8192)
+    register(kserve, "shrink", s, byte_size=4096, offset=4096)
+    os.ftruncate(s.fd, 4096)
+    expect_error(grpc.StatusCode.FAILED_PRECONDITION,
+                 ["region 'shrink'", "shrank to 4096 bytes", "unregister and register it again"],
+                 lambda: kserve.ModelInfer(codec.make_shm_infer_request(
+                     "mlp", {"x": ("FP32", [1, 4], ShmRef("shrink", 16))})))
+    still_serving(kserve)
+
+
+def test_shutdown_unmaps_regions_and_keeps_segments(tmp_path, seg):
+    s = seg(1024)
+    srv = BackgroundServer(InferenceService(InferenceSettings(port=0, host="127.0.0.1", store=tmp_path))).start()
+    try:
+        with make_channel(srv.address) as ch:
+            register(pb_grpc.GRPCInferenceServiceStub(ch), "r", s)
+        (region,) = srv.service.shm.status()
+    finally:
+        srv.stop()
+    assert region.closed and not srv.service.shm.status()
+    assert s.path.exists()  # the client's segment is the client's to unlink
+
+
 # --- --no-shared-memory and the token guard -----------------------------------------------------
 
 @pytest.fixture(scope="module")
