@@ -151,3 +151,34 @@ def test_system_shared_memory_with_tritonclient(roundtrip):
     assert list(facts["shm_status_after_one"]["regions"]) == ["tc_out"]
     assert facts["shm_status_after_all"] == {}
     assert facts["shm_segments_left"] == []
+
+
+DESCRIPTORS = """
+import json, sys
+from google.protobuf import descriptor_pb2
+from tritonclient.grpc import service_pb2
+fd = descriptor_pb2.FileDescriptorProto()
+service_pb2.DESCRIPTOR.CopyToProto(fd)
+print(json.dumps({m.name: m.SerializeToString().hex() for m in fd.message_type if "SharedMemory" in m.name}))
+"""
+
+
+def test_shared_memory_messages_match_tritonclients_proto():
+    """Our SystemSharedMemory* / CudaSharedMemory* messages are byte-identical descriptors to tritonclient's."""
+    from google.protobuf import descriptor_pb2
+
+    from modelport.kserve.v2 import grpc_service_pb2
+
+    p = subprocess.run([triton_python(), "-c", DESCRIPTORS], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-4000:]
+    theirs = json.loads(p.stdout)
+    fd = descriptor_pb2.FileDescriptorProto()
+    grpc_service_pb2.DESCRIPTOR.CopyToProto(fd)
+    ours = {m.name: m.SerializeToString().hex() for m in fd.message_type if "SharedMemory" in m.name}
+    assert len(theirs) == 12 and ours == theirs
+    methods = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods_by_name
+    for kind in ("System", "Cuda"):
+        for op in ("Status", "Register", "Unregister"):
+            m = methods[f"{kind}SharedMemory{op}"]
+            assert (m.input_type.name, m.output_type.name) == (f"{kind}SharedMemory{op}Request",
+                                                               f"{kind}SharedMemory{op}Response")
