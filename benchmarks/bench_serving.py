@@ -8,7 +8,12 @@ client concurrency 1 and 16 with batch-1 requests:
   same batch, called from the same number of threads;
 * served: the inference service in its own process (``python -m inference_svc``) over gRPC
   KServe ``ModelInfer`` (raw tensors), without dynamic batching;
-* served + dynamic batching: the same with ``dynamic_batching`` on.
+* served + dynamic batching: the same with ``dynamic_batching`` on;
+* served, system shared memory (concurrency 1): the input and output tensors go through a POSIX
+  shared memory region (Triton's ``system_shared_memory`` extension) instead of the gRPC message;
+* the transport floor: a bare ``grpc.aio`` server with no modelport code (a generic handler that
+  answers 4 KB) called with an empty and with a model-sized request — the least any Python gRPC
+  server costs per call on this machine, and so the best served/in-process ratio possible.
 
 Throughput (requests/s), p50 and p99 latency, and ratios to the baseline measured in the same run.
 
@@ -50,6 +55,88 @@ keras.utils.set_random_seed(0)
 model = keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3))
 keras_model_to_onnx(model, sys.argv[1])
 """
+
+
+FLOOR_SERVER = """
+import asyncio, sys
+import grpc
+
+async def main():
+    limit = 2**31 - 1
+    server = grpc.aio.server(options=[("grpc.max_send_message_length", limit),
+                                      ("grpc.max_receive_message_length", limit)])
+    async def echo(request, context):
+        return b"r" * 4000
+    handler = grpc.method_handlers_generic_handler("floor.Floor", {"Call": grpc.unary_unary_rpc_method_handler(echo)})
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(port, flush=True)
+    await server.wait_for_termination()
+
+asyncio.run(main())
+"""
+
+
+def transport_floor(payload_bytes: int, max_s: float) -> dict[str, float]:
+    """Median ms of a call to a bare grpc.aio server (no modelport code) from a sync Python client:
+    with an empty request and with ``payload_bytes`` of request; the reply is 4 KB either way."""
+    import grpc
+
+    from modelport.runtime.channels import channel_options
+
+    proc = subprocess.Popen([sys.executable, "-c", FLOOR_SERVER], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline())
+        with grpc.insecure_channel(f"127.0.0.1:{port}", options=channel_options()) as ch:
+            call = ch.unary_unary("/floor.Floor/Call")
+            out = {}
+            for label, body in (("empty", b""), ("payload", b"x" * payload_bytes)):
+                t = common.time_callable(lambda body=body: call(body, timeout=60), warmup=20, repeats=3000,
+                                         max_seconds=max_s)
+                out[label] = t.median * 1e3
+            return out
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def served_shm(address: str, model: str, path: Path, name: str, x: np.ndarray, max_calls: int, max_s: float):
+    """ModelInfer at concurrency 1 with the input and output in system shared memory regions."""
+    import grpc
+    import onnxruntime as ort
+
+    from modelport.kserve import codec
+    from modelport.kserve import shm as kshm
+    from modelport.kserve.codec import ShmRef
+    from modelport.kserve.v2 import grpc_service_pb2_grpc as pb_grpc
+    from modelport.runtime.channels import channel_options
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out_name = sess.get_outputs()[0].name
+    out_bytes = sess.run([out_name], {name: x})[0].nbytes
+    tag = f"{os.getpid()}_{model}"
+    seg_in = kshm.Segment.create(f"/mp_bench_in_{tag}", x.nbytes)
+    seg_out = kshm.Segment.create(f"/mp_bench_out_{tag}", out_bytes)
+    ch = grpc.insecure_channel(address, options=channel_options())
+    stub = pb_grpc.GRPCInferenceServiceStub(ch)
+    try:
+        stub.SystemSharedMemoryRegister(seg_in.register_request(f"in_{tag}"))
+        stub.SystemSharedMemoryRegister(seg_out.register_request(f"out_{tag}"))
+        req = codec.make_shm_infer_request(model, {name: ("FP32", x.shape, ShmRef(f"in_{tag}", x.nbytes))},
+                                           {out_name: ShmRef(f"out_{tag}", out_bytes)})
+
+        def call():
+            seg_in.write(x)
+            resp = stub.ModelInfer(req, timeout=60)
+            seg_out.read(resp.outputs[0].datatype, resp.outputs[0].shape)
+
+        return common.measure_throughput(call, 1, max_calls=max_calls, max_seconds=max_s, warmup=3)
+    finally:
+        stub.SystemSharedMemoryUnregister(kshm.unregister_request())
+        ch.close()
+        seg_in.close()
+        seg_out.close()
 
 
 def build_mlp(path: Path, sizes=MLP_SIZES) -> Path:
@@ -234,7 +321,7 @@ def main() -> None:
             per = data["models"].setdefault(model, {"title": titles[model], "runs": {}})
             for c in CONCURRENCY:
                 # Interleaved rounds (A B C A B C ...) so drifting background load hits every way alike.
-                parts: dict[str, list] = {"base": [], "unb": [], "bat": []}
+                parts: dict[str, list] = {"base": [], "unb": [], "bat": [], "shm": []}
                 spent = [0, 0, 0]  # server-side: requests, total ns, session.run ns (unbatched runs)
                 for _ in range(rounds):
                     parts["base"].append(baseline(path, name, x, c, max_calls, max_s / rounds))
@@ -242,9 +329,14 @@ def main() -> None:
                     parts["unb"].append(served(address, model, name, x, c, max_calls, max_s / rounds))
                     spent = [a + b - c0 for a, b, c0 in zip(spent, server_times(address, model), before, strict=True)]
                     parts["bat"].append(served(address, model + "_batched", name, x, c, max_calls, max_s / rounds))
+                    if c == 1:
+                        parts["shm"].append(served_shm(address, model, path, name, x, max_calls, max_s / rounds))
                 base, unb, bat = (combine(parts[k]) for k in ("base", "unb", "bat"))
                 per["runs"][str(c)] = {"in_process": base.to_dict(), "served": unb.to_dict(),
                                        "served_batched": bat.to_dict()}
+                shm = combine(parts["shm"]) if parts["shm"] else None
+                if shm is not None:
+                    per["runs"][str(c)]["served_shm"] = shm.to_dict()
                 if c == 1 and spent[0]:
                     per["c1_breakdown_ms"] = {
                         "in_process_mean": base.latency.mean * 1e3,
@@ -252,15 +344,20 @@ def main() -> None:
                         "server_total_mean": spent[1] / spent[0] / 1e6,
                         "client_mean": unb.latency.mean * 1e3,
                     }
-                for label, t in (("onnxruntime in-process (baseline)", base), ("served", unb),
-                                 ("served + dynamic batching", bat)):
+                ways = [("onnxruntime in-process (baseline)", base), ("served", unb),
+                        ("served + dynamic batching", bat)]
+                if shm is not None:
+                    ways.append(("served, system shared memory", shm))
+                for label, t in ways:
                     rows.append([model, c, label, f"{t.calls_per_s:.1f}", common.fmt_ms(t.latency.p50),
                                  common.fmt_ms(t.latency.p99), common.fmt_ratio(common.ratio(t.calls_per_s,
                                                                                               base.calls_per_s)),
                                  t.errors])
                 print(f"{model} c={c}: base {base.calls_per_s:.1f}/s served {unb.calls_per_s:.1f}/s "
-                      f"batched {bat.calls_per_s:.1f}/s", flush=True)
+                      f"batched {bat.calls_per_s:.1f}/s"
+                      + (f" shm {shm.calls_per_s:.1f}/s" if shm is not None else ""), flush=True)
             per["batched_stats"] = server_stats(address, model + "_batched")
+            per["floor_ms"] = transport_floor(x.nbytes, max_s=1.0 if quick else 3.0)
             per["per_item_ms"] = per_item_ms(path, name, x, max_s=1.0 if quick else 2.0)
     finally:
         rc = common.stop_service_subprocess(proc)
@@ -268,10 +365,22 @@ def main() -> None:
 
     def ratio(model, c, a, b):
         r = data["models"].get(model, {}).get("runs", {}).get(str(c))
-        return common.ratio(r[a]["calls_per_s"], r[b]["calls_per_s"]) if r else None
+        return common.ratio(r[a]["calls_per_s"], r[b]["calls_per_s"]) if r and a in r and b in r else None
+
+    floor_rows = []
+    for m, d in data["models"].items():
+        if "c1_breakdown_ms" not in d or "floor_ms" not in d:
+            continue
+        run_ms, fl = d["c1_breakdown_ms"]["in_process_mean"], d["floor_ms"]
+        d["best_possible_ratio"] = {"raw": run_ms / (run_ms + fl["payload"]), "shm": run_ms / (run_ms + fl["empty"])}
+        floor_rows.append([m, f"{run_ms:.2f}", f"{fl['empty']:.3f}", f"{fl['payload']:.3f}",
+                           common.fmt_ratio(d["best_possible_ratio"]["raw"]),
+                           common.fmt_ratio(d["best_possible_ratio"]["shm"])])
 
     goals = [
         ("MobileNetV2, concurrency 1: served / in-process", ratio("mobilenetv2", 1, "served", "in_process"), 0.9),
+        ("MobileNetV2, concurrency 1: served with system shared memory / in-process",
+         ratio("mobilenetv2", 1, "served_shm", "in_process"), 0.9),
         ("MLP, concurrency 16: dynamic batching / unbatched (served)",
          ratio("mlp", 16, "served_batched", "served"), 1.5),
     ]
@@ -319,6 +428,16 @@ def main() -> None:
             [[m, *(f"{d['c1_breakdown_ms'][k]:.2f}" for k in ("in_process_mean", "server_session_run_mean",
                                                              "server_total_mean", "client_mean"))]
              for m, d in data["models"].items() if "c1_breakdown_ms" in d]),
+        "",
+        "The transport floor: a bare `grpc.aio` server with no modelport code (one generic handler answering "
+        "4 KB) called from the same sync Python client, with an empty request and with one the size of the "
+        "model's input. Even a server that did no work at all would add that much to every call, so "
+        "in-process / (in-process + floor) is the best served/in-process ratio any Python gRPC server can "
+        "reach here at concurrency 1 (raw tensors: the model-sized floor; shared memory: the empty one):",
+        "",
+        common.markdown_table(["model", "in-process run ms", "floor, empty request ms",
+                               "floor, model-sized request ms", "best possible ratio, raw tensors",
+                               "best possible ratio, shared memory"], floor_rows),
         "",
         "Dynamic batching pays when a batched run costs less per item than single runs and the server, "
         "not the client, is the bottleneck: the MLP re-reads its weights on every call, so a batch of 8 "
