@@ -1,13 +1,15 @@
 """Per model-version request scheduling: a bounded queue, dynamic batching, instance workers.
 
-Requests wait in one bounded queue per model version (full -> ``Unavailable`` at once). Each
-of ``instances`` workers takes the oldest live request and, with dynamic batching, merges
-further compatible requests (same non-batch shapes and dtypes; batch > 1 requests merge too)
-until ``max_batch_size`` or a preferred size is reached or ``max_queue_delay_us`` has passed
-since the first one arrived. The merged batch runs in a thread executor (onnxruntime releases
-the GIL, and the event loop stays free) and the outputs are split back by each request's
-element count. Requests whose deadline passed while queued fail with ``DeadlineExceeded``
-without running; cancelled requests are skipped.
+Requests wait in one bounded queue per model version (full -> ``Unavailable`` at once). A
+request counts against the bound from its acceptance until its execution starts or it is dropped
+(cancelled, expired, failed), also while a worker holds it in a batch it is still gathering or
+in a batch waiting for a free instance. Each of ``instances`` workers takes the oldest live
+request and, with dynamic batching, merges further compatible requests (same non-batch shapes
+and dtypes; batch > 1 requests merge too) until ``max_batch_size`` or a preferred size is
+reached or ``max_queue_delay_us`` has passed since the first one arrived. The merged batch runs
+in a thread executor (onnxruntime releases the GIL, and the event loop stays free) and the
+outputs are split back by each request's element count. Requests whose deadline passed while
+queued fail with ``DeadlineExceeded`` without running; cancelled requests are skipped.
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ class Pending:
     enqueued_ns: int
     future: asyncio.Future
     queue_ns: int = 0
+    counted: bool = False
+    """Whether it holds a place in the queue bound (from acceptance until it starts or is dropped)."""
 
 
 @dataclass
@@ -97,7 +101,9 @@ class Scheduler:
         self._inflight = 0
         self._instances = max(1, policy.instances)
         self._busy = 0  # executions running now (workers and the direct path), at most _instances
-        self._held = 0  # requests taken off the queue by a worker that waits for a free instance
+        # Accepted requests that have not started executing nor been dropped, wherever they are: in
+        # _pending, in a batch a worker gathers, or in a batch waiting for a free instance.
+        self._queued = 0
         self._slot_free = asyncio.Event()
         self._workers: list[asyncio.Task] = []
         self._executor = ThreadPoolExecutor(max_workers=max(1, policy.instances),
@@ -116,6 +122,11 @@ class Scheduler:
     def inflight(self) -> int:
         """Accepted requests not finished yet."""
         return self._inflight
+
+    @property
+    def queued(self) -> int:
+        """Accepted requests waiting to start (what ``max_queue_size`` bounds)."""
+        return self._queued
 
     async def drain(self, timeout: float | None = None) -> None:
         """Wait until every accepted request has finished (used before unloading)."""
@@ -148,7 +159,7 @@ class Scheduler:
         Raises Unavailable at once when the queue is full, DeadlineExceeded when its deadline
         passed before it could run.
         """
-        if len(self._pending) + self._held >= self.policy.max_queue_size:
+        if self._queued >= self.policy.max_queue_size:
             raise Unavailable(
                 f"model '{self.model}' version {self.version}: queue is full ({self.policy.max_queue_size} "
                 "requests waiting); retry later, send fewer concurrent requests or raise max_queue_size",
@@ -159,6 +170,8 @@ class Scheduler:
                        loop.create_future())
         if not self.policy.merges and not self._pending and self._busy < self._instances:
             return await self._direct(item)
+        item.counted = True
+        self._queued += 1
         self._pending.append(item)
         self._inflight += 1
         self._idle.clear()
@@ -170,9 +183,16 @@ class Scheduler:
             item.future.cancel()
             raise
         finally:
+            self._uncount(item)  # dropped before it started (cancelled, expired, unloaded); else a no-op
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
+
+    def _uncount(self, item: Pending) -> None:
+        """Give back the item's place in the queue bound (once; at execution start or when dropped)."""
+        if item.counted:
+            item.counted = False
+            self._queued -= 1
 
     async def _direct(self, item: Pending) -> tuple[dict[str, np.ndarray], int]:
         """Without merging, an idle instance and an empty queue: run at once (no worker hand-off)."""
@@ -260,12 +280,7 @@ class Scheduler:
             try:
                 if p.merges:
                     batch = await self._gather(batch)
-                # Requests held while waiting for a free instance still count against the queue bound.
-                self._held += len(batch)
-                try:
-                    await self._acquire()
-                finally:
-                    self._held -= len(batch)
+                await self._acquire()  # the batch's requests keep their queue places until it starts
             except asyncio.CancelledError:  # stopped while holding requests: they must not hang
                 self._fail(batch, "was unloaded; retry to reach the current version")
                 raise
@@ -312,6 +327,7 @@ class Scheduler:
         start = time.perf_counter_ns()
         for b in batch:
             b.queue_ns = start - b.enqueued_ns
+            self._uncount(b)  # execution starts: its queue place is free
         loop = asyncio.get_running_loop()
         try:
             result = await loop.run_in_executor(self._executor, self._run_batch, batch)

@@ -251,3 +251,91 @@ def test_a_request_cancelled_while_its_batch_waits_frees_its_room():
         await sched.stop()
 
     run(scenario())
+
+
+async def _until(condition, steps: int = 1000) -> None:
+    """Yield to the event loop until ``condition()`` holds (scheduling steps, not time)."""
+    for _ in range(steps):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition never held")
+
+
+def test_queue_bound_counts_requests_held_in_a_gathering_batch():
+    """With dynamic batching a worker takes requests off the queue into the batch it is still
+    gathering (here for up to 30 s); they keep counting against max_queue_size until the batch
+    starts, a cancelled one frees its place at once, and executing requests no longer count."""
+    async def scenario():
+        model = GatedModel()
+        sched = Scheduler("m", "1", model, BatchPolicy(max_batch_size=4, dynamic=True, max_queue_delay_us=30_000_000,
+                                                        max_queue_size=2), VersionStats())
+        sched.start()
+
+        def x(value, n=1):
+            return {"x": np.full((n, 2), value, np.float32)}
+
+        a = asyncio.create_task(sched.submit(x(1), [], 1))
+        b = asyncio.create_task(sched.submit(x(2), [], 1))
+        await _until(lambda: sched.inflight == 2 and not sched._pending)
+        # Both sit in the batch the worker gathers (nothing left in the queue itself): the queue is full.
+        for _ in range(2):
+            with pytest.raises(Unavailable) as err:
+                await sched.submit(x(3), [], 1)
+            assert str(err.value) == ("model 'm' version 1: queue is full (2 requests waiting); retry later, send "
+                                      "fewer concurrent requests or raise max_queue_size")
+            assert err.value.status == "UNAVAILABLE"
+        b.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await b
+        # b's place is free: a 3-element request is accepted and fills the batch (1 + 3 = 4), which starts.
+        c = asyncio.create_task(sched.submit(x(4, 3), [], 3))
+        await _started(model)
+        # Requests of a running batch no longer count: two more are accepted (they wait for the busy
+        # instance), the third is refused. (d + e fill a batch of 4, so nothing waits out the delay.)
+        d = asyncio.create_task(sched.submit(x(5), [], 1))
+        e = asyncio.create_task(sched.submit(x(6, 3), [], 3))
+        await _until(lambda: len(sched._pending) == 2)
+        with pytest.raises(Unavailable, match=r"queue is full \(2 requests waiting\)"):
+            await sched.submit(x(7), [], 1)
+        model.gate.set()
+        for task, value, n in ((a, 1, 1), (c, 4, 3), (d, 5, 1), (e, 6, 3)):
+            out, _ = await task
+            np.testing.assert_array_equal(out["y"], np.full((n, 2), value * 10, np.float32))
+        assert model.batches == [4, 4]  # a + c, then d + e; b and the refused requests never ran
+        assert sched.queued == 0
+        # Everything ran: the queue is empty and accepts requests again.
+        f = asyncio.create_task(sched.submit(x(8, 4), [], 4))
+        out, _ = await f
+        np.testing.assert_array_equal(out["y"], np.full((4, 2), 80, np.float32))
+        await sched.drain(5)
+        await sched.stop()
+
+    run(scenario())
+
+
+def test_expired_request_beside_a_gathering_batch_frees_its_place():
+    """While a batch gathers, a request that arrives past its deadline fails with DEADLINE_EXCEEDED
+    without running, and its place in the queue bound is free again."""
+    async def scenario():
+        model = GatedModel()
+        model.gate.set()
+        sched = Scheduler("m", "1", model, BatchPolicy(max_batch_size=4, dynamic=True, max_queue_delay_us=30_000_000,
+                                                        max_queue_size=2), VersionStats())
+        sched.start()
+        one = np.ones((1, 2), np.float32)
+        live = asyncio.create_task(sched.submit({"x": one}, [], 1))
+        await _until(lambda: sched.inflight == 1 and not sched._pending)
+        doomed = asyncio.create_task(sched.submit({"x": one * 2}, [], 1, deadline=time.monotonic() - 1))
+        with pytest.raises(DeadlineExceeded, match="deadline passed while it waited in the queue; it was not run"):
+            await doomed
+        # One place free again: a 3-element request is accepted and completes the batch of 4.
+        filler = asyncio.create_task(sched.submit({"x": np.full((3, 2), 3, np.float32)}, [], 3))
+        out, _ = await live
+        np.testing.assert_array_equal(out["y"], one * 10)
+        out, _ = await filler
+        np.testing.assert_array_equal(out["y"], np.full((3, 2), 30, np.float32))
+        assert model.batches == [4]
+        await sched.stop()
+
+    run(scenario())
