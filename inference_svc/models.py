@@ -230,7 +230,10 @@ class ModelManager:
         self.available_providers = available_providers
         self.drain_timeout_s = drain_timeout_s
         self._models: dict[str, dict[int, ModelVersion]] = {}
-        self._failed: dict[str, str] = {}  # name -> reason of the last failed load
+        # name -> reason of its last failed load (cleared when a version of it loads). Shown in the
+        # repository index and, while no version of the model serves, it makes the server unready
+        # under strict readiness (``unavailable``).
+        self._failed: dict[str, str] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
     # --- lookup -------------------------------------------------------------------------------
@@ -272,6 +275,15 @@ class ModelManager:
             return self.get(name, version).state == READY
         except NotFound:
             return False
+
+    def unavailable(self) -> dict[str, str]:
+        """Models the server was told to load that serve no version because their last load failed.
+
+        name -> reason. Strict readiness (Triton's ``--strict-readiness``) is false while this is not
+        empty. Models unloaded on request are not in it; a model that failed at the startup scan, in
+        RepositoryModelLoad or in LoadModel is, until a version of it loads.
+        """
+        return {n: r for n, r in sorted(self._failed.items()) if not self._models.get(n)}
 
     # --- inference ----------------------------------------------------------------------------
 
@@ -402,8 +414,12 @@ class ModelManager:
                 version = max(current, default=0) + 1
             if version < 1:
                 raise InvalidArgument(f"version {version} must be >= 1")
-            mv = await self._create(name, Path(path), version, config or mc.ModelConfig(),
-                                    options or self.defaults, artifact)
+            try:
+                mv = await self._create(name, Path(path), version, config or mc.ModelConfig(),
+                                        options or self.defaults, artifact)
+            except ModelportError as exc:
+                self._failed[name] = exc.message
+                raise
             old = current.get(version)
             self._models.setdefault(name, {})[version] = mv
             self._failed.pop(name, None)
@@ -427,12 +443,7 @@ class ModelManager:
         if not path.is_file():
             raise NotFound(f"model file {path} does not exist", {"path": str(path)})
         loop = asyncio.get_running_loop()
-        try:
-            session, warnings = await loop.run_in_executor(None, _build_session, path, opts,
-                                                           self.available_providers)
-        except ModelportError as exc:
-            self._failed[name] = exc.message
-            raise
+        session, warnings = await loop.run_in_executor(None, _build_session, path, opts, self.available_providers)
         inputs = _specs(session.get_inputs())
         outputs = _specs(session.get_outputs())
         self._check_config(name, config, inputs, outputs)
@@ -484,6 +495,10 @@ class ModelManager:
         async with self._lock(name):
             versions = self._models.get(name)
             if not versions:
+                if name in self._failed:  # as in Triton, only a successful load clears a failed model
+                    raise NotFound(
+                        f"model '{name}' is not loaded; nothing to unload (its last load failed: "
+                        f"{self._failed[name]}); fix it and load it again", {"model": name})
                 raise NotFound(f"model '{name}' is not loaded; nothing to unload", {"model": name})
             if version:
                 mv = self.get(name, version)
@@ -493,6 +508,7 @@ class ModelManager:
                 versions.clear()
             if not versions:
                 self._models.pop(name, None)
+                self._failed.pop(name, None)  # unloaded on request: an earlier failed reload no longer counts
             for r in retire:
                 await self._retire(r)
             return retire
@@ -527,10 +543,14 @@ class ModelManager:
         if not folder.is_dir():
             raise NotFound(f"model '{name}' is not in the repository {root}", {"model": name})
         try:
-            rm = repository.read_model(folder)
-        except ModelportError as exc:
+            return await self._load_folder(name, folder, config_override)
+        except ModelportError as exc:  # a model of the repository that does not load: unavailable
             self._failed[name] = exc.message
             raise
+
+    async def _load_folder(self, name: str, folder: Path, config_override: mc.ModelConfig | None) -> list[int]:
+        root = folder.parent
+        rm = repository.read_model(folder)
         config = rm.config
         if config_override is not None:  # Triton: an override replaces the repository's config
             config = mc.ModelConfig()

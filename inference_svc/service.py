@@ -52,10 +52,16 @@ class InferenceService(Service):
         """GRPCInferenceService and ModelControl."""
         return [
             Registration(grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
-                         InferenceServicer(self.manager, lambda: self.ready, self.shm), KSERVE),
+                         InferenceServicer(self.manager, self.is_ready, self.shm), KSERVE),
             Registration(serving_pb2_grpc.add_ModelControlServicer_to_server,
                          ModelControlServicer(self.manager, self), CONTROL),
         ]
+
+    def is_ready(self) -> bool:
+        """KServe ServerReady: started, and with strict readiness also no model unavailable (failed to load)."""
+        if not self.ready:
+            return False
+        return not (self.settings.strict_readiness and self.manager.unavailable())
 
     def mutating_methods(self) -> set[str]:
         """Methods guarded by the bearer token."""
@@ -75,6 +81,11 @@ class InferenceService(Service):
         if self.settings.repository is not None:
             loaded = await self.manager.load_repository()
             log.info("repository %s: loaded %s", self.settings.repository, ", ".join(loaded) or "no models")
+            failed = self.manager.unavailable()
+            if failed and self.settings.strict_readiness:
+                log.warning("strict readiness: ServerReady answers false while %s cannot load (see "
+                            "RepositoryIndex; load a fixed version, or start with --no-strict-readiness)",
+                            ", ".join(failed))
         self.ready = True
 
     async def shutdown(self) -> None:

@@ -38,6 +38,11 @@ class InferenceSettings(ServiceSettings):
     """Let onnxruntime's idle threads spin-wait between runs. Off by default: spinning threads steal the
     cores the gRPC server needs (measured faster served throughput without); --ort-allow-spinning for
     dedicated inference cores."""
+    strict_readiness: bool = True
+    """Triton's --strict-readiness: ServerReady (KServe v2) answers ready only when the server has started AND
+    no model it was told to load is unavailable (its last load failed and no version of it serves). Models
+    unloaded on request do not count. --no-strict-readiness: ready just means started. The grpc.health.v1
+    status is not affected (SERVING once started, so liveness probes never restart a pod for a bad model)."""
     warmup: bool = True
     """Run one zero-filled inference per version before it is marked READY."""
     drain_timeout_s: float = 60.0

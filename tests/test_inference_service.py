@@ -77,7 +77,8 @@ def expect_error(code, fragments, fn):
 
 def test_server_health_and_metadata(kserve):
     assert kserve.ServerLive(pb.ServerLiveRequest()).live
-    assert kserve.ServerReady(pb.ServerReadyRequest()).ready
+    # Strict readiness (the default, as in Triton): 'broken' and 'junk' failed to load, so not ready.
+    assert not kserve.ServerReady(pb.ServerReadyRequest()).ready
     md = kserve.ServerMetadata(pb.ServerMetadataRequest())
     assert md.name == "modelport-inference" and "model_repository" in md.extensions
     assert kserve.ModelReady(pb.ModelReadyRequest(name="mlp", version="1")).ready
@@ -404,7 +405,8 @@ def test_load_pulls_from_origin_and_repository_archive(server, control, kserve, 
 
 
 def test_models_that_fail_to_load_are_reported_not_fatal(kserve):
-    assert kserve.ServerReady(pb.ServerReadyRequest()).ready
+    assert not kserve.ServerReady(pb.ServerReadyRequest()).ready  # strict readiness; the others serve
+    assert kserve.ModelReady(pb.ModelReadyRequest(name="mlp")).ready
     rows = {m.name: m for m in kserve.RepositoryIndex(pb.RepositoryIndexRequest()).models}
     assert rows["broken"].state == "UNAVAILABLE" and "fix the protobuf text-format syntax" in rows["broken"].reason
     assert rows["junk"].state == "UNAVAILABLE" and "onnxruntime cannot load model.onnx" in rows["junk"].reason
