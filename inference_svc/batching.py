@@ -285,7 +285,10 @@ class Scheduler:
                 self._fail(batch, "was unloaded; retry to reach the current version")
                 raise
             try:
-                live = [b for b in batch if not b.future.done()]
+                # A deadline can pass while its request waits in a gathering batch or for a free instance:
+                # such requests are dropped here, never run.
+                now = time.monotonic()
+                live = [b for b in batch if not b.future.done() and not self._expired(b, now)]
                 if live:
                     await self._execute(live)
             finally:

@@ -339,3 +339,33 @@ def test_expired_request_beside_a_gathering_batch_frees_its_place():
         await sched.stop()
 
     run(scenario())
+
+
+def test_deadline_passing_inside_a_gathering_batch_drops_the_request_before_it_runs():
+    """A request already taken into a batch that is still gathering, whose deadline passes before the
+    batch starts, fails with DEADLINE_EXCEEDED and is not part of the execution."""
+    async def scenario():
+        model = GatedModel()
+        model.gate.set()
+        sched = Scheduler("m", "1", model, BatchPolicy(max_batch_size=4, dynamic=True, max_queue_delay_us=30_000_000,
+                                                        max_queue_size=8), VersionStats())
+        sched.start()
+        one = np.ones((1, 2), np.float32)
+        first = asyncio.create_task(sched.submit({"x": one}, [], 1))
+        deadline = time.monotonic() + 0.05
+        doomed = asyncio.create_task(sched.submit({"x": one * 2}, [], 1, deadline=deadline))
+        await _until(lambda: sched.inflight == 2 and not sched._pending)  # both in the gathering batch
+        while time.monotonic() <= deadline:  # the behaviour under test is the clock passing the deadline
+            await asyncio.sleep(0.01)
+        filler = asyncio.create_task(sched.submit({"x": np.full((2, 2), 3, np.float32)}, [], 2))  # batch full: 4
+        with pytest.raises(DeadlineExceeded, match="deadline passed while it waited in the queue; it was not run"):
+            await doomed
+        out, _ = await first
+        np.testing.assert_array_equal(out["y"], one * 10)
+        out, _ = await filler
+        np.testing.assert_array_equal(out["y"], np.full((2, 2), 30, np.float32))
+        assert model.batches == [3]  # the expired request was not run
+        assert sched.queued == 0
+        await sched.stop()
+
+    run(scenario())

@@ -52,7 +52,8 @@ def roundtrip(tmp_path_factory):
 
 def test_health_metadata_config_index(roundtrip):
     facts, _ = roundtrip
-    assert facts["live"] and facts["ready"] and facts["mlp_ready"]
+    # strict readiness (the default, as in Triton): 'broken' and 'junk' failed to load -> live, not ready
+    assert facts["live"] and not facts["ready"] and facts["mlp_ready"]
     assert facts["server"]["name"] == "modelport-inference"
     md = facts["mlp_metadata"]
     assert md["platform"] == "onnxruntime_onnx" and md["versions"] == ["1", "2"]
