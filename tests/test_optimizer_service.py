@@ -212,6 +212,13 @@ def test_keras_techniques_yield_loadable_models(keras_result, client, digits, tm
                           "tflite-int8"}
     assert res.baseline.details["input_format"] == "keras"
     assert abs(res.baseline.accuracy - digits.keras_accuracy) < 1e-6  # the baseline is the ONNX conversion
+    # The Keras techniques' candidates are exported from the tf-keras rebuild: the plain tf-keras export was
+    # timed against the Keras 3 export and is the baseline exactly when it won every paired round.
+    export = res.baseline.details["baseline_export"]
+    won, _, total = res.baseline.details["baseline_export_rounds_faster"].partition("/")
+    assert export in ("keras3", "tf-keras") and total == "6"
+    assert (export == "tf-keras") == (won == total)
+    assert ("the tf-keras export runs at" in res.baseline.note) == (export == "tf-keras")
     for tech, c in table.items():
         assert not c.details.get("status"), (tech, c.note)
         assert res.baseline.accuracy - c.accuracy <= 0.05, (tech, c.accuracy)

@@ -121,6 +121,8 @@ def candidate_notes(report: DeployReport) -> list[str]:
     """Why each candidate was chosen or dropped; candidates that produced nothing are grouped."""
     data = next((s.data for s in report.stages if s.stage == "optimize" and s.status == "ok"), None) or {}
     lines, not_run = [], {}
+    if (data.get("baseline") or {}).get("note"):
+        lines.append(f"  baseline: {data['baseline']['note']}")
     for c in data.get("candidates", []):
         if c["technique"] == "baseline":
             continue
