@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import grpc
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from modelport import repository
@@ -177,3 +179,13 @@ def build_repository(root: Path) -> Path:
     (root / "junk" / "1").mkdir(parents=True)
     (root / "junk" / "1" / "model.onnx").write_bytes(b"this is not an onnx model")
     return root
+
+
+def expect_error(code, fragments, fn) -> str:
+    """Call ``fn``; assert it fails with gRPC status ``code`` and a message containing every fragment."""
+    with pytest.raises(grpc.RpcError) as err:
+        fn()
+    assert err.value.code() == code, err.value.details()
+    for f in fragments:
+        assert f in err.value.details(), err.value.details()
+    return err.value.details()

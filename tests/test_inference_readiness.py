@@ -12,7 +12,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from inference_fixtures import mlp, mlp_expected
+from inference_fixtures import expect_error, mlp, mlp_expected
 
 from inference_svc.models import LoadOptions, ModelManager
 from inference_svc.service import InferenceService
@@ -39,14 +39,6 @@ def _start(tmp: Path, **kw) -> BackgroundServer:
     settings = InferenceSettings(port=0, host="127.0.0.1", store=tmp / "store", repository=_repository(tmp / "repo"),
                                  **kw)
     return BackgroundServer(InferenceService(settings)).start()
-
-
-def _expect_error(code, fragments, fn):
-    with pytest.raises(grpc.RpcError) as err:
-        fn()
-    assert err.value.code() == code, err.value.details()
-    for f in fragments:
-        assert f in err.value.details(), err.value.details()
 
 
 def test_strict_readiness_follows_models_that_failed_to_load(tmp_path):
@@ -77,14 +69,14 @@ def test_strict_readiness_follows_models_that_failed_to_load(tmp_path):
                 health_pb2.HealthCheckResponse.SERVING
 
             # Unloading the failed model does not clear it (Triton: only a successful load does).
-            _expect_error(grpc.StatusCode.NOT_FOUND,
+            expect_error(grpc.StatusCode.NOT_FOUND,
                           ["model 'bad' is not loaded; nothing to unload", "its last load failed",
                            "onnxruntime cannot load model.onnx", "fix it and load it again"],
                           lambda: kserve.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="bad")))
             assert not ready() and good_ready()
 
             # A typo in a load request is NOT_FOUND and does not make anything unavailable.
-            _expect_error(grpc.StatusCode.NOT_FOUND, ["model 'ghost' is not in the repository"],
+            expect_error(grpc.StatusCode.NOT_FOUND, ["model 'ghost' is not in the repository"],
                           lambda: kserve.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="ghost")))
             assert not ready()
 
@@ -97,7 +89,7 @@ def test_strict_readiness_follows_models_that_failed_to_load(tmp_path):
             # A failed reload of a model that still serves its loaded version: stays ready (Triton keeps
             # the serving version when a reload fails).
             (repo / "bad" / "1" / "model.onnx").write_bytes(JUNK)
-            _expect_error(grpc.StatusCode.INVALID_ARGUMENT, ["onnxruntime cannot load model.onnx"],
+            expect_error(grpc.StatusCode.INVALID_ARGUMENT, ["onnxruntime cannot load model.onnx"],
                           lambda: kserve.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="bad")))
             assert ready() and kserve.ModelReady(pb.ModelReadyRequest(name="bad")).ready
 
@@ -111,7 +103,7 @@ def test_strict_readiness_follows_models_that_failed_to_load(tmp_path):
             # A model that fails a later RepositoryModelLoad (never served) counts, until it loads.
             (repo / "late" / "1").mkdir(parents=True)
             (repo / "late" / "1" / "model.onnx").write_bytes(JUNK)
-            _expect_error(grpc.StatusCode.INVALID_ARGUMENT, ["onnxruntime cannot load model.onnx"],
+            expect_error(grpc.StatusCode.INVALID_ARGUMENT, ["onnxruntime cannot load model.onnx"],
                           lambda: kserve.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="late")))
             assert not ready() and good_ready()
             mlp(repo / "late" / "1" / "model.onnx")

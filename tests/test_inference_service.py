@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from inference_fixtures import ALL_TYPES, alltypes_inputs, build_repository, mlp, mlp_expected
+from inference_fixtures import ALL_TYPES, alltypes_inputs, build_repository, expect_error, mlp, mlp_expected
 from prometheus_client import REGISTRY
 
 from inference_svc.service import InferenceService
@@ -62,15 +62,6 @@ def control(channel):
 def infer(stub, model, inputs, outputs=None, version="", raw=True, timeout=30):
     resp = stub.ModelInfer(codec.make_infer_request(model, inputs, outputs, version, raw=raw), timeout=timeout)
     return resp, codec.decode_outputs(resp)
-
-
-def expect_error(code, fragments, fn):
-    with pytest.raises(grpc.RpcError) as err:
-        fn()
-    assert err.value.code() == code, err.value.details()
-    for f in fragments:
-        assert f in err.value.details(), err.value.details()
-    return err.value.details()
 
 
 # --- health, metadata, config -------------------------------------------------------------------

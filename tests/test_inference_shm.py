@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
-from inference_fixtures import build_repository, mlp, mlp_expected
+from inference_fixtures import build_repository, expect_error, mlp, mlp_expected
 
 from inference_svc.service import InferenceService
 from inference_svc.settings import InferenceSettings
@@ -111,15 +111,6 @@ def register(stub, name, s: Seg, byte_size=None, offset=0, **kw):
     size = byte_size if byte_size is not None else len(s.mm) - offset
     return stub.SystemSharedMemoryRegister(
         pb.SystemSharedMemoryRegisterRequest(name=name, key=s.key, offset=offset, byte_size=size), **kw)
-
-
-def expect_error(code, fragments, fn):
-    with pytest.raises(grpc.RpcError) as err:
-        fn()
-    assert err.value.code() == code, err.value.details()
-    for f in fragments:
-        assert f in err.value.details(), err.value.details()
-    return err.value.details()
 
 
 def ort_run(repo: Path, model: str, feeds: dict) -> dict:

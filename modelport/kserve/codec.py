@@ -125,21 +125,31 @@ def deserialize_bytes_tensor(raw: bytes, count: int | None = None, name: str = "
 
 # --- decoding ---------------------------------------------------------------------------------
 
-def tensor_from_raw(name: str, datatype: str, shape, raw: bytes) -> np.ndarray:
-    """One input tensor from its raw bytes, validating the byte length against shape x dtype."""
+def _tensor_from_buffer(name: str, datatype: str, shape, buf, size: int, what: str, fix: str = "") -> np.ndarray:
+    """A tensor over ``buf`` (``size`` bytes), checked against shape x dtype; ``what``/``fix`` word the error.
+
+    Numeric tensors are zero-copy views (copied only when ``buf`` breaks element alignment); BYTES use
+    the length-prefixed form.
+    """
     dims = _check_shape(name, shape)
     dt = numpy_dtype(datatype, name)
     n = element_count(dims)
     if dt.kind == "O":
-        return deserialize_bytes_tensor(raw, n, name).reshape(dims)
+        return deserialize_bytes_tensor(buf, n, name).reshape(dims)
     expected = n * dt.itemsize
-    if len(raw) != expected:
+    if size != expected:
         raise InvalidArgument(
-            f"input '{name}': raw content has {len(raw)} bytes but shape {list(dims)} of {datatype.upper()} "
-            f"needs {expected} bytes ({n} elements x {dt.itemsize})",
-            {"tensor": name, "expected_bytes": str(expected), "got_bytes": str(len(raw))},
+            f"input '{name}': {what} but shape {list(dims)} of {datatype.upper()} needs {expected} bytes "
+            f"({n} elements x {dt.itemsize})" + (f"; {fix.format(expected=expected)}" if fix else ""),
+            {"tensor": name, "expected_bytes": str(expected), "got_bytes": str(size)},
         )
-    return np.frombuffer(raw, dtype=dt).reshape(dims)
+    arr = np.frombuffer(buf, dtype=dt, count=n).reshape(dims)
+    return arr if arr.flags.aligned else arr.copy()
+
+
+def tensor_from_raw(name: str, datatype: str, shape, raw: bytes) -> np.ndarray:
+    """One input tensor from its raw bytes, validating the byte length against shape x dtype."""
+    return _tensor_from_buffer(name, datatype, shape, raw, len(raw), f"raw content has {len(raw)} bytes")
 
 
 def tensor_from_contents(name: str, datatype: str, shape, contents: pb.InferTensorContents) -> np.ndarray:
@@ -345,21 +355,9 @@ def tensor_from_shm(name: str, datatype: str, shape, buf, ref: ShmRef) -> np.nda
     Numeric tensors are zero-copy views (copied only when the offset breaks element alignment); the
     byte size must equal shape x element size. BYTES use the raw length-prefixed form.
     """
-    dims = _check_shape(name, shape)
-    dt = numpy_dtype(datatype, name)
-    n = element_count(dims)
-    if dt.kind == "O":
-        return deserialize_bytes_tensor(buf, n, name).reshape(dims)
-    expected = n * dt.itemsize
-    if ref.byte_size != expected:
-        raise InvalidArgument(
-            f"input '{name}': shared_memory_byte_size is {ref.byte_size} but shape {list(dims)} of "
-            f"{datatype.upper()} needs {expected} bytes ({n} elements x {dt.itemsize}); set "
-            f"shared_memory_byte_size to {expected}",
-            {"tensor": name, "expected_bytes": str(expected), "got_bytes": str(ref.byte_size)},
-        )
-    arr = np.frombuffer(buf, dtype=dt, count=n).reshape(dims)
-    return arr if arr.flags.aligned else arr.copy()
+    return _tensor_from_buffer(name, datatype, shape, buf, ref.byte_size,
+                               f"shared_memory_byte_size is {ref.byte_size}",
+                               "set shared_memory_byte_size to {expected}")
 
 
 def decode_inputs_shm(request: pb.ModelInferRequest, view) -> dict[str, np.ndarray]:
