@@ -9,11 +9,13 @@ client concurrency 1 and 16 with batch-1 requests:
 * served: the inference service in its own process (``python -m inference_svc``) over gRPC
   KServe ``ModelInfer`` (raw tensors), without dynamic batching;
 * served + dynamic batching: the same with ``dynamic_batching`` on;
-* served, system shared memory (concurrency 1): the input and output tensors go through a POSIX
-  shared memory region (Triton's ``system_shared_memory`` extension) instead of the gRPC message;
-* the transport floor: a bare ``grpc.aio`` server with no modelport code (a generic handler that
-  answers 4 KB) called with an empty and with a model-sized request — the least any Python gRPC
-  server costs per call on this machine, and so the best served/in-process ratio possible.
+* at concurrency 1 also: requests sent one at a time on one ``ModelStreamInfer`` stream (Triton's
+  streaming API: no per-call HTTP/2 stream setup), with the tensors in POSIX shared memory regions
+  (Triton's ``system_shared_memory`` extension) instead of the gRPC message, and both;
+* the transport floor: a bare ``grpc.aio`` server with no modelport code (generic handlers that
+  answer 4 KB, unary and streaming) called with an empty and with a model-sized request — the least
+  any Python gRPC server costs per call on this machine, and so the best served/in-process ratio
+  possible each way.
 
 Throughput (requests/s), p50 and p99 latency, and ratios to the baseline measured in the same run.
 
@@ -44,6 +46,10 @@ TINY_MLP_SIZES = (784, 256, 256, 10)
 THREADS = max(1, os.cpu_count() or 1)
 DELAY_US = 500
 MAX_BATCH = 32
+# The other ways to send one request at a time: (key, system shared memory, ModelStreamInfer stream).
+C1_WAYS = [("served_stream", False, True), ("served_shm", True, False), ("served_stream_shm", True, True)]
+C1_LABELS = {"served_stream": "served, one ModelStreamInfer stream", "served_shm": "served, system shared memory",
+             "served_stream_shm": "served, stream + shared memory"}
 
 EXPORT_SCRIPT = """
 import os, sys
@@ -67,7 +73,11 @@ async def main():
                                       ("grpc.max_receive_message_length", limit)])
     async def echo(request, context):
         return b"r" * 4000
-    handler = grpc.method_handlers_generic_handler("floor.Floor", {"Call": grpc.unary_unary_rpc_method_handler(echo)})
+    async def stream(requests, context):
+        async for _ in requests:
+            yield b"r" * 4000
+    handler = grpc.method_handlers_generic_handler("floor.Floor", {
+        "Call": grpc.unary_unary_rpc_method_handler(echo), "Stream": grpc.stream_stream_rpc_method_handler(stream)})
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -79,8 +89,9 @@ asyncio.run(main())
 
 
 def transport_floor(payload_bytes: int, max_s: float) -> dict[str, float]:
-    """Median ms of a call to a bare grpc.aio server (no modelport code) from a sync Python client:
-    with an empty request and with ``payload_bytes`` of request; the reply is 4 KB either way."""
+    """Median ms of a call to a bare grpc.aio server (no modelport code) from a sync Python client, unary
+    and as one message on an open stream, with an empty request and with ``payload_bytes`` of request;
+    the reply is 4 KB each time. Keys: empty, payload, stream_empty, stream_payload."""
     import grpc
 
     from modelport.runtime.channels import channel_options
@@ -89,20 +100,56 @@ def transport_floor(payload_bytes: int, max_s: float) -> dict[str, float]:
     try:
         port = int(proc.stdout.readline())
         with grpc.insecure_channel(f"127.0.0.1:{port}", options=channel_options()) as ch:
-            call = ch.unary_unary("/floor.Floor/Call")
+            unary = ch.unary_unary("/floor.Floor/Call")
+            stream = _Stream(ch.stream_stream("/floor.Floor/Stream"))
             out = {}
-            for label, body in (("empty", b""), ("payload", b"x" * payload_bytes)):
-                t = common.time_callable(lambda body=body: call(body, timeout=60), warmup=20, repeats=3000,
-                                         max_seconds=max_s)
-                out[label] = t.median * 1e3
+            for label, fn in (("", lambda body: unary(body, timeout=60)), ("stream_", stream)):
+                for size_label, body in (("empty", b""), ("payload", b"x" * payload_bytes)):
+                    t = common.time_callable(lambda body=body, fn=fn: fn(body), warmup=20, repeats=3000,
+                                             max_seconds=max_s)
+                    out[label + size_label] = t.median * 1e3
+            stream.close()
             return out
     finally:
         proc.kill()
         proc.wait()
 
 
-def served_shm(address: str, model: str, path: Path, name: str, x: np.ndarray, max_calls: int, max_s: float):
-    """ModelInfer at concurrency 1 with the input and output in system shared memory regions."""
+class _Stream:
+    """One open bidirectional stream used call by call: send a request, wait for its response (how
+    tritonclient's ``start_stream`` + ``async_stream_infer`` are used at concurrency 1).
+
+    ``open_stream`` is a stream-stream callable (e.g. ``stub.ModelStreamInfer``); ``unwrap`` turns
+    each response into the call's result."""
+
+    def __init__(self, open_stream, unwrap=lambda r: r):
+        import queue
+
+        self._q: queue.Queue = queue.Queue()
+        self._responses = open_stream(iter(self._q.get, None), timeout=3600)
+        self._unwrap = unwrap
+
+    def __call__(self, request):
+        self._q.put(request)
+        return self._unwrap(next(self._responses))
+
+    def close(self) -> None:
+        self._q.put(None)
+        for _ in self._responses:
+            pass
+
+
+def _stream_infer_response(r):
+    """The ModelInferResponse inside a ModelStreamInferResponse (its error as an exception)."""
+    if r.error_message:
+        raise RuntimeError(r.error_message)
+    return r.infer_response
+
+
+def served_c1(address: str, model: str, path: Path, name: str, x: np.ndarray, max_calls: int, max_s: float, *,
+              shm: bool, stream: bool):
+    """ModelInfer at concurrency 1 through a ModelStreamInfer stream (``stream``) and/or with the input
+    and output in system shared memory regions (``shm``)."""
     import grpc
     import onnxruntime as ort
 
@@ -112,31 +159,45 @@ def served_shm(address: str, model: str, path: Path, name: str, x: np.ndarray, m
     from modelport.kserve.v2 import grpc_service_pb2_grpc as pb_grpc
     from modelport.runtime.channels import channel_options
 
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    out_name = sess.get_outputs()[0].name
-    out_bytes = sess.run([out_name], {name: x})[0].nbytes
-    tag = f"{os.getpid()}_{model}"
-    seg_in = kshm.Segment.create(f"/mp_bench_in_{tag}", x.nbytes)
-    seg_out = kshm.Segment.create(f"/mp_bench_out_{tag}", out_bytes)
     ch = grpc.insecure_channel(address, options=channel_options())
     stub = pb_grpc.GRPCInferenceServiceStub(ch)
+    send = (_Stream(stub.ModelStreamInfer, _stream_infer_response) if stream
+            else (lambda req: stub.ModelInfer(req, timeout=60)))
+    segs = []
     try:
-        stub.SystemSharedMemoryRegister(seg_in.register_request(f"in_{tag}"))
-        stub.SystemSharedMemoryRegister(seg_out.register_request(f"out_{tag}"))
-        req = codec.make_shm_infer_request(model, {name: ("FP32", x.shape, ShmRef(f"in_{tag}", x.nbytes))},
-                                           {out_name: ShmRef(f"out_{tag}", out_bytes)})
+        if not shm:
+            req = codec.make_infer_request(model, {name: x})
 
-        def call():
-            seg_in.write(x)
-            resp = stub.ModelInfer(req, timeout=60)
-            seg_out.read(resp.outputs[0].datatype, resp.outputs[0].shape)
+            def call():
+                codec.decode_outputs(send(req))
+        else:
+            sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            out_name = sess.get_outputs()[0].name
+            out_bytes = sess.run([out_name], {name: x})[0].nbytes
+            tag = f"{os.getpid()}_{model}"
+            seg_in = kshm.Segment.create(f"/mp_bench_in_{tag}", x.nbytes)
+            segs.append(seg_in)
+            seg_out = kshm.Segment.create(f"/mp_bench_out_{tag}", out_bytes)
+            segs.append(seg_out)
+            stub.SystemSharedMemoryRegister(seg_in.register_request(f"in_{tag}"))
+            stub.SystemSharedMemoryRegister(seg_out.register_request(f"out_{tag}"))
+            req = codec.make_shm_infer_request(model, {name: ("FP32", x.shape, ShmRef(f"in_{tag}", x.nbytes))},
+                                               {out_name: ShmRef(f"out_{tag}", out_bytes)})
+
+            def call():
+                seg_in.write(x)
+                resp = send(req)
+                seg_out.read(resp.outputs[0].datatype, resp.outputs[0].shape)
 
         return common.measure_throughput(call, 1, max_calls=max_calls, max_seconds=max_s, warmup=3)
     finally:
-        stub.SystemSharedMemoryUnregister(kshm.unregister_request())
+        if stream:
+            send.close()
+        if segs:
+            stub.SystemSharedMemoryUnregister(kshm.unregister_request())
         ch.close()
-        seg_in.close()
-        seg_out.close()
+        for seg in segs:
+            seg.close()
 
 
 def build_mlp(path: Path, sizes=MLP_SIZES) -> Path:
@@ -321,7 +382,7 @@ def main() -> None:
             per = data["models"].setdefault(model, {"title": titles[model], "runs": {}})
             for c in CONCURRENCY:
                 # Interleaved rounds (A B C A B C ...) so drifting background load hits every way alike.
-                parts: dict[str, list] = {"base": [], "unb": [], "bat": [], "shm": []}
+                parts: dict[str, list] = {"base": [], "unb": [], "bat": [], **{k: [] for k, _, _ in C1_WAYS}}
                 spent = [0, 0, 0]  # server-side: requests, total ns, session.run ns (unbatched runs)
                 for _ in range(rounds):
                     parts["base"].append(baseline(path, name, x, c, max_calls, max_s / rounds))
@@ -330,13 +391,15 @@ def main() -> None:
                     spent = [a + b - c0 for a, b, c0 in zip(spent, server_times(address, model), before, strict=True)]
                     parts["bat"].append(served(address, model + "_batched", name, x, c, max_calls, max_s / rounds))
                     if c == 1:
-                        parts["shm"].append(served_shm(address, model, path, name, x, max_calls, max_s / rounds))
+                        for key, use_shm, use_stream in C1_WAYS:
+                            parts[key].append(served_c1(address, model, path, name, x, max_calls, max_s / rounds,
+                                                        shm=use_shm, stream=use_stream))
                 base, unb, bat = (combine(parts[k]) for k in ("base", "unb", "bat"))
                 per["runs"][str(c)] = {"in_process": base.to_dict(), "served": unb.to_dict(),
                                        "served_batched": bat.to_dict()}
-                shm = combine(parts["shm"]) if parts["shm"] else None
-                if shm is not None:
-                    per["runs"][str(c)]["served_shm"] = shm.to_dict()
+                extra = {key: combine(parts[key]) for key, _, _ in C1_WAYS if parts[key]}
+                for key, t in extra.items():
+                    per["runs"][str(c)][key] = t.to_dict()
                 if c == 1 and spent[0]:
                     per["c1_breakdown_ms"] = {
                         "in_process_mean": base.latency.mean * 1e3,
@@ -346,8 +409,7 @@ def main() -> None:
                     }
                 ways = [("onnxruntime in-process (baseline)", base), ("served", unb),
                         ("served + dynamic batching", bat)]
-                if shm is not None:
-                    ways.append(("served, system shared memory", shm))
+                ways += [(C1_LABELS[key], t) for key, t in extra.items()]
                 for label, t in ways:
                     rows.append([model, c, label, f"{t.calls_per_s:.1f}", common.fmt_ms(t.latency.p50),
                                  common.fmt_ms(t.latency.p99), common.fmt_ratio(common.ratio(t.calls_per_s,
@@ -355,7 +417,7 @@ def main() -> None:
                                  t.errors])
                 print(f"{model} c={c}: base {base.calls_per_s:.1f}/s served {unb.calls_per_s:.1f}/s "
                       f"batched {bat.calls_per_s:.1f}/s"
-                      + (f" shm {shm.calls_per_s:.1f}/s" if shm is not None else ""), flush=True)
+                      + "".join(f" {k} {t.calls_per_s:.1f}/s" for k, t in extra.items()), flush=True)
             per["batched_stats"] = server_stats(address, model + "_batched")
             per["floor_ms"] = transport_floor(x.nbytes, max_s=1.0 if quick else 3.0)
             per["per_item_ms"] = per_item_ms(path, name, x, max_s=1.0 if quick else 2.0)
@@ -367,20 +429,27 @@ def main() -> None:
         r = data["models"].get(model, {}).get("runs", {}).get(str(c))
         return common.ratio(r[a]["calls_per_s"], r[b]["calls_per_s"]) if r and a in r and b in r else None
 
+    # (way, the floor that applies to it, the served run measured that way)
+    floor_ways = [("unary, raw tensors", "payload", "served"), ("unary, shared memory", "empty", "served_shm"),
+                  ("stream, raw tensors", "stream_payload", "served_stream"),
+                  ("stream, shared memory", "stream_empty", "served_stream_shm")]
     floor_rows = []
     for m, d in data["models"].items():
         if "c1_breakdown_ms" not in d or "floor_ms" not in d:
             continue
-        run_ms, fl = d["c1_breakdown_ms"]["in_process_mean"], d["floor_ms"]
-        d["best_possible_ratio"] = {"raw": run_ms / (run_ms + fl["payload"]), "shm": run_ms / (run_ms + fl["empty"])}
-        floor_rows.append([m, f"{run_ms:.2f}", f"{fl['empty']:.3f}", f"{fl['payload']:.3f}",
-                           common.fmt_ratio(d["best_possible_ratio"]["raw"]),
-                           common.fmt_ratio(d["best_possible_ratio"]["shm"])])
+        run_ms, fl, c1 = d["c1_breakdown_ms"]["in_process_mean"], d["floor_ms"], d["runs"]["1"]
+        d["best_possible_ratio"] = {}
+        for way, floor_key, run_key in floor_ways:
+            best = run_ms / (run_ms + fl[floor_key])
+            d["best_possible_ratio"][run_key] = best
+            measured = ratio(m, 1, run_key, "in_process") if run_key in c1 else None
+            floor_rows.append([m, way, f"{run_ms:.2f}", f"{fl[floor_key]:.3f}", common.fmt_ratio(best),
+                               common.fmt_ratio(measured)])
 
     goals = [
         ("MobileNetV2, concurrency 1: served / in-process", ratio("mobilenetv2", 1, "served", "in_process"), 0.9),
-        ("MobileNetV2, concurrency 1: served with system shared memory / in-process",
-         ratio("mobilenetv2", 1, "served_shm", "in_process"), 0.9),
+        *((f"MobileNetV2, concurrency 1: {C1_LABELS[key]} / in-process", ratio("mobilenetv2", 1, key, "in_process"),
+           0.9) for key, _, _ in C1_WAYS),
         ("MLP, concurrency 16: dynamic batching / unbatched (served)",
          ratio("mlp", 16, "served_batched", "served"), 1.5),
     ]
@@ -429,15 +498,15 @@ def main() -> None:
                                                              "server_total_mean", "client_mean"))]
              for m, d in data["models"].items() if "c1_breakdown_ms" in d]),
         "",
-        "The transport floor: a bare `grpc.aio` server with no modelport code (one generic handler answering "
-        "4 KB) called from the same sync Python client, with an empty request and with one the size of the "
-        "model's input. Even a server that did no work at all would add that much to every call, so "
+        "The transport floor: a bare `grpc.aio` server with no modelport code (generic handlers answering "
+        "4 KB, unary and on an open stream) called from the same sync Python client, with a request the size "
+        "of the model's input (raw tensors) or an empty one (what is left when the tensors travel through "
+        "shared memory). Even a server that did no work at all would add that much to every call, so "
         "in-process / (in-process + floor) is the best served/in-process ratio any Python gRPC server can "
-        "reach here at concurrency 1 (raw tensors: the model-sized floor; shared memory: the empty one):",
+        "reach here at concurrency 1, each way; the last column is what modelport measured that way:",
         "",
-        common.markdown_table(["model", "in-process run ms", "floor, empty request ms",
-                               "floor, model-sized request ms", "best possible ratio, raw tensors",
-                               "best possible ratio, shared memory"], floor_rows),
+        common.markdown_table(["model", "way", "in-process run ms", "floor ms", "best possible ratio",
+                               "measured ratio"], floor_rows),
         "",
         "Dynamic batching pays when a batched run costs less per item than single runs and the server, "
         "not the client, is the bottleneck: the MLP re-reads its weights on every call, so a batch of 8 "
