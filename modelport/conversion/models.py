@@ -9,6 +9,7 @@ TensorFlow-side target (ONNX through tf2onnx, TFLite, SavedModel) is produced fr
 
 from __future__ import annotations
 
+import abc
 import json
 import os
 import shutil
@@ -41,7 +42,7 @@ def _tf_dtype_np(dtype) -> np.dtype:
     return np.dtype(tf.as_dtype(dtype).as_numpy_dtype)
 
 
-class LoadedModel:
+class LoadedModel(abc.ABC):
     """A model ready to run in this process."""
 
     format = ""
@@ -70,11 +71,13 @@ class LoadedModel:
         parts = [self._run_batch({k: v[i:i + step] for k, v in inputs.items()}) for i in range(0, n, step)]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
+    @abc.abstractmethod
     def _run_batch(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+        """Run on one batch the model can take as is."""
 
+    @abc.abstractmethod
     def info(self) -> jobs_pb2.ModelInfo:
-        raise NotImplementedError
+        """Format, size, inputs/outputs and format-specific details."""
 
     def _base_info(self) -> jobs_pb2.ModelInfo:
         size = self.path.stat().st_size if self.path.is_file() else sum(
@@ -92,9 +95,9 @@ class TFModel(LoadedModel):
 
     trackable: Any = None
 
+    @abc.abstractmethod
     def tf_function(self, fixed_batch_size: int = 0):
         """(tf.function with an input signature, signature, output names)."""
-        raise NotImplementedError
 
     def export_savedmodel(self, folder: Path, fixed_batch_size: int = 0) -> None:
         """Write a SavedModel whose ``serving_default`` signature is ``tf_function(fixed_batch_size)``."""
