@@ -104,6 +104,7 @@ class Scheduler:
         # Accepted requests that have not started executing nor been dropped, wherever they are: in
         # _pending, in a batch a worker gathers, or in a batch waiting for a free instance.
         self._queued = 0
+        self.metrics.watch_pending(lambda: self._queued)
         self._slot_free = asyncio.Event()
         self._workers: list[asyncio.Task] = []
         self._executor = ThreadPoolExecutor(max_workers=max(1, policy.instances),
@@ -145,6 +146,7 @@ class Scheduler:
         self._fail(list(self._pending), "was unloaded; retry to reach the current version")
         self._pending.clear()
         self._executor.shutdown(wait=False)
+        self.metrics.close()
 
     def run_sync(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         """Run directly, bypassing the queue (warm-up)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
                     5, 10, 30)
@@ -36,6 +36,15 @@ BATCH_SIZE = Histogram(
     ["model", "version"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
+PENDING = Gauge(
+    "modelport_inference_pending_requests",
+    "Requests accepted and waiting to start (what max_queue_size bounds); Triton's "
+    "nv_inference_pending_request_count. A queue-depth signal for autoscaling.",
+    ["model", "version"],
+)
+
+# Which VersionMetrics feeds each (model, version) gauge: a reloaded version replaces the old one's.
+_PENDING_OWNER: dict[tuple[str, str], object] = {}
 
 
 class VersionMetrics:
@@ -48,6 +57,18 @@ class VersionMetrics:
         self._queue = QUEUE_SECONDS.labels(model, version)
         self._compute = COMPUTE_SECONDS.labels(model, version)
         self._batch = BATCH_SIZE.labels(model, version)
+
+    def watch_pending(self, count) -> None:
+        """Report ``count()`` (read at scrape time) as this version's pending-request gauge."""
+        PENDING.labels(self.model, self.version).set_function(count)
+        _PENDING_OWNER[(self.model, self.version)] = self
+
+    def close(self) -> None:
+        """Drop this version's pending-request gauge (the version is unloaded), unless a reload of the
+        same version has taken it over meanwhile."""
+        if _PENDING_OWNER.get((self.model, self.version)) is self:
+            del _PENDING_OWNER[(self.model, self.version)]
+            PENDING.remove(self.model, self.version)
 
     def request(self, status: str, seconds: float) -> None:
         """Count one finished request and its total time."""

@@ -69,6 +69,7 @@ def test_full_queue_refuses_at_once_and_expired_and_cancelled_requests_never_run
         assert sched.stats.execution_count == 2
         await sched.drain(5)
         await sched.stop()
+        assert pending_gauge() is None  # an unloaded version leaves no gauge behind
 
     run(scenario())
 
@@ -262,6 +263,12 @@ async def _until(condition, steps: int = 1000) -> None:
     raise AssertionError("condition never held")
 
 
+def pending_gauge(model: str = "m", version: str = "1"):
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("modelport_inference_pending_requests", {"model": model, "version": version})
+
+
 def test_queue_bound_counts_requests_held_in_a_gathering_batch():
     """With dynamic batching a worker takes requests off the queue into the batch it is still
     gathering (here for up to 30 s); they keep counting against max_queue_size until the batch
@@ -278,6 +285,7 @@ def test_queue_bound_counts_requests_held_in_a_gathering_batch():
         a = asyncio.create_task(sched.submit(x(1), [], 1))
         b = asyncio.create_task(sched.submit(x(2), [], 1))
         await _until(lambda: sched.inflight == 2 and not sched._pending)
+        assert pending_gauge() == 2  # what a Prometheus scrape reads now
         # Both sit in the batch the worker gathers (nothing left in the queue itself): the queue is full.
         for _ in range(2):
             with pytest.raises(Unavailable) as err:
@@ -303,7 +311,7 @@ def test_queue_bound_counts_requests_held_in_a_gathering_batch():
             out, _ = await task
             np.testing.assert_array_equal(out["y"], np.full((n, 2), value * 10, np.float32))
         assert model.batches == [4, 4]  # a + c, then d + e; b and the refused requests never ran
-        assert sched.queued == 0
+        assert sched.queued == 0 and pending_gauge() == 0
         # Everything ran: the queue is empty and accepts requests again.
         f = asyncio.create_task(sched.submit(x(8, 4), [], 4))
         out, _ = await f
@@ -369,3 +377,17 @@ def test_deadline_passing_inside_a_gathering_batch_drops_the_request_before_it_r
         await sched.stop()
 
     run(scenario())
+
+
+def test_pending_gauge_survives_retiring_the_old_copy_of_a_reloaded_version():
+    """Reloading a version builds its new scheduler before the old one stops: the old one's close must
+    not remove the gauge the new one feeds."""
+    from inference_svc.metrics import VersionMetrics
+
+    old, new = VersionMetrics("g", "1"), VersionMetrics("g", "1")
+    old.watch_pending(lambda: 3)
+    new.watch_pending(lambda: 5)
+    old.close()
+    assert pending_gauge("g", "1") == 5
+    new.close()
+    assert pending_gauge("g", "1") is None
