@@ -191,12 +191,12 @@ class SharedMemoryRegistry:
         return [region]
 
     def get(self, name: str, tensor: str, kind: str) -> Region:
-        """A registered region for a request tensor; InvalidArgument naming the tensor when unknown."""
+        """A registered region for a request tensor; NotFound (Triton's code) naming the tensor when unknown."""
         region = self._regions.get(name)
         if region is None:
             if not self.enabled:
                 raise FailedPrecondition(DISABLED, {"tensor": tensor})
-            raise InvalidArgument(
+            raise NotFound(
                 f"{kind} '{tensor}': shared memory region '{name}' is not registered (registered: "
                 f"{', '.join(sorted(self._regions)) or 'none'}); register it first with "
                 "SystemSharedMemoryRegister (tritonclient: register_system_shared_memory)",

@@ -265,7 +265,7 @@ def test_inference_errors_name_the_tensor_and_the_fix(kserve, seg):
     def run(inputs, outputs=None):
         return lambda: kserve.ModelInfer(codec.make_shm_infer_request("mlp", inputs, outputs, model_version="1"))
 
-    expect_error(grpc.StatusCode.INVALID_ARGUMENT,
+    expect_error(grpc.StatusCode.NOT_FOUND,
                  ["input 'x': shared memory region 'ghost' is not registered (registered: r)",
                   "register_system_shared_memory"],
                  run({"x": ("FP32", [3, 4], ShmRef("ghost", 48))}))
@@ -280,7 +280,7 @@ def test_inference_errors_name_the_tensor_and_the_fix(kserve, seg):
     expect_error(grpc.StatusCode.INVALID_ARGUMENT,
                  ["output 'y' is 36 bytes", "region 'r'", "is 20 bytes", "shared_memory_byte_size >= 36"],
                  run({"x": ("FP32", [3, 4], ShmRef("r", 48))}, {"y": ShmRef("r", 20, 100)}))
-    expect_error(grpc.StatusCode.INVALID_ARGUMENT,
+    expect_error(grpc.StatusCode.NOT_FOUND,
                  ["output 'y': shared memory region 'nowhere' is not registered"],
                  run({"x": ("FP32", [3, 4], ShmRef("r", 48))}, {"y": ShmRef("nowhere", 36)}))
     extra = codec.make_shm_infer_request("mlp", {"x": ("FP32", [3, 4], ShmRef("r", 48))})
@@ -336,7 +336,7 @@ def test_unregister_during_in_flight_request(kserve, server, seg):
         kserve.SystemSharedMemoryUnregister(pb.SystemSharedMemoryUnregisterRequest())
         assert not kserve.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest()).regions
         assert [r.users for r in regions] == [1, 1] and not any(r.closed for r in regions)
-        expect_error(grpc.StatusCode.INVALID_ARGUMENT, ["shared memory region 'busy_in' is not registered"],
+        expect_error(grpc.StatusCode.NOT_FOUND, ["shared memory region 'busy_in' is not registered"],
                      lambda: kserve.ModelInfer(codec.make_shm_infer_request(
                          "mlp", {"x": ("FP32", x.shape, ShmRef("busy_in", n))}), timeout=60))
         gate.set()
