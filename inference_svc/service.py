@@ -45,7 +45,7 @@ class InferenceService(Service):
             available_providers=available_providers,
             drain_timeout_s=settings.drain_timeout_s,
         )
-        self.shm = SharedMemoryRegistry(enabled=settings.shared_memory)
+        self.shm = SharedMemoryRegistry(enabled=settings.shared_memory, max_regions=settings.max_shm_regions)
         self.ready = False
 
     def registrations(self) -> list[Registration]:

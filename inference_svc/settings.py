@@ -50,3 +50,6 @@ class InferenceSettings(ServiceSettings):
     shared_memory: bool = True
     """Triton's system shared memory extension: same-host clients register POSIX segments (/dev/shm) and pass
     tensors through them instead of the gRPC message. --no-shared-memory refuses registrations."""
+    max_shm_regions: int = 256
+    """Most shared memory regions registered at once (each holds a file descriptor and a mapping); one more
+    is refused with RESOURCE_EXHAUSTED."""

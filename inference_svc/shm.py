@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from modelport.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from modelport.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from modelport.kserve import codec
 from modelport.kserve.v2 import grpc_service_pb2 as pb
 
@@ -141,8 +141,9 @@ def _open_segment(name: str, key: str, offset: int, byte_size: int) -> Region:
 class SharedMemoryRegistry:
     """Registered system shared memory regions by name."""
 
-    def __init__(self, enabled: bool = True):
+    def __init__(self, enabled: bool = True, max_regions: int = 256):
         self.enabled = enabled
+        self.max_regions = max_regions
         self._regions: dict[str, Region] = {}
 
     def register(self, name: str, key: str, offset: int, byte_size: int) -> Region:
@@ -159,6 +160,12 @@ class SharedMemoryRegistry:
         if name in self._regions:
             raise AlreadyExists(f"shared memory region '{name}' already in manager; unregister it first or use "
                                 "another name", {"region": name})
+        if len(self._regions) >= self.max_regions:
+            # Each region holds a file descriptor and a mapping: the bound keeps clients from exhausting them.
+            raise ResourceExhausted(
+                f"failed to register shared memory region '{name}': {len(self._regions)} regions are registered, "
+                f"the limit (--max-shm-regions) is {self.max_regions}; unregister regions no longer used "
+                "(SystemSharedMemoryUnregister) or raise the limit", {"region": name})
         region = _open_segment(name, key, int(offset), int(byte_size))
         self._regions[name] = region
         log.info("registered shared memory region %s: key %s, offset %d, %d bytes", name, key, offset, byte_size)

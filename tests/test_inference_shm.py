@@ -377,6 +377,26 @@ def test_shutdown_unmaps_regions_and_keeps_segments(tmp_path, seg):
     assert s.path.exists()  # the client's segment is the client's to unlink
 
 
+def test_region_count_is_bounded(tmp_path, seg):
+    s = seg(1024)
+    settings = InferenceSettings(port=0, host="127.0.0.1", store=tmp_path, max_shm_regions=2)
+    srv = BackgroundServer(InferenceService(settings)).start()
+    try:
+        with make_channel(srv.address) as ch:
+            stub = pb_grpc.GRPCInferenceServiceStub(ch)
+            register(stub, "one", s, byte_size=512)
+            register(stub, "two", s, byte_size=512, offset=512)
+            expect_error(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         ["region 'three'", "2 regions are registered", "--max-shm-regions", "unregister"],
+                         lambda: register(stub, "three", s, byte_size=16))
+            stub.SystemSharedMemoryUnregister(pb.SystemSharedMemoryUnregisterRequest(name="one"))
+            register(stub, "three", s, byte_size=16)  # a freed place is usable again
+            assert sorted(stub.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest()).regions) == ["three",
+                                                                                                       "two"]
+    finally:
+        srv.stop()
+
+
 # --- --no-shared-memory and the token guard -----------------------------------------------------
 
 @pytest.fixture(scope="module")
