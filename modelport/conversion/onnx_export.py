@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelport.conversion.onnx_fusions import fuse_layer_norms
+from modelport.conversion.onnx_fusions import fuse_layer_norms, static_reshapes
 from modelport.errors import InvalidArgument
 
 _NAME_OK = re.compile(r"[^A-Za-z0-9_.\-/]")
@@ -198,6 +198,7 @@ def function_to_onnx(fn: Any, signature: list, out_path: str | Path, opset: int 
                                                        custom_op_handlers=CUSTOM_OP_HANDLERS)
     name_batch_dims(model_proto)
     fuse_layer_norms(model_proto)
+    static_reshapes(model_proto)
     save_onnx(model_proto, Path(out_path))
 
 
