@@ -231,8 +231,8 @@ def static_reshapes(model) -> int:
     Keras 3 lowers ``Flatten`` (and tf2onnx lowers ``Tensordot``) to a reshape whose target shape is
     rebuilt on every call from ``Shape`` → ``Gather``/``Slice`` → ``Concat`` → ``Cast``: half a dozen
     tiny kernels per reshape, which cost a small model ~15 % of its run time. When shape inference
-    (with data propagation) knows every output dimension but one, the target is the constant with
-    ``-1`` for that one: onnxruntime then infers it from the element count, exactly as before. The
+    (with data propagation) knows every output dimension but at most one, the target is that constant
+    (``-1`` for the unknown one: onnxruntime infers it from the element count, exactly as before). The
     shape arithmetic left unused is removed. Returns how many reshapes were rewritten.
     """
     from onnx import numpy_helper
@@ -247,7 +247,7 @@ def static_reshapes(model) -> int:
     done = 0
     for node in candidates:
         out = shapes.get(node.output[0])
-        if out is None or not out or sum(d is None for d in out) != 1 or any(d == 0 for d in out):
+        if out is None or not out or sum(d is None for d in out) > 1 or any(d == 0 for d in out):
             continue
         name = f"{node.name or node.output[0]}__static_shape"
         while name in taken:
