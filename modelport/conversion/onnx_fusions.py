@@ -99,10 +99,11 @@ def fuse_layer_norms(model) -> int:
     if not shapes:
         return 0
     g = _Graph(model.graph)
+    nodes_in_order = list(model.graph.node)  # held once: the id()s below refer to these very objects
     fused = 0
     remove: set[int] = set()
     replacements: dict[int, object] = {}
-    for mean in list(model.graph.node):
+    for mean in nodes_in_order:
         if mean.op_type != "GlobalAveragePool":
             continue
         match = _match_layer_norm(g, mean, shapes)
@@ -120,7 +121,7 @@ def fuse_layer_norms(model) -> int:
         fused += 1
     if fused:
         kept = []
-        for node in model.graph.node:
+        for node in nodes_in_order:
             if id(node) in replacements:
                 kept.append(replacements[id(node)])
             elif id(node) not in remove:
@@ -268,9 +269,8 @@ def _drop_dead_nodes(model) -> None:
     """Remove nodes none of whose outputs is read (by a node, a subgraph or the graph outputs)."""
     while True:
         used = _used_names(model.graph, set())
-        dead = [n for n in model.graph.node if not any(o in used for o in n.output if o)]
-        if not dead:
+        keep = [n for n in model.graph.node if any(o in used for o in n.output if o)]
+        if len(keep) == len(model.graph.node):
             return
-        keep = [n for n in model.graph.node if n not in dead]
         del model.graph.node[:]
         model.graph.node.extend(keep)
