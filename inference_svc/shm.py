@@ -332,6 +332,4 @@ class RequestLease:
                  request_id: str = "") -> pb.ModelInferResponse:
         """Write the shared-memory outputs and build the response (Triton's layout: empty raw entries)."""
         written = self.write_outputs(outputs)
-        if not written:
-            return codec.make_infer_response(model_name, model_version, outputs, request_id)
-        return codec.make_infer_response_shm(model_name, model_version, outputs, written, request_id)
+        return codec.make_infer_response(model_name, model_version, outputs, request_id, in_shm=written)

@@ -8,8 +8,8 @@ no grpc, so the CLI and SDK use it too. Bad tensors raise ``modelport.errors.Inv
 naming the tensor and what was expected.
 
 Triton's system shared memory extension: ``shm_ref`` / ``set_shm`` read and write the tensor
-parameters that point into a registered region, ``decode_inputs_shm`` / ``make_infer_response_shm``
-/ ``make_shm_infer_request`` build and parse such requests (the server maps the regions).
+parameters that point into a registered region, ``decode_inputs_shm`` / ``make_shm_infer_request`` and
+``make_infer_response(in_shm=...)`` build and parse such requests (the server maps the regions).
 """
 
 from __future__ import annotations
@@ -251,11 +251,21 @@ def make_infer_request(model_name: str, inputs: Mapping[str, np.ndarray], output
 
 
 def make_infer_response(model_name: str, model_version: str, outputs: Mapping[str, np.ndarray],
-                        request_id: str = "") -> pb.ModelInferResponse:
-    """A ModelInferResponse carrying every output in raw_output_contents."""
+                        request_id: str = "", in_shm: Iterable[str] = ()) -> pb.ModelInferResponse:
+    """A ModelInferResponse carrying every output in raw_output_contents.
+
+    Outputs named in ``in_shm`` were written to shared memory: as Triton does, they still get an
+    ``outputs`` entry (name, datatype, shape) and an empty ``raw_output_contents`` entry, so the two
+    lists stay aligned.
+    """
+    in_shm = frozenset(in_shm)
     resp = pb.ModelInferResponse(model_name=model_name, model_version=model_version, id=request_id)
     for name, arr in outputs.items():
-        datatype, shape, data = to_raw(arr)
+        if name in in_shm:
+            a = np.asarray(arr)
+            datatype, shape, data = to_kserve(a.dtype), list(a.shape), b""
+        else:
+            datatype, shape, data = to_raw(arr)
         resp.outputs.add(name=name, datatype=datatype, shape=shape)
         resp.raw_output_contents.append(data)
     return resp
@@ -400,26 +410,6 @@ def decode_inputs_shm(request: pb.ModelInferRequest, view) -> dict[str, np.ndarr
             f"request has {len(raws)} raw_input_contents but only {index} inputs outside shared memory; send "
             "one raw buffer per input that is not in shared memory, in input order")
     return out
-
-
-def make_infer_response_shm(model_name: str, model_version: str, outputs: Mapping[str, np.ndarray],
-                            in_shm, request_id: str = "") -> pb.ModelInferResponse:
-    """A ModelInferResponse where the outputs named in ``in_shm`` were written to shared memory.
-
-    As Triton does, every output gets an ``outputs`` entry (name, datatype, shape) and a
-    ``raw_output_contents`` entry, empty for the shared-memory ones, so the two lists stay aligned.
-    """
-    resp = pb.ModelInferResponse(model_name=model_name, model_version=model_version, id=request_id)
-    for name, arr in outputs.items():
-        if name in in_shm:
-            a = np.asarray(arr)
-            resp.outputs.add(name=name, datatype=to_kserve(a.dtype), shape=list(a.shape))
-            resp.raw_output_contents.append(b"")
-        else:
-            datatype, shape, data = to_raw(arr)
-            resp.outputs.add(name=name, datatype=datatype, shape=shape)
-            resp.raw_output_contents.append(data)
-    return resp
 
 
 def make_shm_infer_request(model_name: str, inputs: Mapping[str, tuple[str, Iterable[int], ShmRef]],

@@ -52,6 +52,7 @@ class Segment:
         self.path = SHM_DIR / self.key[1:]
         self.byte_size = byte_size
         self.region: str | None = None
+        self._region_offset = 0
         self._owner = owner
         self._fd = fd
         self.mm = mmap.mmap(fd, byte_size)
@@ -101,7 +102,7 @@ class Segment:
 
     def read(self, datatype: str, shape, offset: int = 0, copy: bool = True) -> np.ndarray:
         """An array of a KServe datatype and shape at ``offset`` of the registered region (BYTES parsed)."""
-        start = getattr(self, "_region_offset", 0) + offset
+        start = self._region_offset + offset
         dt = codec.numpy_dtype(datatype)
         n = codec.element_count(shape)
         if dt.kind == "O":
