@@ -44,7 +44,7 @@ onnx2tf-venv: $(ONNX2TF_STAMP)
 
 ## make demo: train a digits CNN, deploy it through converter -> optimizer -> inference, classify over gRPC.
 demo: $(STAMP)
-	$(PY) -m modelport.demo
+	$(PY) -m gateway.demo
 
 ## make test: the whole suite (real servers, real TensorFlow and onnxruntime).
 test: $(STAMP) $(TRITON_STAMP) $(ONNX2TF_STAMP)
@@ -58,6 +58,7 @@ protos: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run_all

@@ -17,15 +17,18 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from modelport import media
+from modelport.errors import ModelportError
 from modelport.kserve import codec
 from modelport.kserve.v2 import grpc_service_pb2 as kpb
 from modelport.kserve.v2 import grpc_service_pb2_grpc as kgrpc
+from modelport.kserve.v2 import model_config_pb2
 from modelport.runtime.artifacts import download_to_file, upload_requests
 from modelport.runtime.channels import ClientTLS, make_channel
 from modelport.v1 import (
@@ -46,17 +49,23 @@ DEFAULT_ADDRESSES = {"converter": "127.0.0.1:50051", "optimizer": "127.0.0.1:500
 EventCallback = Callable[[jobs_pb2.JobEvent], None]
 
 
-class ClientError(Exception):
-    """A failed call: ``code`` is the gRPC status code name, ``message`` the server's reason."""
+class ClientError(ModelportError):
+    """A failed call: ``code`` (= ``status``) is the gRPC status code name, ``message`` the server's reason.
+
+    A ``ModelportError``, so code above the SDK (the deploy runner, the gateway) handles the
+    services' answers and its own domain errors the same way.
+    """
 
     def __init__(self, code: str, message: str, *, service: str = "", details: Mapping[str, str] | None = None,
                  parity: jobs_pb2.ParityReport | None = None):
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
+        super().__init__(message, dict(details or {}))
+        self.args = (f"{code}: {message}",)
+        self.code = self.status = code
         self.service = service
-        self.details = dict(details or {})
         self.parity = parity
+
+    def __reduce__(self):
+        return (_client_error, (self.code, self.message, self.service, self.details))
 
     @classmethod
     def from_rpc(cls, err: grpc.RpcError, service: str = "") -> ClientError:
@@ -65,6 +74,20 @@ class ClientError(Exception):
         if code == "UNAVAILABLE" and service:
             details = f"{details} (is the {service} service running? start all three with `modelport up`)"
         return cls(code, details or "", service=service)
+
+
+def batching_config(max_batch_size: int = 0, max_queue_delay_us: int = 0, preferred_batch_sizes: Iterable[int] = (),
+                    max_queue_size: int = 0, enabled: bool | None = None) -> serving_pb2.BatchingConfig:
+    """A ``BatchingConfig`` from plain options; enabled when a batch size or a queue delay is given."""
+    if enabled is None:
+        enabled = max_queue_delay_us > 0 or max_batch_size > 0
+    return serving_pb2.BatchingConfig(max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
+                                      preferred_batch_sizes=list(preferred_batch_sizes),
+                                      max_queue_size=max_queue_size, enabled=enabled)
+
+
+def _client_error(code: str, message: str, service: str, details: dict[str, str]) -> ClientError:
+    return ClientError(code, message, service=service, details=details)
 
 
 def detect_media_type(path: str | os.PathLike) -> str:
@@ -296,14 +319,22 @@ class Client:
 
     # ---- serving --------------------------------------------------------------------------
     def load_model(self, name: str, model: artifacts_pb2.ArtifactRef, *, version: str = "",
-                   execution_provider: str = "auto", batching: serving_pb2.BatchingConfig | None = None,
+                   execution_provider: str = "auto",
+                   batching: Mapping[str, Any] | serving_pb2.BatchingConfig | None = None,
                    keep_versions: int = 0, intra_op_threads: int = 0) -> serving_pb2.LoadModelResponse:
-        """Load an ONNX artifact into the inference service under ``name``."""
+        """Load an ONNX artifact into the inference service under ``name``.
+
+        ``batching`` turns on dynamic batching: a mapping with ``max_batch_size``,
+        ``max_queue_delay_us``, ``preferred_batch_sizes``, ``max_queue_size`` (all optional), or a
+        ``BatchingConfig`` message.
+        """
         req = serving_pb2.LoadModelRequest(name=name, version=version, model=model,
                                            execution_provider=execution_provider, keep_versions=keep_versions,
                                            intra_op_threads=intra_op_threads)
-        if batching is not None:
+        if isinstance(batching, serving_pb2.BatchingConfig):
             req.batching.CopyFrom(batching)
+        elif batching is not None:
+            req.batching.CopyFrom(batching_config(**batching))
         stub = serving_pb2_grpc.ModelControlStub(self.channel("inference"))
         return self._call("inference", stub.LoadModel, req)
 
@@ -316,6 +347,11 @@ class Client:
         """Every model version the inference service holds, with state and provider."""
         stub = serving_pb2_grpc.ModelControlStub(self.channel("inference"))
         return list(self._call("inference", stub.ListModels, serving_pb2.ListModelsRequest()).models)
+
+    def model_config(self, name: str, version: str = "") -> model_config_pb2.ModelConfig:
+        """The served model's Triton ``ModelConfig`` (what ``config.pbtxt`` holds)."""
+        stub = kgrpc.GRPCInferenceServiceStub(self.channel("inference"))
+        return self._call("inference", stub.ModelConfig, kpb.ModelConfigRequest(name=name, version=version)).config
 
     def model_metadata(self, name: str, version: str = "") -> kpb.ModelMetadataResponse:
         """KServe v2 ModelMetadata: input/output names, datatypes and shapes (-1 = dynamic)."""
@@ -333,11 +369,11 @@ class Client:
     def deploy(self, model: str | os.PathLike | None = None, *, spec=None, progress=None, **options):
         """Run the deploy pipeline (upload → convert → optimize → verify → load → smoke test).
 
-        Pass a ``modelport.pipeline.DeploySpec`` as ``spec``, or the model path plus the same
+        Pass a ``modelport.deploy.DeploySpec`` as ``spec``, or the model path plus the same
         options as keyword arguments (``name``, ``optimize``, ``calib``, ``eval``, ...). Returns a
-        ``DeployReport``; raises ``modelport.pipeline.StageFailed`` naming the failing stage.
+        ``DeployReport``; raises ``modelport.deploy.StageFailed`` naming the failing stage.
         """
-        from modelport.pipeline import DeploySpec, run_pipeline
+        from modelport.deploy import DeploySpec, run_pipeline
 
         if spec is None:
             spec = DeploySpec(model=model, **options)

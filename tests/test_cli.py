@@ -16,7 +16,7 @@ from cli_fixtures import (
 from typer.testing import CliRunner
 
 from modelport import Client
-from modelport.cli import app
+from gateway.cli import app
 from modelport.client import ClientError
 
 __all__ = ["digits_model", "gateway_args", "gateway_services"]  # fixtures used by name
@@ -187,7 +187,7 @@ def test_convert_and_optimize_single_steps(digits_model, gateway_args, tmp_path)
 
 @pytest.mark.integration
 def test_sdk_deploy_reports_progress_and_returns_the_report(digits_model, client):
-    from modelport.pipeline import Progress
+    from modelport.deploy import Progress
 
     seen: list[tuple[str, str]] = []
 

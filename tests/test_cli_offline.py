@@ -11,8 +11,8 @@ from cli_fixtures import digits_model
 from typer.testing import CliRunner
 
 from modelport import Client
-from modelport.cli import app
-from modelport.launcher import Launcher
+from gateway.cli import app
+from gateway.launcher import Launcher
 from modelport.repository import read_config
 
 __all__ = ["digits_model"]

@@ -376,7 +376,7 @@ def test_healthcheck_probe_speaks_mtls(mtls_server, certs):
 
 def test_sdk_client_and_gateway_config_speak_mtls_with_token(mtls_server, certs, model_file, tmp_path):
     """The CLI/SDK side: GatewayConfig (what `modelport --config` reads) -> Client over mTLS."""
-    from modelport.cli.config import load_config
+    from gateway.cli.config import load_config
     from modelport.client import ClientError
 
     def client(**keys):

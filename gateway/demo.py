@@ -5,7 +5,7 @@ starts the three services with the ``modelport up`` launcher, deploys with ``--o
 (calibration and evaluation NPZ from held-out digits), prints the report, classifies the test
 digits over KServe v2 gRPC and compares with Keras, then stops the services.
 
-    python -m modelport.demo [--workdir DIR] [--epochs N] [--default-ports] [--optimize auto]
+    python -m gateway.demo [--workdir DIR] [--epochs N] [--default-ports] [--optimize auto]
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def write_datasets(data: dict, folder: Path) -> tuple[Path, Path, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m modelport.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m gateway.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=Path(".modelport/demo"), help="model, data, store, logs")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--optimize", default="auto", help="auto, none, or comma-separated techniques")
@@ -79,12 +79,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="use 50051/50052/8001 instead of free ephemeral ports")
     args = parser.parse_args(argv)
 
+    from gateway.cli.render import RichProgress, print_report
+    from gateway.launcher import Launcher, LaunchError
+    from modelport.deploy import DeploySpec, StageFailed, run_pipeline
     from rich.console import Console
 
-    from modelport.cli.render import RichProgress, print_report
     from modelport.client import Client
-    from modelport.launcher import Launcher, LaunchError
-    from modelport.pipeline import DeploySpec, StageFailed, run_pipeline
 
     console = Console()
     work = args.workdir.resolve()

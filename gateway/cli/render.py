@@ -11,8 +11,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from modelport.pipeline import DeployReport, StageReport
-from modelport.pipeline import Progress as PipelineProgress
+from modelport.deploy import DeployReport, StageReport
+from modelport.deploy import Progress as PipelineProgress
 
 
 def human_size(n: int | float | None) -> str:
