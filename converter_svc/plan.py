@@ -10,51 +10,35 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from functools import lru_cache
-from importlib import metadata
 
 from modelport import formats
 from modelport.conversion import onnx2tf_bridge
 from modelport.conversion.convert import DEFAULT_SAMPLES, check_opset
 from modelport.errors import InvalidArgument
-from modelport.jobs import job_key
 from modelport.parity import DEFAULT_ATOL, DEFAULT_RTOL
+from modelport.runtime.job_cache import Job, job_key
 from modelport.store import ArtifactStore
 from modelport.v1 import converter_pb2
-
-# Bump when conversion code changes in a way that changes results (invalidates cached jobs).
-CONVERTER_VERSION = "1"
-
-
-@lru_cache(maxsize=1)
-def tool_versions() -> dict[str, str]:
-    """Installed versions of the conversion tool chain (no imports of the tools themselves)."""
-    out = {"modelport-converter": CONVERTER_VERSION}
-    for pkg in ("tensorflow", "tf2onnx", "onnx", "keras", "onnxruntime"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "absent"
-    return out
 
 
 @dataclass(frozen=True)
 class ConvertPlan:
-    """A checked request: detected source format, normalized target/options and the job key."""
+    """A checked request: detected source format, normalized target/options and the job to run."""
 
     source_format: str
     target: str
-    key: str
     options: dict
+    job: Job
 
 
-async def plan_convert(store: ArtifactStore, request: converter_pb2.ConvertRequest,
-                       onnx2tf_python: str = "") -> ConvertPlan:
-    """Validate a ConvertRequest whose artifacts are local; raises the error the client must see."""
+async def plan_convert(service, request: converter_pb2.ConvertRequest) -> ConvertPlan:
+    """Validate a ConvertRequest whose artifacts are local and build its job; raises the error the client must see."""
+    store: ArtifactStore = service.store
+    onnx2tf_python = service.settings.onnx2tf_python
     path = store.path(request.source.digest)
     fmt = await asyncio.to_thread(formats.detect_format, path)
     target = formats.check_target(fmt, request.target_format)
-    versions = dict(tool_versions())
+    versions = dict(service.versions)
     if fmt == formats.ONNX and target != formats.ONNX:
         python = onnx2tf_bridge.onnx2tf_python(onnx2tf_python)
         if python is None:
@@ -81,4 +65,7 @@ async def plan_convert(store: ArtifactStore, request: converter_pb2.ConvertReque
         "allow_mismatch": bool(p.allow_mismatch),
     }
     digests = [request.source.digest] + ([p.samples.digest] if p.samples.digest else [])
-    return ConvertPlan(fmt, target, job_key("convert", digests, options, versions), options)
+    kwargs = {"store_root": str(store.root), "request": request.SerializeToString(),
+              "max_artifact_bytes": service.settings.max_artifact_bytes, "onnx2tf_python": onnx2tf_python}
+    job = Job(job_key("convert", digests, options, versions), service.convert_job, kwargs)
+    return ConvertPlan(fmt, target, options, job)

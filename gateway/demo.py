@@ -79,12 +79,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="use 50051/50052/8001 instead of free ephemeral ports")
     args = parser.parse_args(argv)
 
-    from gateway.cli.render import RichProgress, print_report
-    from gateway.launcher import Launcher, LaunchError
-    from modelport.deploy import DeploySpec, StageFailed, run_pipeline
     from rich.console import Console
 
+    from gateway.cli.render import RichProgress, print_report
+    from gateway.launcher import Launcher, LaunchError
     from modelport.client import Client
+    from modelport.deploy import DeploySpec, StageFailed, run_pipeline
 
     console = Console()
     work = args.workdir.resolve()

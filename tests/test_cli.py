@@ -15,8 +15,8 @@ from cli_fixtures import (
 )
 from typer.testing import CliRunner
 
-from modelport import Client
 from gateway.cli import app
+from modelport import Client
 from modelport.client import ClientError
 
 __all__ = ["digits_model", "gateway_args", "gateway_services"]  # fixtures used by name

@@ -12,8 +12,8 @@ import threading
 import psutil
 import pytest
 
-from modelport.client import Client
 from gateway.launcher import Launcher, LaunchError, health_status
+from modelport.client import Client
 
 # These tests run no jobs: skip the converter/optimizer warm TensorFlow workers (seconds of startup each).
 NO_WARM = {**os.environ, "MODELPORT_CONVERTER_WARM_WORKERS": "0", "MODELPORT_OPTIMIZER_WARM_WORKERS": "0"}

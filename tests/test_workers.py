@@ -8,7 +8,7 @@ import os
 import pytest
 
 from modelport.errors import DeadlineExceeded, Internal, InvalidArgument
-from modelport.workers import WorkerPool
+from modelport.runtime.workers import WorkerPool
 
 
 def run(coro):

@@ -27,7 +27,7 @@ from typing import Any
 
 from modelport.errors import DeadlineExceeded, Internal, ModelportError, error_for_status
 
-log = logging.getLogger("modelport.workers")
+log = logging.getLogger("modelport.runtime.workers")
 
 ProgressFn = Callable[[str, float, str], None]
 

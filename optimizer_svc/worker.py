@@ -27,8 +27,8 @@ from modelport.techniques import KERAS_TECHNIQUES, ONNX_TECHNIQUES, TFLITE_TECHN
 from modelport.v1 import artifacts_pb2, jobs_pb2, optimizer_pb2
 from optimizer_svc import measure as M
 from optimizer_svc import onnx_techniques as OT
-from optimizer_svc import select
-from optimizer_svc.techniques import NEEDS_TRAIN, parse_options, plan
+from optimizer_svc import selection
+from optimizer_svc.technique_options import NEEDS_TRAIN, parse_options, plan
 
 log = logging.getLogger("modelport.optimizer.job")
 
@@ -285,7 +285,7 @@ def _optimize(progress, store: ArtifactStore, req: optimizer_pb2.OptimizeRequest
     if not the_plan.auto and the_plan.run and not built:
         raise FailedPrecondition("every requested technique failed: " +
                                  "; ".join(f"{c.technique}: {c.note}" for c in candidates if c.note))
-    ranked, chosen, reason = select.rank(
+    ranked, chosen, reason = selection.rank(
         baseline, candidates, goal=goal, max_drop=req.budget.max_drop, relative=req.budget.relative,
         auto=the_plan.auto, min_gain=float(opts["auto.min_gain"]) if the_plan.auto else 0.0,
         output_format=out_format)

@@ -1,6 +1,6 @@
-"""Job keys and the result cache: a finished job's result is returned at once on a re-run.
+"""Jobs, their keys and the result cache: a finished job's result is returned at once on a re-run.
 
-A key hashes the job kind, input digests, normalized options and tool versions, so a change
+A key hashes the job kind, input digests, normalized options and tool versions (``tool_versions``), so a change
 to any of them is a new job. This module never imports grpc.
 """
 
@@ -10,8 +10,20 @@ import hashlib
 import json
 import os
 import uuid
+from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+
+@dataclass(frozen=True)
+class Job:
+    """One worker job: its content key, the worker function and its keyword arguments."""
+
+    key: str
+    func: str
+    """``module:function`` run in a worker; it returns the serialized result."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 def job_key(kind: str, digests: list[str], options: dict[str, Any], versions: dict[str, str]) -> str:
@@ -40,3 +52,14 @@ class JobCache:
         tmp = self.dir / f".{key}.{uuid.uuid4().hex}"
         tmp.write_bytes(result)
         os.replace(tmp, self.dir / f"{key}.pb")
+
+
+def tool_versions(packages: tuple[str, ...] | list[str], absent: str = "absent") -> dict[str, str]:
+    """Installed versions of ``packages`` read from their metadata (nothing is imported)."""
+    out = {}
+    for pkg in packages:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = absent
+    return out

@@ -13,12 +13,12 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from modelport.errors import ModelportError
-from modelport.jobs import JobCache
+from modelport.runtime.job_cache import JobCache
+from modelport.runtime.workers import WorkerPool
 from modelport.store import ArtifactStore
 from modelport.v1 import jobs_pb2
-from modelport.workers import WorkerPool
 
-log = logging.getLogger("modelport.jobs")
+log = logging.getLogger("modelport.runtime.job_cache")
 
 
 def error_event(job_id: str, stage: str, err: ModelportError) -> jobs_pb2.JobEvent:
