@@ -155,7 +155,7 @@ def served_c1(address: str, model: str, path: Path, name: str, x: np.ndarray, ma
 
     from modelport.kserve import codec
     from modelport.kserve import shm as kshm
-    from modelport.kserve.codec import ShmRef
+    from modelport.kserve.shm import ShmRef
     from modelport.kserve.v2 import grpc_service_pb2_grpc as pb_grpc
     from modelport.runtime.channels import channel_options
 
@@ -181,7 +181,7 @@ def served_c1(address: str, model: str, path: Path, name: str, x: np.ndarray, ma
             segs.append(seg_out)
             stub.SystemSharedMemoryRegister(seg_in.register_request(f"in_{tag}"))
             stub.SystemSharedMemoryRegister(seg_out.register_request(f"out_{tag}"))
-            req = codec.make_shm_infer_request(model, {name: ("FP32", x.shape, ShmRef(f"in_{tag}", x.nbytes))},
+            req = kshm.make_shm_infer_request(model, {name: ("FP32", x.shape, ShmRef(f"in_{tag}", x.nbytes))},
                                                {out_name: ShmRef(f"out_{tag}", out_bytes)})
 
             def call():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from google.protobuf import json_format
 
-from inference_svc.models import LoadOptions, ModelManager, ModelVersion
+from inference_svc.manager import LoadOptions, ModelManager, ModelVersion
 from modelport import providers as eps
 from modelport import repository
 from modelport.errors import InvalidArgument

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from inference_svc.models import LoadOptions, ModelManager
+from inference_svc.manager import LoadOptions, ModelManager
 from inference_svc.servicer import InferenceServicer, ModelControlServicer
 from inference_svc.settings import InferenceSettings
 from inference_svc.shm import SharedMemoryRegistry

@@ -14,10 +14,10 @@ import time
 
 import modelport
 from inference_svc import protocol
-from inference_svc.models import ModelManager, resolve_artifact
+from inference_svc.manager import ModelManager
+from inference_svc.repository_loading import resolve_artifact
 from inference_svc.shm import SharedMemoryRegistry
 from modelport.errors import ModelportError, Unimplemented
-from modelport.kserve import codec
 from modelport.kserve.v2 import grpc_service_pb2 as pb
 from modelport.kserve.v2 import grpc_service_pb2_grpc as pb_grpc
 from modelport.runtime.artifacts import ensure_local
@@ -64,14 +64,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(self, request, deadline):
         mv = self.manager.get(request.model_name, request.model_version)
-        if codec.uses_shm(request):
-            with self.shm.lease(request) as lease:
-                inputs = lease.decode_inputs()
-                outputs = await self.manager.infer(mv, inputs, [o.name for o in request.outputs], deadline)
-                return lease.response(mv.name, mv.label, outputs, request.id)
-        inputs = codec.decode_inputs(request)
-        outputs = await self.manager.infer(mv, inputs, [o.name for o in request.outputs], deadline)
-        return codec.make_infer_response(mv.name, mv.label, outputs, request.id)
+        # One path for every request: the lease holds the shared memory a request uses (none for most).
+        with self.shm.lease(request) as lease:
+            inputs = lease.decode_inputs()
+            outputs = await self.manager.infer(mv, inputs, [o.name for o in request.outputs], deadline)
+            return lease.response(mv.name, mv.label, outputs, request.id)
 
     async def ModelInfer(self, request, context):
         return await self._infer(request, _deadline(context))

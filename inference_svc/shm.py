@@ -30,6 +30,7 @@ import numpy as np
 
 from modelport.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from modelport.kserve import codec
+from modelport.kserve import shm as kshm
 from modelport.kserve.v2 import grpc_service_pb2 as pb
 
 log = logging.getLogger("modelport.inference.shm")
@@ -235,7 +236,7 @@ class SharedMemoryRegistry:
         return resp
 
 
-def _bounds(region: Region, ref: codec.ShmRef, tensor: str, kind: str) -> None:
+def _bounds(region: Region, ref: kshm.ShmRef, tensor: str, kind: str) -> None:
     end = ref.offset + ref.byte_size
     if end > region.byte_size:
         raise InvalidArgument(
@@ -253,13 +254,15 @@ class RequestLease:
         self.request = request
         self._registry = registry
         self._held: list[Region] = []
-        self.inputs: dict[str, tuple[Region, codec.ShmRef]] = {}
-        self.outputs: dict[str, tuple[Region, codec.ShmRef]] = {}
+        self.inputs: dict[str, tuple[Region, kshm.ShmRef]] = {}
+        self.outputs: dict[str, tuple[Region, kshm.ShmRef]] = {}
+        if not kshm.uses_shm(request):  # most requests: nothing to resolve
+            return
         try:
             for kind, tensors, into in (("input", request.inputs, self.inputs),
                                         ("output", request.outputs, self.outputs)):
                 for t in tensors:
-                    ref = codec.shm_ref(t, kind)
+                    ref = kshm.shm_ref(t, kind)
                     if ref is None:
                         continue
                     region = registry.get(ref.region, t.name, kind)
@@ -287,11 +290,14 @@ class RequestLease:
 
     def decode_inputs(self) -> dict[str, np.ndarray]:
         """All inputs: from shared memory where the request says so, else from the message."""
-        def view(ref: codec.ShmRef, tensor: str) -> memoryview:
+        if not self.inputs:
+            return codec.decode_inputs(self.request)
+
+        def view(ref: kshm.ShmRef, tensor: str) -> memoryview:
             region, _ = self.inputs[tensor]
             return region.view(ref.offset, ref.byte_size)
 
-        return codec.decode_inputs_shm(self.request, view)
+        return kshm.decode_inputs_shm(self.request, view)
 
     def write_outputs(self, outputs: dict[str, np.ndarray]) -> set[str]:
         """Write the outputs requested in shared memory into their regions; returns their names.
@@ -331,5 +337,5 @@ class RequestLease:
     def response(self, model_name: str, model_version: str, outputs: dict[str, np.ndarray],
                  request_id: str = "") -> pb.ModelInferResponse:
         """Write the shared-memory outputs and build the response (Triton's layout: empty raw entries)."""
-        written = self.write_outputs(outputs)
+        written = self.write_outputs(outputs) if self.outputs else ()
         return codec.make_infer_response(model_name, model_version, outputs, request_id, in_shm=written)
