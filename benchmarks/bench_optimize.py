@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import common
-from benchmarks.models import digits_arrays, transformer_encoder
+from benchmarks.models import digits_arrays, digits_cnn, transformer_encoder
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
@@ -33,17 +33,6 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 ONNX_TECHS = ["graph", "fp16", "int8-dynamic", "int8-static"]
 KERAS_TECHS = ["graph", "fp16", "int8-dynamic", "int8-static", "prune", "prune-2:4", "cluster", "qat", "distill",
                "tflite-dynamic", "tflite-fp16", "tflite-int8"]
-
-
-def digits_cnn(keras):
-    inp = keras.Input((8, 8, 1), name="image")
-    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(inp)
-    x = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(x)
-    x = keras.layers.MaxPooling2D()(x)
-    x = keras.layers.Flatten()(x)
-    x = keras.layers.Dense(128, activation="relu")(x)
-    out = keras.layers.Dense(10, activation="softmax", name="probs")(x)
-    return keras.Model(inp, out, name="digits_cnn")
 
 
 def build_models(work: Path, quick: bool) -> list[dict]:
@@ -58,7 +47,7 @@ def build_models(work: Path, quick: bool) -> list[dict]:
 
     # digits: real data, trained; Keras input so every technique applies.
     x, y = digits_arrays(rng)
-    m = digits_cnn(keras)
+    m = digits_cnn(keras, filters=(16, 32), pool_after=2, dense=128)
     m.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     m.fit(x[:1400], y[:1400], epochs=4 if quick else 8, batch_size=32, verbose=0)
     m.save(work / "digits.keras")

@@ -1,6 +1,13 @@
-"""Model builders shared by the benchmarks (one definition of each benchmark model)."""
+"""Model builders shared by the benchmarks (one definition of each benchmark model).
+
+The digits CNN and its data are the demo's own (``gateway.demo``), shared with the tests.
+"""
 
 from __future__ import annotations
+
+from gateway.demo import digits_arrays, digits_cnn
+
+__all__ = ["digits_arrays", "digits_cnn", "transformer_encoder"]
 
 
 def transformer_encoder(keras, *, vocab: int = 1000, seq: int = 64, dim: int = 128, heads: int = 4, ff: int = 512,
@@ -22,15 +29,3 @@ def transformer_encoder(keras, *, vocab: int = 1000, seq: int = 64, dim: int = 1
     x = keras.layers.GlobalAveragePooling1D()(x)
     out = keras.layers.Dense(head_units, activation=head_activation, name=head_name)(x)
     return keras.Model(ids, out, name="transformer_encoder")
-
-
-def digits_arrays(rng):
-    """scikit-learn's 8x8 digits as (x float32 [N, 8, 8, 1] in 0..1, y int64), shuffled by ``rng``."""
-    import numpy as np
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = (d.images / 16.0).astype("float32")[..., None]
-    y = d.target.astype("int64")
-    order = rng.permutation(len(y))
-    return np.ascontiguousarray(x[order]), y[order]

@@ -19,6 +19,37 @@ from pathlib import Path
 import numpy as np
 
 
+def digits_arrays(rng: np.random.Generator | int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 8x8 digits as (x float32 [N, 8, 8, 1] in 0..1, y int64), shuffled by ``rng`` (or a seed)."""
+    from sklearn.datasets import load_digits
+
+    rng = np.random.default_rng(rng) if isinstance(rng, int) else rng
+    d = load_digits()
+    x = (d.images / 16.0).astype("float32")[..., None]
+    y = d.target.astype("int64")
+    order = rng.permutation(len(y))
+    return np.ascontiguousarray(x[order]), y[order]
+
+
+def digits_cnn(keras, filters: tuple[int, int] = (16, 32), pool_after: int = 1, head: str = "flatten",
+               dense: int = 64):
+    """The digits CNN every demo, test and benchmark builds: input ``image`` (8, 8, 1), output ``probs`` (10).
+
+    Two 3x3 ReLU convolutions with ``filters``, a 2x2 max-pool after conv ``pool_after`` (1 or 2), a
+    ``flatten`` or global-average-pool ``head``, a ReLU dense layer of ``dense`` units, softmax over 10.
+    """
+    inp = keras.Input((8, 8, 1), name="image")
+    h = inp
+    for i, f in enumerate(filters, start=1):
+        h = keras.layers.Conv2D(f, 3, padding="same", activation="relu")(h)
+        if i == pool_after:
+            h = keras.layers.MaxPooling2D()(h)
+    h = keras.layers.Flatten()(h) if head == "flatten" else keras.layers.GlobalAveragePooling2D()(h)
+    h = keras.layers.Dense(dense, activation="relu")(h)
+    out = keras.layers.Dense(10, activation="softmax", name="probs")(h)
+    return keras.Model(inp, out, name="digits_cnn")
+
+
 def digits_splits(seed: int = 0) -> dict[str, np.ndarray]:
     """scikit-learn digits as float32 (N, 8, 8, 1) in [0, 1]: train / val / test with int64 labels."""
     from sklearn.datasets import load_digits
@@ -41,14 +72,7 @@ def train_digits_cnn(out: Path, epochs: int = 12, seed: int = 0, data: dict | No
 
     data = data or digits_splits(seed)
     keras.utils.set_random_seed(seed)
-    inp = keras.Input(shape=(8, 8, 1), name="image")
-    h = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(inp)
-    h = keras.layers.MaxPooling2D()(h)
-    h = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(h)
-    h = keras.layers.Flatten()(h)
-    h = keras.layers.Dense(64, activation="relu")(h)
-    outp = keras.layers.Dense(10, activation="softmax", name="probs")(h)
-    model = keras.Model(inp, outp, name="digits_cnn")
+    model = digits_cnn(keras)
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(data["x_train"], data["y_train"], epochs=epochs, batch_size=32, verbose=0)
     out.parent.mkdir(parents=True, exist_ok=True)
