@@ -335,6 +335,10 @@ def test_dockerfile_contract(svc):
     first_src = next(i for i, a in copies if a.startswith(("modelport", f"{svc}_svc")))
     install = next(i for i, (op, a) in enumerate(ins) if op == "RUN" and "pip install -r" in a)
     assert first_dep < install < first_src
+    # a service image ships its own package and the shared one: never the gateway or another service
+    sources = {a.split()[0].rstrip("/") for _, a in copies}
+    assert "gateway" not in sources
+    assert not {f"{o}_svc" for o in SERVICES if o != svc} & sources
 
     # non-root in the final stage, before the entrypoint
     users = [args for op, args in final if op == "USER"]
