@@ -19,8 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from inference_svc import generation_protocol
 from inference_svc.batching import BatchPolicy, Scheduler
 from inference_svc.config_mapping import check_config, policy_for
+from inference_svc.generation import Generation, GenerationEngine, GenerationParams
 from inference_svc.repository_loading import LOADING, READY, UNAVAILABLE, UNLOADING, RepositoryLoading
 from inference_svc.sessions import (
     LoadOptions,
@@ -31,8 +33,10 @@ from inference_svc.sessions import (
     warmup_inputs,
 )
 from inference_svc.stats import VersionStats
+from modelport import providers as eps
 from modelport.dtypes import to_kserve
 from modelport.errors import InvalidArgument, ModelportError, NotFound, Unavailable
+from modelport.generation_model import is_generation_folder
 from modelport.kserve.v2 import model_config_pb2 as mc
 
 log = logging.getLogger("modelport.inference.models")
@@ -61,6 +65,8 @@ class ModelVersion:
     session: object | None = None
     config: mc.ModelConfig | None = None
     """The config.pbtxt it was loaded with (empty when none)."""
+    generator: GenerationEngine | None = None
+    """Set for a generation model (decoupled: answered over ModelStreamInfer, one response per token)."""
 
     @property
     def provider(self) -> str:
@@ -219,6 +225,10 @@ class ModelManager(RepositoryLoading):
 
         ``deadline`` is a ``time.monotonic()`` instant after which a queued request is dropped.
         """
+        if mv.generator is not None:
+            raise InvalidArgument(f"model '{mv.name}' is a decoupled generation model: ModelInfer does not serve "
+                                  "it; use ModelStreamInfer (tritonclient start_stream + async_stream_infer)",
+                                  {"model": mv.name})
         start = time.perf_counter_ns()
         status = "OK"
         try:
@@ -256,6 +266,15 @@ class ModelManager(RepositoryLoading):
             total = time.perf_counter_ns() - start
             mv.stats.record_request(status == "OK", total)
             mv.scheduler.metrics.request(status, total / 1e9)
+
+    def generate(self, mv: ModelVersion, params: GenerationParams) -> Generation:
+        """Start one generation on a decoupled model; its tokens arrive through the returned Generation."""
+        if mv.generator is None:
+            raise InvalidArgument(f"model '{mv.name}' is not a generation model; send it ModelInfer requests",
+                                  {"model": mv.name})
+        if mv.state != READY:
+            raise Unavailable(f"model '{mv.name}' version {mv.version} is {mv.state}; retry shortly", {"model": mv.name})
+        return mv.generator.submit(params)
 
     # --- loading ------------------------------------------------------------------------------
 
@@ -306,6 +325,8 @@ class ModelManager(RepositoryLoading):
                       artifact) -> ModelVersion:
         if not path.is_file():
             raise NotFound(f"model file {path} does not exist", {"path": str(path)})
+        if is_generation_folder(path.parent):
+            return await self._create_generation(name, path, version, config, opts, artifact)
         loop = asyncio.get_running_loop()
         session, warnings = await loop.run_in_executor(None, build_session, path, opts, self.available_providers)
         inputs = tensor_specs(session.get_inputs())
@@ -323,6 +344,27 @@ class ModelManager(RepositoryLoading):
             except Exception as exc:  # noqa: BLE001 - a model may need real-looking data; not fatal
                 mv.warnings.append(f"warm-up with zero inputs failed ({exc}); the model is served anyway")
         scheduler.start()
+        return mv
+
+    async def _create_generation(self, name: str, path: Path, version: int, config: mc.ModelConfig,
+                                 opts: LoadOptions, artifact) -> ModelVersion:
+        """A generation folder (model.onnx + generation.json): a GenerationEngine instead of a Scheduler."""
+        loop = asyncio.get_running_loop()
+        choice = eps.choose(opts.execution_provider, self.available_providers, opts.device_id)
+        so = eps.session_options(opts.intra_op_threads, opts.inter_op_threads, opts.graph_optimization_level,
+                                 opts.allow_spinning)
+        engine = await loop.run_in_executor(None, lambda: GenerationEngine.open(
+            path.parent, name, str(version), providers=choice.providers, session_options=so))
+        inputs = generation_protocol.INPUTS + generation_protocol.OPTIONAL_INPUTS
+        check_config(name, config, inputs, generation_protocol.OUTPUTS)
+        policy = BatchPolicy(max_batch_size=engine.max_batch, dynamic=False, max_queue_size=engine.max_queue)
+        mv = ModelVersion(name, version, path, generation_protocol.INPUTS, generation_protocol.OUTPUTS,
+                          list(engine.step.session.get_providers()), policy, engine, engine.stats, opts,
+                          list(choice.warnings), artifact=artifact, session=engine.step.session, config=config,
+                          generator=engine)
+        if opts.warmup:
+            await loop.run_in_executor(None, engine.warmup)
+        engine.start()
         return mv
 
     async def _retire(self, mv: ModelVersion) -> None:
