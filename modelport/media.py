@@ -9,6 +9,7 @@ TFLITE = "application/vnd.modelport.tflite"
 KERAS = "application/vnd.modelport.keras"
 H5 = "application/vnd.modelport.h5"
 SAVEDMODEL = "application/vnd.modelport.savedmodel+tar"
+GENERATION = "application/vnd.modelport.generation+tar"  # model.onnx step (+ data) + generation.json
 MODEL_REPOSITORY = "application/vnd.modelport.model-repository+tar"
 NPZ = "application/vnd.modelport.npz"
 TAR = "application/x-tar"
