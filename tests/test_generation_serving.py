@@ -216,3 +216,39 @@ def test_concurrent_generations_share_decode_steps(llm):
     assert lockstep == (19, 4 * 19)  # 19 decode steps after the 4 prefills, 4 tokens each
     assert long_tokens == long_solo and late_tokens == solo[(99, 98, 97)]
     assert steps < 299 + 19  # the late request's decode steps were shared with the running one
+
+
+def test_sdk_generate_yields_tokens_and_leaving_early_stops_the_generation(llm, server):
+    from modelport.client import Client, ClientError
+
+    _, _, reference = llm
+    engine = engine_of(server)
+    with Client(inference=server.address) as client:
+        assert list(client.generate("llama", PROMPT, max_tokens=TOKENS)) == reference
+        before = engine.batch_tokens
+        stream = client.generate("llama", PROMPT, max_tokens=LONG)
+        head = [next(stream) for _ in range(3)]
+        stream.close()  # the caller leaves the loop: the stream is cancelled
+        assert head == reference[:3] and engine.wait_idle(timeout=60)
+        assert engine.batch_tokens - before < LONG // 4
+        with pytest.raises(ClientError) as e:
+            list(client.generate("llama", [hub_models.VOCAB + 1], max_tokens=2))
+        assert "outside the model's vocabulary" in e.value.message
+
+
+def test_cli_generate_prints_the_tokens(llm, server):
+    from typer.testing import CliRunner
+
+    from gateway.cli import app
+
+    _, _, reference = llm
+    args = ["--inference", server.address, "generate", "llama", "--input-ids", ",".join(map(str, PROMPT)),
+            "--max-tokens", "8"]
+    res = CliRunner().invoke(app, args, catch_exceptions=False, env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert res.stdout.split() == [str(t) for t in reference[:8]]
+    res = CliRunner().invoke(app, [*args, "--json"], catch_exceptions=False)
+    data = json.loads(res.stdout)
+    assert data["output_ids"] == reference[:8] and data["tokens_per_s"] > 0
+    bad = CliRunner().invoke(app, ["--inference", server.address, "generate", "llama", "--input-ids", "a,b"])
+    assert bad.exit_code == 2 and "--input-ids must be integers" in bad.output
