@@ -19,19 +19,21 @@ H5 = "h5"
 SAVEDMODEL = "savedmodel"
 TFLITE = "tflite"
 ONNX = "onnx"
+# A target only: a keras_hub causal LM as a KV-cache step for token generation (model.onnx + generation.json).
+GENERATION = "generation"
 
 SOURCE_FORMATS = (KERAS, H5, SAVEDMODEL, TFLITE, ONNX)
 
 # Source format -> supported target formats (ONNX -> SavedModel/TFLite: see converter README).
 TARGETS: dict[str, tuple[str, ...]] = {
-    KERAS: (ONNX, TFLITE, SAVEDMODEL),
+    KERAS: (ONNX, TFLITE, SAVEDMODEL, GENERATION),
     H5: (ONNX, TFLITE, SAVEDMODEL),
     SAVEDMODEL: (ONNX, TFLITE),
     TFLITE: (ONNX,),
     ONNX: (ONNX, SAVEDMODEL, TFLITE),
 }
 
-TARGET_FORMATS = (ONNX, TFLITE, SAVEDMODEL)
+TARGET_FORMATS = (ONNX, TFLITE, SAVEDMODEL, GENERATION)
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")

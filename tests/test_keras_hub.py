@@ -100,3 +100,41 @@ def test_keras_hub_not_installed_is_failed_precondition_with_the_extra(hub_files
     assert line.startswith("FAILED_PRECONDITION keras-hub "), out.stdout + out.stderr[-2000:]
     assert "keras_hub.src.models" in line and "pip install 'keras-hub==0.32.0'" in line
     assert "modelport[converter,optimizer]" in line and "corrupted" not in line
+
+
+def test_causal_lm_converts_to_a_generation_model_that_loads_and_streams(conv, hub_files, tmp_path):
+    """convert --to generation: the KV-cache step + generation.json as one artifact, parity = greedy decoding
+    vs keras_hub generate(); the inference service loads that artifact (LoadModel) as a streaming model."""
+    from inference_svc.service import InferenceService
+    from inference_svc.settings import InferenceSettings
+    from modelport import media
+    from modelport.client import Client
+    from modelport.runtime.background import BackgroundServer
+
+    events = conv.convert(conv.upload(hub_files["gpt2_causal_lm"]), "generation")
+    res = events[-1].convert_result
+    assert events[-1].stage == "done", events[-1]
+    assert res.artifact.media_type == media.GENERATION and res.info.format == "generation"
+    assert res.info.details["architecture"] == "GPT2CausalLM" and res.info.details["max_context"] == "128"
+    assert res.parity.passed and res.parity.samples == 32 and res.parity.outputs[0].name == "output_ids"
+    assert res.parity.outputs[0].top1_agreement == 1.0 and "vs keras_hub generate()" in res.parity.inputs_source
+    tar = conv.download(res.artifact, tmp_path / "gpt2.generation.tar")
+
+    settings = InferenceSettings(port=0, host="127.0.0.1", store=tmp_path / "inference-store")
+    with BackgroundServer(InferenceService(settings)) as srv, Client(inference=srv.address) as client:
+        ref = client.upload(tar, media.GENERATION, service="inference")
+        loaded = client.load_model("gpt2", ref)
+        assert loaded.model.state == "READY"
+        assert client.model_config("gpt2").model_transaction_policy.decoupled
+        tokens = list(client.generate("gpt2", [5, 17, 42, 8, 3], max_tokens=12))
+    import keras
+
+    from modelport.conversion.llm_export import keras_greedy
+
+    assert tokens == keras_greedy(keras.saving.load_model(hub_files["gpt2_causal_lm"]), [5, 17, 42, 8, 3], 12)
+
+
+def test_generation_target_refuses_a_model_that_is_not_a_causal_lm(conv, hub_files):
+    err, _ = conv.convert_error(conv.upload(hub_files["bert_text_classifier"]), "generation")
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "takes a keras_hub causal LM" in err.details() and "BertTextClassifier" in err.details()

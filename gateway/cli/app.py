@@ -96,7 +96,7 @@ def with_client(ctx: typer.Context, offline: bool):
 def save_artifact(client, ref, dest: Path, service: str) -> Path:
     from modelport import media
 
-    if ref.media_type == media.SAVEDMODEL:  # folders travel as archives: unpack into dest
+    if ref.media_type in (media.SAVEDMODEL, media.GENERATION):  # folders travel as archives: unpack into dest
         from modelport.archive import safe_unpack
 
         with tempfile.TemporaryDirectory() as tmp:

@@ -410,3 +410,57 @@ def greedy_parity(lm: Any, folder: str | os.PathLike, prompt: list[int] | None =
             f"greedy decoding from the exported step differs from keras_hub generate() at token {first} of "
             f"{len(reference)} (onnx {ours[first]}, keras {reference[first]})", details={"first_mismatch": str(first)})
     return report
+
+
+# ---- the converter's "generation" target ----------------------------------------------------------
+
+def convert_for_generation(store, src, source_info, opset: int, allow_mismatch: bool, progress, t0: float):
+    """ConvertResult of a Keras causal LM exported for generation (a tar artifact of the folder); parity is
+    greedy decoding from the step against keras_hub ``generate()`` (reported as output ``output_ids``)."""
+    import shutil
+    import tempfile
+    import time
+
+    from modelport import media
+    from modelport.v1 import artifacts_pb2, jobs_pb2
+
+    model = getattr(src, "model", None)
+    if model is None or not is_causal_lm(model):
+        raise InvalidArgument(
+            f"the generation target takes a keras_hub causal LM (.keras of e.g. GPT2CausalLM, LlamaCausalLM); this "
+            f"model is a {source_info.details.get('model_class', src.format)}; convert it to onnx instead")
+    workdir = Path(tempfile.mkdtemp(dir=store.tmp_dir, prefix="generation-"))
+    try:
+        folder = workdir / "generation"
+        progress("converting", 0.2, f"exporting the {type(model).__name__} step with its KV cache (opset {opset})")
+        config = export_generation(model, folder, opset=opset)
+        progress("verifying", 0.6, f"greedy decoding of {DEFAULT_PARITY_TOKENS} tokens vs keras_hub generate()")
+        report = jobs_pb2.ParityReport(samples=DEFAULT_PARITY_TOKENS)
+        try:
+            result = greedy_parity(model, folder)
+            same = True
+        except FailedPrecondition as e:
+            if not allow_mismatch:
+                raise
+            result, same = {"agreement": float("nan"), "prompt": []}, False
+            report.inputs_source = e.message
+        report.passed = same
+        report.outputs.add(name="output_ids", max_abs_diff=0.0 if same else float("inf"), allclose=same,
+                           top1_agreement=result["agreement"])
+        if same:
+            report.samples = len(result["onnx"])
+            report.inputs_source = (f"greedy decoding of {len(result['onnx'])} tokens after the prompt "
+                                    f"{result['prompt']} vs keras_hub generate()")
+        progress("storing", 0.9, "storing the generation model")
+        stored = store.put_dir(folder, media.GENERATION)
+        info = jobs_pb2.ModelInfo(format="generation", size_bytes=stored.size, parameter_count=config.parameters,
+                                  producer="modelport llm_export")
+        info.details.update({"architecture": config.architecture, "num_layers": str(config.num_layers),
+                             "num_kv_heads": str(config.num_kv_heads), "head_dim": str(config.head_dim),
+                             "vocabulary_size": str(config.vocabulary_size), "max_context": str(config.context_limit),
+                             "external_data": str(config.external_data).lower()})
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return jobs_pb2.ConvertResult(
+        artifact=artifacts_pb2.ArtifactRef(digest=stored.digest, size=stored.size, media_type=stored.media_type),
+        info=info, parity=report, source_info=source_info, seconds=time.perf_counter() - t0)
