@@ -328,7 +328,9 @@ def markdown(results: list[dict], command: str, new_tokens: int) -> str:
                   "the FP32 model's own is the floor).", "",
                   common.markdown_table(["model", "technique", "size MiB", "tok/s", "vs FP32", "session RSS MiB",
                                          "greedy agreement", "perplexity"], quant_rows)]
-    parts += ["", "Command:", "", f"    {command}"]
+    parts += ["", f"Load average (1/5/15 min) at the end of the run: {common.load_average()} on "
+              f"{os.cpu_count()} logical cores (the machine is shared: other jobs ran meanwhile).",
+              "", "Command:", "", f"    {command}"]
     return "\n".join(parts)
 
 

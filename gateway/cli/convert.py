@@ -78,7 +78,7 @@ def convert(
 @app.command()
 def optimize(
     ctx: typer.Context,
-    model: Path = typer.Argument(..., exists=True, dir_okay=False, help="ONNX or Keras model."),
+    model: Path = typer.Argument(..., exists=True, help="ONNX or Keras model, or a generation folder."),
     technique: list[str] = typer.Option(["auto"], "--technique", "-t", help="Technique(s) or auto; repeatable."),
     output: Path = typer.Option(..., "--output", "-o", help="Where to write the chosen model."),
     calib: Path = typer.Option(None, exists=True, help="NPZ calibration data."),
@@ -104,9 +104,15 @@ def optimize(
         raise fail(f"unknown technique(s) {', '.join(bad)}; use auto or: {', '.join(TECHNIQUES)}", 2)
     progress = RichProgress(err)
     try:
-        with progress, with_client(ctx, offline) as client:
+        with progress, with_client(ctx, offline) as client, tempfile.TemporaryDirectory() as tmp:
             progress.start("upload")
-            ref = client.upload(model, service="optimizer")
+            if model.is_dir():  # a generation folder (model.onnx + generation.json) travels as one archive
+                from modelport.archive import pack_dir
+
+                pack_dir(model, Path(tmp) / "generation.tar")
+                ref = client.upload(Path(tmp) / "generation.tar", media_type=media.GENERATION, service="optimizer")
+            else:
+                ref = client.upload(model, service="optimizer")
             data = {k: client.upload(p, media_type=media.NPZ, service="optimizer") if p else None
                     for k, p in (("calib", calib), ("eval", eval_data), ("train", train))}
             progress.update("upload", 1.0, ref.digest[:19])
@@ -114,7 +120,7 @@ def optimize(
                                   calibration_data=data["calib"], eval_data=data["eval"], train_data=data["train"],
                                   execution_provider=ep, options=parse_options(option),
                                   output_format=output_format, on_event=job_progress(progress, "optimize"))
-            client.download(res.artifact, output, service="optimizer")
+            save_artifact(client, res.artifact, output, "optimizer")
     except ClientError as e:
         raise fail(f"optimize failed: {e.code}: {e.message}") from None
     if as_json:
