@@ -100,7 +100,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         async def reader():
             async for req in request_iterator:
-                tasks.add(asyncio.create_task(one(req)))
+                task = asyncio.create_task(one(req))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)  # a long stream keeps only its running requests
             await asyncio.gather(*tasks)
             await results.put(None)
 
@@ -111,7 +113,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await feed
         finally:  # the stream ended or was cancelled: stop every request still running (generations too)
             feed.cancel()
-            for task in tasks:
+            for task in list(tasks):
                 task.cancel()
 
     async def ModelConfig(self, request, context):

@@ -173,7 +173,13 @@ class StepModel:
         if not is_generation_folder(self.folder):
             raise InvalidArgument(f"{self.folder} is not a generation model: it needs {MODEL_FILE} and {CONFIG_FILE}")
         self.config = GenerationConfig.load(self.folder / CONFIG_FILE)
-        opts = session_options or ort.SessionOptions()
+        if session_options is None:
+            # As the inference service does by default: idle threads do not spin between steps (a decode step
+            # is many small kernels; spinning threads fight the caller's threads for the cores).
+            session_options = ort.SessionOptions()
+            session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            session_options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        opts = session_options
         opts.log_severity_level = 3
         if threads:
             opts.intra_op_num_threads = threads

@@ -96,7 +96,7 @@ def optimize_generation(progress, store: ArtifactStore, req: optimizer_pb2.Optim
         try:
             block = int(opts[f"{tech}.block_size"])
             symmetric = bool(opts.get(f"{tech}.symmetric", True))
-            details = weight_only(source, out, BITS[tech], block, symmetric)
+            details = weight_only(source, out, BITS[tech], block, symmetric, int(opts[f"{tech}.accuracy_level"]))
             progress("measuring", frac + 0.4 / max(1, len(the_plan.run)), f"measuring {tech}")
             m = measure(out, prompts, tokens, reference=base.sequences, threads=threads, repeats=2)
             details["build_seconds"] = f"{time.monotonic() - t0:.1f}"

@@ -40,6 +40,8 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "int8-weight-only.block_size": ("32", "weights per quantization block along K (a power of two >= 16)"),
     "int4-weight-only.block_size": ("32", "weights per quantization block along K (a power of two >= 16)"),
     "int4-weight-only.symmetric": ("true", "symmetric blocks (a scale only) or asymmetric (scale and zero point)"),
+    "int8-weight-only.accuracy_level": ("4", "MatMulNBits compute: 4 = int8 activations (fast on CPU), 1 = float32"),
+    "int4-weight-only.accuracy_level": ("4", "MatMulNBits compute: 4 = int8 activations (fast on CPU), 1 = float32"),
     "generate.tokens": ("32", "tokens generated per prompt when a generation model is measured"),
     "generate.prompts": ("4", "held-out prompts (random token ids, fixed seed) a generation model is measured on"),
     "measure.warmup": ("5", "untimed runs before latency is measured"),
@@ -54,7 +56,8 @@ _CHOICES = {
     "cluster.init": ("kmeans++", "linear", "density", "random"),
 }
 _BOOLS = {"int8-dynamic.per_channel", "int8-static.per_channel", "int4-weight-only.symmetric"}
-_INTS = {"int8-weight-only.block_size", "int4-weight-only.block_size", "generate.tokens", "generate.prompts",
+_INTS = {"int8-weight-only.block_size", "int4-weight-only.block_size", "int8-weight-only.accuracy_level",
+         "int4-weight-only.accuracy_level", "generate.tokens", "generate.prompts",
          "int8-static.samples", "train.epochs", "train.batch_size", "prune.frequency", "cluster.clusters",
          "distill.epochs", "measure.warmup", "measure.repeats", "measure.batch_size"}
 _RANGES = {

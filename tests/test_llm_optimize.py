@@ -80,7 +80,7 @@ def test_weight_only_int8_and_int4_candidates_measured_as_generation(channel, ge
     assert len(nbits) == 15 and all(a.i == 4 for n in nbits for a in n.attribute if a.name == "bits")
     config = GenerationConfig.load(tmp_path / "int4" / CONFIG_FILE)
     assert config.extra["quantization"] == {"method": "MatMulNBits", "bits": 4, "block_size": 32, "symmetric": True,
-                                            "matmuls": 15}
+                                            "accuracy_level": 4, "matmuls": 15}
     tokens = greedy_decode(StepModel(tmp_path / "int4"), [5, 17, 42], 8)
     assert len(tokens) == 8 and all(0 <= t < hub_models.VOCAB for t in tokens)
     assert np.isfinite(float(by["int4-weight-only"].details["perplexity_on_fp32_greedy"]))
