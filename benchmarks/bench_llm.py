@@ -279,7 +279,7 @@ def bench_model(name: str, work: Path, new_tokens: int, quant: bool) -> dict:
     return res
 
 
-def markdown(results: list[dict], command: str, new_tokens: int, load: list | None, cpu: dict) -> str:
+def markdown(results: list[dict], cpu: dict) -> str:
     rows, goals, quant_rows, mem_rows = [], [], [], []
     for r in results:
         k, o, sv = r["keras"], r["onnx"], r["served"]
@@ -319,7 +319,7 @@ def markdown(results: list[dict], command: str, new_tokens: int, load: list | No
         "",
         f"Causal LMs with random weights built from keras_hub configs, exported with `modelport.conversion.llm_export` "
         f"(one ONNX step with a KV cache, weights as external data). Prompts of {PROMPT_TOKENS} random token ids, "
-        f"{new_tokens} new tokens, greedy. The baseline, *keras_hub generate()*, is TensorFlow in-process (XLA-compiled, "
+        f"{', '.join(str(r['new_tokens']) + ' (' + r['name'] + ')' for r in results)} new tokens, greedy. The baseline, *keras_hub generate()*, is TensorFlow in-process (XLA-compiled, "
         "timed after a warm-up call; 4 prompts = one static batch of 4). *Served* is the inference service in its own "
         "process streaming over gRPC (`Client.generate` = `ModelStreamInfer`, one response per token): 1 generation, "
         "then 4 concurrent generations from 4 client threads, which share decode steps (continuous batching). Time to "
@@ -336,7 +336,7 @@ def markdown(results: list[dict], command: str, new_tokens: int, load: list | No
         common.markdown_table(["model", "served vs keras generate(), 1 generation (goal ≥ 3×)",
                                "4 concurrent vs 1, total tok/s (goal ≥ 2×)", "keras generate() tok/s: 1 / batch 4",
                                "in-process ONNX tok/s, 1 sequence: no-cache / cached step",
-                               f"greedy tokens = keras_hub's ({new_tokens})"], goals),
+                               "greedy tokens = keras_hub's (all generated)"], goals),
         "",
         "### Peak memory per stage (RSS, MiB)",
         "",
@@ -351,9 +351,11 @@ def markdown(results: list[dict], command: str, new_tokens: int, load: list | No
                   common.markdown_table(["model", "technique", "size MiB", "tok/s", "vs FP32", "session RSS MiB",
                                          "stage peak RSS MiB", "greedy agreement", "perplexity"], quant_rows)]
     parts += ["", f"CPU: {cpu['model']}, {cpu['usable_cores']} usable cores; SIMD flags: {', '.join(cpu['simd_flags'])}. "
-              f"Load average (1/5/15 min) at the end of the run: {load} — the machine was shared with other jobs, "
-              "so absolute rates vary from run to run (±50 % seen); the ratios compare figures of the same run.",
-              "", "Command:", "", f"    {command}"]
+              "The machine was shared with other jobs, so absolute rates vary from run to run (±50 % seen); the "
+              "ratios compare figures of the same run. Load average (1/5/15 min) at the end of each model's run: "
+              + "; ".join(f"{r['name']} {r.get('load_average')}" for r in results) + ".",
+              "", "Commands:", ""]
+    parts += [f"    {cmd}" for cmd in dict.fromkeys(r["command"] for r in results)]
     return "\n".join(parts)
 
 
@@ -383,9 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rebuild:
         data = json.loads((common.RESULTS_DIR / "llm.json").read_text())
-        md = markdown(data["results"], data["command"], data.get("new_tokens", NEW_TOKENS),
-                      data.get("load_average"), data["system"]["cpu"])
-        common.write_section("llm", md, data)
+        common.write_section("llm", markdown(data["results"], data["system"]["cpu"]), data)
         return 0
     models = ["gpt2-tiny"] if args.quick else args.models
     new_tokens = 16 if args.quick else args.tokens
@@ -394,11 +394,17 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-llm-") as work:
         for name in models:
             results.append(bench_model(name, Path(work), new_tokens, quant=not args.no_quant))
+    load, cpu = common.load_average(), common.cpu_info()
     for r in results:
         r["keras"].pop("prompts", None)
-    load, cpu = common.load_average(), common.cpu_info()
-    common.write_section("llm", markdown(results, command, new_tokens, load, cpu),
-                         {"command": command, "results": results, "new_tokens": new_tokens, "load_average": load})
+        r.update(command=command, new_tokens=new_tokens, load_average=load)
+    # Results of models measured in earlier runs stay (one model per run keeps one multi-GB process at a time).
+    previous = common.RESULTS_DIR / "llm.json"
+    if previous.is_file() and not args.quick:
+        kept = [r for r in json.loads(previous.read_text()).get("results", [])
+                if r["name"] not in {m["name"] for m in results} and r["name"] in MODELS and r["name"] != "gpt2-tiny"]
+        results = kept + results
+    common.write_section("llm", markdown(results, cpu), {"results": results})
     for r in results:
         for model, sv in r["served"]["models"].items():
             print(f"{model}: keras {r['keras']['keras_1_tokens_per_s']:.1f} tok/s, served 1 "

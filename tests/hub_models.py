@@ -68,17 +68,3 @@ def rename_package(src: Path, dst: Path, old: str, new: str) -> Path:
                                              .replace(f'"{old}>', f'"{new}>'))).encode()
             zout.writestr(item, data)
     return dst
-
-
-def greedy_reference(model, prompt: list[int], max_new_tokens: int) -> list[int]:
-    """keras_hub's own ``generate()`` with the greedy sampler: the prompt then ``max_new_tokens`` ids."""
-    import numpy as np
-
-    model.compile(sampler="greedy")
-    length = len(prompt) + max_new_tokens
-    token_ids = np.zeros((1, length), "int32")
-    token_ids[0, :len(prompt)] = prompt
-    padding_mask = np.zeros((1, length), bool)
-    padding_mask[0, :len(prompt)] = True
-    out = model.generate({"token_ids": token_ids, "padding_mask": padding_mask}, stop_token_ids=None)
-    return [int(t) for t in np.asarray(out["token_ids"])[0]]
