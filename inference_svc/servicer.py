@@ -83,8 +83,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 mv = self.manager.get(req.model_name, req.model_version)
                 if mv.generator is not None:  # decoupled: one response per token, then the final flag
                     generation = self.manager.generate(mv, generation_protocol.params_from_request(req, mv.name))
-                    async for item in generation_protocol.stream_responses(generation, req, mv.name, mv.label):
-                        await results.put(item)
+                    try:
+                        async for item in generation_protocol.stream_responses(generation, req, mv.name, mv.label):
+                            await results.put(item)
+                    finally:  # cancelled before or while streaming: the engine frees the sequence
+                        generation.cancel()
                     return
                 await results.put(pb.ModelStreamInferResponse(infer_response=await self._infer(req, deadline)))
             except ModelportError as exc:

@@ -9,7 +9,7 @@ import hub_models
 import numpy as np
 import pytest
 
-from modelport.errors import InvalidArgument
+from modelport.errors import FailedPrecondition, InvalidArgument
 from modelport.generation_model import CONFIG_FILE, DATA_FILE, MODEL_FILE, StepModel, greedy_decode
 
 pytestmark = pytest.mark.integration
@@ -81,3 +81,19 @@ def test_a_model_that_is_not_a_causal_lm_is_refused():
     with pytest.raises(InvalidArgument) as e:
         describe(hub_models.gpt2_backbone())
     assert "not a keras_hub CausalLM" in e.value.message and "GPT2CausalLM" in e.value.message
+
+
+def test_an_architecture_without_the_serving_route_is_failed_precondition():
+    """GPT-NeoX's attention does not hand its keys/values to keras_hub's serving contract: refused, not
+    exported wrong."""
+    import keras
+    import keras_hub
+
+    from modelport.conversion.llm_export import describe
+
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.GPTNeoXBackbone(vocabulary_size=hub_models.VOCAB, num_layers=2, num_heads=2,
+                                                hidden_dim=64, intermediate_dim=128)
+    with pytest.raises(FailedPrecondition) as e:
+        describe(keras_hub.models.GPTNeoXCausalLM(backbone=backbone, preprocessor=None))
+    assert "GPTNeoXCausalLM architecture" in e.value.message and "(0 of 2 did)" in e.value.message

@@ -85,7 +85,7 @@ def describe(lm: Any) -> GenerationConfig:
     if not is_causal_lm(lm):
         raise InvalidArgument(
             f"the {type(lm).__name__} model is not a keras_hub CausalLM; generation export takes a causal LM task "
-            f"model (e.g. keras_hub.models.GPT2CausalLM(backbone=..., preprocessor=None)); supported: "
+            f"model (e.g. keras_hub.models.GPT2CausalLM(backbone=..., preprocessor=None)); architectures whose attention takes keras_hub's serving route: "
             f"{', '.join(SUPPORTED)}")
     scope, get_ctx = _keras_hub_context()
     seen: list[dict] = []
@@ -102,14 +102,14 @@ def describe(lm: Any) -> GenerationConfig:
         except Exception as e:  # noqa: BLE001 - the architecture does not take the serving route
             raise FailedPrecondition(
                 f"the {type(lm).__name__} architecture cannot be exported for generation: keras_hub's serving route "
-                f"failed on it ({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}); supported: "
+                f"failed on it ({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}); architectures whose attention takes keras_hub's serving route: "
                 f"{', '.join(SUPPORTED)}") from None
         calls = get_ctx().layer_index
     layers = len(getattr(backbone, "transformer_layers", []) or [])
     if not seen or calls != len(seen) or (layers and calls != layers):
         raise FailedPrecondition(
             f"the {type(lm).__name__} architecture's attention layers do not all take keras_hub's serving route "
-            f"({calls} of {layers} did), so its cache cannot be exported; supported: {', '.join(SUPPORTED)}")
+            f"({calls} of {layers} did), so its cache cannot be exported; architectures whose attention takes it: {', '.join(SUPPORTED)}")
     shapes = {(s["head_dim"], s["kv_heads"]) for s in seen}
     if len(shapes) != 1:
         raise FailedPrecondition(f"the {type(lm).__name__} model has layers of different cache shapes {sorted(shapes)}; "
