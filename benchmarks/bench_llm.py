@@ -311,9 +311,9 @@ def markdown(results: list[dict], cpu: dict) -> str:
         for q in r["quant"]:
             base = r["quant"][0]
             quant_rows.append([label, q["technique"], f"{q['size_mib']:.0f}", f"{q['tokens_per_s']:.1f}",
-                               common.fmt_ratio(q["tokens_per_s"] / base["tokens_per_s"]),
-                               f"{q['session_rss_mib']:.0f}", f"{q['peak_rss_mib']:.0f}",
-                               f"{q.get('agreement', 1.0):.3f}", f"{q.get('perplexity', float('nan')):.1f}"])
+                               common.fmt_ratio(q["tokens_per_s"] / base["tokens_per_s"]), f"{q['peak_rss_mib']:.0f}",
+                               f"{q.get('agreement', 1.0):.3f}",
+                               f"{q['perplexity']:.0f}" if "perplexity" in q else "—"])
     parts = [
         "## LLM generation: KV-cache step, streaming and continuous batching vs keras_hub generate()",
         "",
@@ -346,10 +346,13 @@ def markdown(results: list[dict], cpu: dict) -> str:
     if quant_rows:
         parts += ["", "### Weight-only quantization of the step, in-process (one sequence)", "",
                   "Agreement: the candidate predicts each next token of the FP32 model's greedy continuations "
-                  "(teacher-forced top-1); perplexity on those continuations (random weights make it large for every "
-                  "model; compare the variants with each other).", "",
-                  common.markdown_table(["model", "technique", "size MiB", "tok/s", "vs FP32", "session RSS MiB",
-                                         "stage peak RSS MiB", "greedy agreement", "perplexity"], quant_rows)]
+                  "(teacher-forced top-1); perplexity on those continuations. The weights are random: a random "
+                  "model's next-token logits are nearly flat (tiny gaps between the top ids), so the quantization "
+                  "noise flips the argmax far more often than in a trained model; these agreements are a pessimistic "
+                  "bound and say nothing about a trained model's quality. Stage peak RSS includes the quantization "
+                  "itself (it holds the FP32 weights).", "",
+                  common.markdown_table(["model", "technique", "size MiB", "tok/s", "vs FP32", "stage peak RSS MiB",
+                                         "greedy agreement", "perplexity"], quant_rows)]
     parts += ["", f"CPU: {cpu['model']}, {cpu['usable_cores']} usable cores; SIMD flags: {', '.join(cpu['simd_flags'])}. "
               "The machine was shared with other jobs, so absolute rates vary from run to run (±50 % seen); the "
               "ratios compare figures of the same run. Load average (1/5/15 min) at the end of each model's run: "
