@@ -8,16 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from gateway.cli.app import (
-    app,
-    err,
-    fail,
-    job_progress,
-    out,
-    print_json,
-    save_artifact,
-    with_client,
-)
+from gateway.cli.app import app, err, fail, job_progress, out, print_json, save_artifact, with_client
 from gateway.cli.deploy import parse_options
 from gateway.cli.render import RichProgress, human_size
 from modelport.client import ClientError

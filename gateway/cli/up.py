@@ -7,11 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from gateway.cli.app import (
-    app,
-    fail,
-    out,
-)
+from gateway.cli.app import app, fail, out
 
 
 @app.command()
