@@ -12,7 +12,7 @@ import asyncio
 from dataclasses import dataclass
 
 from modelport import formats
-from modelport.conversion import onnx2tf_bridge
+from modelport.conversion import onnx2tf_bridge, onnx2torch_bridge
 from modelport.conversion.convert import DEFAULT_SAMPLES, check_opset
 from modelport.errors import InvalidArgument
 from modelport.parity import DEFAULT_ATOL, DEFAULT_RTOL
@@ -39,7 +39,13 @@ async def plan_convert(service, request: converter_pb2.ConvertRequest) -> Conver
     fmt = await asyncio.to_thread(formats.detect_format, path)
     target = formats.check_target(fmt, request.target_format)
     versions = dict(service.versions)
-    if fmt == formats.ONNX and target != formats.ONNX:
+    onnx2torch_python = service.settings.onnx2torch_python
+    if target == formats.PYTORCH:
+        python = onnx2torch_bridge.onnx2torch_python(onnx2torch_python)
+        if python is None:
+            raise onnx2torch_bridge.unimplemented()
+        versions.update(onnx2torch_bridge.tool_versions(python))
+    elif fmt == formats.ONNX and target != formats.ONNX:
         python = onnx2tf_bridge.onnx2tf_python(onnx2tf_python)
         if python is None:
             raise onnx2tf_bridge.unimplemented(target)
@@ -55,7 +61,7 @@ async def plan_convert(service, request: converter_pb2.ConvertRequest) -> Conver
         await asyncio.to_thread(store.unpacked, request.source.digest)  # traversal/size checks, once
     options = {
         "target": target,
-        "opset": opset if target == formats.ONNX else 0,
+        "opset": opset if target == formats.ONNX or target == formats.PYTORCH and fmt != formats.ONNX else 0,
         "fixed_batch_size": int(request.fixed_batch_size),
         "trust_remote_code": bool(request.trust_remote_code),
         "rtol": p.rtol or DEFAULT_RTOL,
@@ -66,6 +72,7 @@ async def plan_convert(service, request: converter_pb2.ConvertRequest) -> Conver
     }
     digests = [request.source.digest] + ([p.samples.digest] if p.samples.digest else [])
     kwargs = {"store_root": str(store.root), "request": request.SerializeToString(),
-              "max_artifact_bytes": service.settings.max_artifact_bytes, "onnx2tf_python": onnx2tf_python}
+              "max_artifact_bytes": service.settings.max_artifact_bytes, "onnx2tf_python": onnx2tf_python,
+              "onnx2torch_python": onnx2torch_python}
     job = Job(job_key("convert", digests, options, versions), service.convert_job, kwargs)
     return ConvertPlan(fmt, target, options, job)
