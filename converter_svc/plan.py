@@ -9,13 +9,14 @@ normalized options and tool versions.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from dataclasses import dataclass
 
 from modelport import formats
 from modelport.conversion import onnx2tf_bridge, onnx2torch_bridge
 from modelport.conversion.convert import DEFAULT_SAMPLES, check_opset
 from modelport.errors import InvalidArgument
-from modelport.parity import DEFAULT_ATOL, DEFAULT_RTOL
+from modelport.parity import DEFAULT_ATOL, DEFAULT_RTOL, QuantTolerances
 from modelport.runtime.job_cache import Job, job_key
 from modelport.store import ArtifactStore
 from modelport.v1 import converter_pb2
@@ -69,6 +70,7 @@ async def plan_convert(service, request: converter_pb2.ConvertRequest) -> Conver
         "num_samples": 0 if p.samples.digest else (p.num_samples or DEFAULT_SAMPLES),
         "seed": 0 if p.samples.digest else int(p.seed),
         "allow_mismatch": bool(p.allow_mismatch),
+        **dataclasses.asdict(QuantTolerances.from_options(p)),
     }
     digests = [request.source.digest] + ([p.samples.digest] if p.samples.digest else [])
     kwargs = {"store_root": str(store.root), "request": request.SerializeToString(),

@@ -248,10 +248,10 @@ def test_unsupported_target_lists_supported_ones(conv, model_files):
     lite = _result(conv.convert(conv.upload(model_files["conv1d_net"]), "tflite")).artifact
     err, events = conv.convert_error(lite, "savedmodel")
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and not events
-    assert "converting tflite to savedmodel is not supported; supported targets for tflite: onnx" in err.details()
-    err, _ = conv.convert_error(lite, "pytorch")
+    assert "converting tflite to savedmodel is not supported; supported targets for tflite: onnx, pytorch" in err.details()
+    err, _ = conv.convert_error(lite, "caffe")
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "choose one of onnx, tflite, savedmodel" in err.details()
+    assert "choose one of onnx, tflite, savedmodel, pytorch" in err.details()
     err, _ = conv.convert_error(conv.upload(model_files["conv1d_net"]), "onnx", opset=19)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "choose 13..18" in err.details()
 

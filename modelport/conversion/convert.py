@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from modelport import formats, media, parity
+from modelport.conversion import quantization
 from modelport.datasets import generate_inputs, load_npz, validate_samples
 from modelport.errors import FailedPrecondition, InvalidArgument, ModelportError, Unimplemented
 from modelport.store import ArtifactStore
@@ -345,10 +346,13 @@ def convert_model(store: ArtifactStore, request: converter_pb2.ConvertRequest,
     atol = opts.atol or parity.DEFAULT_ATOL
     if rtol < 0 or atol < 0:
         raise InvalidArgument(f"parity tolerances must be >= 0 (rtol={rtol}, atol={atol})")
+    quant_tolerances = parity.QuantTolerances.from_options(opts)
 
     progress("loading", 0.05, f"loading the {fmt} model")
     src = load_model(source_path(store, digest, fmt), fmt, request.trust_remote_code)
     source_info = src.info()
+    src.int_ranges.update(quantization.input_ranges(src))
+    quant = quantization.output_quantization(src, "source")
     inputs, inputs_source = sample_inputs(store, opts, src, fixed_batch)
 
     workdir = Path(tempfile.mkdtemp(dir=store.tmp_dir, prefix="convert-"))
@@ -361,7 +365,9 @@ def convert_model(store: ArtifactStore, request: converter_pb2.ConvertRequest,
         cand = _load_result(out, target, onnx2torch_python)
         ref_out = run_checked(src, inputs, "source")
         cand_out = run_checked(cand, inputs, "converted")
-        report = parity.compare_outputs(ref_out, cand_out, rtol, atol, inputs_source=inputs_source, samples=n)
+        quant = {**quantization.output_quantization(cand, "target"), **quant}  # the source's scale wins
+        report = parity.compare_outputs(ref_out, cand_out, rtol, atol, inputs_source=inputs_source, samples=n,
+                                        quantization=quant, quant_tolerances=quant_tolerances)
         parity.enforce(report, opts.allow_mismatch)
 
         progress("storing", 0.9, "storing the converted model")
