@@ -363,9 +363,10 @@ def convert_model(store: ArtifactStore, request: converter_pb2.ConvertRequest,
         n = next(iter(inputs.values())).shape[0] if inputs else 0
         progress("verifying", 0.7, f"comparing source and {target} outputs on {n} samples ({inputs_source})")
         cand = _load_result(out, target, onnx2torch_python)
+        # Before running: TFLite's XNNPACK delegate hides the DEQUANTIZE ops once tensors are allocated.
+        quant = {**quantization.output_quantization(cand, "target"), **quant}  # the source's scale wins
         ref_out = run_checked(src, inputs, "source")
         cand_out = run_checked(cand, inputs, "converted")
-        quant = {**quantization.output_quantization(cand, "target"), **quant}  # the source's scale wins
         report = parity.compare_outputs(ref_out, cand_out, rtol, atol, inputs_source=inputs_source, samples=n,
                                         quantization=quant, quant_tolerances=quant_tolerances)
         parity.enforce(report, opts.allow_mismatch)

@@ -18,7 +18,11 @@ _PASS_THROUGH = {"Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Tran
 
 
 def output_quantization(model, role: str) -> dict[str, Quantization]:
-    """Output name -> Quantization for a TFLite or ONNX model (empty for other formats or float models)."""
+    """Output name -> Quantization for a TFLite or ONNX model (empty for other formats or float models).
+
+    Call it before the model runs: once TFLite allocates tensors, the XNNPACK delegate replaces the ops
+    whose DEQUANTIZE tells a float output's scale.
+    """
     from modelport.conversion.models import OnnxModel, TFLiteModel
 
     if isinstance(model, TFLiteModel):
