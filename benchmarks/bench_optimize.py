@@ -231,7 +231,7 @@ def main() -> int:
            "agreement/cosine there only show the numerics are sane (MobileNetV2's random softmax is nearly flat); "
            "the size and latency ratios are the signal. The machine is shared (2 cores, other jobs running): "
            "latency ratios of sub-millisecond models move by +-20 % between runs. "
-           "On this CPU INT8 is not automatically faster (FACTS.md): the optimizer measures and `auto` "
+           "On this CPU INT8 is not automatically faster (docs/FACTS.md): the optimizer measures and `auto` "
            "never returns a slower candidate. Pruned/clustered models keep their dense layout, so only the gzip "
            "size shrinks; 2:4 sparsity needs sparse tensor cores to speed anything up.",
            f"Total benchmark time {time.monotonic() - t0:.0f} s."]

@@ -9,13 +9,14 @@ normalized options and tool versions.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from dataclasses import dataclass
 
 from modelport import formats
-from modelport.conversion import onnx2tf_bridge
+from modelport.conversion import onnx2tf_bridge, onnx2torch_bridge
 from modelport.conversion.convert import DEFAULT_SAMPLES, check_opset
 from modelport.errors import InvalidArgument
-from modelport.parity import DEFAULT_ATOL, DEFAULT_RTOL
+from modelport.parity import DEFAULT_ATOL, DEFAULT_RTOL, QuantTolerances
 from modelport.runtime.job_cache import Job, job_key
 from modelport.store import ArtifactStore
 from modelport.v1 import converter_pb2
@@ -39,7 +40,13 @@ async def plan_convert(service, request: converter_pb2.ConvertRequest) -> Conver
     fmt = await asyncio.to_thread(formats.detect_format, path)
     target = formats.check_target(fmt, request.target_format)
     versions = dict(service.versions)
-    if fmt == formats.ONNX and target != formats.ONNX:
+    onnx2torch_python = service.settings.onnx2torch_python
+    if target == formats.PYTORCH:
+        python = onnx2torch_bridge.onnx2torch_python(onnx2torch_python)
+        if python is None:
+            raise onnx2torch_bridge.unimplemented()
+        versions.update(onnx2torch_bridge.tool_versions(python))
+    elif fmt == formats.ONNX and target != formats.ONNX:
         python = onnx2tf_bridge.onnx2tf_python(onnx2tf_python)
         if python is None:
             raise onnx2tf_bridge.unimplemented(target)
@@ -55,7 +62,7 @@ async def plan_convert(service, request: converter_pb2.ConvertRequest) -> Conver
         await asyncio.to_thread(store.unpacked, request.source.digest)  # traversal/size checks, once
     options = {
         "target": target,
-        "opset": opset if target == formats.ONNX else 0,
+        "opset": opset if target == formats.ONNX or target == formats.PYTORCH and fmt != formats.ONNX else 0,
         "fixed_batch_size": int(request.fixed_batch_size),
         "trust_remote_code": bool(request.trust_remote_code),
         "rtol": p.rtol or DEFAULT_RTOL,
@@ -63,9 +70,11 @@ async def plan_convert(service, request: converter_pb2.ConvertRequest) -> Conver
         "num_samples": 0 if p.samples.digest else (p.num_samples or DEFAULT_SAMPLES),
         "seed": 0 if p.samples.digest else int(p.seed),
         "allow_mismatch": bool(p.allow_mismatch),
+        **dataclasses.asdict(QuantTolerances.from_options(p)),
     }
     digests = [request.source.digest] + ([p.samples.digest] if p.samples.digest else [])
     kwargs = {"store_root": str(store.root), "request": request.SerializeToString(),
-              "max_artifact_bytes": service.settings.max_artifact_bytes, "onnx2tf_python": onnx2tf_python}
+              "max_artifact_bytes": service.settings.max_artifact_bytes, "onnx2tf_python": onnx2tf_python,
+              "onnx2torch_python": onnx2torch_python}
     job = Job(job_key("convert", digests, options, versions), service.convert_job, kwargs)
     return ConvertPlan(fmt, target, options, job)

@@ -33,6 +33,7 @@ from inference_svc.sessions import (
 from inference_svc.stats import VersionStats
 from modelport.dtypes import to_kserve
 from modelport.errors import InvalidArgument, ModelportError, NotFound, Unavailable
+from modelport.kserve.codec import utf8_strings
 from modelport.kserve.v2 import model_config_pb2 as mc
 
 log = logging.getLogger("modelport.inference.models")
@@ -229,10 +230,8 @@ class ModelManager(RepositoryLoading):
             feeds = {}
             for t in mv.inputs:
                 a = inputs[t.name]
-                # ORT takes str arrays for tensor(string); bytes objects are decoded as UTF-8.
-                if t.datatype == "BYTES":
-                    a = np.vectorize(lambda b: b.decode("utf-8", "replace") if isinstance(b, bytes) else b,
-                                     otypes=[object])(a) if a.size else a.astype(object)
+                if t.datatype == "BYTES":  # ORT takes str arrays for tensor(string): strict UTF-8, or the error
+                    a = utf8_strings(t.name, a)
                 feeds[t.name] = a
             out, _queue_ns = await mv.scheduler.submit(feeds, list(requested), elements, deadline)
             return out

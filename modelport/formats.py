@@ -19,19 +19,21 @@ H5 = "h5"
 SAVEDMODEL = "savedmodel"
 TFLITE = "tflite"
 ONNX = "onnx"
+# A target only: a torch.export program (.pt2) made from the ONNX form through onnx2torch.
+PYTORCH = "pytorch"
 
 SOURCE_FORMATS = (KERAS, H5, SAVEDMODEL, TFLITE, ONNX)
 
-# Source format -> supported target formats (ONNX -> SavedModel/TFLite: see converter README).
+# Source format -> supported target formats (ONNX -> SavedModel/TFLite, any -> PyTorch: see converter README).
 TARGETS: dict[str, tuple[str, ...]] = {
-    KERAS: (ONNX, TFLITE, SAVEDMODEL),
-    H5: (ONNX, TFLITE, SAVEDMODEL),
-    SAVEDMODEL: (ONNX, TFLITE),
-    TFLITE: (ONNX,),
-    ONNX: (ONNX, SAVEDMODEL, TFLITE),
+    KERAS: (ONNX, TFLITE, SAVEDMODEL, PYTORCH),
+    H5: (ONNX, TFLITE, SAVEDMODEL, PYTORCH),
+    SAVEDMODEL: (ONNX, TFLITE, PYTORCH),
+    TFLITE: (ONNX, PYTORCH),
+    ONNX: (ONNX, SAVEDMODEL, TFLITE, PYTORCH),
 }
 
-TARGET_FORMATS = (ONNX, TFLITE, SAVEDMODEL)
+TARGET_FORMATS = (ONNX, TFLITE, SAVEDMODEL, PYTORCH)
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
@@ -99,6 +101,9 @@ def detect_format(path: str | os.PathLike) -> str:
                                   "it may be truncated or corrupted — re-export it") from None
         if "config.json" in names:
             return KERAS
+        if any(n.endswith("/archive_format") for n in names):
+            raise InvalidArgument("the model is a PyTorch program (torch.export .pt2); modelport converts to "
+                                  "PyTorch but not from it: convert the model it was made from")
         raise InvalidArgument(
             f"the model is a zip archive without config.json (found {names[:5]}); a Keras 3 .keras file "
             "holds config.json, metadata.json and model.weights.h5 — save it with model.save('m.keras')"

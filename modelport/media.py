@@ -9,6 +9,8 @@ TFLITE = "application/vnd.modelport.tflite"
 KERAS = "application/vnd.modelport.keras"
 H5 = "application/vnd.modelport.h5"
 SAVEDMODEL = "application/vnd.modelport.savedmodel+tar"
+# A torch.export program (torch.export.save; load with torch.export.load).
+PYTORCH = "application/vnd.modelport.pytorch+pt2"
 MODEL_REPOSITORY = "application/vnd.modelport.model-repository+tar"
 NPZ = "application/vnd.modelport.npz"
 TAR = "application/x-tar"
@@ -20,4 +22,5 @@ BY_FORMAT = {
     "keras": KERAS,
     "h5": H5,
     "savedmodel": SAVEDMODEL,
+    "pytorch": PYTORCH,
 }

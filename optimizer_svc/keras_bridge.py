@@ -1,4 +1,4 @@
-"""Carry a user's Keras 3 model over to tf-keras, which TFMOT needs (FACTS.md).
+"""Carry a user's Keras 3 model over to tf-keras, which TFMOT needs (docs/FACTS.md).
 
 tf-keras cannot load a Keras 3 ``.keras``/``.h5`` file (class modules, ``batch_shape``, DTypePolicy
 dicts and the new ``inbound_nodes`` format differ). The bridge therefore runs in two processes:

@@ -1,7 +1,7 @@
 """Keras techniques on tensorflow-model-optimization (TFMOT) and the TFLite converter.
 
 Runs only in a worker process started with ``TF_USE_LEGACY_KERAS=1`` (TFMOT rejects Keras 3
-models, and the choice is process-wide — FACTS.md). Every technique starts from a fresh copy of
+models, and the choice is process-wide — docs/FACTS.md). Every technique starts from a fresh copy of
 the input model (``KerasSource.fresh``: TFMOT cannot wrap one model object twice), fine-tunes
 it on the user's training set, strips the training wrappers and exports the result to ONNX
 through the converter's shared ``keras_model_to_onnx`` (or to TFLite). This module never

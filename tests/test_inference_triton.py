@@ -1,6 +1,6 @@
 """Triton's own client (tritonclient.grpc) against the inference service, unchanged.
 
-tritonclient pins protobuf < 7 and cannot share a process with our stubs (FACTS.md), so the
+tritonclient pins protobuf < 7 and cannot share a process with our stubs (docs/FACTS.md), so the
 client side runs as ``tests/triton_compat/roundtrip.py`` under the tritonclient venv
 (``MODELPORT_TRITON_PYTHON``, else ``<repo>/.venv-triton/bin/python``) and writes what it sent
 and received; this test checks the values.

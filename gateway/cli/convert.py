@@ -18,7 +18,7 @@ from modelport.client import ClientError
 def convert(
     ctx: typer.Context,
     model: Path = typer.Argument(..., exists=True, help="Model file or SavedModel folder."),
-    to: str = typer.Option("onnx", "--to", help="onnx, tflite or savedmodel."),
+    to: str = typer.Option("onnx", "--to", help="onnx, tflite, savedmodel or pytorch (a torch.export .pt2)."),
     output: Path = typer.Option(..., "--output", "-o", help="Where to write the converted model."),
     opset: int = typer.Option(0, help="ONNX opset 13..18 (0 = default)."),
     samples: Path = typer.Option(None, help="NPZ parity samples (default: generated)."),
@@ -29,11 +29,11 @@ def convert(
     """Convert one model and write the result locally (parity-checked against the original)."""
     from google.protobuf.json_format import MessageToDict
 
-    from modelport import media
+    from modelport import formats, media
     from modelport.archive import pack_dir
 
-    if to not in ("onnx", "tflite", "savedmodel"):
-        raise fail(f"--to must be onnx, tflite or savedmodel, not {to!r}", 2)
+    if to not in formats.TARGET_FORMATS:
+        raise fail(f"--to must be one of {', '.join(formats.TARGET_FORMATS)}, not {to!r}", 2)
     progress = RichProgress(err)
     try:
         with progress, with_client(ctx, offline) as client, tempfile.TemporaryDirectory() as tmp:
