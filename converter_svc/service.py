@@ -33,7 +33,9 @@ class ConverterService(JobService):
                              CONVERTER_SERVICE)]
 
     def mutating_methods(self) -> set[str]:
-        return {f"/{CONVERTER_SERVICE}/Convert"}
+        """Both RPCs need the token: each may pull from an origin into the store and loads the model
+        (Inspect of a Keras model builds it, which is where a Lambda layer's code would run)."""
+        return {f"/{CONVERTER_SERVICE}/Convert", f"/{CONVERTER_SERVICE}/Inspect"}
 
     async def inspect(self, digest: str, trust_remote_code: bool) -> jobs_pb2.ModelInfo:
         """ModelInfo of a local artifact: ONNX in this process, TensorFlow formats in a worker."""
