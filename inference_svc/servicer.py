@@ -20,7 +20,6 @@ from inference_svc.shm import SharedMemoryRegistry
 from modelport.errors import ModelportError, Unimplemented
 from modelport.kserve.v2 import grpc_service_pb2 as pb
 from modelport.kserve.v2 import grpc_service_pb2_grpc as pb_grpc
-from modelport.runtime.artifacts import ensure_local
 from modelport.v1 import serving_pb2, serving_pb2_grpc
 
 log = logging.getLogger("modelport.inference")
@@ -151,7 +150,7 @@ class ModelControlServicer(serving_pb2_grpc.ModelControlServicer):
     async def LoadModel(self, request, context):
         opts = protocol.load_options(request, self.manager.defaults)
         version = protocol.parse_version(request.version)
-        stored = await ensure_local(self.service.store, request.model, channel_factory=self.service.channel)
+        stored = await self.service.pull(request.model)
         path, config = resolve_artifact(self.service.store, stored, request.name)
         mv = await self.manager.load(request.name, path, version, config=config, options=opts,
                                      keep_versions=request.keep_versions, artifact=request.model)

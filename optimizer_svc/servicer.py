@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from modelport.runtime.artifacts import ensure_local
 from modelport.v1 import optimizer_pb2_grpc
 from optimizer_svc.plan import plan_optimize, request_refs
 
@@ -16,6 +15,6 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServicer):
     async def Optimize(self, request, context):
         svc = self.service
         for ref in request_refs(request):
-            await ensure_local(svc.store, ref, channel_factory=svc.channel)
+            await svc.pull(ref)
         async for event in svc.run(plan_optimize(svc, request)):
             yield event
