@@ -15,7 +15,10 @@ Never imports grpc (domain code calls it).
 from __future__ import annotations
 
 import contextvars
+import os
 import re
+import sys
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -154,18 +157,33 @@ class OriginPolicy:
 
 # ---- what clients read ------------------------------------------------------------------------------
 
-# An absolute POSIX path of two or more components, not part of a URL or a word (sha256:..., a/b).
-_PATH_RE = re.compile(r"(?<![\w:/.~-])/(?:[^\s/'\"`:,;()\[\]{}<>]+/)+[^\s/'\"`:,;()\[\]{}<>]*")
+_INTERNAL_ROOTS: set[str] = set()
+
+
+def add_internal_root(path: str | os.PathLike) -> None:
+    """Name a folder whose layout clients must not read (a store root, a model repository)."""
+    for p in {os.path.abspath(path), os.path.realpath(path)}:
+        if p not in ("/", ""):
+            _INTERNAL_ROOTS.add(p.rstrip("/"))
+
+
+for _root in (tempfile.gettempdir(), sys.prefix, sys.base_prefix, os.path.expanduser("~"), os.getcwd()):
+    add_internal_root(_root)
 
 
 def redact(text: str) -> str:
-    """``text`` with absolute file-system paths replaced by their last component in angle brackets:
-    internal layout (store roots, temp folders, repository roots) never reaches a client."""
+    """``text`` with every path under an internal root (temp folders, the interpreter, the home and working
+    folders, store roots, repositories) replaced by its last component in angle brackets. What a client
+    sent (a key, a name) and public conventions (/dev/shm) stay as they are."""
     if not text or "/" not in text:
         return text
+    roots = sorted(_INTERNAL_ROOTS, key=len, reverse=True)
+    seg = r"[^\s/'\"`:,;()\[\]{}<>]"  # one path component's characters
+    # a root, not followed by more of a component (/app is not /apple), then any /components under it
+    pattern = re.compile("(?:" + "|".join(re.escape(r) for r in roots) + ")" + rf"(?!{seg})(?:/{seg}*)*")
 
     def short(m: re.Match) -> str:
         tail = m.group(0).rstrip("/").rsplit("/", 1)[-1]
         return f"<{tail}>" if tail else "<path>"
 
-    return _PATH_RE.sub(short, text)
+    return pattern.sub(short, text)
