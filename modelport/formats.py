@@ -63,7 +63,7 @@ def _is_hdf5(path: Path, head: bytes) -> bool:
     return False
 
 
-MAX_SNIFF_MEMBERS = 100_000
+MAX_SNIFF_MEMBERS = 10_000
 
 
 def _tar_names(path: Path) -> list[str] | None:

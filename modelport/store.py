@@ -295,7 +295,7 @@ class ArtifactStore:
         finally:
             Path(tmp).unlink(missing_ok=True)
 
-    def unpacked(self, digest: str, max_bytes: int = 8 << 30, max_files: int = 100_000) -> Path:
+    def unpacked(self, digest: str, max_bytes: int = 8 << 30, max_files: int = 10_000) -> Path:
         """Unpack an archive artifact once (safely) and return the folder."""
         from modelport.archive import safe_unpack
 
