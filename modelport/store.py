@@ -50,8 +50,9 @@ def disk_full(exc: OSError, what: str) -> ResourceExhausted:
 def check_digest(digest: str) -> str:
     """Return the hex part of a well-formed ``sha256:<hex>`` digest or raise InvalidArgument."""
     if not _DIGEST_RE.match(digest or ""):
+        shown = repr((digest or "")[:80]) + ("..." if len(digest or "") > 80 else "")
         raise InvalidArgument(
-            f"malformed digest {digest!r}: expected 'sha256:' followed by 64 lowercase hex characters"
+            f"malformed digest {shown}: expected 'sha256:' followed by 64 lowercase hex characters"
         )
     return digest.split(":", 1)[1]
 

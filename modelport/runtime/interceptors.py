@@ -26,6 +26,14 @@ from modelport.trust import Caller, redact, set_caller
 log = logging.getLogger("modelport.rpc")
 
 INTERNAL_MESSAGE = "Internal server error (logged on the server)"
+MAX_MESSAGE = 2000
+"""Longest status message sent: messages quote request values, and a status travels in HTTP/2 trailers."""
+
+
+def client_text(text: str) -> str:
+    """What a client may read of a message: internal paths redacted, length bounded."""
+    text = redact(text)
+    return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE] + "... (truncated)"
 
 
 def status_code(name: str) -> grpc.StatusCode:
@@ -101,9 +109,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 await context.abort(exc.code, exc.message)
             if isinstance(exc, ModelportError):
                 if exc.details:
-                    details = {k: redact(str(v)) for k, v in exc.details.items()}
+                    details = {k[:64]: client_text(str(v))[:200] for k, v in list(exc.details.items())[:16]}
                     context.set_trailing_metadata((("modelport-details", json.dumps(details)),))
-                await context.abort(status_code(exc.status), redact(exc.message))
+                await context.abort(status_code(exc.status), client_text(exc.message))
             log.error("unexpected error in %s", method, exc_info=exc)
             await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
 
