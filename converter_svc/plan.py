@@ -19,6 +19,7 @@ from modelport.errors import InvalidArgument
 from modelport.parity import DEFAULT_ATOL, DEFAULT_RTOL, QuantTolerances
 from modelport.runtime.job_cache import Job, job_key
 from modelport.store import ArtifactStore
+from modelport.trust import remote_code_allowed
 from modelport.v1 import converter_pb2
 
 
@@ -36,6 +37,8 @@ async def plan_convert(service, request: converter_pb2.ConvertRequest) -> Conver
     """Validate a ConvertRequest whose artifacts are local and build its job; raises the error the client must see."""
     store: ArtifactStore = service.store
     onnx2tf_python = service.settings.onnx2tf_python
+    # The one rule (modelport.trust): the request's flag counts only on a server that allows remote code.
+    trusted = remote_code_allowed(request.trust_remote_code, service.settings.allow_remote_code, service.name)
     path = store.path(request.source.digest)
     fmt = await asyncio.to_thread(formats.detect_format, path)
     target = formats.check_target(fmt, request.target_format)
@@ -64,7 +67,7 @@ async def plan_convert(service, request: converter_pb2.ConvertRequest) -> Conver
         "target": target,
         "opset": opset if target == formats.ONNX or target == formats.PYTORCH and fmt != formats.ONNX else 0,
         "fixed_batch_size": int(request.fixed_batch_size),
-        "trust_remote_code": bool(request.trust_remote_code),
+        "trust_remote_code": trusted,
         "rtol": p.rtol or DEFAULT_RTOL,
         "atol": p.atol or DEFAULT_ATOL,
         "num_samples": 0 if p.samples.digest else (p.num_samples or DEFAULT_SAMPLES),

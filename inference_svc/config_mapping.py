@@ -12,6 +12,41 @@ from inference_svc.sessions import LoadOptions, TensorSpec
 from modelport.errors import InvalidArgument
 from modelport.kserve.v2 import model_config_pb2 as mc
 
+# Upper bounds on the numbers a config.pbtxt, a RepositoryModelLoad override or a LoadModel request sets:
+# each becomes threads, queue slots or waiting time on this server, so none may be arbitrary.
+LIMITS = {
+    "instance_group count": 64,
+    "max_batch_size": 1 << 20,
+    "max_queue_size": 1 << 20,
+    "max_queue_delay_microseconds": 60_000_000,
+    "preferred_batch_size entries": 64,
+    "intra_op_threads": 256,
+    "inter_op_threads": 256,
+    "device_id": 1024,
+    "keep_versions": 1024,
+}
+
+
+def check_limit(what: str, value: int) -> None:
+    """InvalidArgument when a config number is negative or above its LIMITS entry."""
+    limit = LIMITS[what]
+    if value < 0 or value > limit:
+        raise InvalidArgument(f"{what} {value} is outside 0..{limit} (the most this server accepts); lower it",
+                              {"field": what.replace(" ", "_"), "limit": str(limit)})
+
+
+def check_limits(config: mc.ModelConfig, opts: LoadOptions) -> None:
+    """Every number of a config and its load options within LIMITS (before any session is built)."""
+    db = config.dynamic_batching
+    check_limit("instance_group count", max(opts.instances or 0, sum(g.count for g in config.instance_group)))
+    check_limit("max_batch_size", max(opts.max_batch_size or 0, config.max_batch_size))
+    check_limit("max_queue_size", max(opts.max_queue_size or 0, db.default_queue_policy.max_queue_size))
+    check_limit("max_queue_delay_microseconds", max(opts.max_queue_delay_us or 0, db.max_queue_delay_microseconds))
+    check_limit("preferred_batch_size entries", max(len(opts.preferred_batch_sizes), len(db.preferred_batch_size)))
+    check_limit("intra_op_threads", opts.intra_op_threads)
+    check_limit("inter_op_threads", opts.inter_op_threads)
+    check_limit("device_id", max([opts.device_id, *(g for grp in config.instance_group for g in grp.gpus)]))
+
 
 def policy_for(config: mc.ModelConfig, opts: LoadOptions, inputs: list[TensorSpec], outputs: list[TensorSpec],
                default_max_batch: int, default_queue: int) -> BatchPolicy:

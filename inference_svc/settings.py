@@ -50,6 +50,12 @@ class InferenceSettings(ServiceSettings):
     shared_memory: bool = True
     """Triton's system shared memory extension: same-host clients register POSIX segments (/dev/shm) and pass
     tensors through them instead of the gRPC message. --no-shared-memory refuses registrations."""
+    max_request_bytes: int = 1 << 30
+    """Most bytes the input tensors of one inference request may claim (shape x element size, in the message
+    or in shared memory); a request claiming more is refused with INVALID_ARGUMENT before anything is read."""
+    max_stream_inflight: int = 64
+    """Requests of one ModelStreamInfer stream being processed at once; the server reads no further request
+    from that stream until one finishes (gRPC flow control then holds the client back)."""
     max_shm_regions: int = 256
     """Most shared memory regions registered at once (each holds a file descriptor and a mapping); one more
     is refused with RESOURCE_EXHAUSTED."""

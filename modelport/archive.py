@@ -1,7 +1,10 @@
 """Multi-file models as one artifact: deterministic tar packing and a defensive unpacker.
 
 The unpacker refuses absolute paths, ``..`` components, links that leave the folder,
-device files, and archives whose unpacked size or file count passes a cap.
+device files, and archives whose unpacked size or file count passes a cap. The caps apply while the
+headers are read, one member at a time: an archive of millions of tiny headers (or a compressed one
+that inflates to them) is refused after ``max_files`` members, never listed whole into memory.
+Each member also passes ``tarfile.data_filter`` (the standard library's rules for untrusted data).
 """
 
 from __future__ import annotations
@@ -53,6 +56,34 @@ def _check_member(m: tarfile.TarInfo) -> None:
                 )
 
 
+def scan_members(tar: tarfile.TarFile, dest: Path, max_bytes: int, max_files: int) -> list[tarfile.TarInfo]:
+    """Read the members' headers one at a time, checking each (our rules, then ``tarfile.data_filter``)
+    and the running count and size against the caps before the next header is read."""
+    members: list[tarfile.TarInfo] = []
+    total = 0
+    while True:
+        try:
+            m = tar.next()
+        except tarfile.TarError as e:
+            raise InvalidArgument(f"the archive is damaged after {len(members)} entries ({e}); re-pack it") from None
+        if m is None:
+            return members
+        if len(members) >= max_files:
+            raise ResourceExhausted(f"archive has more than {max_files} entries (the cap); pack fewer files",
+                                    {"limit": str(max_files)})
+        _check_member(m)
+        try:
+            tarfile.data_filter(m, str(dest))
+        except tarfile.FilterError as e:
+            raise InvalidArgument(f"archive member {m.name[:200]!r} is refused ({type(e).__name__}); pack plain "
+                                  "files and folders only") from None
+        total += max(m.size, 0)
+        if total > max_bytes:
+            raise ResourceExhausted(f"archive unpacks to more than the cap of {max_bytes} bytes",
+                                    {"limit": str(max_bytes)})
+        members.append(m)
+
+
 def safe_unpack(archive: Path, dest: Path, max_bytes: int, max_files: int) -> None:
     """Unpack a tar into ``dest`` after checking every member; raise on the first violation."""
     try:
@@ -60,17 +91,9 @@ def safe_unpack(archive: Path, dest: Path, max_bytes: int, max_files: int) -> No
     except tarfile.TarError as e:
         raise InvalidArgument(f"artifact is not a readable tar archive ({e}); pack folders with tar") from None
     with tar:
-        members = tar.getmembers()
-        if len(members) > max_files:
-            raise ResourceExhausted(f"archive has {len(members)} entries, more than the cap of {max_files}")
-        total = 0
-        for m in members:
-            _check_member(m)
-            total += max(m.size, 0)
-            if total > max_bytes:
-                raise ResourceExhausted(f"archive unpacks to more than the cap of {max_bytes} bytes")
+        members = scan_members(tar, dest, max_bytes, max_files)
         dest.mkdir(parents=True, exist_ok=True)
-        tar.extractall(dest, filter="data")
+        tar.extractall(dest, members=members, filter="data")
     # Second line of defence: nothing may resolve outside dest.
     root = dest.resolve()
     for dirpath, dirnames, filenames in os.walk(dest):

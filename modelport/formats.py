@@ -65,12 +65,23 @@ def _is_hdf5(path: Path, head: bytes) -> bool:
     return False
 
 
+MAX_SNIFF_MEMBERS = 10_000
+
+
 def _tar_names(path: Path) -> list[str] | None:
+    """Member names, read header by header: at most MAX_SNIFF_MEMBERS (a header bomb is not listed whole)."""
+    names: list[str] = []
     try:
         with tarfile.open(path, "r:*") as tar:
-            return [m.name for m in tar.getmembers()]
+            while (m := tar.next()) is not None:
+                names.append(m.name)
+                if len(names) >= MAX_SNIFF_MEMBERS:
+                    raise InvalidArgument(f"the tar archive has more than {MAX_SNIFF_MEMBERS} entries; a model "
+                                          "archive holds far fewer")
+                tar.members = []  # names only: keep no TarInfo objects
     except (tarfile.TarError, OSError, EOFError):
         return None
+    return names
 
 
 def _is_onnx(path: Path) -> bool:

@@ -59,9 +59,16 @@ class KerasSource:
     the model: then only the ONNX techniques apply.
     """
 
-    def __init__(self, path: Path, work: Path):
+    def __init__(self, path: Path, work: Path, trust_remote_code: bool = False):
         _check_legacy()
         import tf_keras
+
+        from modelport.model_code import check_model_code
+
+        # tf-keras runs a legacy HDF5 file's Lambda code while loading, whatever safe_mode says: refuse
+        # code-carrying files before it sees them unless the job may run remote code.
+        check_model_code(path, "keras", trust_remote_code)
+        self.trust_remote_code = trust_remote_code
 
         work.mkdir(parents=True, exist_ok=True)
         kind = sniff_keras(path) or "keras"
@@ -76,7 +83,7 @@ class KerasSource:
             model = tf_keras.models.load_model(str(src), compile=False)
             self._write_portable(model)
         except Exception:  # noqa: BLE001 - a Keras 3 file: bridge it through a Keras 3 process
-            keras_bridge.run_export(str(src), str(self.portable))
+            keras_bridge.run_export(str(src), str(self.portable), trust_remote_code=trust_remote_code)
             self.baseline_onnx = self.portable / keras_bridge.BASELINE_ONNX
         try:
             self.model = self.fresh()
@@ -287,7 +294,7 @@ def distill(src: KerasSource, data: TrainSet, opts: dict, student_path: Path | N
     teacher = src.model
     width = float(opts["distill.width"])
     if student_path is not None:
-        student = KerasSource(student_path, work / "student").fresh()
+        student = KerasSource(student_path, work / "student", src.trust_remote_code).fresh()
         origin = "given"
     else:
         student = _width_reduced(teacher, width)

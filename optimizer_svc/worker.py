@@ -22,6 +22,7 @@ import numpy as np
 from modelport import media
 from modelport.datasets import load_npz, validate_samples
 from modelport.errors import FailedPrecondition, InvalidArgument, ModelportError
+from modelport.model_code import check_model_code
 from modelport.store import ArtifactStore
 from modelport.techniques import KERAS_TECHNIQUES, ONNX_TECHNIQUES, TFLITE_TECHNIQUES
 from modelport.v1 import artifacts_pb2, jobs_pb2, optimizer_pb2
@@ -160,6 +161,13 @@ def _optimize(progress, store: ArtifactStore, req: optimizer_pb2.OptimizeRequest
     progress("loading", 0.01, "reading the model")
     model_path = store.path(req.model.digest)
     fmt = sniff_format(model_path)
+    # The plan admitted trust_remote_code only on a server that allows it (modelport.trust); model and
+    # student are checked for code before any loader sees them.
+    trusted = bool(req.trust_remote_code)
+    if fmt == "keras":
+        check_model_code(model_path, "keras", trusted)
+    if req.student.digest:
+        check_model_code(store.path(req.student.digest), "keras", trusted)
 
     def data_path(ref):
         return store.path(ref.digest) if ref.digest else None
@@ -183,7 +191,7 @@ def _optimize(progress, store: ArtifactStore, req: optimizer_pb2.OptimizeRequest
         from optimizer_svc.keras_techniques import KerasSource
 
         progress("loading", 0.03, "loading the Keras model as tf-keras (TFMOT needs it) and converting it to ONNX")
-        source = KerasSource(model_path, work / "source")
+        source = KerasSource(model_path, work / "source", trusted)
         if source.baseline_onnx is not None:
             baseline_path = source.baseline_onnx
         else:

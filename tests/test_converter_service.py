@@ -202,14 +202,16 @@ def test_onnx_to_tflite_and_savedmodel_through_onnx2tf(conv, converter_server, m
         assert sha256_file(store.path(ref.digest)) == ref.digest
 
 
-def test_lambda_refused_by_default_and_converted_when_trusted(conv, model_files):
+def test_lambda_refused_by_default_and_the_flag_alone_is_not_enough(conv, model_files):
+    """The default converter never runs model code; the server opt-in side is in tests/security."""
     ref = conv.upload(model_files["lambda_model"])
     err, events = conv.convert_error(ref, "onnx")
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "would run that code" in err.details() and "trust_remote_code" in err.details()
+    assert "Lambda layer 'affine'" in err.details() and "trust_remote_code" in err.details()
+    assert "--allow-remote-code" in err.details()
     assert events[-1].error.code == "FAILED_PRECONDITION"
-    res = _result(conv.convert(ref, "onnx", trust_remote_code=True))
-    assert res.parity.passed and res.info.inputs[0].name == "x"
+    err, events = conv.convert_error(ref, "onnx", trust_remote_code=True)
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED and "--allow-remote-code" in err.details()
 
 
 def test_corrupted_and_unknown_content_is_invalid_argument(conv, model_files, tmp_path):

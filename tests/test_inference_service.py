@@ -363,7 +363,7 @@ def test_load_model_bad_requests(server, control, tmp_path):
     expect_error(BAD, ["unknown graph_optimization_level 'max'"],
                  lambda: control.LoadModel(serving_pb2.LoadModelRequest(name="m", model=ref,
                                                                         graph_optimization_level="max")))
-    expect_error(BAD, ["version 'x1' is not an integer"],
+    expect_error(BAD, ["version 'x1' is not a positive integer"],
                  lambda: control.LoadModel(serving_pb2.LoadModelRequest(name="m", model=ref, version="x1")))
     expect_error(BAD, ["an ArtifactRef is required"], lambda: control.LoadModel(serving_pb2.LoadModelRequest(name="m")))
     junk = server.service.store.put_bytes(b"not an onnx model", media.ONNX)
@@ -382,6 +382,11 @@ def test_load_pulls_from_origin_and_repository_archive(server, control, kserve, 
         art = other.service.store.put_dir(repo, media.MODEL_REPOSITORY)
         ref = to_ref(art, other.address)
         assert not server.service.store.has(ref.digest)
+        # the origin is not one of this server's peers: refused before any connection
+        expect_error(grpc.StatusCode.PERMISSION_DENIED, [f"does not pull artifacts from origin '{other.address}'"],
+                     lambda: control.LoadModel(serving_pb2.LoadModelRequest(name="bundled", model=ref, version="3")))
+        assert not server.service.store.has(ref.digest)
+        server.service.settings.allowed_origins = other.address  # the operator names it a peer
         r = control.LoadModel(serving_pb2.LoadModelRequest(name="bundled", model=ref, version="3"))
         assert r.model.batching.max_batch_size == 4
         assert server.service.store.has(ref.digest)
@@ -391,6 +396,7 @@ def test_load_pulls_from_origin_and_repository_archive(server, control, kserve, 
         expect_error(BAD, ["batch size 5 exceeds max_batch_size 4"],
                      lambda: infer(kserve, "bundled", {"x": np.ones((5, 4), np.float32)}))
     finally:
+        server.service.settings.allowed_origins = ""
         control.UnloadModel(serving_pb2.UnloadModelRequest(name="bundled"))
         other.stop()
 

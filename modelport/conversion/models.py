@@ -128,7 +128,9 @@ class KerasModel(TFModel):
         import keras
 
         from modelport.conversion.onnx_export import keras_input_infos, keras_tf_function
+        from modelport.model_code import check_model_code
 
+        check_model_code(path, fmt, trust_remote_code)  # before any loader: not all of them refuse code
         # Keras picks its loader by file extension; content-addressed blobs have none, so link one.
         tmp = Path(tempfile.mkdtemp(prefix="keras-load-"))
         link = tmp / ("model.keras" if fmt == formats.KERAS else "model.h5")
@@ -181,8 +183,8 @@ def _keras_load_error(e: Exception, fmt: str, trusted: bool) -> Exception:
     if not trusted and ("safe_mode" in text or "Lambda" in text or "arbitrary code" in text):
         return FailedPrecondition(
             "the model contains a Lambda layer or other Python code, and loading it would run that code; "
-            "it was refused (Keras safe_mode). If you trust where the model comes from, repeat the request "
-            "with trust_remote_code=true",
+            "it was refused (Keras safe_mode). If you trust where the model comes from, send "
+            "trust_remote_code=true to a service whose operator started it with --allow-remote-code",
             details={"reason": "unsafe_code"},
         )
     if "Could not locate" in text or "Unknown layer" in text or "custom_objects" in text or "Unrecognized" in text:
@@ -227,11 +229,14 @@ class SavedModelModel(TFModel):
 
     format = formats.SAVEDMODEL
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, trust_remote_code: bool = False):
         super().__init__(folder)
         import tensorflow as tf
 
+        from modelport.model_code import check_model_code
+
         self.root = formats.savedmodel_root(folder)
+        check_model_code(self.root, formats.SAVEDMODEL, trust_remote_code)  # graph ops that touch files/Python
         try:
             self.trackable = tf.saved_model.load(str(self.root))
         except Exception as e:  # noqa: BLE001
@@ -473,7 +478,7 @@ def load_model(path: str | os.PathLike, fmt: str, trust_remote_code: bool = Fals
     if fmt in (formats.KERAS, formats.H5):
         return KerasModel(path, fmt, trust_remote_code)
     if fmt == formats.SAVEDMODEL:
-        return SavedModelModel(path)
+        return SavedModelModel(path, trust_remote_code)
     if fmt == formats.TFLITE:
         return TFLiteModel(path)
     if fmt == formats.ONNX:

@@ -172,7 +172,11 @@ def _tensor_from_buffer(name: str, datatype: str, shape, buf, size: int, what: s
             f"({n} elements x {dt.itemsize})" + (f"; {fix.format(expected=expected)}" if fix else ""),
             {"tensor": name, "expected_bytes": str(expected), "got_bytes": str(size)},
         )
-    arr = np.frombuffer(buf, dtype=dt, count=n).reshape(dims)
+    try:
+        arr = np.frombuffer(buf, dtype=dt, count=n).reshape(dims)
+    except ValueError as exc:  # e.g. (0, 2**62): no data, but more elements than an array may index
+        raise InvalidArgument(f"input '{name}': shape {list(dims)[:16]} is not a usable shape ({exc})",
+                              {"tensor": name}) from None
     return arr if arr.flags.aligned else arr.copy()
 
 
@@ -199,11 +203,16 @@ def tensor_from_contents(name: str, datatype: str, shape, contents: pb.InferTens
             f"input '{name}': {field} has {len(values)} elements but shape {list(dims)} needs {n}",
             {"tensor": name},
         )
-    if dt.kind == "O":
-        arr = np.empty(n, dtype=object)
-        arr[:] = list(values)
-        return arr.reshape(dims)
-    return np.asarray(values, dtype=dt).reshape(dims)
+    try:
+        if dt.kind == "O":
+            arr = np.empty(n, dtype=object)
+            arr[:] = list(values)
+            return arr.reshape(dims)
+        return np.asarray(values, dtype=dt).reshape(dims)
+    except (OverflowError, ValueError) as exc:  # 300 in int_contents of an INT8 tensor, an unusable shape
+        raise InvalidArgument(
+            f"input '{name}': {field} do not fit {dtype_name} shape {list(dims)[:16]} ({str(exc)[:120]}); send values "
+            f"in the range of {dtype_name}", {"tensor": name}) from None
 
 
 def decode_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:

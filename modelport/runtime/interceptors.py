@@ -1,8 +1,10 @@
 """The one place where domain errors become gRPC status codes, plus auth and call metrics.
 
 Every RPC of every service passes through ``ServiceInterceptor``: bearer-token check for
-mutating methods, then the handler, whose ``ModelportError`` becomes its status code and whose
-unexpected exceptions become INTERNAL with a generic message (the trace goes to the log).
+mutating methods (and, for every method, the caller's proof recorded in ``modelport.trust`` so domain
+code can bind resources to token holders), then the handler, whose ``ModelportError`` becomes its
+status code and whose unexpected exceptions become INTERNAL with a generic message (the trace goes to
+the log). Messages and details sent to clients pass ``trust.redact``: no internal paths on the wire.
 """
 
 from __future__ import annotations
@@ -19,10 +21,19 @@ import grpc
 
 from modelport.errors import ModelportError
 from modelport.runtime.metrics import RPC_LATENCY, RPC_REQUESTS
+from modelport.trust import Caller, redact, set_caller
 
 log = logging.getLogger("modelport.rpc")
 
 INTERNAL_MESSAGE = "Internal server error (logged on the server)"
+MAX_MESSAGE = 2000
+"""Longest status message sent: messages quote request values, and a status travels in HTTP/2 trailers."""
+
+
+def client_text(text: str) -> str:
+    """What a client may read of a message: internal paths redacted, length bounded."""
+    text = redact(text)
+    return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE] + "... (truncated)"
 
 
 def status_code(name: str) -> grpc.StatusCode:
@@ -35,21 +46,37 @@ class _Abort(Exception):
         self.code, self.message = code, message
 
 
-def _check_auth(token: str | None, metadata) -> None:
-    if not token:
-        return
+def _authorization(metadata) -> str:
     auth = ""
     for key, value in metadata or ():
         if key == "authorization":
             auth = value
+    return auth if isinstance(auth, str) else ""
+
+
+def _token_matches(token: str, auth: str) -> bool:
+    scheme, _, given = auth.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def _caller(token: str | None, metadata) -> Caller:
+    """What the caller proved: a valid bearer token (or nothing is required)."""
+    if not token:
+        return Caller(token_required=False, authenticated=True)
+    return Caller(token_required=True, authenticated=_token_matches(token, _authorization(metadata)))
+
+
+def _check_auth(token: str | None, metadata) -> None:
+    if not token:
+        return
+    auth = _authorization(metadata)
     if not auth:
         raise _Abort(
             grpc.StatusCode.UNAUTHENTICATED,
             "this RPC changes state and needs 'authorization: Bearer <token>' metadata "
             "(CLI: --auth-token or MODELPORT_AUTH_TOKEN)",
         )
-    scheme, _, given = auth.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+    if not _token_matches(token, auth):
         raise _Abort(
             grpc.StatusCode.PERMISSION_DENIED,
             "the bearer token is not valid for this service; send the token the service was started "
@@ -82,8 +109,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 await context.abort(exc.code, exc.message)
             if isinstance(exc, ModelportError):
                 if exc.details:
-                    context.set_trailing_metadata((("modelport-details", json.dumps(exc.details)),))
-                await context.abort(status_code(exc.status), exc.message)
+                    details = {k[:64]: client_text(str(v))[:200] for k, v in list(exc.details.items())[:16]}
+                    context.set_trailing_metadata((("modelport-details", json.dumps(details)),))
+                await context.abort(status_code(exc.status), client_text(exc.message))
             log.error("unexpected error in %s", method, exc_info=exc)
             await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
 
@@ -97,8 +125,10 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             async def wrapper(request_or_iterator, context):
                 start = time.perf_counter()
                 try:
+                    metadata = context.invocation_metadata()
+                    set_caller(_caller(self.auth_token, metadata))
                     if needs_auth:
-                        _check_auth(self.auth_token, context.invocation_metadata())
+                        _check_auth(self.auth_token, metadata)
                     return await behavior(request_or_iterator, context)
                 except (grpc.aio.AbortError, asyncio.CancelledError):
                     raise
@@ -113,8 +143,10 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             async def wrapper(request_or_iterator, context):
                 start = time.perf_counter()
                 try:
+                    metadata = context.invocation_metadata()
+                    set_caller(_caller(self.auth_token, metadata))
                     if needs_auth:
-                        _check_auth(self.auth_token, context.invocation_metadata())
+                        _check_auth(self.auth_token, metadata)
                     async for item in behavior(request_or_iterator, context):
                         yield item
                 except (grpc.aio.AbortError, asyncio.CancelledError, GeneratorExit):
