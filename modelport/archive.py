@@ -1,5 +1,8 @@
 """Multi-file models as one artifact: deterministic tar packing and a defensive unpacker.
 
+Packing streams: ``TarStream`` yields the archive chunk by chunk with its exact size known up
+front, so a multi-GB folder goes to a store or over an Upload stream without a temp archive and
+without holding any file in memory. Its bytes are what ``tarfile`` writes for the same members.
 The unpacker refuses absolute paths, ``..`` components, links that leave the folder,
 device files, and archives whose unpacked size or file count passes a cap. The caps apply while the
 headers are read, one member at a time: an archive of millions of tiny headers (or a compressed one
@@ -9,29 +12,110 @@ Each member also passes ``tarfile.data_filter`` (the standard library's rules fo
 
 from __future__ import annotations
 
+import io
 import os
 import tarfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 
 from modelport.errors import InvalidArgument, ResourceExhausted
 
+CHUNK = 1 << 20
+_BLOCK = tarfile.BLOCKSIZE
+_RECORD = tarfile.RECORDSIZE
+
+
+def _clean(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.mtime = 0
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+class TarStream:
+    """An uncompressed PAX tar of (TarInfo, file or None) entries, produced lazily.
+
+    ``size`` is the archive's exact length before any byte is produced; iterating yields chunks
+    of at most ``chunk`` bytes (headers, file contents read block by block, padding, end blocks).
+    A file that changes size while it is streamed raises InvalidArgument.
+    """
+
+    def __init__(self, entries: Iterable[tuple[tarfile.TarInfo, Path | None]], chunk: int = CHUNK):
+        self.chunk = chunk
+        self._entries = [(info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape"), info, path)
+                         for info, path in entries]
+        body = sum(len(h) + (-(-info.size // _BLOCK) * _BLOCK if info.isreg() else 0)
+                   for h, info, _ in self._entries) + 2 * _BLOCK
+        self.size = -(-body // _RECORD) * _RECORD
+
+    @classmethod
+    def of_files(cls, files: Iterable[tuple[str, Path]], chunk: int = CHUNK) -> TarStream:
+        """Regular files under archive names, with normalized metadata (0644, owner 0, mtime 0), so the
+        same content always packs to the same bytes wherever it comes from."""
+        entries = []
+        for arcname, path in files:
+            info = tarfile.TarInfo(arcname)
+            info.size = Path(path).stat().st_size
+            info.mode = 0o644
+            entries.append((_clean(info), Path(path)))
+        return cls(entries, chunk)
+
+    @classmethod
+    def of_dir(cls, directory: Path, chunk: int = CHUNK) -> TarStream:
+        """Every entry under ``directory`` (sorted names, file modes kept, owner and times zeroed)."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise InvalidArgument(f"{directory} is not a folder")
+        maker = tarfile.TarFile(fileobj=io.BytesIO(), mode="w", format=tarfile.PAX_FORMAT)
+        entries = []
+        for path in sorted(directory.rglob("*")):
+            info = _clean(maker.gettarinfo(str(path), arcname=path.relative_to(directory).as_posix()))
+            entries.append((info, path if info.isreg() else None))
+        return cls(entries, chunk)
+
+    def __iter__(self) -> Iterator[bytes]:
+        buf = bytearray()
+        total = 0  # bytes appended to buf so far
+        for header, info, path in self._entries:
+            buf += header
+            total += len(header)
+            if path is None or not info.isreg():
+                continue
+            left = info.size
+            with open(path, "rb") as f:
+                while left:
+                    if len(buf) >= self.chunk:
+                        yield bytes(buf)
+                        buf.clear()
+                    block = f.read(min(self.chunk, left))
+                    if not block:
+                        raise InvalidArgument(f"{path} shrank while it was being packed; pack it again")
+                    buf += block
+                    left -= len(block)
+            pad = -info.size % _BLOCK
+            buf += b"\0" * pad
+            total += info.size + pad
+        buf += b"\0" * (self.size - total)  # two end blocks, then zeros up to a whole record
+        for start in range(0, len(buf), self.chunk):
+            yield bytes(buf[start:start + self.chunk])
+
+    def write_to(self, out: Path) -> None:
+        """Write the whole archive to a file."""
+        with open(out, "wb") as f:
+            for block in self:
+                f.write(block)
+
+
+def is_tar(path: str | os.PathLike) -> bool:
+    """Whether a file is a (ustar/PAX/GNU) tar archive, from its first header block."""
+    with open(path, "rb") as f:
+        head = f.read(_BLOCK)
+    return len(head) == _BLOCK and head[257:262] == b"ustar"
+
 
 def pack_dir(directory: Path, out: Path) -> None:
     """Write ``directory`` as an uncompressed tar with sorted names and zeroed metadata."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise InvalidArgument(f"{directory} is not a folder")
-
-    def clean(info: tarfile.TarInfo) -> tarfile.TarInfo:
-        info.mtime = 0
-        info.uid = info.gid = 0
-        info.uname = info.gname = ""
-        return info
-
-    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
-        for path in sorted(directory.rglob("*")):
-            rel = path.relative_to(directory).as_posix()
-            tar.add(path, arcname=rel, recursive=False, filter=clean)
+    TarStream.of_dir(Path(directory)).write_to(Path(out))
 
 
 def _check_member(m: tarfile.TarInfo) -> None:

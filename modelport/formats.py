@@ -95,7 +95,8 @@ def _is_onnx(path: Path) -> bool:
 
 
 def detect_format(path: str | os.PathLike) -> str:
-    """The model format of a file: keras, h5, savedmodel, tflite or onnx.
+    """The model format of a file: keras, h5, savedmodel, tflite or onnx (a file, or a tar archive of
+    ``model.onnx`` and its external data).
 
     Raises InvalidArgument naming what was found (first bytes, or the archive's shape).
     """
@@ -130,9 +131,12 @@ def detect_format(path: str | os.PathLike) -> str:
             raise InvalidArgument("the model is a tar archive that cannot be read; it may be truncated")
         if any(PurePosixPath(n).name == "saved_model.pb" for n in names):
             return SAVEDMODEL
+        if any(n.endswith(".onnx") for n in names):
+            return ONNX  # an ONNX model with its external data (media.ONNX_FOLDER)
         raise InvalidArgument(
-            f"the model is a tar archive without saved_model.pb (found {names[:5]}); a SavedModel artifact "
-            "is the SavedModel folder packed as tar (saved_model.pb and variables/ at its root)"
+            f"the model is a tar archive without saved_model.pb or a .onnx file (found {names[:5]}); a "
+            "SavedModel artifact is the SavedModel folder packed as tar (saved_model.pb and variables/ at its "
+            "root), an ONNX folder artifact holds model.onnx and its external data file(s)"
         )
     if _is_onnx(path):
         return ONNX
@@ -234,6 +238,13 @@ def check_target(source_format: str, target_format: str) -> str:
             f"{source_format}: {', '.join(allowed)}"
         )
     return target
+
+
+def is_archive(path: str | os.PathLike) -> bool:
+    """Whether a model artifact is a folder packed as tar (SavedModel, ONNX with external data)."""
+    from modelport.archive import is_tar
+
+    return is_tar(path)
 
 
 def savedmodel_root(folder: str | os.PathLike) -> Path:

@@ -285,16 +285,21 @@ class ArtifactStore:
         return self.put_chunks(chunks(), media_type)
 
     def put_dir(self, directory: str | os.PathLike, media_type: str) -> StoredArtifact:
-        """Pack a folder (SavedModel, ONNX + external data) as one deterministic tar artifact."""
-        from modelport.archive import pack_dir
+        """Pack a folder (e.g. a SavedModel) as one deterministic tar artifact, streamed (no temp archive)."""
+        from modelport.archive import TarStream
 
-        fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, prefix="pack-", suffix=".tar")
-        os.close(fd)
-        try:
-            pack_dir(Path(directory), Path(tmp))
-            return self.put_file(tmp, media_type)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        return self.put_chunks(TarStream.of_dir(Path(directory)), media_type)
+
+    def put_onnx(self, model_path: str | os.PathLike) -> StoredArtifact:
+        """Store an ONNX model: a self-contained file as ``media.ONNX``; one with external data as one
+        folder artifact (``media.ONNX_FOLDER``: ``model.onnx`` + its data files, streamed)."""
+        from modelport.archive import TarStream
+        from modelport.onnx_files import model_files
+
+        files = model_files(model_path)
+        if len(files) == 1:
+            return self.put_file(model_path, media.ONNX)
+        return self.put_chunks(TarStream.of_files(files), media.ONNX_FOLDER)
 
     def unpacked(self, digest: str, max_bytes: int = 8 << 30, max_files: int = 10_000) -> Path:
         """Unpack an archive artifact once (safely) and return the folder."""
@@ -316,6 +321,15 @@ class ArtifactStore:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
         return dest
+
+    def onnx_model(self, digest: str) -> Path:
+        """The ONNX file of an artifact: the file itself, or ``model.onnx`` inside an ONNX folder archive
+        (unpacked once, its data file(s) beside it)."""
+        from modelport.archive import is_tar
+        from modelport.onnx_files import find_model_file
+
+        path = self.path(digest)
+        return find_model_file(self.unpacked(digest)) if is_tar(path) else path
 
     def _publish(self, tmp: Path, digest: str, size: int, media_type: str) -> StoredArtifact:
         hexd = check_digest(digest)
