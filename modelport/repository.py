@@ -144,8 +144,10 @@ def write_model(root: str | os.PathLike, name: str, version: int, model: str | o
                 config: mc.ModelConfig | None = None) -> Path:
     """Write ``<root>/<name>/<version>/model.onnx`` (+ config.pbtxt when given); returns the file.
 
-    The version folder appears atomically (written in a temp folder, then renamed), so a
-    scanning server never sees a half-written model.
+    An ONNX ``model`` file with external data brings its data file(s) along, copied beside it in the
+    version folder (ONNX Runtime resolves them there). The version folder appears
+    atomically (written in a temp folder, then renamed), so a scanning server never sees a
+    half-written model.
     """
     if not name or "/" in name or name.startswith("."):
         raise InvalidArgument(f"model name {name!r} is not a valid folder name; use letters, digits, '-', '_'")
@@ -162,6 +164,10 @@ def write_model(root: str | os.PathLike, name: str, version: int, model: str | o
         target = tmp / fname
         if isinstance(model, (bytes, bytearray)):
             target.write_bytes(model)
+        elif fname.endswith(".onnx"):
+            from modelport.onnx_files import copy_model
+
+            copy_model(model, tmp, fname)
         else:
             shutil.copyfile(model, target)
         os.replace(tmp, final)

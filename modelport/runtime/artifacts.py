@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import grpc
@@ -76,22 +76,49 @@ class ArtifactsServicer(artifacts_pb2_grpc.ArtifactsServicer):
         return to_ref(self.store.stat(request.digest), self.advertise)
 
 
-def upload_requests(path: str | os.PathLike, media_type: str, expected_digest: str = "",
-                    chunk_size: int = DEFAULT_CHUNK) -> Iterator[artifacts_pb2.UploadRequest]:
-    """The request stream for Upload from a file, read lazily chunk by chunk."""
-    size = os.path.getsize(path)
+ByteProgress = Callable[[int, int], None]
+"""Called with (bytes moved so far, total bytes) as a transfer goes."""
+
+
+def stream_requests(chunks: Iterable[bytes], size: int, media_type: str, expected_digest: str = "",
+                    progress: ByteProgress | None = None) -> Iterator[artifacts_pb2.UploadRequest]:
+    """The request stream for Upload from lazily produced chunks of ``size`` bytes in all."""
     yield artifacts_pb2.UploadRequest(
         header=artifacts_pb2.UploadHeader(media_type=media_type, expected_digest=expected_digest, expected_size=size)
     )
-    with open(path, "rb") as f:
-        while block := f.read(chunk_size):
-            yield artifacts_pb2.UploadRequest(chunk=block)
+    done = 0
+    if progress is not None:
+        progress(0, size)
+    for block in chunks:
+        yield artifacts_pb2.UploadRequest(chunk=block)
+        done += len(block)
+        if progress is not None:
+            progress(done, size)
     yield artifacts_pb2.UploadRequest(commit=True)
 
 
+def file_chunks(path: str | os.PathLike, chunk_size: int = DEFAULT_CHUNK) -> Iterator[bytes]:
+    """A file's bytes, read lazily chunk by chunk."""
+    with open(path, "rb") as f:
+        while block := f.read(chunk_size):
+            yield block
+
+
+def upload_requests(path: str | os.PathLike, media_type: str, expected_digest: str = "",
+                    chunk_size: int = DEFAULT_CHUNK, progress: ByteProgress | None = None,
+                    ) -> Iterator[artifacts_pb2.UploadRequest]:
+    """The request stream for Upload from a file, read lazily chunk by chunk."""
+    return stream_requests(file_chunks(path, chunk_size), os.path.getsize(path), media_type, expected_digest,
+                           progress)
+
+
 def download_to_file(stub: artifacts_pb2_grpc.ArtifactsStub, digest: str, out: str | os.PathLike,
-                     timeout: float | None = None, metadata=()) -> artifacts_pb2.ArtifactRef:
-    """Download an artifact into ``out`` atomically (sync client); verifies the digest."""
+                     timeout: float | None = None, metadata=(), progress: ByteProgress | None = None,
+                     size: int = 0) -> artifacts_pb2.ArtifactRef:
+    """Download an artifact into ``out`` atomically (sync client); verifies the digest.
+
+    ``progress`` gets (bytes so far, total): the total is ``size`` or else the size the first chunk's ref names.
+    """
     import hashlib
 
     check_digest(digest)
@@ -100,13 +127,18 @@ def download_to_file(stub: artifacts_pb2_grpc.ArtifactsStub, digest: str, out: s
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
     h = hashlib.sha256()
     ref = None
+    done = 0
     try:
         with os.fdopen(fd, "wb") as f:
             for chunk in stub.Download(artifacts_pb2.DownloadRequest(digest=digest), timeout=timeout, metadata=metadata):
                 if chunk.HasField("ref"):
                     ref = chunk.ref
+                    size = size or ref.size
                 h.update(chunk.data)
                 f.write(chunk.data)
+                done += len(chunk.data)
+                if progress is not None:
+                    progress(done, size)
         if "sha256:" + h.hexdigest() != digest:
             raise InvalidArgument(f"downloaded bytes do not hash to {digest}")
         os.replace(tmp, out)
