@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from modelport import formats
 from modelport.conversion import onnx2tf_bridge, onnx2torch_bridge
-from modelport.conversion.convert import DEFAULT_SAMPLES, check_opset
+from modelport.conversion.convert import DEFAULT_SAMPLES, check_opset, source_path
 from modelport.errors import InvalidArgument
 from modelport.parity import DEFAULT_ATOL, DEFAULT_RTOL, QuantTolerances
 from modelport.runtime.job_cache import Job, job_key
@@ -61,8 +61,8 @@ async def plan_convert(service, request: converter_pb2.ConvertRequest) -> Conver
     p = request.parity
     if p.rtol < 0 or p.atol < 0 or p.num_samples < 0:
         raise InvalidArgument("parity rtol, atol and num_samples must be >= 0")
-    if fmt == formats.SAVEDMODEL:
-        await asyncio.to_thread(store.unpacked, request.source.digest)  # traversal/size checks, once
+    if formats.is_archive(path):  # SavedModel, ONNX with external data: traversal/size checks, once
+        await asyncio.to_thread(source_path, store, request.source.digest, fmt)
     options = {
         "target": target,
         "opset": opset if target == formats.ONNX or target == formats.PYTORCH and fmt != formats.ONNX else 0,

@@ -47,8 +47,13 @@ def check_opset(opset: int) -> int:
 
 
 def source_path(store: ArtifactStore, digest: str, fmt: str) -> Path:
-    """Local path of a source artifact (a SavedModel archive is unpacked safely, once)."""
-    return store.unpacked(digest) if fmt == formats.SAVEDMODEL else store.path(digest)
+    """Local path of a source artifact: a SavedModel archive's folder, an ONNX folder archive's
+    ``model.onnx`` (archives are unpacked safely, once), else the file itself."""
+    if fmt == formats.SAVEDMODEL:
+        return store.unpacked(digest)
+    if fmt == formats.ONNX:
+        return store.onnx_model(digest)
+    return store.path(digest)
 
 
 # ---- samples ---------------------------------------------------------------------------------
@@ -115,7 +120,7 @@ def _check_onnx(path: Path) -> None:
             details={"unsupported_ops": ",".join(unknown)},
         )
     try:
-        onnx.checker.check_model(proto)
+        onnx.checker.check_model(str(path))  # by path: external data is checked beside the model file
     except Exception as e:  # noqa: BLE001
         raise FailedPrecondition(f"the converted ONNX model is invalid: {str(e).splitlines()[0][:400]}") from None
 
@@ -243,6 +248,7 @@ def produce(src, target: str, workdir: Path, opset: int, fixed_batch: int,
             from onnx import version_converter
 
             from modelport.conversion.onnx_export import save_onnx
+            from modelport.onnx_files import copy_data_beside
 
             if fixed_batch:
                 raise InvalidArgument("fixed_batch_size is not supported for onnx -> onnx; it changes the opset only")
@@ -256,6 +262,7 @@ def produce(src, target: str, workdir: Path, opset: int, fixed_batch: int,
                     notes["opset_conversion"] = "relabelled (every op has the same signature at both opsets)"
             notes["from_opset"] = str(src.opset)
             save_onnx(proto, out)
+            copy_data_beside(src.path, out)  # the graph still points at the source's external data
         else:  # pragma: no cover - guarded by formats.TARGETS
             raise InvalidArgument(f"cannot convert {src.format} to onnx")
         _check_onnx(out)
@@ -374,6 +381,8 @@ def convert_model(store: ArtifactStore, request: converter_pb2.ConvertRequest,
         progress("storing", 0.9, "storing the converted model")
         if target == formats.SAVEDMODEL:
             stored = store.put_dir(out, media.SAVEDMODEL)
+        elif target == formats.ONNX:
+            stored = store.put_onnx(out)  # one folder artifact when the weights are external data
         else:
             stored = store.put_file(out, media.BY_FORMAT[target])
         info = cand.info()

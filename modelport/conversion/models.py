@@ -402,6 +402,9 @@ class OnnxModel(LoadedModel):
             self.proto = onnx.load_model(str(path), load_external_data=False)
         except Exception as e:  # noqa: BLE001
             raise InvalidArgument(f"the ONNX model could not be parsed: {str(e)[:300]}") from None
+        from modelport.onnx_files import check_data_files
+
+        self.data_files = check_data_files(self.proto, path)  # onnxruntime reads them from beside the model
         try:
             opts = ort.SessionOptions()
             opts.log_severity_level = 3
@@ -427,6 +430,9 @@ class OnnxModel(LoadedModel):
 
     def info(self) -> jobs_pb2.ModelInfo:
         info = self._base_info()
+        info.size_bytes = sum((self.path.parent / f).stat().st_size for f in self.data_files) + info.size_bytes
+        if self.data_files:
+            info.details["external_data"] = ",".join(self.data_files)
         info.opset = self.opset
         version = self.proto.producer_version.removesuffix(" None")  # tf2onnx appends its git hash or None
         info.producer = f"{self.proto.producer_name} {version}".strip()
