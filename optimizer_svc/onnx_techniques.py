@@ -2,7 +2,9 @@
 float32), dynamic INT8 and static INT8 (QDQ) with calibration after ``quant_pre_process``.
 
 Each function reads an ONNX file and writes the candidate to ``out`` and returns facts for the
-report (``details``). This module never imports grpc or TensorFlow.
+report (``details``). A model that came with external data (or would pass protobuf's 2 GiB limit)
+is written with external data too: ``out`` plus ``<out name>.data`` beside it (``_external``).
+This module never imports grpc or TensorFlow.
 """
 
 from __future__ import annotations
@@ -17,6 +19,22 @@ from modelport.errors import InvalidArgument
 log = logging.getLogger("modelport.optimizer.onnx")
 
 
+def _external(src: Path) -> bool:
+    """Write the candidate with external data: the source had it, or is too big for one protobuf."""
+    from modelport.onnx_files import PROTOBUF_LIMIT, has_external_data
+
+    return has_external_data(src) or Path(src).stat().st_size >= PROTOBUF_LIMIT
+
+
+def _save_external(so, out: Path) -> None:
+    """Session options that make ORT's offline-optimized model keep its initializers in ``<out>.data``."""
+    from modelport.onnx_files import DATA_SUFFIX, EXTERNAL_THRESHOLD
+
+    so.add_session_config_entry("session.optimized_model_external_initializers_file_name", out.name + DATA_SUFFIX)
+    so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                str(EXTERNAL_THRESHOLD))
+
+
 def graph_optimize(src: Path, out: Path, level: str = "extended") -> dict[str, str]:
     """Save the graph as onnxruntime optimizes it offline (extended = portable across CPUs)."""
     import onnx
@@ -28,8 +46,10 @@ def graph_optimize(src: Path, out: Path, level: str = "extended") -> dict[str, s
     so.graph_optimization_level = graph_optimization_level(level)
     so.optimized_model_filepath = str(out)
     so.log_severity_level = 3
+    if _external(src):
+        _save_external(so, out)
     ort.InferenceSession(str(src), sess_options=so, providers=["CPUExecutionProvider"])
-    before, after = onnx.load(str(src)), onnx.load(str(out))
+    before, after = (onnx.load(str(p), load_external_data=False) for p in (src, out))
     return {"level": level, "nodes_before": str(len(before.graph.node)), "nodes_after": str(len(after.graph.node))}
 
 
@@ -38,24 +58,41 @@ def fp16(src: Path, out: Path) -> dict[str, str]:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = onnx.load(str(src))
+    from modelport.onnx_files import save
+
+    external = _external(src)
+    model = onnx.load(str(src))  # external data is read from beside src
     converted = convert_float_to_float16(model, keep_io_types=True)
-    onnx.save(converted, str(out))
+    del model
+    save(converted, out, external=external or None)
     n16 = sum(1 for t in converted.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16)
     return {"fp16_initializers": str(n16), "io_types": "kept float32"}
 
 
 def _preprocess(src: Path, out: Path) -> Path:
-    """quant_pre_process (symbolic shape inference + ORT basic optimization); the source on failure."""
+    """quant_pre_process (symbolic shape inference + ORT basic optimization); the source on failure.
+
+    A model with external data is pre-processed into ``out`` + ``<out name>.data``; past 2 GiB symbolic
+    shape inference is skipped (it serializes the whole model into one protobuf, which cannot hold it).
+    """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    from modelport.onnx_files import DATA_SUFFIX, PROTOBUF_LIMIT, model_bytes
+
+    ext = {}
+    skip_symbolic = False
+    if _external(src):
+        ext = dict(save_as_external_data=True, all_tensors_to_one_file=True,
+                   external_data_location=out.name + DATA_SUFFIX)
+        skip_symbolic = model_bytes(src) >= PROTOBUF_LIMIT
     try:
-        quant_pre_process(str(src), str(out), skip_symbolic_shape=False)
+        quant_pre_process(str(src), str(out), skip_symbolic_shape=skip_symbolic, **ext)
         return out
     except Exception as e:  # noqa: BLE001 - pre-processing is an improvement, not a requirement
         log.warning("quant_pre_process failed (%s); retrying without symbolic shape inference", e)
         try:
-            quant_pre_process(str(src), str(out), skip_symbolic_shape=True)
+            out.with_name(out.name + DATA_SUFFIX).unlink(missing_ok=True)  # onnx appends to a data file
+            quant_pre_process(str(src), str(out), skip_symbolic_shape=True, **ext)
             return out
         except Exception as e2:  # noqa: BLE001
             log.warning("quant_pre_process failed again (%s); quantizing the model as is", e2)
@@ -67,7 +104,8 @@ def int8_dynamic(src: Path, out: Path, per_channel: bool = False) -> dict[str, s
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     pre = _preprocess(src, out.with_name(out.stem + ".pre.onnx"))
-    quantize_dynamic(str(pre), str(out), weight_type=QuantType.QInt8, per_channel=per_channel)
+    quantize_dynamic(str(pre), str(out), weight_type=QuantType.QInt8, per_channel=per_channel,
+                     use_external_data_format=_external(src))
     d = int8_facts(out)
     d["per_channel"] = str(per_channel).lower()
     return d
@@ -106,7 +144,7 @@ def int8_static(src: Path, out: Path, inputs: dict[str, np.ndarray], method: str
     reader = _Reader(inputs, names, samples)
     quantize_static(str(pre), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=methods[method],
+                    calibrate_method=methods[method], use_external_data_format=_external(src),
                     extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
     d = int8_facts(out)
     d.update({"method": method, "per_channel": str(per_channel).lower(),
@@ -118,7 +156,7 @@ def int8_facts(path: Path) -> dict[str, str]:
     """How much of a quantized model is INT8: int8 initializers, QDQ / integer op counts."""
     import onnx
 
-    m = onnx.load(str(path))
+    m = onnx.load(str(path), load_external_data=False)  # types and shapes only
     int8_types = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
     weights = [t for t in m.graph.initializer if len(t.dims) >= 2]
     int8_w = sum(1 for t in weights if t.data_type in int8_types)

@@ -116,8 +116,23 @@ def _has_labels(path: Path) -> bool:
         return True
 
 
+def _model_path(store: ArtifactStore, digest: str) -> Path:
+    """The model file to optimize: the artifact itself, or for an ONNX folder artifact (external data) the
+    ``model.onnx`` of its folder, unpacked once in the store (tools read the data beside it, in place)."""
+    from modelport.archive import is_tar
+
+    path = store.path(digest)
+    if not is_tar(path):
+        return path
+    try:
+        return store.onnx_model(digest)
+    except InvalidArgument:
+        raise InvalidArgument("the model is a tar archive without an ONNX model (a SavedModel?); convert it to "
+                              "ONNX first (Converter.Convert) or upload the Keras model") from None
+
+
 def _ref(store: ArtifactStore, path: Path, media_type: str, origin: str) -> artifacts_pb2.ArtifactRef:
-    art = store.put_file(path, media_type)
+    art = store.put_onnx(path) if media.is_onnx(media_type) else store.put_file(path, media_type)
     return artifacts_pb2.ArtifactRef(digest=art.digest, size=art.size, media_type=art.media_type, origin=origin)
 
 
@@ -159,7 +174,7 @@ def _optimize(progress, store: ArtifactStore, req: optimizer_pb2.OptimizeRequest
     if out_format not in ("onnx", "tflite"):
         raise InvalidArgument(f"output_format {req.output_format!r} is not supported; use onnx or tflite")
     progress("loading", 0.01, "reading the model")
-    model_path = store.path(req.model.digest)
+    model_path = _model_path(store, req.model.digest)
     fmt = sniff_format(model_path)
     # The plan admitted trust_remote_code only on a server that allows it (modelport.trust); model and
     # student are checked for code before any loader sees them.
@@ -356,7 +371,8 @@ def _faster_export(source, keras3_onnx: Path, work: Path, eval_x: dict[str, np.n
 def _build(tech: str, baseline: Path, work: Path, opts: dict, rep_x: dict[str, np.ndarray], input_names: list[str],
            source, train, student: Path | None, out_format: str) -> tuple[Path, str, dict[str, str]]:
     """Build one candidate; returns (file, format, details)."""
-    out = work / f"{tech.replace(':', '_')}.onnx"
+    out = work / tech.replace(":", "_") / "model.onnx"  # a folder each: external data lands as model.onnx.data
+    out.parent.mkdir(parents=True, exist_ok=True)
     if tech == "graph":
         return out, "onnx", OT.graph_optimize(baseline, out, str(opts["graph.level"]))
     if tech == "fp16":
