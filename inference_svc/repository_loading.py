@@ -119,12 +119,16 @@ class RepositoryLoading:
 def resolve_artifact(store, stored, name: str) -> tuple[Path, mc.ModelConfig | None]:
     """The ONNX file (and config.pbtxt, if any) inside a stored artifact.
 
-    A plain ONNX artifact is used as is; an archive (model-repository bundle) is unpacked once
-    and searched for ``<name>/<version>/model.onnx`` (highest version), else its only .onnx file.
+    A plain ONNX artifact is used as is; an archive (an ONNX model with external data, a
+    model-repository bundle) is unpacked once in the store and searched for
+    ``<name>/<version>/model.onnx`` (highest version), else its only .onnx file. onnxruntime then
+    reads (memory-maps) the external data files from beside that file.
     """
     from modelport import media
+    from modelport.archive import is_tar
 
-    is_archive = stored.media_type.endswith("+tar") or stored.media_type == media.TAR
+    is_archive = (stored.media_type.endswith("+tar") or stored.media_type == media.TAR
+                  or is_tar(stored.path))
     if not is_archive:
         return Path(stored.path), None
     folder = Path(store.unpacked(stored.digest))
