@@ -72,21 +72,25 @@ def fp16(src: Path, out: Path) -> dict[str, str]:
 def _preprocess(src: Path, out: Path) -> Path:
     """quant_pre_process (symbolic shape inference + ORT basic optimization); the source on failure.
 
-    A model with external data is pre-processed into ``out`` + ``<out name>.data``; past 2 GiB symbolic
-    shape inference is skipped (it serializes the whole model into one protobuf, which cannot hold it).
+    A model with external data is pre-processed into ``out`` + ``<out name>.data``. Past 2 GiB it is not
+    pre-processed: symbolic shape inference cannot run (it serializes the whole model into one protobuf),
+    and the rest (ORT's basic fusions; ONNX shape inference, which the quantizer runs itself) costs two
+    full loads and writes of the weights at ~4x their size in memory. The quantizer then reads a copy
+    in ``out``'s folder, because it writes a shape-inferred model beside its input.
     """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from modelport.onnx_files import DATA_SUFFIX, PROTOBUF_LIMIT, model_bytes
+    from modelport.onnx_files import DATA_SUFFIX, PROTOBUF_LIMIT, copy_model, model_bytes
 
     ext = {}
-    skip_symbolic = False
     if _external(src):
+        if model_bytes(src) >= PROTOBUF_LIMIT:
+            log.info("%s passes 2 GiB: quantizing it without quant_pre_process", src)
+            return copy_model(src, out.parent / "source")
         ext = dict(save_as_external_data=True, all_tensors_to_one_file=True,
                    external_data_location=out.name + DATA_SUFFIX)
-        skip_symbolic = model_bytes(src) >= PROTOBUF_LIMIT
     try:
-        quant_pre_process(str(src), str(out), skip_symbolic_shape=skip_symbolic, **ext)
+        quant_pre_process(str(src), str(out), skip_symbolic_shape=False, **ext)
         return out
     except Exception as e:  # noqa: BLE001 - pre-processing is an improvement, not a requirement
         log.warning("quant_pre_process failed (%s); retrying without symbolic shape inference", e)
