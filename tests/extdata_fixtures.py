@@ -51,27 +51,38 @@ def _external(name: str, dims: list[int], dtype: int, offset: int, length: int, 
     return t
 
 
-def embedding_model(folder: Path, vocab: int, dim: int, out_dim: int, *, model_name: str = "model.onnx",
-                    data_name: str = DATA, chunk_bytes: int = 64 << 20) -> Path:
-    """ids INT64 [N, T] -> y FP32 [N, T, out_dim] = relu(E[ids] @ W + b); E and W in ``data_name``."""
+def embedding_model(folder: Path, vocab: int, dim: int, out_dim: int, *, tables: int = 1,
+                    model_name: str = "model.onnx", data_name: str = DATA, chunk_bytes: int = 64 << 20) -> Path:
+    """ids INT64 [N, T] -> y FP32 [N, T, out_dim] = relu(sum_k E_k[ids] @ W + b), E_k and W in ``data_name``.
+
+    ``tables`` > 1 splits the weights over several embedding tables of ``vocab`` rows (table k is table 0's
+    rows shifted by k): a model of many moderate tensors, as transformers are, rather than one giant one.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     w, b = dense_weights(dim, out_dim)
-    inits = []
+    inits, nodes = [], []
     with open(folder / data_name, "wb") as f:
-        off = f.tell()
         step = max(1, chunk_bytes // (dim * 4))
         block = _block(dim)
-        for start in range(0, vocab, step):
-            f.write(embedding_rows(start, min(start + step, vocab), dim, block).tobytes())
-        inits.append(_external("E", [vocab, dim], TensorProto.FLOAT, off, f.tell() - off, data_name))
+        for k in range(tables):
+            f.write(b"\0" * (-f.tell() % _ALIGN))
+            off = f.tell()
+            for start in range(0, vocab, step):
+                f.write(embedding_rows(start + k, min(start + step, vocab) + k, dim, block).tobytes())
+            inits.append(_external(f"E{k}", [vocab, dim], TensorProto.FLOAT, off, f.tell() - off, data_name))
+            nodes.append(helper.make_node("Gather", [f"E{k}", "ids"], [f"g{k}"]))
         f.write(b"\0" * (-f.tell() % _ALIGN))
         off = f.tell()
         f.write(w.tobytes())
         inits.append(_external("W", [dim, out_dim], TensorProto.FLOAT, off, w.nbytes, data_name))
     inits.append(onnx.numpy_helper.from_array(b, "B"))  # small: stays inside model.onnx
-    nodes = [helper.make_node("Gather", ["E", "ids"], ["h"]), helper.make_node("MatMul", ["h", "W"], ["z"]),
-             helper.make_node("Add", ["z", "B"], ["a"]), helper.make_node("Relu", ["a"], ["y"])]
+    total = "g0"
+    for k in range(1, tables):
+        nodes.append(helper.make_node("Add", [total, f"g{k}"], [f"s{k}"]))
+        total = f"s{k}"
+    nodes += [helper.make_node("MatMul", [total, "W"], ["z"]), helper.make_node("Add", ["z", "B"], ["a"]),
+              helper.make_node("Relu", ["a"], ["y"])]
     graph = helper.make_graph(nodes, "embedding",
                               [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", "T"])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "T", out_dim])], inits)
@@ -81,15 +92,16 @@ def embedding_model(folder: Path, vocab: int, dim: int, out_dim: int, *, model_n
     return folder / model_name
 
 
-def embedding_reference(ids: np.ndarray, dim: int, out_dim: int) -> np.ndarray:
+def embedding_reference(ids: np.ndarray, dim: int, out_dim: int, tables: int = 1) -> np.ndarray:
     """What ``embedding_model`` computes for ``ids`` (float64 math, float32 result)."""
     flat = ids.reshape(-1)
     block = _block(dim)
-    rows = np.stack([embedding_rows(int(i), int(i) + 1, dim, block)[0] for i in flat])
+    rows = sum(np.stack([embedding_rows(int(i) + k, int(i) + k + 1, dim, block)[0] for i in flat]).astype(np.float64)
+               for k in range(tables))
     w, b = dense_weights(dim, out_dim)
-    y = np.maximum(rows.astype(np.float64) @ w + b, 0.0)
+    y = np.maximum(rows @ w + b, 0.0)
     return y.reshape(*ids.shape, out_dim).astype(np.float32)
 
 
-def weight_bytes(vocab: int, dim: int, out_dim: int) -> int:
-    return 4 * (vocab * dim + dim * out_dim + out_dim)
+def weight_bytes(vocab: int, dim: int, out_dim: int, tables: int = 1) -> int:
+    return 4 * (tables * vocab * dim + dim * out_dim + out_dim)
