@@ -32,6 +32,7 @@ TIMEOUTS = {
     "optimize": 420,
     "serving": 360,
     "e2e": 420,
+    "external_data": 420,
 }
 DEFAULT_TIMEOUT = 240
 QUICK_TIMEOUT = 120
