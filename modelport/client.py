@@ -143,7 +143,7 @@ def upload_source(path: str | os.PathLike, media_type: str | None = None) -> Upl
         raise InvalidArgument(f"{p}: no such file or folder")
     media_type = media_type or detect_media_type(p)
     if media.is_onnx(media_type):
-        files = model_files(p)  # the model file and the external data it references
+        files = model_files(p, unreadable_ok=True)  # the model and its data; not ONNX: the server says so
         if len(files) > 1:
             tar = TarStream.of_files(files)
             return UploadSource(tar, tar.size, media.ONNX_FOLDER, tuple(f for _, f in files))

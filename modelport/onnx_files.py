@@ -63,10 +63,11 @@ def _might_reference_data(path: Path) -> bool:
     return False
 
 
-def external_data_files(model_path: str | os.PathLike) -> list[str]:
+def external_data_files(model_path: str | os.PathLike, unreadable_ok: bool = False) -> list[str]:
     """The data files ``model_path`` references, relative to its folder; [] for a self-contained model.
 
-    Raises InvalidArgument when the file is not ONNX, a location leaves the folder, or a file is missing.
+    Raises InvalidArgument when a location leaves the folder or a file is missing, and when the file is
+    not ONNX at all unless ``unreadable_ok`` (then [] : whoever loads it reports what it is).
     """
     import onnx
 
@@ -76,6 +77,8 @@ def external_data_files(model_path: str | os.PathLike) -> list[str]:
     try:
         model = onnx.load_model(str(path), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - any parse failure means "not ONNX"
+        if unreadable_ok:
+            return []
         raise InvalidArgument(f"{path.name} is not a readable ONNX model ({str(e).splitlines()[0][:200]})") from None
     return check_data_files(model, path)
 
@@ -114,11 +117,11 @@ def find_model_file(folder: str | os.PathLike) -> Path:
                           f"named {MODEL_FILE}")
 
 
-def model_files(model_path: str | os.PathLike) -> list[tuple[str, Path]]:
+def model_files(model_path: str | os.PathLike, unreadable_ok: bool = False) -> list[tuple[str, Path]]:
     """(archive name, file) of a model and its data: the model as ``model.onnx``, data at its locations."""
     path = Path(model_path)
     files = [(MODEL_FILE, path)]
-    files += [(loc, path.parent / loc) for loc in external_data_files(path)]
+    files += [(loc, path.parent / loc) for loc in external_data_files(path, unreadable_ok)]
     return files
 
 

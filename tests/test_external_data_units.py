@@ -188,6 +188,10 @@ def test_upload_source_packs_model_and_data_the_same_from_a_folder_or_the_file(e
     (tmp_path / "junk" / "notes.txt").write_text("x")
     with pytest.raises(InvalidArgument, match="without saved_model.pb or a .onnx file"):
         upload_source(tmp_path / "junk")
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not a protobuf")
+    src = upload_source(garbage)  # sent as is: the service that reads it names what it is
+    assert src.media_type == media.ONNX and src.size == len(b"not a protobuf")
     (ext_model.parent / DATA).unlink()
     with pytest.raises(InvalidArgument, match="model.onnx.data is not beside it"):
         upload_source(ext_model)
