@@ -35,8 +35,9 @@ def _clean(info: tarfile.TarInfo) -> tarfile.TarInfo:
 class TarStream:
     """An uncompressed PAX tar of (TarInfo, file or None) entries, produced lazily.
 
-    ``size`` is the archive's exact length before any byte is produced; iterating yields chunks
-    of at most ``chunk`` bytes (headers, file contents read block by block, padding, end blocks).
+    ``size`` is the archive's exact length before any byte is produced; iterating yields chunks of
+    ``chunk`` bytes, give or take a header (headers, file contents read a chunk at a time, padding,
+    end blocks), so memory stays at about one chunk whatever the files' sizes.
     A file that changes size while it is streamed raises InvalidArgument.
     """
 

@@ -116,7 +116,6 @@ class UploadSource:
     chunks: Iterable[bytes]
     size: int
     media_type: str
-    files: tuple[Path, ...]
 
 
 def upload_source(path: str | os.PathLike, media_type: str | None = None) -> UploadSource:
@@ -133,7 +132,7 @@ def upload_source(path: str | os.PathLike, media_type: str | None = None) -> Upl
     if p.is_dir():
         if (p / "saved_model.pb").is_file():
             tar = TarStream.of_dir(p)
-            return UploadSource(tar, tar.size, media_type or media.SAVEDMODEL, (p,))
+            return UploadSource(tar, tar.size, media_type or media.SAVEDMODEL)
         if not any(p.rglob("*.onnx")):
             raise InvalidArgument(f"{p} is a folder without saved_model.pb or a .onnx file; upload a model file, "
                                   "a SavedModel folder or an ONNX model's folder (model.onnx + its data file)")
@@ -146,9 +145,9 @@ def upload_source(path: str | os.PathLike, media_type: str | None = None) -> Upl
         files = model_files(p, unreadable_ok=True)  # the model and its data; not ONNX: the server says so
         if len(files) > 1:
             tar = TarStream.of_files(files)
-            return UploadSource(tar, tar.size, media.ONNX_FOLDER, tuple(f for _, f in files))
+            return UploadSource(tar, tar.size, media.ONNX_FOLDER)
         media_type = media.ONNX
-    return UploadSource(file_chunks(p), p.stat().st_size, media_type, (p,))
+    return UploadSource(file_chunks(p), p.stat().st_size, media_type)
 
 
 @dataclass
