@@ -1,5 +1,5 @@
 """Exact graph rewrites applied to tf2onnx's output before it is saved: LayerNormalization fusion and
-constant reshape targets (``static_reshapes``, below).
+constant reshape targets (``static_reshapes``, below). The attention fusion is ``onnx_attention.fuse_attention``.
 
 tf2onnx lowers a Keras 3 ``LayerNormalization`` (``tf.nn.moments`` + rsqrt) to eleven ONNX
 nodes: two ``GlobalAveragePool`` for the mean and variance, ``Sub``/``Mul`` for the squared
@@ -85,15 +85,16 @@ class _Graph:
         return node.input[1] if node.input[0] == name else node.input[0]
 
 
-def fuse_layer_norms(model) -> int:
+def fuse_layer_norms(model, for_onnxruntime: bool = False) -> int:
     """Rewrite tf2onnx's Keras-LayerNormalization subgraphs into ``LayerNormalization`` nodes.
 
     Works in place on an ``onnx.ModelProto`` and returns how many norms were fused (0 for opset < 17
-    or when nothing matches).
+    or when nothing matches). ``for_onnxruntime`` also fuses below opset 17 (from 13), for a model only
+    onnxruntime will run: it runs ``LayerNormalization`` at every opset (its own fusion emits it there).
     """
     from onnx import helper
 
-    if _opset(model) < 17:
+    if _opset(model) < (13 if for_onnxruntime else 17):
         return 0
     shapes = _shapes(model)
     if not shapes:
