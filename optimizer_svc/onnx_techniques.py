@@ -36,21 +36,45 @@ def _save_external(so, out: Path) -> None:
 
 
 def graph_optimize(src: Path, out: Path, level: str = "extended") -> dict[str, str]:
-    """Save the graph as onnxruntime optimizes it offline (extended = portable across CPUs)."""
+    """modelport's own exact rewrites (the converter's: constant reshape targets, attention fusion,
+    LayerNorm fusion), then the graph as onnxruntime optimizes it offline (extended = portable across
+    CPUs). The rewrites apply to any ONNX input, e.g. a plain tf2onnx export, not only to the converter's
+    output (where they already ran and find nothing left to do)."""
     import onnx
     import onnxruntime as ort
 
+    from modelport.conversion.onnx_attention import fuse_attention
+    from modelport.conversion.onnx_fusions import fuse_layer_norms, static_reshapes
+    from modelport.onnx_files import DATA_SUFFIX, save
     from modelport.providers import graph_optimization_level
 
+    external = _external(src)
+    model = onnx.load(str(src))  # external data is read from beside src
+    nodes_before = len(model.graph.node)
+    # Shape-inference-driven rewrites first: below opset 17 ONNX shape inference stops at LayerNormalization.
+    # onnxruntime alone runs the result (saved as onnxruntime optimized it), so that op is fine at any opset.
+    done = {"reshapes_made_static": static_reshapes(model), "attention_layers_fused": fuse_attention(model),
+            "layer_norms_fused": fuse_layer_norms(model, for_onnxruntime=True)}
+    staged = src
+    if any(done.values()):
+        staged = save(model, out.with_name(out.stem + ".rewritten.onnx"), external=external or None)
+    del model
     so = ort.SessionOptions()
     so.graph_optimization_level = graph_optimization_level(level)
     so.optimized_model_filepath = str(out)
     so.log_severity_level = 3
-    if _external(src):
+    if external:
         _save_external(so, out)
-    ort.InferenceSession(str(src), sess_options=so, providers=["CPUExecutionProvider"])
-    before, after = (onnx.load(str(p), load_external_data=False) for p in (src, out))
-    return {"level": level, "nodes_before": str(len(before.graph.node)), "nodes_after": str(len(after.graph.node))}
+    # onnxruntime's CPU SkipLayerNormalization is a scalar loop with a divide per element: 5.7-7.9x the time
+    # of Add + LayerNormalization on BERT-Mini/Small shapes (BENCHMARKS.md, attention fusion section)
+    ort.InferenceSession(str(staged), sess_options=so, providers=["CPUExecutionProvider"],
+                         disabled_optimizers=["SkipLayerNormFusion"])
+    if staged != src:
+        staged.unlink()
+        staged.with_name(staged.name + DATA_SUFFIX).unlink(missing_ok=True)
+    after = onnx.load(str(out), load_external_data=False)
+    return {"level": level, "nodes_before": str(nodes_before), "nodes_after": str(len(after.graph.node)),
+            **{k: str(v) for k, v in done.items()}}
 
 
 def fp16(src: Path, out: Path) -> dict[str, str]:
