@@ -30,6 +30,7 @@ TIMEOUTS = {
     "artifacts": 180,
     "convert": 300,
     "optimize": 420,
+    "optimize_attention": 600,
     "serving": 360,
     "e2e": 420,
     "external_data": 420,
