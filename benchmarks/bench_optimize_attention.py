@@ -217,6 +217,32 @@ def measure(paths: dict[str, Path], feed: dict, ref: np.ndarray, rounds: int, pe
     return results
 
 
+def summary(all_rows: dict[str, dict]) -> list[list[str]]:
+    """The headline ratios (CPU time), one column per model."""
+    mha, att = "converter + MultiHeadAttention fusion", "converter + Attention fusion"
+
+    def ratio(rows, num: str, den: str) -> str:
+        a = next((r for n, r in rows.items() if n.startswith(num)), None)
+        b = next((r for n, r in rows.items() if n.startswith(den)), None)
+        return "n/a" if a is None or b is None else f"{a['cpu_p50_ms'] / b['cpu_p50_ms']:.3f}×"
+
+    lines = [
+        ("FP32: MultiHeadAttention fusion / no fusion", mha, BASELINE),
+        ("FP32: Attention fusion / no fusion", att, BASELINE),
+        ("FP32: onnxruntime.transformers optimizer / no fusion", "onnxruntime.transformers optimizer", BASELINE),
+        ("graph technique on plain tf2onnx / plain tf2onnx, before this change",
+         "graph technique before", PLAIN),
+        ("graph technique on plain tf2onnx / plain tf2onnx, now", "graph technique (modelport", PLAIN),
+        ("int8-dynamic (optimizer's technique): fused / not fused",
+         f"int8-dynamic of {mha}", f"int8-dynamic of {BASELINE}"),
+        (f"int8-dynamic, {NO_SLN}: fused / not fused",
+         f"int8-dynamic of {mha} (4 layers), {NO_SLN}", f"int8-dynamic of {BASELINE}, {NO_SLN}"),
+        (f"int8-dynamic of the fused model, {NO_SLN} / FP32 not fused",
+         f"int8-dynamic of {mha} (4 layers), {NO_SLN}", BASELINE),
+    ]
+    return [[label, *(ratio(rows, num, den) for rows in all_rows.values())] for label, num, den in lines]
+
+
 def kw_dim(label: str) -> int:
     return SHAPES[label]["dim"]
 
@@ -270,6 +296,7 @@ def main() -> int:
           "own output. "
           "int8-dynamic is the optimizer's technique (`quant_pre_process` + `quantize_dynamic`, QInt8 weights).",
           "", f"Command: `{common.command_line()}`", "", common.system_info_markdown(), ""]
+    md += ["### Summary", "", common.markdown_table(["", *all_rows], summary(all_rows)), ""]
     for label, rows in all_rows.items():
         base, plain, wall = rows[BASELINE]["cpu_p50_ms"], rows[PLAIN]["cpu_p50_ms"], rows[BASELINE]["p50_ms"]
         md += [f"### {label}", "",
