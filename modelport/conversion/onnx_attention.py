@@ -217,22 +217,10 @@ def _symbolic_shapes(model) -> dict[str, tuple[int, tuple]]:
     neither external data nor the 2 GiB protobuf limit matter."""
     import onnx
 
-    light = onnx.ModelProto()
-    light.ir_version = model.ir_version
-    light.opset_import.extend(model.opset_import)
-    g = light.graph
-    g.node.extend(model.graph.node)
-    g.input.extend(model.graph.input)
-    g.output.extend(model.graph.output)
-    g.value_info.extend(model.graph.value_info)
-    declared = {i.name for i in model.graph.input}
-    for t in model.graph.initializer:
-        if t.data_location != 1 and int(np.prod(t.dims)) <= _MAX_CONST_ELEMENTS:
-            g.initializer.append(t)
-        elif t.name not in declared:
-            g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    from modelport.conversion.onnx_fusions import light_copy
+
     try:
-        inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(light_copy(model), data_prop=True)
     except Exception as e:  # noqa: BLE001 - no shapes: no fusion
         log.info("attention fusion skipped: shape inference failed (%s)", e)
         return {}
