@@ -18,7 +18,7 @@ from modelport.workers import WorkerPool
 from optimizer_svc.jobs import GOALS, sniff_format
 from optimizer_svc.techniques import parse_options, plan
 
-JOB_VERSION = "optimizer-1"
+JOB_VERSION = "optimizer-2"
 _VERSIONED = ("onnxruntime", "onnx", "tensorflow", "tf-keras", "tensorflow-model-optimization", "tf2onnx")
 
 
@@ -82,7 +82,8 @@ class OptimizeJobs:
         digests = [r.digest for r in (req.model, req.calibration_data, req.train_data, req.eval_data, req.student)]
         norm = {"techniques": [t.strip().lower() for t in req.techniques], "goal": GOALS.get(req.goal, "latency"),
                 "budget": [req.budget.max_drop, req.budget.relative], "ep": req.execution_provider or "cpu",
-                "threads": req.threads, "options": options, "output_format": (req.output_format or "onnx").lower()}
+                "threads": req.threads, "options": options, "output_format": (req.output_format or "onnx").lower(),
+                "int8_search_s": self.service.settings.int8_search_s}
         key = job_key("optimize", digests, norm, self.versions)
         clean = optimizer_pb2.OptimizeRequest()
         clean.CopyFrom(req)
@@ -94,5 +95,6 @@ class OptimizeJobs:
                 if ref.digest:
                     ref.origin = origin
 
-        kwargs = {"store_root": str(store.root), "request": clean.SerializeToString(), "origin": origin}
+        kwargs = {"store_root": str(store.root), "request": clean.SerializeToString(), "origin": origin,
+                  "int8_search_s": float(self.service.settings.int8_search_s)}
         return JobSpec(key, kwargs, finish)

@@ -154,6 +154,22 @@ def paired_latency(run: Runner, baseline: Runner, feed: dict[str, np.ndarray], w
     return c50, c90, b50, wins
 
 
+def quick_latency(run: Runner, baseline: Runner, feed: dict[str, np.ndarray], runs: int = 3) -> tuple[float, float]:
+    """Median latency (ms) of the candidate and of the baseline over ``runs`` interleaved runs after one
+    warm-up each: a cheap probe that tells a model several times slower than the baseline apart from one
+    worth the full ``measure`` (it is no substitute for it)."""
+    run(feed)
+    baseline(feed)
+    cand: list[float] = []
+    base: list[float] = []
+    for _ in range(runs):
+        for fn, out in ((run, cand), (baseline, base)):
+            t0 = time.perf_counter()
+            fn(feed)
+            out.append((time.perf_counter() - t0) * 1000.0)
+    return float(np.median(cand)), float(np.median(base))
+
+
 def predict(run: Runner, inputs: dict[str, np.ndarray], batch_size: int = 64) -> list[np.ndarray]:
     """All outputs over the whole dataset, in batches."""
     n = next(iter(inputs.values())).shape[0]

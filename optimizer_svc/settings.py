@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from modelport.runtime.settings import ServiceSettings
@@ -22,3 +23,8 @@ class OptimizerSettings(ServiceSettings):
     """Worker processes started before the service turns SERVING."""
     max_jobs_per_worker: int = 1
     """Jobs a worker runs before it is replaced (TensorFlow/TFMOT memory goes back to the system)."""
+    int8_search_s: float = Field(60.0, ge=0.0)
+    """Time budget (seconds) of each job's int8-static recipe search: recipes (U8S8/S8S8, per-channel or
+    per-tensor, QDQ/QOperator, reduce_range, calibration method, ops left in float) are built and timed on
+    this machine in the order of their prior for its CPU until the budget is spent; the first is always
+    measured, so 0 measures only the prior's first recipe."""

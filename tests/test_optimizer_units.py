@@ -51,8 +51,12 @@ def test_explicit_inapplicable_or_unknown_technique_is_invalid():
 
 def test_options_defaults_types_and_errors():
     o = parse_options({"prune.sparsity": "0.5", "int8-static.per_channel": "true", "cluster.clusters": "8"})
-    assert o["prune.sparsity"] == 0.5 and o["int8-static.per_channel"] is True and o["cluster.clusters"] == 8
-    assert o["graph.level"] == "extended" and o["int8-static.method"] == "minmax"
+    assert o["prune.sparsity"] == 0.5 and o["int8-static.per_channel"] == "true" and o["cluster.clusters"] == 8
+    assert o["graph.level"] == "extended" and o["int8-static.method"] == "auto"
+    assert o["int8-static.types"] == "auto" and o["int8-static.format"] == "auto"
+    assert o["int8-dynamic.quick_stop"] == 1.5
+    with pytest.raises(InvalidArgument, match="int8-static.types='u4s4' is invalid: use one of auto, u8s8, s8s8"):
+        parse_options({"int8-static.types": "u4s4"})
     with pytest.raises(InvalidArgument, match="prune.sparsity='1.5' is invalid: must be between 0 and 0.99"):
         parse_options({"prune.sparsity": "1.5"})
     with pytest.raises(InvalidArgument, match="cluster.clusters='x' is invalid: not a number"):
