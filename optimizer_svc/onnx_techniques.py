@@ -220,13 +220,21 @@ def output_tail(path: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]
     return (sorted(tail.items(), key=lambda x: order[x[0]]), sorted(head.items(), key=lambda x: order[x[0]]))
 
 
+# Ops that move int8 activations without computing on their values (their first input is the data).
+_MOVE_OPS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "MaxPool", "Slice", "Split",
+             "DepthToSpace", "SpaceToDepth", "Expand", "Tile"}
+
+
 def qdq_activations_to_uint8(src: Path, out: Path) -> int:
     """Rewrite int8 activation QuantizeLinear/DequantizeLinear pairs to uint8 (zero point + 128).
 
     Exact: q in [-128, 127] with zero point z and q + 128 in [0, 255] with z + 128 stand for the same
     values. TFLite (and so tf2onnx's ``from_tflite``) quantizes activations to int8; onnxruntime's
-    x86 kernels are fastest with uint8 activations and int8 weights (U8S8), which this gives.
-    Weight DequantizeLinear nodes (initializer inputs) are left alone. Returns the rewritten count.
+    x86 kernels are fastest with uint8 activations and int8 weights (U8S8), which this gives. The
+    shift follows the int8 tensors through data-movement ops (Reshape, Transpose, MaxPool, ...) and
+    Pad/Concat constants; weight DequantizeLinear nodes (initializer inputs) are left alone. Raises
+    ValueError, writing nothing, when another op consumes an int8 activation. Returns the number of
+    QuantizeLinear nodes rewritten.
     """
     import onnx
     from onnx import numpy_helper
@@ -244,17 +252,44 @@ def qdq_activations_to_uint8(src: Path, out: Path) -> int:
             made[name] = t.name
         return made[name]
 
-    def int8_zp(n) -> bool:
-        return len(n.input) > 2 and n.input[2] in inits and inits[n.input[2]].data_type == onnx.TensorProto.INT8
+    def int8_init(name: str) -> bool:
+        return name in inits and inits[name].data_type == onnx.TensorProto.INT8
 
-    quantized = {n.output[0] for n in g.node if n.op_type == "QuantizeLinear" and int8_zp(n)}
+    shifted: set[str] = set()  # activation tensors that are uint8 now
     count = 0
     for n in g.node:
-        if n.op_type == "QuantizeLinear" and int8_zp(n):
-            n.input[2] = u8(n.input[2])
-            count += 1
-        elif n.op_type == "DequantizeLinear" and int8_zp(n) and n.input[0] in quantized:
-            n.input[2] = u8(n.input[2])
+        ins = list(n.input)
+        if n.op_type == "QuantizeLinear":
+            if len(ins) > 2 and int8_init(ins[2]):
+                n.input[2] = u8(ins[2])
+                shifted.add(n.output[0])
+                count += 1
+        elif n.op_type == "DequantizeLinear" and ins[0] in shifted:
+            if len(ins) < 3 or not int8_init(ins[2]):
+                raise ValueError(f"DequantizeLinear {n.name} of an int8 activation has no int8 zero point")
+            n.input[2] = u8(ins[2])
+        elif n.op_type in _MOVE_OPS and ins and ins[0] in shifted:
+            shifted.update(n.output)
+        elif n.op_type in ("Pad", "Concat") and any(i in shifted for i in ins):
+            data = ins[:1] if n.op_type == "Pad" else ins
+            for i, name in enumerate(data):
+                if name in shifted:
+                    continue
+                if not int8_init(name):
+                    raise ValueError(f"{n.op_type} {n.name} mixes an int8 activation with {name!r}")
+                n.input[i] = u8(name)
+            if n.op_type == "Pad" and len(ins) > 2 and ins[2]:
+                if not int8_init(ins[2]):
+                    raise ValueError(f"Pad {n.name} pads an int8 activation with a non-constant value")
+                n.input[2] = u8(ins[2])
+            shifted.update(n.output)
+        elif any(i in shifted for i in ins):
+            raise ValueError(f"{n.op_type} {n.name} computes on an int8 activation; only Q/DQ pairs can be shifted")
+    if any(o.name in shifted for o in g.output):
+        raise ValueError("a graph output is an int8 activation")
+    for vi in g.value_info:
+        if vi.name in shifted:
+            vi.type.tensor_type.elem_type = onnx.TensorProto.UINT8
     onnx.save(m, str(out))
     return count
 

@@ -267,3 +267,35 @@ def test_auto_stops_dynamic_int8_of_a_conv_graph_after_a_quick_probe(channel, op
     order = [c.technique for c in res.candidates]  # ranked after every fully measured candidate
     assert all(order.index("int8-dynamic") > order.index(t) for t in ("graph", "fp16", "int8-static"))
     assert not table["int8-static"].details.get("status") and "recipe" in table["int8-static"].details
+
+
+@pytest.mark.integration
+def test_a_tflite_int8_model_becomes_a_servable_onnx_with_the_baselines_names(digits, tmp_path):
+    import keras
+    import tensorflow as tf
+
+    from optimizer_svc.keras_techniques import tflite_to_onnx
+
+    model = keras.models.load_model(digits.keras_path)
+    calib = np.load(digits.calib)["x"]
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = lambda: ([calib[i:i + 1]] for i in range(32))
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    tfl = tmp_path / "int8.tflite"
+    tfl.write_bytes(conv.convert())
+    x = {"image": digits.eval_x}
+    tfl_out = M.predict(M.tflite_runner(tfl, ["image"]), x)
+    outs = {}
+    for u8 in (False, True):
+        out = tmp_path / f"int8-{u8}.onnx"
+        d = tflite_to_onnx(tfl, out, digits.onnx_path, tmp_path / f"w{u8}", uint8_activations=u8)
+        assert d["activations"].startswith("uint8" if u8 else "int8")
+        m = onnx.load(str(out))
+        assert [i.name for i in m.graph.input] == ["image"] and [o.name for o in m.graph.output] == \
+            [o.name for o in onnx.load(str(digits.onnx_path)).graph.output]
+        assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in m.graph.node}
+        outs[u8] = M.predict(M.onnx_runner(out, ["CPUExecutionProvider"]), x)
+        # the same integer model as TFLite runs: the same answers
+        assert M.agreement(outs[u8], tfl_out) >= 0.98 and M.cosine(outs[u8], tfl_out) >= 0.999
+    assert M.max_abs_diff(outs[True], outs[False]) <= 1e-2
