@@ -9,7 +9,9 @@ measurement: latency paired with the baseline, quality against labels or the bas
 search ranks recipes exactly as the candidate table ranks techniques. A recipe over the accuracy
 budget that is faster than every recipe within it gets accuracy fixes, one at a time: its output
 tail (softmax, reshapes) and then its classifier layer left in float, then percentile and entropy
-calibration. The winner is the fastest recipe within the budget (the most accurate when none is).
+calibration. Once a recipe is within budget, each later one is first timed over a few runs and
+not measured further when clearly slower than it. The winner is the fastest recipe within the
+budget (the most accurate when none is).
 This module never imports grpc.
 """
 
@@ -91,12 +93,15 @@ class Trial:
     cosine: float = math.nan
     seconds: float = 0.0
     error: str = ""
+    screened: str = ""  # why a quick probe ended its measurement (it could not beat the best recipe)
     facts: dict[str, str] = field(default_factory=dict)
     fix_step: int = -1  # index into FIXES of the fix that made it; -1 for a structural recipe
 
     def summary(self) -> str:
         if self.error:
             return f"{self.recipe.key}: failed ({self.error[:80]})"
+        if self.screened:
+            return f"{self.recipe.key}: {self.screened}"
         verdict = "" if self.within else ", over the accuracy budget"
         return f"{self.recipe.key}: {self.ratio:.3f}x, quality drop {self.drop:.4f}, cosine {self.cosine:.4f}{verdict}"
 
@@ -123,7 +128,7 @@ class SearchResult:
         """The report's facts: the chosen recipe, the CPU flags, every recipe tried and its figures."""
         d = dict(self.best.facts)
         d.update(self.best.recipe.details())
-        measured = [t for t in self.trials if not t.error]
+        measured = [t for t in self.trials if not t.error and not t.screened]
         d["cpu_flags"] = cpuinfo.format_flags(self.flags)
         d["recipe_search"] = (f"{len(self.trials)} recipe(s) tried in {self.seconds:.0f} s "
                               f"(budget {self.budget_s:.0f} s); {len(self.untried)} left untried")
@@ -136,6 +141,9 @@ class SearchResult:
         d["recipe_latency_ratio"] = f"{self.best.ratio:.4f}"
         return d
 
+
+# A recipe whose quick probe is this many times slower than the best recipe within budget is not measured.
+SCREEN_MARGIN = 1.25
 
 # Accuracy fixes, applied one at a time to a fast recipe that is over budget.
 FIXES = ("float-tail", "float-head", "percentile", "entropy")
@@ -159,12 +167,15 @@ def _fixed(r: Recipe, step: str, tail: list[tuple[str, str]], head: list[tuple[s
 def search(src: Path, work: Path, calib: dict[str, np.ndarray], samples: int,
            evaluate: Callable[[Path], Evaluation], base_quality: float, allowed_drop: float, budget_s: float,
            flags: list[str] | None = None, pins: Pins = Pins(),
-           note: Callable[[str], None] = lambda msg: None) -> SearchResult:
+           note: Callable[[str], None] = lambda msg: None,
+           probe: Callable[[Path], float] | None = None) -> SearchResult:
     """Build and measure recipes (see the module docstring); the first one is always measured.
 
     ``evaluate(path)`` times the model against the baseline and scores it; a recipe is within
-    budget when ``base_quality - quality <= allowed_drop``. Returns every trial and the winner,
-    whose file stays in ``work`` (the others are deleted).
+    budget when ``base_quality - quality <= allowed_drop``. ``probe(path)``, when given, is a cheap
+    latency ratio (a few runs): once some recipe is within budget, a recipe whose probe is
+    SCREEN_MARGIN times slower than the best one is not measured further (it could not win).
+    Returns every trial and the winner, whose file stays in ``work`` (the others are deleted).
     """
     t0 = time.monotonic()
     flags = cpuinfo.relevant_flags() if flags is None else list(flags)
@@ -195,14 +206,23 @@ def search(src: Path, work: Path, calib: dict[str, np.ndarray], samples: int,
             continue
         seen.add(recipe.key)
         note(f"recipe {len(trials) + 1}: {recipe.key}")
+        screen = None
+        if probe is not None and best_within_ratio() < math.inf:
+            limit = SCREEN_MARGIN * best_within_ratio()
+
+            def screen(path: Path, limit=limit) -> str:
+                r = probe(path)
+                return f"screened out: a quick probe ran {r:.2f}x the baseline, >= {limit:.2f}" if r >= limit else ""
         trial = _try(recipe, pre, work / f"{len(trials)}.onnx", calib, samples, evaluate, base_quality, allowed_drop,
-                     work / f"calib-{recipe.method}.json")
+                     work / f"calib-{recipe.method}.json", screen)
         trial.fix_step = step
         trials.append(trial)
         log.info("int8-static %s", trial.summary())
         if trial.error:
             if parent is not None:
                 enqueue_fix(parent, step)
+            continue
+        if trial.screened:
             continue
         if trial.within:
             continue
@@ -225,12 +245,19 @@ def search(src: Path, work: Path, calib: dict[str, np.ndarray], samples: int,
 
 
 def _try(recipe: Recipe, pre: Path, out: Path, calib: dict[str, np.ndarray], samples: int,
-         evaluate: Callable[[Path], Evaluation], base_quality: float, allowed_drop: float, cache: Path) -> Trial:
+         evaluate: Callable[[Path], Evaluation], base_quality: float, allowed_drop: float, cache: Path,
+         screen: Callable[[Path], str] | None = None) -> Trial:
     t0 = time.monotonic()
     trial = Trial(recipe)
     try:
         trial.facts = OT.int8_static(pre, out, calib, recipe, samples, pre=pre, calib_cache=cache)
         trial.path = out
+        trial.screened = screen(out) if screen is not None else ""
+        if trial.screened:
+            out.unlink(missing_ok=True)
+            trial.path = None
+            trial.seconds = time.monotonic() - t0
+            return trial
         ev = evaluate(out)
         trial.ratio, trial.quality, trial.cosine = ev.ratio, ev.quality, ev.cosine
         trial.drop = base_quality - ev.quality
@@ -246,7 +273,7 @@ def _try(recipe: Recipe, pre: Path, out: Path, calib: dict[str, np.ndarray], sam
 
 def _winner(trials: list[Trial]) -> Trial:
     """Fastest within budget; else the most accurate (then fastest); else the first (every one failed)."""
-    ok = [t for t in trials if not t.error]
+    ok = [t for t in trials if not t.error and not t.screened]
     within = [t for t in ok if t.within]
     if within:
         return min(within, key=lambda t: t.ratio)

@@ -439,11 +439,17 @@ def _int8_static_search(baseline_path: Path, work: Path, opts: dict, rep_x: dict
         return IS.Evaluation(float(m.details.get("latency_ratio_paired", "nan")), _quality(m),
                              float(m.details.get("cosine", "nan")))
 
+    feed = {k: v[:ctx.mopts["batch_size"]] for k, v in ctx.eval_x.items()}
+
+    def probe(path: Path) -> float:
+        c50, b50 = M.quick_latency(M.onnx_runner(path, ctx.providers, ctx.threads), ctx.base_run, feed, QUICK_RUNS)
+        return c50 / b50 if b50 > 0 else math.inf
+
     pins = IS.Pins(types=str(opts["int8-static.types"]), per_channel=str(opts["int8-static.per_channel"]),
                    fmt=str(opts["int8-static.format"]), method=str(opts["int8-static.method"]))
     res = IS.search(baseline_path, work / "int8-static", rep_x, int(opts["int8-static.samples"]), evaluate,
                     select.quality(baseline), select.allowed_drop(baseline, budget.max_drop, budget.relative),
-                    search_s, pins=pins, note=note)
+                    search_s, pins=pins, note=note, probe=probe)
     if res.best.path is None:
         raise FailedPrecondition("every int8-static recipe failed: " + "; ".join(t.summary() for t in res.trials))
     return res.best.path, "onnx", res.details()

@@ -5,6 +5,7 @@ the deploy report uses, and the flags the optimizer and the inference service re
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import grpc
@@ -151,6 +152,25 @@ def test_a_zero_time_budget_measures_only_the_first_recipe(digits, tmp_path):
     assert [t.recipe.key for t in res.trials] == ["u8s8-pc-qdq-minmax+rr"]
     assert [r.key for r in res.untried] == [r.key for r in IS.recipe_order(AVX2)[1:]]
     assert res.details()["recipe_search"].endswith("; 4 left untried") and res.details()["reduce_range"] == "true"
+
+
+@pytest.mark.integration
+def test_recipes_a_quick_probe_shows_slower_than_the_best_are_not_measured(digits, tmp_path):
+    calib = {"image": np.load(digits.calib)["x"]}
+    evaluate, base_acc = _evaluator(digits.onnx_path, {"image": digits.eval_x}, digits.eval_y)
+    probed = []
+
+    def probe(path: Path) -> float:  # as if every later recipe ran 100x slower than the baseline
+        probed.append(path.name)
+        return 100.0
+
+    res = IS.search(digits.onnx_path, tmp_path / "s", calib, 32, evaluate, base_acc, 0.02, budget_s=60,
+                    flags=VNNI, probe=probe)
+    first, *rest = res.trials
+    assert first.within and not first.screened and res.best is first  # the first recipe is always measured
+    assert rest and all(t.screened.startswith("screened out: a quick probe ran 100.00x") for t in rest)
+    assert len(probed) == len(rest) and all(math.isnan(t.ratio) and t.path is None for t in rest)
+    assert res.details()["recipes_tried"].count("screened out") == len(rest)
 
 
 @pytest.mark.integration
