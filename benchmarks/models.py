@@ -49,3 +49,19 @@ def set_batchnorm_statistics(keras, model, x) -> int:
         layer.momentum = 0.0
     model(x, training=True)
     return len(layers)
+
+
+def photo_crops(rng, n: int, size: int):
+    """``n`` random ``size`` x ``size`` crops (half of them mirrored) of the two photographs scikit-learn
+    ships, scaled to -1..1: natural-image statistics for CNNs without a dataset download."""
+    import numpy as np
+    from sklearn.datasets import load_sample_images
+
+    images = load_sample_images().images
+    out = np.empty((n, size, size, 3), "float32")
+    for i in range(n):
+        im = images[i % len(images)]
+        y, x = rng.integers(0, im.shape[0] - size + 1), rng.integers(0, im.shape[1] - size + 1)
+        crop = im[y:y + size, x:x + size].astype("float32") / 127.5 - 1.0
+        out[i] = crop[:, ::-1] if rng.random() < 0.5 else crop
+    return out

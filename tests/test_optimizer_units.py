@@ -160,6 +160,13 @@ def test_metrics():
     assert measure.agreement([probs], [probs[[1, 0, 2]]]) == pytest.approx(1 / 3)
     assert measure.max_abs_diff([probs], [probs + 0.25]) == pytest.approx(0.25)
     assert measure.cosine([probs], [2 * probs]) == pytest.approx(1.0)
+    # the centered cosine ignores what all samples share: a constant offset hides nothing from it
+    ref = np.array([[10.0, 1.0], [10.0, -1.0], [10.0, 0.5]])
+    flipped = ref * np.array([1.0, -1.0])  # same shared part, input-dependent part reversed
+    assert measure.cosine([flipped], [ref]) > 0.98
+    assert measure.centered_cosine([flipped], [ref]) == pytest.approx(-1.0)
+    assert measure.centered_cosine([ref + 3.0], [ref]) < measure.centered_cosine([ref], [ref]) == pytest.approx(1.0)
+    assert math.isnan(measure.centered_cosine([ref[:1]], [ref[:1]]))
     assert math.isnan(measure.accuracy([np.zeros((3, 1))], np.zeros(3)))
 
 
