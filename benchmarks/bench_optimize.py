@@ -318,7 +318,7 @@ def main() -> int:
           "interpreter, onnxruntime default threads; each candidate is timed in alternating blocks with the "
           "baseline and the latency ratio comes from those paired runs). Ratios are candidate / baseline (lower is better for "
           "size and latency). Accuracy change is in points on the labeled eval split (digits); the random-"
-          "weight transformer and MobileNetV2 have no labels, so top-1 agreement and the output cosine "
+          "weight transformer, ResNet50 and MobileNetV2 have no labels, so top-1 agreement and the output cosine "
           "against the baseline stand in (budget: 1 point on digits, 5 % agreement elsewhere). Explicit technique "
           "lists return the best candidate within budget even when it is slower ('chosen'); `auto` would not.", "",
           f"Command: `{common.command_line()}`", "", common.system_info_markdown(), ""]

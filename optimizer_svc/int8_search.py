@@ -236,7 +236,7 @@ def search(src: Path, work: Path, calib: dict[str, np.ndarray], samples: int,
             base = trial if trial.quality > parent.quality else parent
             if min(base.ratio, trial.ratio) < best_within_ratio():
                 enqueue_fix(base, step)
-    untried = [r for r, _, _ in queue if r.key not in seen]
+    untried = list({r.key: r for r, _, _ in queue if r.key not in seen}.values())
     best = _winner(trials)
     for t in trials:
         if t is not best and t.path is not None:
