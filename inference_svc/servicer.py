@@ -17,6 +17,7 @@ from inference_svc import protocol
 from inference_svc.manager import ModelManager
 from inference_svc.repository_loading import resolve_artifact
 from inference_svc.shm import SharedMemoryRegistry
+from modelport import cpuinfo
 from modelport.errors import ModelportError, Unimplemented
 from modelport.kserve.v2 import grpc_service_pb2 as pb
 from modelport.kserve.v2 import grpc_service_pb2_grpc as pb_grpc
@@ -46,7 +47,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.max_stream_inflight = max(1, max_stream_inflight)
         self._is_ready = is_ready
         self.shm = shm if shm is not None else SharedMemoryRegistry(enabled=False)
-        self.extensions = EXTENSIONS + ([SHM_EXTENSION] if self.shm.enabled else [])
+        # The CPU's kernel-relevant flags ride along as one more extension entry, written like Triton's
+        # "model_repository(unload_dependents)", so the deploy report can compare them with the flags the
+        # optimizer measured on while Triton/KServe clients just list it.
+        self.extensions = (EXTENSIONS + ([SHM_EXTENSION] if self.shm.enabled else [])
+                           + [cpuinfo.extension_entry()])
 
     async def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=True)

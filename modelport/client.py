@@ -442,6 +442,11 @@ class Client:
         stub = kgrpc.GRPCInferenceServiceStub(self.channel("inference"))
         return self._call("inference", stub.ModelConfig, kpb.ModelConfigRequest(name=name, version=version)).config
 
+    def server_metadata(self) -> kpb.ServerMetadataResponse:
+        """KServe v2 ServerMetadata: name, version, extensions (modelport adds ``cpu_flags(...)``)."""
+        stub = kgrpc.GRPCInferenceServiceStub(self.channel("inference"))
+        return self._call("inference", stub.ServerMetadata, kpb.ServerMetadataRequest())
+
     def model_metadata(self, name: str, version: str = "") -> kpb.ModelMetadataResponse:
         """KServe v2 ModelMetadata: input/output names, datatypes and shapes (-1 = dynamic)."""
         stub = kgrpc.GRPCInferenceServiceStub(self.channel("inference"))

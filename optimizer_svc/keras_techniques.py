@@ -389,3 +389,48 @@ def tflite_int8_facts(path: Path) -> dict[str, str]:
     types = [d["dtype"].__name__ for d in interp.get_tensor_details()]
     n8 = sum(1 for t in types if t in ("int8", "uint8"))
     return {"int8_tensors": str(n8), "tensors": str(len(types))}
+
+
+def tflite_to_onnx(tfl: Path, out: Path, baseline: Path, work: Path, uint8_activations: bool) -> dict[str, str]:
+    """The ONNX form of a (full-integer) TFLite model, with the baseline's input/output names.
+
+    Converted like the converter service does it (``modelport.conversion.convert.produce``: tf2onnx
+    ``from_tflite``, QDQ for the int8 tensors); the TFLite signature's names are mapped to the
+    baseline's by name, else by position. ``uint8_activations``: rewrite int8 activation Q/DQ pairs to
+    uint8 (``onnx_techniques.qdq_activations_to_uint8``), onnxruntime's fast path on x86 with VNNI.
+    """
+    import onnx
+
+    from modelport.conversion.convert import _rename_onnx_io, produce
+    from modelport.conversion.models import TFLiteModel
+    from optimizer_svc import onnx_techniques as OT
+
+    base = onnx.load(str(baseline), load_external_data=False)
+    inits = {t.name for t in base.graph.initializer}
+    base_in = [i.name for i in base.graph.input if i.name not in inits]
+    base_out = [o.name for o in base.graph.output]
+    opset = next((o.version for o in base.opset_import if o.domain in ("", "ai.onnx")), 17)
+    work.mkdir(parents=True, exist_ok=True)
+    path, _ = produce(TFLiteModel(tfl), "onnx", work, min(max(opset, 13), 18), 0)
+    m = onnx.load(str(path), load_external_data=False)
+    got_in, got_out = [i.name for i in m.graph.input], [o.name for o in m.graph.output]
+
+    def mapping(got: list[str], want: list[str], role: str) -> dict[str, str]:
+        if set(got) == set(want):
+            return {}
+        if len(got) == len(want) == 1 or (len(got) == len(want) and role == "input"):
+            return dict(zip(got, want, strict=True))
+        raise FailedPrecondition(f"the TFLite model's {role}s {got} cannot be matched to the baseline's {want}")
+
+    _rename_onnx_io(path, mapping(got_in, base_in, "input"), mapping(got_out, base_out, "output"))
+    details = {"source": "tflite-int8 converted with tf2onnx from_tflite (QDQ)", "opset": str(opset)}
+    if uint8_activations:
+        try:
+            n = OT.qdq_activations_to_uint8(path, out)
+            details["activations"] = f"uint8 ({n} int8 activation quantizations shifted by 128; exact)"
+            return details
+        except ValueError as e:
+            details["activations_note"] = f"kept int8: {e}"
+    os.replace(path, out)
+    details["activations"] = "int8 (as TFLite computes them)"
+    return details

@@ -203,6 +203,22 @@ def paired_latency(run: Runner, baseline: Runner, feed: dict[str, np.ndarray], w
     return c50, c90, b50, wins
 
 
+def quick_latency(run: Runner, baseline: Runner, feed: dict[str, np.ndarray], runs: int = 3) -> tuple[float, float]:
+    """Median latency (ms) of the candidate and of the baseline over ``runs`` interleaved runs after one
+    warm-up each: a cheap probe that tells a model several times slower than the baseline apart from one
+    worth the full ``measure`` (it is no substitute for it)."""
+    run(feed)
+    baseline(feed)
+    cand: list[float] = []
+    base: list[float] = []
+    for _ in range(runs):
+        for fn, out in ((run, cand), (baseline, base)):
+            t0 = time.perf_counter()
+            fn(feed)
+            out.append((time.perf_counter() - t0) * 1000.0)
+    return float(np.median(cand)), float(np.median(base))
+
+
 def predict(run: Runner, inputs: dict[str, np.ndarray], batch_size: int = 64) -> list[np.ndarray]:
     """All outputs over the whole dataset, in batches."""
     n = next(iter(inputs.values())).shape[0]
@@ -266,6 +282,21 @@ def cosine(outputs: list[np.ndarray], reference: list[np.ndarray]) -> float:
     return float(np.mean(np.sum(x * r, axis=1) / den))
 
 
+def centered_cosine(outputs: list[np.ndarray], reference: list[np.ndarray]) -> float:
+    """``cosine`` after subtracting the reference's mean over samples from both.
+
+    The plain cosine is dominated by what every sample's output shares: a network whose answer barely
+    depends on its input (random weights, a saturated head) scores near 1 whatever the candidate does
+    to the input-dependent part. This one measures how well that part is kept (NaN with one sample).
+    """
+    x = outputs[0].reshape(outputs[0].shape[0], -1).astype(np.float64)
+    r = reference[0].reshape(reference[0].shape[0], -1).astype(np.float64)
+    if x.shape != r.shape or x.shape[0] < 2:
+        return math.nan
+    mean = r.mean(axis=0, keepdims=True)
+    return cosine([x - mean], [r - mean])
+
+
 def measure(path: Path, run: Runner, inputs: dict[str, np.ndarray], labels: np.ndarray | None,
             reference: list[np.ndarray] | None, *, warmup: int, repeats: int, batch_size: int,
             baseline_run: Runner | None = None) -> Measurement:
@@ -298,4 +329,5 @@ def measure(path: Path, run: Runner, inputs: dict[str, np.ndarray], labels: np.n
         m.agreement = agreement(outs, reference)
         m.max_abs_diff = max_abs_diff(outs, reference)
         m.details["cosine"] = f"{cosine(outs, reference):.6f}"
+        m.details["cosine_centered"] = f"{centered_cosine(outs, reference):.6f}"
     return m

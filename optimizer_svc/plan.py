@@ -47,7 +47,8 @@ def plan_optimize(service, req: optimizer_pb2.OptimizeRequest) -> Job:
     norm = {"techniques": [t.strip().lower() for t in req.techniques], "goal": GOALS.get(req.goal, "latency"),
             "budget": [req.budget.max_drop, req.budget.relative], "ep": req.execution_provider or "cpu",
             "threads": req.threads, "options": options, "output_format": (req.output_format or "onnx").lower(),
-            "trust_remote_code": trusted}
+            "trust_remote_code": trusted, "int8_search_s": service.settings.int8_search_s}
     key = job_key("optimize", digests, norm, service.versions)
-    kwargs = {"store_root": str(store.root), "request": req.SerializeToString(), "origin": service.address}
+    kwargs = {"store_root": str(store.root), "request": req.SerializeToString(), "origin": service.address,
+              "int8_search_s": float(service.settings.int8_search_s)}
     return Job(key, "optimizer_svc.worker:optimize_job", kwargs)

@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 
 from inference_svc.service import InferenceService
 from inference_svc.settings import InferenceSettings
-from modelport import media
+from modelport import cpuinfo, media
 from modelport.kserve import codec
 from modelport.kserve.v2 import grpc_service_pb2 as pb
 from modelport.kserve.v2 import grpc_service_pb2_grpc as pb_grpc
@@ -72,6 +72,8 @@ def test_server_health_and_metadata(kserve):
     assert not kserve.ServerReady(pb.ServerReadyRequest()).ready
     md = kserve.ServerMetadata(pb.ServerMetadataRequest())
     assert md.name == "modelport-inference" and "model_repository" in md.extensions
+    # this CPU's kernel-relevant flags, for the deploy report's comparison
+    assert cpuinfo.flags_from_extensions(md.extensions) == cpuinfo.relevant_flags()
     assert kserve.ModelReady(pb.ModelReadyRequest(name="mlp", version="1")).ready
     assert not kserve.ModelReady(pb.ModelReadyRequest(name="mlp", version="9")).ready
     assert not kserve.ModelReady(pb.ModelReadyRequest(name="nope")).ready

@@ -19,6 +19,7 @@ from inference_fixtures import build_repository, mlp_expected
 
 from inference_svc.service import InferenceService
 from inference_svc.settings import InferenceSettings
+from modelport import cpuinfo
 from modelport.runtime.background import BackgroundServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,6 +56,8 @@ def test_health_metadata_config_index(roundtrip):
     # strict readiness (the default, as in Triton): 'broken' and 'junk' failed to load -> live, not ready
     assert facts["live"] and not facts["ready"] and facts["mlp_ready"]
     assert facts["server"]["name"] == "modelport-inference"
+    # tritonclient lists the CPU-flags entry like any other extension
+    assert cpuinfo.extension_entry() in facts["server"]["extensions"]
     md = facts["mlp_metadata"]
     assert md["platform"] == "onnxruntime_onnx" and md["versions"] == ["1", "2"]
     assert md["inputs"] == [{"name": "x", "datatype": "FP32", "shape": ["-1", "4"]}]

@@ -226,6 +226,12 @@ class _Runner:
         self.report.execution_provider = m.execution_provider
         self.report.endpoint = f"{self.client.inference} (model {m.name}, version {m.version})"
         self.report.warnings += list(resp.warnings)
+        if self.optimize_result is not None:  # the ranking holds on a CPU with the same flags only
+            from modelport import cpuinfo
+
+            warning = cpuinfo.serving_warning(self.optimize_result.baseline.details.get("cpu_flags"),
+                                              self.client.server_metadata().extensions)
+            self.report.warnings += [warning] if warning else []
         rep.format = "onnx"
         rep.size_bytes = self.final_ref.size
         rep.detail = f"{m.name} v{m.version} {m.state} on {m.execution_provider}"
