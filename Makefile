@@ -10,9 +10,13 @@ TRITON_STAMP := $(TRITON_VENV)/.installed
 # the converter runs it from this venv. Without a Python 3.12 those targets answer UNIMPLEMENTED.
 ONNX2TF_VENV  ?= .venv-onnx2tf
 ONNX2TF_STAMP := $(ONNX2TF_VENV)/.installed
+# The Python serving peers bench_serving compares against (benchmarks/peers/): each in its own venv,
+# they conflict with each other and with tritonclient's protobuf pin (FACTS.md).
+KSERVE_VENV   ?= .venv-kserve
+MLSERVER_VENV ?= .venv-mlserver
 PYTHON312     ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python /root/.pyenv/versions/3.12*/bin/python) $(shell command -v python3.12 2>/dev/null))
 
-.PHONY: venv triton-venv onnx2tf-venv demo test test-fast protos lint bench up clean
+.PHONY: venv triton-venv onnx2tf-venv peer-venvs bench-serving demo test test-fast protos lint bench up clean
 
 venv: $(STAMP)
 
@@ -42,6 +46,21 @@ endif
 
 onnx2tf-venv: $(ONNX2TF_STAMP)
 
+$(KSERVE_VENV)/.installed:
+	@test -x $(KSERVE_VENV)/bin/python || $(PYTHON) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(KSERVE_VENV)/bin/python -m pip install --quiet -r benchmarks/peers/requirements-kserve.txt
+	@touch $@
+
+$(MLSERVER_VENV)/.installed:
+	@test -x $(MLSERVER_VENV)/bin/python || $(PYTHON) -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MLSERVER_VENV)/bin/python -m pip install --quiet -r benchmarks/peers/requirements-mlserver.txt
+	@touch $@
+
+## make peer-venvs: KServe's and MLServer's venvs for the serving comparison (benchmarks/peers/).
+peer-venvs: $(KSERVE_VENV)/.installed $(MLSERVER_VENV)/.installed
+
 ## make demo: train a digits CNN, deploy it through converter -> optimizer -> inference, classify over gRPC.
 demo: $(STAMP)
 	$(PY) -m gateway.demo
@@ -60,11 +79,15 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
-bench: $(STAMP)
+bench: $(STAMP) $(TRITON_STAMP) peer-venvs
 	$(PY) -m benchmarks.run_all
+
+## make bench-serving: modelport vs KServe vs MLServer vs the bare grpc.aio floor (BENCHMARKS.md, Serving).
+bench-serving: $(STAMP) $(TRITON_STAMP) peer-venvs
+	$(PY) -m benchmarks.bench_serving
 
 up: $(STAMP)
 	$(VENV)/bin/modelport up
 
 clean:
-	rm -rf $(VENV) $(TRITON_VENV) $(ONNX2TF_VENV) .modelport .pytest_cache
+	rm -rf $(VENV) $(TRITON_VENV) $(ONNX2TF_VENV) $(KSERVE_VENV) $(MLSERVER_VENV) .modelport .pytest_cache
