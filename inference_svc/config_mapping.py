@@ -9,14 +9,31 @@ from __future__ import annotations
 
 from inference_svc.batching import BatchPolicy
 from inference_svc.sessions import LoadOptions, TensorSpec
+from inference_svc.tuning import AUTO_MAX_BATCH
 from modelport.errors import InvalidArgument
 from modelport.kserve.v2 import model_config_pb2 as mc
 
 
+def batching_left_open(config: mc.ModelConfig, opts: LoadOptions) -> bool:
+    """Neither the load request nor config.pbtxt says anything about batching (automatic batching may apply)."""
+    return (opts.max_batch_size is None and opts.dynamic_batching is None and not config.max_batch_size
+            and not config.HasField("dynamic_batching"))
+
+
 def policy_for(config: mc.ModelConfig, opts: LoadOptions, inputs: list[TensorSpec], outputs: list[TensorSpec],
-               default_max_batch: int, default_queue: int) -> BatchPolicy:
-    """Batching policy from load options, then config.pbtxt, then what the model allows."""
+               default_max_batch: int, default_queue: int, *, auto_batching: bool = False) -> BatchPolicy:
+    """Batching policy from load options, then config.pbtxt, then what the model allows.
+
+    ``auto_batching`` (batching left open and measured to pay at load): dynamic batching without queue
+    delay up to ``default_max_batch`` (or ``AUTO_MAX_BATCH``); larger requests are accepted and run alone.
+    """
     batchable = all(t.shape and t.shape[0] == -1 for t in inputs + outputs)
+    if auto_batching and batchable:
+        queue = opts.max_queue_size or default_queue
+        instances = opts.instances or sum(g.count for g in config.instance_group) or 1
+        return BatchPolicy(max_batch_size=default_max_batch or AUTO_MAX_BATCH, dynamic=True, max_queue_delay_us=0,
+                           max_queue_size=int(queue), instances=int(instances), enforce_max_batch=False,
+                           eager=True)
     if opts.max_batch_size is not None:
         mbs = opts.max_batch_size
     elif config.max_batch_size:

@@ -44,6 +44,8 @@ class InferenceService(Service):
             default_queue_size=settings.max_queue_size,
             available_providers=available_providers,
             drain_timeout_s=settings.drain_timeout_s,
+            tune=settings.auto_tune,
+            inline_max_us=settings.inline_max_us,
         )
         self.shm = SharedMemoryRegistry(enabled=settings.shared_memory, max_regions=settings.max_shm_regions)
         self.ready = False
