@@ -101,7 +101,7 @@ class Scheduler:
     """Queue + workers for one model version."""
 
     def __init__(self, model: str, version: str, run: RunFn, policy: BatchPolicy, stats: VersionStats, *,
-                 inline: bool = False, inline_limit_s: float | None = None):
+                 inline: bool = False, inline_limit_s: float | None = None, solo_run: RunFn | None = None):
         self.model, self.version = model, version
         self.policy = policy
         self.inline = inline
@@ -111,6 +111,9 @@ class Scheduler:
         self.stats = stats
         self.metrics = metrics.VersionMetrics(model, version)
         self._run = run
+        # With solo_run, a request that finds nothing running and nothing queued runs alone on solo_run (a
+        # session using every core) and holds every instance meanwhile; the others run on ``run``.
+        self._solo_run = solo_run
         self._pending: deque[Pending] = deque()
         self._arrived = asyncio.Event()
         self._idle = asyncio.Event()
@@ -216,24 +219,26 @@ class Scheduler:
 
     async def _direct(self, item: Pending) -> tuple[dict[str, np.ndarray], int]:
         """An idle instance, an empty queue and nothing to wait for: run at once (no worker hand-off)."""
-        self._busy += 1
+        solo = self._solo_run is not None and self._busy == 0
+        taken = self._instances if solo else 1
+        self._busy += taken
         self._inflight += 1
         self._idle.clear()
         try:
-            await self._execute([item])
+            await self._execute([item], solo)
             return item.future.result(), item.queue_ns
         except asyncio.CancelledError:
             if item.future.done() and not item.future.cancelled():
                 item.future.exception()  # retrieved: no "never retrieved" warning
             raise
         finally:
-            self._release()
+            self._release(taken)
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
 
-    def _release(self) -> None:
-        self._busy -= 1
+    def _release(self, taken: int = 1) -> None:
+        self._busy -= taken
         self._slot_free.set()
 
     async def _acquire(self) -> None:
@@ -346,17 +351,19 @@ class Scheduler:
                     self._fill(batch, sum(b.elements for b in batch), p.max_batch_size)
                 return batch
 
-    async def _execute(self, batch: list[Pending]) -> None:
+    async def _execute(self, batch: list[Pending], solo: bool = False) -> None:
         start = time.perf_counter_ns()
+        run = self._solo_run if solo else self._run
         for b in batch:
             b.queue_ns = start - b.enqueued_ns
             self._uncount(b)  # execution starts: its queue place is free
         try:
             if self.inline:
-                result = self._run_batch(batch)
+                result = self._run_batch(batch, run)
                 self._check_inline(result.infer_ns)
             else:
-                result = await asyncio.get_running_loop().run_in_executor(self._executor, self._run_batch, batch)
+                result = await asyncio.get_running_loop().run_in_executor(self._executor, self._run_batch, batch,
+                                                                          run)
         except BaseException as exc:  # noqa: BLE001 - every waiter gets the failure
             if isinstance(exc, asyncio.CancelledError):
                 self._fail(batch, "stopped while running the request; retry")
@@ -386,8 +393,8 @@ class Scheduler:
                         "running it on an executor thread from now on", self.model, self.version, self._slow_runs,
                         self._inline_limit_ns / 1e6, run_ns / 1e6)
 
-    def _run_batch(self, batch: list[Pending]) -> _Result:
-        """Merge, run, split (in a worker thread)."""
+    def _run_batch(self, batch: list[Pending], run: RunFn) -> _Result:
+        """Merge, run, split (in a worker thread, or on the loop when inline)."""
         res = _Result()
         t0 = time.perf_counter_ns()
         if len(batch) == 1:
@@ -402,7 +409,7 @@ class Scheduler:
                     break
                 wanted.extend(o for o in b.outputs if o not in wanted)
         t1 = time.perf_counter_ns()
-        out = self._run(merged, wanted)
+        out = run(merged, wanted)
         t2 = time.perf_counter_ns()
         if len(batch) == 1:
             res.outputs.append(out)

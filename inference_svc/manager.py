@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from inference_svc.batching import BatchPolicy, Scheduler
-from inference_svc.config_mapping import batching_left_open, check_config, policy_for
+from inference_svc.config_mapping import batching_left_open, check_config, instances_left_open, policy_for
 from inference_svc.repository_loading import LOADING, READY, UNAVAILABLE, UNLOADING, RepositoryLoading
 from inference_svc.sessions import LoadOptions, TensorSpec, make_runner, tensor_specs, warmup_inputs
 from inference_svc.stats import VersionStats
@@ -313,17 +313,20 @@ class ModelManager(RepositoryLoading):
         loop = asyncio.get_running_loop()
         plan = await loop.run_in_executor(None, functools.partial(
             plan_execution, path, opts, self.available_providers, tune=self.tune and opts.warmup,
-            may_auto_batch=batching_left_open(config, opts), inline_max_us=self.inline_max_us))
+            may_auto_batch=batching_left_open(config, opts), inline_max_us=self.inline_max_us,
+            may_add_instances=instances_left_open(config, opts)))
         session, warnings = plan.session, plan.warnings
         opts = dataclasses.replace(opts, intra_op_threads=plan.intra_op_threads)
         inputs = tensor_specs(session.get_inputs())
         outputs = tensor_specs(session.get_outputs())
         check_config(name, config, inputs, outputs)
         policy = policy_for(config, opts, inputs, outputs, self.default_max_batch_size, self.default_queue_size,
-                            auto_batching=plan.auto_batching)
+                            auto_batching=plan.auto_batching, auto_instances=plan.instances)
         stats = VersionStats()
-        scheduler = Scheduler(name, str(version), make_runner(session), policy, stats, inline=plan.inline,
-                              inline_limit_s=INLINE_DEMOTE_FACTOR * self.inline_max_us / 1e6)
+        concurrent = plan.concurrent_session
+        scheduler = Scheduler(name, str(version), make_runner(concurrent or session), policy, stats,
+                              inline=plan.inline, inline_limit_s=INLINE_DEMOTE_FACTOR * self.inline_max_us / 1e6,
+                              solo_run=make_runner(session) if concurrent is not None else None)
         mv = ModelVersion(name, version, path, inputs, outputs, list(session.get_providers()), policy, scheduler,
                           stats, opts, warnings, artifact=artifact, session=session, config=config,
                           tuning=plan.describe() if self.tune else "")

@@ -29,6 +29,10 @@ PROBE_BATCH = 8
 # An inline run that takes this many times the inline budget moves the model to the executor for good (its
 # run time depends on the data more than the zero-input measurement showed).
 INLINE_DEMOTE_FACTOR = 20
+# A second (one-thread) session for concurrent runs is built only for models up to this size (it holds its own
+# copy of the weights) and kept when cores one-thread runs side by side beat one run on every core by 5%.
+CONCURRENT_MAX_BYTES = 512 * 2**20
+CONCURRENT_GAIN = 0.95
 # Largest merged batch of an automatically batched model (requests larger than this still run, alone).
 AUTO_MAX_BATCH = 32
 
@@ -45,34 +49,56 @@ class ExecutionPlan:
     """Run on the event loop instead of the executor (the run is shorter than the hop)."""
     auto_batching: bool = False
     """Dynamic batching switched on because a batch measured cheaper per item."""
+    concurrent_session: object | None = None
+    """A one-thread session for concurrent runs of a compute-bound model that batching does not help: a lone
+    request runs on ``session`` with every core; while others wait, ``instances`` one-thread runs go side by
+    side (no thread hand-offs inside a run, every core busy)."""
+    instances: int = 0
+    """Concurrent executions chosen (0 = as configured)."""
     timings_us: dict[str, float] = field(default_factory=dict)
     """What was measured (median microseconds): ``wide``, ``narrow``, ``batch1``, ``batch<N>``."""
 
     def describe(self) -> str:
         """One line for the load log."""
         t = ", ".join(f"{k} {v:.0f}us" for k, v in self.timings_us.items())
+        concurrent = (f", {self.instances} concurrent one-thread runs while requests wait"
+                      if self.concurrent_session is not None else
+                      f", {self.instances} concurrent runs" if self.instances > 1 else "")
         return (f"intra-op threads {self.intra_op_threads or 'all cores'}, "
                 f"{'inline on the event loop' if self.inline else 'executor thread'}, "
-                f"auto batching {'on' if self.auto_batching else 'off'}" + (f" (measured: {t})" if t else ""))
+                f"auto batching {'on' if self.auto_batching else 'off'}{concurrent}"
+                + (f" (measured: {t})" if t else ""))
 
 
 def median_run_s(session, feeds: dict, budget_s: float = 0.25, max_runs: int = 200) -> float:
     """Median seconds of ``session.run`` on ``feeds`` (after two warm-up runs), within ``budget_s``."""
-    for _ in range(2):
-        session.run(None, feeds)
-    times: list[float] = []
+    return interleaved_medians_s([(session, feeds)], budget_s, max_runs)[0]
+
+
+def interleaved_medians_s(runs: list[tuple[object, dict]], budget_s: float = 0.3, max_rounds: int = 200) -> list[float]:
+    """Median seconds of each ``(session, feeds)``, timed in alternation (A B A B ...) so that load from other
+    processes, which drifts, weighs on all of them alike; at least 5 rounds, then until ``budget_s``."""
+    for session, feeds in runs:
+        for _ in range(2):
+            session.run(None, feeds)
+    times: list[list[float]] = [[] for _ in runs]
     end = time.perf_counter() + budget_s
-    while len(times) < max_runs and (len(times) < 5 or time.perf_counter() < end):
-        t0 = time.perf_counter()
-        session.run(None, feeds)
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[len(times) // 2]
+    while len(times[0]) < max_rounds and (len(times[0]) < 5 or time.perf_counter() < end):
+        for i, (session, feeds) in enumerate(runs):
+            t0 = time.perf_counter()
+            session.run(None, feeds)
+            times[i].append(time.perf_counter() - t0)
+    return [sorted(t)[len(t) // 2] for t in times]
 
 
 def batchable(inputs: list[TensorSpec], outputs: list[TensorSpec]) -> bool:
     """Every input and output has a dynamic first dimension."""
     return all(t.shape and t.shape[0] == -1 for t in inputs + outputs)
+
+
+def model_bytes(path: Path) -> int:
+    """The model file plus the external data files beside it (what a second session holds again)."""
+    return sum(p.stat().st_size for p in path.parent.iterdir() if p.is_file())
 
 
 def cores() -> int:
@@ -81,10 +107,11 @@ def cores() -> int:
 
 
 def plan_execution(path: Path, opts: LoadOptions, available: list[str] | None, *, tune: bool,
-                   may_auto_batch: bool, inline_max_us: int) -> ExecutionPlan:
+                   may_auto_batch: bool, inline_max_us: int, may_add_instances: bool = False) -> ExecutionPlan:
     """Build the session for ``opts`` and, with ``tune``, measure the choices ``opts`` leaves open.
 
     ``may_auto_batch``: neither the load request nor config.pbtxt said anything about batching.
+    ``may_add_instances``: nor about instances (concurrent executions).
     Zero-filled inputs are used; a model that cannot run on them is served as configured, untuned.
     """
     session, warnings = build_session(path, opts, available)
@@ -95,25 +122,39 @@ def plan_execution(path: Path, opts: LoadOptions, available: list[str] | None, *
     feeds = warmup_inputs(inputs, 1)
     try:
         one = median_run_s(session, feeds)
-        plan.timings_us["batch1" if opts.intra_op_threads else "wide"] = one * 1e6
-        if opts.intra_op_threads == 0 and cores() > 1 and one < NARROW_TRY_MAX_S:
-            narrow_opts = LoadOptions(**{**opts.__dict__, "intra_op_threads": 1})
-            narrow, narrow_warnings = build_session(path, narrow_opts, available)
-            t_narrow = median_run_s(narrow, feeds)
-            plan.timings_us["narrow"] = t_narrow * 1e6
-            if t_narrow <= one * NARROW_SLACK:
+        auto_threads = opts.intra_op_threads == 0 and cores() > 1
+        plan.timings_us["all_cores" if auto_threads else "batch1"] = one * 1e6
+        short = one < NARROW_TRY_MAX_S
+        narrow = t_narrow = None
+        if auto_threads and (short or (may_add_instances and model_bytes(path) <= CONCURRENT_MAX_BYTES)):
+            narrow, narrow_warnings = build_session(path, LoadOptions(**{**opts.__dict__, "intra_op_threads": 1}),
+                                                    available)
+            one, t_narrow = interleaved_medians_s([(session, feeds), (narrow, feeds)])
+            plan.timings_us.update(all_cores=one * 1e6, one_thread=t_narrow * 1e6)
+            if t_narrow <= one * NARROW_SLACK:  # one thread is as fast (short model, or busy cores)
                 plan.session, plan.warnings, plan.intra_op_threads = narrow, narrow_warnings, 1
-                one = t_narrow
-        longest = one
+        main_one = t_narrow if plan.intra_op_threads == 1 and narrow is plan.session else one
+        longest = main_one
         if may_auto_batch and batchable(inputs, outputs):
-            many = median_run_s(plan.session, warmup_inputs(inputs, PROBE_BATCH))
-            plan.timings_us[f"batch{PROBE_BATCH}"] = many * 1e6
-            plan.auto_batching = many / PROBE_BATCH <= one * BATCH_PAYS_RATIO
+            # Per-item cost of a batch on one thread: what the model's arithmetic gains from batching,
+            # without the thread hand-offs that load from other processes distorts.
+            probe = narrow if narrow is not None else plan.session
+            single, many = interleaved_medians_s([(probe, feeds), (probe, warmup_inputs(inputs, PROBE_BATCH))])
+            plan.timings_us[f"batch{PROBE_BATCH}_per_item"] = many / PROBE_BATCH * 1e6
+            plan.auto_batching = many / PROBE_BATCH <= single * BATCH_PAYS_RATIO
             if plan.auto_batching:
-                longest = many * AUTO_MAX_BATCH / PROBE_BATCH
+                longest = main_one * many / single * AUTO_MAX_BATCH / PROBE_BATCH
         plan.inline = longest * 1e6 <= inline_max_us
+        if plan.intra_op_threads == 1 and narrow is plan.session and not short and not plan.auto_batching \
+                and may_add_instances:
+            plan.instances = cores()  # long one-thread runs: one per core side by side
+        if (narrow is not None and narrow is not plan.session and may_add_instances and not plan.auto_batching
+                and not plan.inline and t_narrow <= one * cores() * CONCURRENT_GAIN):
+            plan.concurrent_session, plan.instances = narrow, cores()
     except Exception as exc:  # noqa: BLE001 - a model may need real-looking data; serve it untuned
         plan.warnings.append(f"could not time the model on zero inputs ({exc}); serving it with the configured "
                              "threads, on the executor, without automatic batching")
+        plan.session, plan.intra_op_threads = session, opts.intra_op_threads
         plan.inline = plan.auto_batching = False
+        plan.concurrent_session, plan.instances = None, 0
     return plan
