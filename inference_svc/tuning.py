@@ -24,7 +24,7 @@ NARROW_TRY_MAX_S = 2e-3
 # One thread is kept when it is at most this much slower than all cores (it leaves a core to gRPC).
 NARROW_SLACK = 1.15
 # Dynamic batching is switched on when a batch of PROBE_BATCH costs at most this share per item.
-BATCH_PAYS_RATIO = 0.75
+BATCH_PAYS_RATIO = 0.6
 PROBE_BATCH = 8
 # An inline run that takes this many times the inline budget moves the model to the executor for good (its
 # run time depends on the data more than the zero-input measurement showed).
@@ -91,14 +91,37 @@ def interleaved_medians_s(runs: list[tuple[object, dict]], budget_s: float = 0.3
     return [sorted(t)[len(t) // 2] for t in times]
 
 
+# --- the rules (pure: timings in, decision out) -------------------------------------------------------
+
+def one_thread_is_enough(all_cores_s: float, one_thread_s: float) -> bool:
+    """One intra-op thread runs at most NARROW_SLACK slower than every core (a short model, or busy cores)."""
+    return one_thread_s <= all_cores_s * NARROW_SLACK
+
+
+def batching_pays(single_s: float, batch_s: float, batch: int = PROBE_BATCH) -> bool:
+    """A batch of ``batch`` costs at most BATCH_PAYS_RATIO of a single run per item."""
+    return batch_s / batch <= single_s * BATCH_PAYS_RATIO
+
+
+def concurrent_runs_pay(all_cores_s: float, one_thread_s: float, n_cores: int) -> bool:
+    """``n_cores`` one-thread runs side by side finish more requests per second than one run on every core."""
+    return one_thread_s <= all_cores_s * n_cores * CONCURRENT_GAIN
+
+
+def runs_inline(longest_s: float, inline_max_us: int) -> bool:
+    """The longest run is short enough to run on the event loop."""
+    return longest_s * 1e6 <= inline_max_us
+
+
 def batchable(inputs: list[TensorSpec], outputs: list[TensorSpec]) -> bool:
     """Every input and output has a dynamic first dimension."""
     return all(t.shape and t.shape[0] == -1 for t in inputs + outputs)
 
 
 def model_bytes(path: Path) -> int:
-    """The model file plus the external data files beside it (what a second session holds again)."""
-    return sum(p.stat().st_size for p in path.parent.iterdir() if p.is_file())
+    """The model file plus the external data files named after it beside it (what a second session holds
+    again)."""
+    return sum(p.stat().st_size for p in path.parent.glob(f"{path.stem}*") if p.is_file())
 
 
 def cores() -> int:
@@ -131,7 +154,7 @@ def plan_execution(path: Path, opts: LoadOptions, available: list[str] | None, *
                                                     available)
             one, t_narrow = interleaved_medians_s([(session, feeds), (narrow, feeds)])
             plan.timings_us.update(all_cores=one * 1e6, one_thread=t_narrow * 1e6)
-            if t_narrow <= one * NARROW_SLACK:  # one thread is as fast (short model, or busy cores)
+            if one_thread_is_enough(one, t_narrow):
                 plan.session, plan.warnings, plan.intra_op_threads = narrow, narrow_warnings, 1
         main_one = t_narrow if plan.intra_op_threads == 1 and narrow is plan.session else one
         longest = main_one
@@ -141,15 +164,15 @@ def plan_execution(path: Path, opts: LoadOptions, available: list[str] | None, *
             probe = narrow if narrow is not None else plan.session
             single, many = interleaved_medians_s([(probe, feeds), (probe, warmup_inputs(inputs, PROBE_BATCH))])
             plan.timings_us[f"batch{PROBE_BATCH}_per_item"] = many / PROBE_BATCH * 1e6
-            plan.auto_batching = many / PROBE_BATCH <= single * BATCH_PAYS_RATIO
+            plan.auto_batching = batching_pays(single, many)
             if plan.auto_batching:
                 longest = main_one * many / single * AUTO_MAX_BATCH / PROBE_BATCH
-        plan.inline = longest * 1e6 <= inline_max_us
+        plan.inline = runs_inline(longest, inline_max_us)
         if plan.intra_op_threads == 1 and narrow is plan.session and not short and not plan.auto_batching \
                 and may_add_instances:
             plan.instances = cores()  # long one-thread runs: one per core side by side
         if (narrow is not None and narrow is not plan.session and may_add_instances and not plan.auto_batching
-                and not plan.inline and t_narrow <= one * cores() * CONCURRENT_GAIN):
+                and not plan.inline and concurrent_runs_pay(one, t_narrow, cores())):
             plan.concurrent_session, plan.instances = narrow, cores()
     except Exception as exc:  # noqa: BLE001 - a model may need real-looking data; serve it untuned
         plan.warnings.append(f"could not time the model on zero inputs ({exc}); serving it with the configured "
