@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from modelport.runtime.artifacts import ArtifactsServicer
 from modelport.runtime.channels import ClientTLS, make_channel
@@ -147,19 +147,20 @@ async def start_service(service: Service, *, ready: bool = True) -> RunningServe
     """
     s = service.settings
     mutating = {UPLOAD_METHOD, *service.mutating_methods()}
-    server = grpc.aio.server(
-        options=server_options(s),
-        interceptors=[ServiceInterceptor(service.name, s.auth_token, mutating)],
-    )
+    server = grpc.aio.server(options=server_options(s))
+    # The interceptor wraps every handler once as it is registered (through ``registrar``), not on each call.
+    registrar = ServiceInterceptor(service.name, s.auth_token, mutating).registering(server)
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registrar)
     artifacts = ArtifactsServicer(service.store)
-    artifacts_pb2_grpc.add_ArtifactsServicer_to_server(artifacts, server)
+    artifacts_pb2_grpc.add_ArtifactsServicer_to_server(artifacts, registrar)
     names = [ARTIFACTS_SERVICE]
     for reg in service.registrations():
-        reg.add_to_server(reg.servicer, server)
+        reg.add_to_server(reg.servicer, registrar)
         names.append(reg.full_name)
-    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    # What reflection.enable_server_reflection does for a grpc.aio server (it checks the server's type).
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        reflection.aio.ReflectionServicer([*names, health.SERVICE_NAME, reflection.SERVICE_NAME]), registrar)
     creds = server_credentials(s)
     bind = f"{s.host}:{s.port}"
     try:
