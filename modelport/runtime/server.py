@@ -223,4 +223,21 @@ def run_service(service_cls: type[Service], settings_cls: type[ServiceSettings],
     """Process entry point for ``modelport-<service>`` and ``python -m <svc>``."""
     settings = parse_settings(settings_cls, argv, prog=prog)
     setup_logging(settings.log_level, settings.log_json)
-    return asyncio.run(serve(service_cls(settings)))
+    return event_loop_runner(settings.event_loop)(serve(service_cls(settings)))
+
+
+def event_loop_runner(choice: str) -> Callable:
+    """``asyncio.run`` or ``uvloop.run`` for the ``event_loop`` setting (auto: uvloop when installed)."""
+    choice = (choice or "auto").lower()
+    if choice not in ("auto", "uvloop", "asyncio"):
+        raise ValueError(f"unknown event_loop {choice!r}; use auto, uvloop or asyncio")
+    if choice == "asyncio":
+        return asyncio.run
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ValueError("event_loop uvloop: uvloop is not installed; pip install uvloop, or use "
+                             "--event-loop asyncio") from None
+        return asyncio.run
+    return uvloop.run
