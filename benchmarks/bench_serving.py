@@ -234,7 +234,7 @@ def start_server(kind: str, model: str, path: Path, io: ModelIO, work: Path) -> 
         wait_ready(proc, address, model, server.log)
         return server
     port = free_port()
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # a peer imports only its own venv
     if kind == "floor":
         cmd = [sys.executable, str(PEERS_DIR / "floor_server.py"), "--port", str(port), "--output", io.output,
                "--output-shape", ",".join(map(str, io.output_shape))]
@@ -285,8 +285,9 @@ class LoadClient:
         py = venv_python("MODELPORT_TRITON_PYTHON", ".venv-triton")
         if py is None:
             raise RuntimeError("no tritonclient venv: run `make triton-venv` or set MODELPORT_TRITON_PYTHON")
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         self.proc = subprocess.Popen([str(py), str(PEERS_DIR / "load_client.py"), "--serve"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, bufsize=1)
+                                     stdout=subprocess.PIPE, text=True, bufsize=1, env=env)
         if not json.loads(self.proc.stdout.readline() or "{}").get("ready"):
             raise RuntimeError("the load client did not start (see its stderr above)")
 
@@ -410,8 +411,8 @@ def report(data: dict, missing: dict[str, str], rounds: int, seconds: float) -> 
         "KServe 0.21 and MLServer 1.7.1 serve the same ONNX file with the obvious runtime a user would write "
         "(`benchmarks/peers/`: an `onnxruntime.InferenceSession` with default options, each library's own "
         "codec, default server settings); modelport is `python -m inference_svc --repository R` with default "
-        "settings and only `<model>/1/model.onnx` in the repository; the floor is a do-nothing `grpc.aio` KServe "
-        "server answering a prepared response. "
+        f"settings and only `<model>/1/model.onnx` in the repository (event loop: {data['modelport_event_loop']}); "
+        "the floor is a do-nothing `grpc.aio` KServe server answering a prepared response. "
         f"Each cell: {rounds} interleaved round(s) of {seconds:.1f} s (every server at every concurrency each "
         "round, server order rotating). "
         f"Load average (1 min) before/after: {load['before'][0]:.1f} / {load['after'][0]:.1f} on "
@@ -466,7 +467,7 @@ def report(data: dict, missing: dict[str, str], rounds: int, seconds: float) -> 
             lines += [f"modelport's choices for this model (ModelConfig): max_batch_size {st['max_batch_size']}, "
                       f"dynamic batching {'on' if st['dynamic_batching'] else 'off'}, "
                       + ", ".join(f"{k} {v}" for k, v in sorted(params.items())
-                                  if k in ("intra_op_thread_count", "execution_mode", "execution_provider"))
+                                  if k in ("intra_op_thread_count", "execution", "auto_batching", "tuning"))
                       + f"; over the whole run {st['inference_count']} requests ran in {st['execution_count']} "
                       f"executions (mean batch {st['mean_batch']:.2f}).", ""]
     data["goals"] = {g: {"value": v, "target": t, "met": v is not None and v >= t} for g, v, t in goal_rows}
@@ -490,20 +491,28 @@ def plot(data: dict) -> None:
         width = 0.8 / len(servers)
         for i, s in enumerate(servers):
             vals = [runs[s][str(c)]["calls_per_s"] for c in CONCURRENCY]
-            ax.bar([j + i * width for j in range(len(CONCURRENCY))], vals, width, label=LABELS[s])
+            style = {"color": "lightgrey", "hatch": "//", "edgecolor": "grey"} if s == "floor" else {}
+            ax.bar([j + i * width for j in range(len(CONCURRENCY))], vals, width, label=LABELS[s], **style)
         ax.set_xticks([j + width * (len(servers) - 1) / 2 for j in range(len(CONCURRENCY))],
                       [f"c={c}" for c in CONCURRENCY])
-        ax.set_title(model)
+        ax.set_title(f"{model} (the floor runs no model)")
         ax.set_ylabel("requests/s")
         ax.legend(fontsize=7)
     fig.tight_layout()
     common.save_figure(fig, "serving_peers")
 
 
+def modelport_event_loop() -> str:
+    """The event loop ``python -m inference_svc`` runs on here (``--event-loop auto``: uvloop when installed)."""
+    probe = subprocess.run([sys.executable, "-c", "import uvloop; print(uvloop.__version__)"], capture_output=True,
+                           text=True, cwd=common.REPO_ROOT)
+    return f"uvloop {probe.stdout.strip()}" if probe.returncode == 0 else "asyncio (uvloop not installed)"
+
+
 def main() -> None:
     args = common.bench_args("modelport vs KServe vs MLServer vs the bare grpc.aio floor").parse_args()
     quick = args.quick
-    rounds, seconds = (1, 1.0) if quick else (3, 3.0)
+    rounds, seconds = (1, 1.0) if quick else (3, 2.0)
     load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     models = {"mlp": build_mlp(work / "mlp.onnx")}
@@ -512,7 +521,7 @@ def main() -> None:
         models["mobilenetv2"] = mobilenet
     servers, missing = available_servers()
     data = {"models": {}, "rounds": rounds, "seconds": seconds, "quick": quick, "missing": missing,
-            "concurrency": list(CONCURRENCY)}
+            "concurrency": list(CONCURRENCY), "modelport_event_loop": modelport_event_loop()}
     client = LoadClient()
     try:
         for model, path in models.items():

@@ -30,7 +30,7 @@ TIMEOUTS = {
     "artifacts": 180,
     "convert": 300,
     "optimize": 420,
-    "serving": 360,
+    "serving": 480,
     "e2e": 420,
 }
 DEFAULT_TIMEOUT = 240

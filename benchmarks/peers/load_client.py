@@ -29,7 +29,7 @@ import tritonclient.grpc as grpcclient
 
 
 def run(url: str, model: str, input: str, shape: list[int], concurrency: int = 1, seconds: float = 5.0,
-        max_calls: int = 1_000_000, warmup: int = 5, timeout: float = 60.0) -> dict:
+        max_calls: int = 1_000_000, warmup: int = 2, timeout: float = 60.0) -> dict:
     """``concurrency`` threads calling ModelInfer in a closed loop for ``seconds`` (or ``max_calls``)."""
     x = np.random.default_rng(0).random(shape, dtype=np.float32)
     lock = threading.Lock()
@@ -112,7 +112,7 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--max-calls", type=int, default=1_000_000)
-    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--timeout", type=float, default=60.0, help="per-call client timeout (s)")
     args = p.parse_args()
     if not args.serve:
