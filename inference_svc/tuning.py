@@ -118,6 +118,12 @@ def batchable(inputs: list[TensorSpec], outputs: list[TensorSpec]) -> bool:
     return all(t.shape and t.shape[0] == -1 for t in inputs + outputs)
 
 
+def splits_by_row(session, batch_feeds: dict) -> bool:
+    """Every output of a batched run has the batch's first dimension (so merged requests can be split back)."""
+    n = next(iter(batch_feeds.values())).shape[0]
+    return all(getattr(o, "ndim", 0) > 0 and o.shape[0] == n for o in session.run(None, batch_feeds))
+
+
 def model_bytes(path: Path) -> int:
     """The model file plus the external data files named after it beside it (what a second session holds
     again)."""
@@ -162,9 +168,11 @@ def plan_execution(path: Path, opts: LoadOptions, available: list[str] | None, *
             # Per-item cost of a batch on one thread: what the model's arithmetic gains from batching,
             # without the thread hand-offs that load from other processes distorts.
             probe = narrow if narrow is not None else plan.session
-            single, many = interleaved_medians_s([(probe, feeds), (probe, warmup_inputs(inputs, PROBE_BATCH))])
-            plan.timings_us[f"batch{PROBE_BATCH}_per_item"] = many / PROBE_BATCH * 1e6
-            plan.auto_batching = batching_pays(single, many)
+            batch_feeds = warmup_inputs(inputs, PROBE_BATCH)
+            if splits_by_row(probe, batch_feeds):
+                single, many = interleaved_medians_s([(probe, feeds), (probe, batch_feeds)])
+                plan.timings_us[f"batch{PROBE_BATCH}_per_item"] = many / PROBE_BATCH * 1e6
+                plan.auto_batching = batching_pays(single, many)
             if plan.auto_batching:
                 longest = main_one * many / single * AUTO_MAX_BATCH / PROBE_BATCH
         plan.inline = runs_inline(longest, inline_max_us)

@@ -68,6 +68,23 @@ def test_plan_keeps_what_the_user_set(tmp_path):
     assert not fixed_plan.auto_batching and not any(k.startswith("batch8") for k in fixed_plan.timings_us)
 
 
+def test_a_model_whose_outputs_do_not_follow_the_batch_is_never_auto_batched(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    # Declares y [N, 4] but sums over the batch: a batch of 8 answers one row, which cannot be split back.
+    g = helper.make_graph([helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=1)], "sum",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+                          [onnx.numpy_helper.from_array(np.array([0], np.int64), "axes")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "sum.onnx")
+    plan = tuning.plan_execution(tmp_path / "sum.onnx", LoadOptions(execution_provider="cpu"), None, tune=True,
+                                 may_auto_batch=True, inline_max_us=500)
+    assert not plan.auto_batching and not any(k.startswith("batch8") for k in plan.timings_us)
+
+
 def test_a_model_that_cannot_run_on_zeros_is_served_untuned(tmp_path):
     # reshape: its metadata accepts any length, but only 4 elements run (a zero-filled length-1 input fails).
     plan = tuning.plan_execution(reshape(tmp_path / "r.onnx"), LoadOptions(execution_provider="cpu"), None,
