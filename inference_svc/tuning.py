@@ -33,6 +33,8 @@ INLINE_DEMOTE_FACTOR = 20
 # copy of the weights) and kept when cores one-thread runs side by side beat one run on every core by 5%.
 CONCURRENT_MAX_BYTES = 512 * 2**20
 CONCURRENT_GAIN = 0.95
+# A model that batching helps runs inline only when its run is at most this share of the inline budget.
+INLINE_BATCH_SHARE = 10
 # Largest merged batch of an automatically batched model (requests larger than this still run, alone).
 AUTO_MAX_BATCH = 32
 
@@ -113,6 +115,21 @@ def runs_inline(longest_s: float, inline_max_us: int) -> bool:
     return longest_s * 1e6 <= inline_max_us
 
 
+def inline_or_batch(run_s: float, batching_pays_: bool, inline_max_us: int) -> tuple[bool, bool]:
+    """(inline, automatic batching) for a model whose batch-1 run takes ``run_s``.
+
+    Inline runs never merge (the loop finishes each request before it reads the next), so the two exclude
+    each other. Where batching pays and the run is more than a tenth of the inline budget, merging at
+    concurrency saves more than the executor hop costs: batch on the executor. Otherwise a short run goes
+    inline, and a long one to the executor, batching where that pays.
+    """
+    if batching_pays_ and run_s * 1e6 > inline_max_us / INLINE_BATCH_SHARE:
+        return False, True
+    if runs_inline(run_s, inline_max_us):
+        return True, False
+    return False, batching_pays_
+
+
 def batchable(inputs: list[TensorSpec], outputs: list[TensorSpec]) -> bool:
     """Every input and output has a dynamic first dimension."""
     return all(t.shape and t.shape[0] == -1 for t in inputs + outputs)
@@ -163,7 +180,7 @@ def plan_execution(path: Path, opts: LoadOptions, available: list[str] | None, *
             if one_thread_is_enough(one, t_narrow):
                 plan.session, plan.warnings, plan.intra_op_threads = narrow, narrow_warnings, 1
         main_one = t_narrow if plan.intra_op_threads == 1 and narrow is plan.session else one
-        longest = main_one
+        pays = False
         if may_auto_batch and batchable(inputs, outputs):
             # Per-item cost of a batch on one thread: what the model's arithmetic gains from batching,
             # without the thread hand-offs that load from other processes distorts.
@@ -172,10 +189,8 @@ def plan_execution(path: Path, opts: LoadOptions, available: list[str] | None, *
             if splits_by_row(probe, batch_feeds):
                 single, many = interleaved_medians_s([(probe, feeds), (probe, batch_feeds)])
                 plan.timings_us[f"batch{PROBE_BATCH}_per_item"] = many / PROBE_BATCH * 1e6
-                plan.auto_batching = batching_pays(single, many)
-            if plan.auto_batching:
-                longest = main_one * many / single * AUTO_MAX_BATCH / PROBE_BATCH
-        plan.inline = runs_inline(longest, inline_max_us)
+                pays = batching_pays(single, many)
+        plan.inline, plan.auto_batching = inline_or_batch(main_one, pays, inline_max_us)
         if plan.intra_op_threads == 1 and narrow is plan.session and not short and not plan.auto_batching \
                 and may_add_instances:
             plan.instances = cores()  # long one-thread runs: one per core side by side

@@ -44,6 +44,13 @@ def test_rules_on_given_timings():
     assert not tuning.runs_inline(3.5e-3, 500)
     assert tuning.concurrent_runs_pay(3.5e-3, 6e-3, 2)  # two 6 ms runs side by side beat two 3.5 ms in a row
     assert not tuning.concurrent_runs_pay(3.5e-3, 7.5e-3, 2)  # perfect scaling across cores: nothing to gain
+    # Inline or batched: a tiny model goes inline (merging would save nothing next to a request's gRPC cost);
+    # one that batching helps and that runs longer than a tenth of the budget is batched on the executor.
+    assert tuning.inline_or_batch(11e-6, True, 500) == (True, False)
+    assert tuning.inline_or_batch(300e-6, True, 500) == (False, True)
+    assert tuning.inline_or_batch(300e-6, False, 500) == (True, False)
+    assert tuning.inline_or_batch(3e-3, False, 500) == (False, False)
+    assert tuning.inline_or_batch(3e-3, True, 500) == (False, True)
     # Boundaries are inclusive.
     assert tuning.one_thread_is_enough(1.0, tuning.NARROW_SLACK)
     assert tuning.batching_pays(1.0, tuning.PROBE_BATCH * tuning.BATCH_PAYS_RATIO)
@@ -105,7 +112,8 @@ def test_inline_runs_answer_every_concurrent_request_exactly(tmp_path):
         for x, out in zip(xs, outs, strict=True):
             np.testing.assert_allclose(out["y"], mlp_expected(x), rtol=1e-6)
         assert mv.stats.success.count == 200 and mv.stats.fail.count == 0
-        assert mv.stats.inference_count == sum(x.shape[0] for x in xs)
+        # Without a batch dimension (inline runs never merge) Triton counts one inference per request.
+        assert mv.policy.max_batch_size == 0 and mv.stats.inference_count == 200
         await manager.close()
 
     run(scenario())
@@ -208,12 +216,19 @@ def test_solo_run_takes_every_instance_and_waiting_requests_run_side_by_side():
 
 # --- through a real server with the defaults -------------------------------------------------------------
 
-@pytest.fixture
-def default_server(tmp_path):
+@pytest.fixture(params=["defaults", "batched"])
+def default_server(request, tmp_path, monkeypatch):
+    """The defaults as they are (the tiny MLP runs inline), and forced onto the other path: no inline budget
+    and batching taken to pay whatever the timings say, so it runs automatically batched on the executor."""
     repo = tmp_path / "repo"
     mlp(repo / "mlp" / "1" / "model.onnx")  # no config.pbtxt: everything left to the defaults
+    extra = {}
+    if request.param == "batched":
+        monkeypatch.setattr(tuning, "BATCH_PAYS_RATIO", 1e9)
+        extra["inline_max_us"] = 0
     srv = BackgroundServer(InferenceService(InferenceSettings(port=0, host="127.0.0.1", store=tmp_path / "store",
-                                                              repository=repo))).start()
+                                                              repository=repo, **extra))).start()
+    srv.mode = request.param
     yield srv
     srv.stop()
 
@@ -228,6 +243,8 @@ def test_defaults_answer_concurrent_load_exactly_and_report_their_choices(defaul
         cfg = stub.ModelConfig(pb.ModelConfigRequest(name="mlp")).config
         params = {k: v.string_value for k, v in cfg.parameters.items()}
         assert params["execution"] in ("inline", "executor") and "measured:" in params["tuning"]
+        if default_server.mode == "batched":
+            assert (params["execution"], params["auto_batching"]) == ("executor", "on")
         if params["auto_batching"] == "on":  # Triton's view: a batch dimension, dynamic batching, no delay
             assert cfg.max_batch_size == tuning.AUTO_MAX_BATCH and cfg.HasField("dynamic_batching")
             assert list(cfg.input[0].dims) == [4]
@@ -243,7 +260,9 @@ def test_defaults_answer_concurrent_load_exactly_and_report_their_choices(defaul
         np.testing.assert_allclose(_call(stub, big), mlp_expected(big), rtol=1e-5)
         st = stub.ModelStatistics(pb.ModelStatisticsRequest(name="mlp")).model_stats[0]
         assert st.inference_stats.success.count == 401 and st.inference_stats.fail.count == 0
-        assert st.inference_count == sum(x.shape[0] for x in xs) + big.shape[0]
+        # With a batch dimension Triton counts batch elements, without one requests.
+        elements = sum(x.shape[0] for x in xs) + big.shape[0]
+        assert st.inference_count == (elements if cfg.max_batch_size else 401)
 
 
 def test_shutdown_drains_requests_in_flight(default_server):
