@@ -287,3 +287,30 @@ def test_shutdown_drains_requests_in_flight(default_server):
     assert answered >= 1
     assert mv.stats.success.count == answered and mv.stats.fail.count == 0
     assert mv.state == "UNAVAILABLE"  # drained and released
+
+
+# --- the benchmark's load client against the real server ---------------------------------------------------
+
+def test_benchmark_load_client_counts_every_answer_and_every_failure(default_server):
+    """benchmarks/peers/load_client.py (the unmodified tritonclient, in its own venv) is what bench_serving
+    measures every server with: it must count answers exactly and count a failing model as errors."""
+    import json
+    import subprocess
+    from pathlib import Path
+
+    from test_inference_triton import triton_python
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "peers" / "load_client.py"
+
+    def load(model: str) -> dict:
+        out = subprocess.run([triton_python(), str(script), "--url", default_server.address, "--model", model,
+                              "--input", "x", "--shape", "1,4", "--concurrency", "4", "--max-calls", "200",
+                              "--seconds", "60"], capture_output=True, text=True, timeout=120, check=True)
+        return json.loads(out.stdout)
+
+    good = load("mlp")
+    assert (good["calls"], good["errors"], len(good["latencies_s"])) == (200, 0, 200)
+    st = default_server.service.manager.get("mlp").stats
+    assert st.success.count == 200 + 4 * 2  # the timed calls and each thread's two warm-up calls
+    bad = load("nope")
+    assert (bad["calls"], bad["errors"]) == (0, 200) and "not loaded" in bad["first_error"]
