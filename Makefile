@@ -23,7 +23,12 @@ ONNX2TORCH_VENV  ?= .venv-onnx2torch
 ONNX2TORCH_STAMP := $(ONNX2TORCH_VENV)/.installed
 TORCH_PIP_ARGS   ?=
 
-.PHONY: venv triton-venv onnx2tf-venv onnx2torch-venv demo test test-fast protos lint bench up clean
+.PHONY: venv triton-venv onnx2tf-venv onnx2torch-venv peer-venvs bench-serving demo test test-fast protos lint bench up clean
+# The Python serving peers bench_serving compares against (benchmarks/peers/): each in its own venv,
+# they conflict with each other and with tritonclient's protobuf pin (docs/FACTS.md).
+KSERVE_VENV   ?= .venv-kserve
+MLSERVER_VENV ?= .venv-mlserver
+
 
 venv: $(STAMP)
 
@@ -66,6 +71,21 @@ $(ONNX2TORCH_STAMP):
 
 onnx2torch-venv: $(ONNX2TORCH_STAMP)
 
+$(KSERVE_VENV)/.installed:
+	@test -x $(KSERVE_VENV)/bin/python || $(PYTHON) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(KSERVE_VENV)/bin/python -m pip install --quiet -r benchmarks/peers/requirements-kserve.txt
+	@touch $@
+
+$(MLSERVER_VENV)/.installed:
+	@test -x $(MLSERVER_VENV)/bin/python || $(PYTHON) -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MLSERVER_VENV)/bin/python -m pip install --quiet -r benchmarks/peers/requirements-mlserver.txt
+	@touch $@
+
+## make peer-venvs: KServe's and MLServer's venvs for the serving comparison (benchmarks/peers/).
+peer-venvs: $(KSERVE_VENV)/.installed $(MLSERVER_VENV)/.installed
+
 ## make demo: train a digits CNN, deploy it through converter -> optimizer -> inference, classify over gRPC.
 demo: $(STAMP)
 	$(PY) -m gateway.demo
@@ -84,11 +104,15 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
-bench: $(STAMP)
+bench: $(STAMP) $(TRITON_STAMP) peer-venvs
 	$(PY) -m benchmarks.run_all
+
+## make bench-serving: modelport vs KServe vs MLServer vs the bare grpc.aio floor (BENCHMARKS.md, Serving).
+bench-serving: $(STAMP) $(TRITON_STAMP) peer-venvs
+	$(PY) -m benchmarks.bench_serving
 
 up: $(STAMP)
 	$(VENV)/bin/modelport up
 
 clean:
-	rm -rf $(VENV) $(TRITON_VENV) $(ONNX2TF_VENV) $(ONNX2TORCH_VENV) .modelport .pytest_cache
+	rm -rf $(VENV) $(TRITON_VENV) $(ONNX2TF_VENV) $(ONNX2TORCH_VENV) $(KSERVE_VENV) $(MLSERVER_VENV) .modelport .pytest_cache

@@ -31,7 +31,7 @@ TIMEOUTS = {
     "convert": 300,
     "optimize": 420,
     "optimize_attention": 600,
-    "serving": 360,
+    "serving": 480,
     "e2e": 420,
     "external_data": 420,
 }

@@ -12,6 +12,8 @@ expected. Never imports grpc (domain errors only) and never TensorFlow.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -20,17 +22,17 @@ from pathlib import Path
 import numpy as np
 
 from inference_svc.batching import BatchPolicy, Scheduler
-from inference_svc.config_mapping import check_config, check_limits, policy_for
-from inference_svc.repository_loading import LOADING, READY, UNAVAILABLE, UNLOADING, RepositoryLoading
-from inference_svc.sessions import (
-    LoadOptions,
-    TensorSpec,
-    build_session,
-    make_runner,
-    tensor_specs,
-    warmup_inputs,
+from inference_svc.config_mapping import (
+    batching_left_open,
+    check_config,
+    check_limits,
+    instances_left_open,
+    policy_for,
 )
+from inference_svc.repository_loading import LOADING, READY, UNAVAILABLE, UNLOADING, RepositoryLoading
+from inference_svc.sessions import LoadOptions, TensorSpec, make_runner, tensor_specs, warmup_inputs
 from inference_svc.stats import VersionStats
+from inference_svc.tuning import INLINE_DEMOTE_FACTOR, plan_execution
 from modelport.dtypes import KSERVE_TO_NUMPY, to_kserve
 from modelport.errors import InvalidArgument, ModelportError, NotFound, Unavailable
 from modelport.kserve.codec import utf8_strings
@@ -65,6 +67,8 @@ class ModelVersion:
     session: object | None = None
     config: mc.ModelConfig | None = None
     """The config.pbtxt it was loaded with (empty when none)."""
+    tuning: str = ""
+    """How it runs and what was measured at load to choose that (empty when not tuned)."""
 
     @property
     def provider(self) -> str:
@@ -91,7 +95,8 @@ class ModelManager(RepositoryLoading):
     def __init__(self, *, repository_root: Path | None = None, defaults: LoadOptions | None = None,
                  default_max_batch_size: int = 0, default_queue_size: int = 1024,
                  available_providers: list[str] | None = None, drain_timeout_s: float = 60.0,
-                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES):
+                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+                 tune: bool = False, inline_max_us: int = 500):
         self.repository_root = Path(repository_root) if repository_root else None
         self.defaults = defaults or LoadOptions()
         self.default_max_batch_size = default_max_batch_size
@@ -99,6 +104,9 @@ class ModelManager(RepositoryLoading):
         self.available_providers = available_providers
         self.drain_timeout_s = drain_timeout_s
         self.max_request_bytes = max_request_bytes
+        self.tune = tune
+        """Measure each version at load to choose its threads, inline execution and automatic batching."""
+        self.inline_max_us = inline_max_us
         self._models: dict[str, dict[int, ModelVersion]] = {}
         # name -> reason of its last failed load (cleared when a version of it loads). Shown in the
         # repository index and, while no version of the model serves, it makes the server unready
@@ -227,7 +235,7 @@ class ModelManager(RepositoryLoading):
                         {"tensor": t.name},
                     )
                 batch = n
-                if n > mv.policy.max_batch_size:
+                if n > mv.policy.max_batch_size and mv.policy.enforce_max_batch:
                     raise InvalidArgument(
                         f"input '{t.name}': batch size {n} exceeds max_batch_size {mv.policy.max_batch_size} "
                         f"of model '{mv.name}'; split the request",
@@ -337,6 +345,8 @@ class ModelManager(RepositoryLoading):
             log.info("model %s version %d READY on %s (batching: max %d, dynamic %s, delay %dus, instances %d)",
                      name, version, mv.provider, mv.policy.max_batch_size, mv.policy.dynamic,
                      mv.policy.max_queue_delay_us, mv.policy.instances)
+            if mv.tuning:
+                log.info("model %s version %d runs with %s", name, version, mv.tuning)
             for w in mv.warnings:
                 log.warning("model %s version %d: %s", name, version, w)
             retire = [old] if old is not None else []
@@ -355,15 +365,25 @@ class ModelManager(RepositoryLoading):
             raise NotFound(f"the model file of '{name}' version {version} ({path.name}) does not exist",
                            {"model": name})
         loop = asyncio.get_running_loop()
-        session, warnings = await loop.run_in_executor(None, build_session, path, opts, self.available_providers)
+        plan = await loop.run_in_executor(None, functools.partial(
+            plan_execution, path, opts, self.available_providers, tune=self.tune and opts.warmup,
+            may_auto_batch=batching_left_open(config, opts), inline_max_us=self.inline_max_us,
+            may_add_instances=instances_left_open(config, opts)))
+        session, warnings = plan.session, plan.warnings
+        opts = dataclasses.replace(opts, intra_op_threads=plan.intra_op_threads)
         inputs = tensor_specs(session.get_inputs())
         outputs = tensor_specs(session.get_outputs())
         check_config(name, config, inputs, outputs)
-        policy = policy_for(config, opts, inputs, outputs, self.default_max_batch_size, self.default_queue_size)
+        policy = policy_for(config, opts, inputs, outputs, self.default_max_batch_size, self.default_queue_size,
+                            auto_batching=plan.auto_batching, auto_instances=plan.instances)
         stats = VersionStats()
-        scheduler = Scheduler(name, str(version), make_runner(session), policy, stats)
+        concurrent = plan.concurrent_session
+        scheduler = Scheduler(name, str(version), make_runner(concurrent or session), policy, stats,
+                              inline=plan.inline, inline_limit_s=INLINE_DEMOTE_FACTOR * self.inline_max_us / 1e6,
+                              solo_run=make_runner(session) if concurrent is not None else None)
         mv = ModelVersion(name, version, path, inputs, outputs, list(session.get_providers()), policy, scheduler,
-                          stats, opts, warnings, artifact=artifact, session=session, config=config)
+                          stats, opts, warnings, artifact=artifact, session=session, config=config,
+                          tuning=plan.describe() if self.tune else "")
         if opts.warmup:
             feeds = warmup_inputs(inputs, 1)
             try:

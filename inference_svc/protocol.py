@@ -73,7 +73,11 @@ def model_config(mv: ModelVersion) -> mc.ModelConfig:
         "inter_op_thread_count": str(mv.options.inter_op_threads),
         "graph_optimization_level": level,
         "max_queue_size": str(p.max_queue_size),
+        "execution": "inline" if mv.scheduler.inline else "executor",
+        "auto_batching": "on" if p.dynamic and not p.enforce_max_batch else "off",
     }
+    if mv.tuning:
+        params["tuning"] = mv.tuning
     for k, v in params.items():
         cfg.parameters[k].string_value = v
     return cfg

@@ -45,6 +45,8 @@ class InferenceService(Service):
             available_providers=available_providers,
             drain_timeout_s=settings.drain_timeout_s,
             max_request_bytes=settings.max_request_bytes,
+            tune=settings.auto_tune,
+            inline_max_us=settings.inline_max_us,
         )
         self.shm = SharedMemoryRegistry(enabled=settings.shared_memory, max_regions=settings.max_shm_regions)
         self.ready = False

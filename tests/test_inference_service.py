@@ -563,6 +563,7 @@ def test_queue_bound_and_expired_requests_over_grpc(server, kserve, control, tmp
             failed.set()
 
     sched._run, sched._pending, sched.metrics.request = gated, NotifyingDeque(), request_done
+    sched.inline = False  # a gated run stands for a long one: it runs on the executor (short models run inline on the loop)
     try:
         x = np.ones((1, 4), np.float32)
         running = kserve.ModelInfer.future(codec.make_infer_request("queue", {"x": x}), timeout=60)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from modelport.runtime.artifacts import ArtifactsServicer, ensure_local
 from modelport.runtime.channels import ClientTLS, make_channel
@@ -202,19 +202,20 @@ async def start_service(service: Service, *, ready: bool = True) -> RunningServe
     s = service.settings
     check_auth_posture(s, service.name)
     mutating = {UPLOAD_METHOD, *service.mutating_methods()}
-    server = grpc.aio.server(
-        options=server_options(s),
-        interceptors=[ServiceInterceptor(service.name, s.auth_token, mutating)],
-    )
+    server = grpc.aio.server(options=server_options(s))
+    # The interceptor wraps every handler once as it is registered (through ``registrar``), not on each call.
+    registrar = ServiceInterceptor(service.name, s.auth_token, mutating).registering(server)
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registrar)
     artifacts = ArtifactsServicer(service.store)
-    artifacts_pb2_grpc.add_ArtifactsServicer_to_server(artifacts, server)
+    artifacts_pb2_grpc.add_ArtifactsServicer_to_server(artifacts, registrar)
     names = [ARTIFACTS_SERVICE]
     for reg in service.registrations():
-        reg.add_to_server(reg.servicer, server)
+        reg.add_to_server(reg.servicer, registrar)
         names.append(reg.full_name)
-    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    # What reflection.enable_server_reflection does for a grpc.aio server (it checks the server's type).
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        reflection.aio.ReflectionServicer([*names, health.SERVICE_NAME, reflection.SERVICE_NAME]), registrar)
     creds = server_credentials(s)
     bind = f"{s.host}:{s.port}"
     try:
@@ -286,4 +287,21 @@ def run_service(service_cls: type[Service], settings_cls: type[ServiceSettings],
     removed = scrub_environment()
     if removed:
         log.info("removed %s from the environment children inherit", ", ".join(sorted(removed)))
-    return asyncio.run(serve(service_cls(settings)))
+    return event_loop_runner(settings.event_loop)(serve(service_cls(settings)))
+
+
+def event_loop_runner(choice: str) -> Callable:
+    """``asyncio.run`` or ``uvloop.run`` for the ``event_loop`` setting (auto: uvloop when installed)."""
+    choice = (choice or "auto").lower()
+    if choice not in ("auto", "uvloop", "asyncio"):
+        raise ValueError(f"unknown event_loop {choice!r}; use auto, uvloop or asyncio")
+    if choice == "asyncio":
+        return asyncio.run
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ValueError("event_loop uvloop: uvloop is not installed; pip install uvloop, or use "
+                             "--event-loop asyncio") from None
+        return asyncio.run
+    return uvloop.run

@@ -41,6 +41,9 @@ class ServiceSettings(BaseSettings):
     """Prometheus metrics HTTP port; -1 disables, 0 picks a free one."""
     log_level: str = "INFO"
     """Python log level name."""
+    event_loop: str = "auto"
+    """asyncio event loop of the process: auto (uvloop when installed, else asyncio's own), uvloop, asyncio.
+    uvloop handles grpc.aio's events with less CPU per call (measured 5-20% less on the serving path)."""
     log_json: bool = False
     """Emit one JSON object per log line."""
     tls_cert: Path | None = None
