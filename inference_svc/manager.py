@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from inference_svc import generation_protocol
 from inference_svc.batching import BatchPolicy, Scheduler
 from inference_svc.config_mapping import (
     batching_left_open,
@@ -29,12 +30,15 @@ from inference_svc.config_mapping import (
     instances_left_open,
     policy_for,
 )
+from inference_svc.generation import Generation, GenerationEngine, GenerationParams
 from inference_svc.repository_loading import LOADING, READY, UNAVAILABLE, UNLOADING, RepositoryLoading
 from inference_svc.sessions import LoadOptions, TensorSpec, make_runner, tensor_specs, warmup_inputs
 from inference_svc.stats import VersionStats
 from inference_svc.tuning import INLINE_DEMOTE_FACTOR, plan_execution
+from modelport import providers as eps
 from modelport.dtypes import KSERVE_TO_NUMPY, to_kserve
 from modelport.errors import InvalidArgument, ModelportError, NotFound, Unavailable
+from modelport.generation_model import is_generation_folder
 from modelport.kserve.codec import utf8_strings
 from modelport.kserve.v2 import model_config_pb2 as mc
 from modelport.trust import check_model_name, check_version
@@ -69,6 +73,8 @@ class ModelVersion:
     """The config.pbtxt it was loaded with (empty when none)."""
     tuning: str = ""
     """How it runs and what was measured at load to choose that (empty when not tuned)."""
+    generator: GenerationEngine | None = None
+    """Set for a generation model (decoupled: answered over ModelStreamInfer, one response per token)."""
 
     @property
     def provider(self) -> str:
@@ -276,6 +282,10 @@ class ModelManager(RepositoryLoading):
 
         ``deadline`` is a ``time.monotonic()`` instant after which a queued request is dropped.
         """
+        if mv.generator is not None:
+            raise InvalidArgument(f"model '{mv.name}' is a decoupled generation model: ModelInfer does not serve "
+                                  "it; use ModelStreamInfer (tritonclient start_stream + async_stream_infer)",
+                                  {"model": mv.name})
         start = time.perf_counter_ns()
         status = "OK"
         try:
@@ -311,6 +321,15 @@ class ModelManager(RepositoryLoading):
             total = time.perf_counter_ns() - start
             mv.stats.record_request(status == "OK", total)
             mv.scheduler.metrics.request(status, total / 1e9)
+
+    def generate(self, mv: ModelVersion, params: GenerationParams) -> Generation:
+        """Start one generation on a decoupled model; its tokens arrive through the returned Generation."""
+        if mv.generator is None:
+            raise InvalidArgument(f"model '{mv.name}' is not a generation model; send it ModelInfer requests",
+                                  {"model": mv.name})
+        if mv.state != READY:
+            raise Unavailable(f"model '{mv.name}' version {mv.version} is {mv.state}; retry shortly", {"model": mv.name})
+        return mv.generator.submit(params)
 
     # --- loading ------------------------------------------------------------------------------
 
@@ -364,6 +383,8 @@ class ModelManager(RepositoryLoading):
         if not path.is_file():
             raise NotFound(f"the model file of '{name}' version {version} ({path.name}) does not exist",
                            {"model": name})
+        if is_generation_folder(path.parent):
+            return await self._create_generation(name, path, version, config, opts, artifact)
         loop = asyncio.get_running_loop()
         plan = await loop.run_in_executor(None, functools.partial(
             plan_execution, path, opts, self.available_providers, tune=self.tune and opts.warmup,
@@ -391,6 +412,27 @@ class ModelManager(RepositoryLoading):
             except Exception as exc:  # noqa: BLE001 - a model may need real-looking data; not fatal
                 mv.warnings.append(f"warm-up with zero inputs failed ({exc}); the model is served anyway")
         scheduler.start()
+        return mv
+
+    async def _create_generation(self, name: str, path: Path, version: int, config: mc.ModelConfig,
+                                 opts: LoadOptions, artifact) -> ModelVersion:
+        """A generation folder (model.onnx + generation.json): a GenerationEngine instead of a Scheduler."""
+        loop = asyncio.get_running_loop()
+        choice = eps.choose(opts.execution_provider, self.available_providers, opts.device_id)
+        so = eps.session_options(opts.intra_op_threads, opts.inter_op_threads, opts.graph_optimization_level,
+                                 opts.allow_spinning)
+        engine = await loop.run_in_executor(None, lambda: GenerationEngine.open(
+            path.parent, name, str(version), providers=choice.providers, session_options=so))
+        inputs = generation_protocol.INPUTS + generation_protocol.OPTIONAL_INPUTS
+        check_config(name, config, inputs, generation_protocol.OUTPUTS)
+        policy = BatchPolicy(max_batch_size=engine.max_batch, dynamic=False, max_queue_size=engine.max_queue)
+        mv = ModelVersion(name, version, path, generation_protocol.INPUTS, generation_protocol.OUTPUTS,
+                          list(engine.step.session.get_providers()), policy, engine, engine.stats, opts,
+                          list(choice.warnings), artifact=artifact, session=engine.step.session, config=config,
+                          generator=engine)
+        if opts.warmup:
+            await loop.run_in_executor(None, engine.warmup)
+        engine.start()
         return mv
 
     async def _retire(self, mv: ModelVersion) -> None:

@@ -78,6 +78,11 @@ def model_config(mv: ModelVersion) -> mc.ModelConfig:
     }
     if mv.tuning:
         params["tuning"] = mv.tuning
+    if mv.generator is not None:  # a generation model streams one response per token
+        cfg.model_transaction_policy.decoupled = True
+        gen = mv.generator.config
+        params.update({"generation_architecture": gen.architecture, "max_context": str(mv.generator.max_context),
+                       "max_concurrent_generations": str(mv.generator.max_batch)})
     for k, v in params.items():
         cfg.parameters[k].string_value = v
     return cfg

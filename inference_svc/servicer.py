@@ -13,7 +13,7 @@ import logging
 import time
 
 import modelport
-from inference_svc import protocol
+from inference_svc import generation_protocol, protocol
 from inference_svc.manager import ModelManager
 from inference_svc.repository_loading import resolve_artifact
 from inference_svc.shm import SharedMemoryRegistry
@@ -94,6 +94,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         async def one(req):
             try:
+                mv = self.manager.get(req.model_name, req.model_version)
+                if mv.generator is not None:  # decoupled: one response per token, then the final flag
+                    generation = self.manager.generate(mv, generation_protocol.params_from_request(req, mv.name))
+                    try:
+                        async for item in generation_protocol.stream_responses(generation, req, mv.name, mv.label):
+                            await results.put(item)
+                    finally:  # cancelled before or while streaming: the engine frees the sequence
+                        generation.cancel()
+                    return
                 await results.put(pb.ModelStreamInferResponse(infer_response=await self._infer(req, deadline)))
             except ModelportError as exc:
                 await results.put(pb.ModelStreamInferResponse(
@@ -103,6 +112,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 await results.put(pb.ModelStreamInferResponse(
                     error_message="Internal server error (logged on the server)",
                     infer_response=pb.ModelInferResponse(id=req.id)))
+
+        tasks: set[asyncio.Task] = set()
 
         async def reader():
             tasks: set[asyncio.Task] = set()
@@ -126,8 +137,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 yield item
                 slots.release()
             await feed
-        finally:
+        finally:  # the stream ended or was cancelled: stop every request still running (generations too)
             feed.cancel()
+            for task in list(tasks):
+                task.cancel()
 
     async def ModelConfig(self, request, context):
         return pb.ModelConfigResponse(config=protocol.model_config(self.manager.get(request.name, request.version)))

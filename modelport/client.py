@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -308,14 +308,14 @@ class Client:
         from modelport.archive import safe_unpack
 
         dest = Path(dest)
-        if ref.media_type not in (media.SAVEDMODEL, media.ONNX_FOLDER):
+        if ref.media_type not in (media.SAVEDMODEL, media.ONNX_FOLDER, media.GENERATION):
             return self.download(ref, dest, service, progress)
         onnx_file = ref.media_type == media.ONNX_FOLDER and dest.suffix == ".onnx"
         folder = dest.parent if onnx_file else dest
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=folder, prefix=".download-") as tmp:
             tar = self.download(ref, Path(tmp) / "model.tar", service, progress)
-            if ref.media_type == media.SAVEDMODEL:
+            if ref.media_type in (media.SAVEDMODEL, media.GENERATION):  # whole folders: unpacked as they are
                 safe_unpack(tar, folder, max_bytes=tar.stat().st_size, max_files=1_000_000)
                 return folder
             staging = Path(tmp) / "unpacked"
@@ -459,6 +459,45 @@ class Client:
         stub = kgrpc.GRPCInferenceServiceStub(self.channel("inference"))
         resp = self._call("inference", stub.ModelInfer, req, timeout=timeout or self.timeout)
         return codec.decode_outputs(resp)
+
+    def generate(self, name: str, input_ids: Iterable[int], *, max_tokens: int = 32, version: str = "",
+                 temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
+                 seed: int | None = None, end_id: int | None = None,
+                 timeout: float | None = None) -> Iterator[int]:
+        """Generated token ids of a decoupled generation model, yielded as the server streams them.
+
+        One ``ModelStreamInfer`` request with TensorRT-LLM's tensor names (``input_ids``,
+        ``input_lengths``, ``request_output_len``; sampling: ``temperature``, ``runtime_top_k``,
+        ``runtime_top_p``, ``random_seed``; ``end_id``). Greedy unless ``top_k`` > 1 or ``top_p`` > 0.
+        Leaving the loop early cancels the stream, which stops the generation on the server.
+        """
+        ids = [int(t) for t in input_ids]
+        inputs: dict[str, np.ndarray] = {"input_ids": np.asarray([ids], np.int32),
+                                         "input_lengths": np.asarray([[len(ids)]], np.int32),
+                                         "request_output_len": np.asarray([[max_tokens]], np.int32)}
+        optional = (("temperature", temperature, np.float32), ("runtime_top_k", top_k, np.int32),
+                    ("runtime_top_p", top_p, np.float32), ("random_seed", seed, np.uint64), ("end_id", end_id, np.int32))
+        for key, value, dtype in optional:
+            if value is not None:
+                inputs[key] = np.asarray([[value]], dtype)
+        req = codec.make_infer_request(name, inputs, model_version=version)
+        req.parameters["triton_enable_empty_final_response"].bool_param = True
+        stub = kgrpc.GRPCInferenceServiceStub(self.channel("inference"))
+        call = stub.ModelStreamInfer(iter([req]), timeout=timeout)
+        try:
+            for resp in call:
+                if resp.error_message:
+                    raise ClientError("INVALID_ARGUMENT", resp.error_message, service="inference")
+                r = resp.infer_response
+                if r.outputs:
+                    yield from (int(t) for t in codec.decode_outputs(r)["output_ids"].reshape(-1))
+                final = r.parameters.get("triton_final_response")
+                if final is not None and final.bool_param:
+                    return
+        except grpc.RpcError as e:
+            raise ClientError.from_rpc(e, "inference") from None
+        finally:
+            call.cancel()  # a no-op after the final response; stops the generation when the caller left early
 
     def deploy(self, model: str | os.PathLike | None = None, *, spec=None, progress=None, **options):
         """Run the deploy pipeline (upload → convert → optimize → verify → load → smoke test).

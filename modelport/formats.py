@@ -21,19 +21,21 @@ TFLITE = "tflite"
 ONNX = "onnx"
 # A target only: a torch.export program (.pt2) made from the ONNX form through onnx2torch.
 PYTORCH = "pytorch"
+# A target only: a keras_hub causal LM as a KV-cache step for token generation (model.onnx + generation.json).
+GENERATION = "generation"
 
 SOURCE_FORMATS = (KERAS, H5, SAVEDMODEL, TFLITE, ONNX)
 
 # Source format -> supported target formats (ONNX -> SavedModel/TFLite, any -> PyTorch: see converter README).
 TARGETS: dict[str, tuple[str, ...]] = {
-    KERAS: (ONNX, TFLITE, SAVEDMODEL, PYTORCH),
+    KERAS: (ONNX, TFLITE, SAVEDMODEL, PYTORCH, GENERATION),
     H5: (ONNX, TFLITE, SAVEDMODEL, PYTORCH),
     SAVEDMODEL: (ONNX, TFLITE, PYTORCH),
     TFLITE: (ONNX, PYTORCH),
     ONNX: (ONNX, SAVEDMODEL, TFLITE, PYTORCH),
 }
 
-TARGET_FORMATS = (ONNX, TFLITE, SAVEDMODEL, PYTORCH)
+TARGET_FORMATS = (ONNX, TFLITE, SAVEDMODEL, PYTORCH, GENERATION)
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")

@@ -14,6 +14,7 @@ H5 = "application/vnd.modelport.h5"
 SAVEDMODEL = "application/vnd.modelport.savedmodel+tar"
 # A torch.export program (torch.export.save; load with torch.export.load).
 PYTORCH = "application/vnd.modelport.pytorch+pt2"
+GENERATION = "application/vnd.modelport.generation+tar"  # model.onnx step (+ data) + generation.json
 MODEL_REPOSITORY = "application/vnd.modelport.model-repository+tar"
 NPZ = "application/vnd.modelport.npz"
 TAR = "application/x-tar"

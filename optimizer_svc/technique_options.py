@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from modelport.errors import InvalidArgument
-from modelport.techniques import ALL_TECHNIQUES, AUTO, ONNX_TECHNIQUES
+from modelport.techniques import ALL_TECHNIQUES, AUTO, LLM_TECHNIQUES, ONNX_TECHNIQUES
 
 # Techniques that need a labeled (or, for distill, at least an input-only) training set.
 NEEDS_TRAIN = {"prune", "prune-2:4", "cluster", "qat"}
@@ -42,6 +42,13 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "distill.alpha": ("0.1", "weight of the hard-label loss (1 - alpha goes to the teacher's soft targets)"),
     "distill.width": ("0.5", "width multiplier of the automatically built student (units/filters)"),
     "distill.epochs": ("10", "student training epochs"),
+    "int8-weight-only.block_size": ("32", "weights per quantization block along K (a power of two >= 16)"),
+    "int4-weight-only.block_size": ("32", "weights per quantization block along K (a power of two >= 16)"),
+    "int4-weight-only.symmetric": ("true", "symmetric blocks (a scale only) or asymmetric (scale and zero point)"),
+    "int8-weight-only.accuracy_level": ("4", "MatMulNBits compute: 4 = int8 activations (fast on CPU), 1 = float32"),
+    "int4-weight-only.accuracy_level": ("4", "MatMulNBits compute: 4 = int8 activations (fast on CPU), 1 = float32"),
+    "generate.tokens": ("32", "tokens generated per prompt when a generation model is measured"),
+    "generate.prompts": ("4", "held-out prompts (random token ids, fixed seed) a generation model is measured on"),
     "measure.warmup": ("5", "untimed runs before latency is measured"),
     "measure.repeats": ("50", "timed runs per candidate"),
     "measure.batch_size": ("1", "batch size of the latency measurement"),
@@ -56,8 +63,10 @@ _CHOICES = {
     "int8-static.format": ("auto", "qdq", "qoperator"),
     "cluster.init": ("kmeans++", "linear", "density", "random"),
 }
-_BOOLS = {"int8-dynamic.per_channel"}
-_INTS = {"int8-static.samples", "train.epochs", "train.batch_size", "prune.frequency", "cluster.clusters",
+_BOOLS = {"int8-dynamic.per_channel", "int4-weight-only.symmetric"}
+_INTS = {"int8-weight-only.block_size", "int4-weight-only.block_size", "int8-weight-only.accuracy_level",
+         "int4-weight-only.accuracy_level", "generate.tokens", "generate.prompts",
+         "int8-static.samples", "train.epochs", "train.batch_size", "prune.frequency", "cluster.clusters",
          "distill.epochs", "measure.warmup", "measure.repeats", "measure.batch_size"}
 _RANGES = {
     "prune.sparsity": (0.0, 0.99),
@@ -120,8 +129,12 @@ def parse_options(raw: dict[str, str]) -> dict[str, object]:
 
 
 def applicable(technique: str, input_format: str) -> str | None:
-    """None when ``technique`` applies to a model of ``input_format`` (onnx|keras), else why not."""
-    if technique in ONNX_TECHNIQUES:
+    """None when ``technique`` applies to a model of ``input_format`` (onnx|keras|generation), else why not."""
+    if (technique in LLM_TECHNIQUES) != (input_format == "generation"):
+        return (f"{technique} applies to generation models (a causal LM exported with its KV-cache step: model.onnx + "
+                f"generation.json); use {', '.join(LLM_TECHNIQUES)} for those" if input_format != "generation" else
+                f"{technique} does not apply to a generation model; use {', '.join(LLM_TECHNIQUES)}")
+    if technique in ONNX_TECHNIQUES or technique in LLM_TECHNIQUES:
         return None  # a Keras input is converted to ONNX first
     if input_format != "keras":
         return (f"{technique} needs the Keras model (.keras/.h5): TFMOT and the TFLite converter work on "
@@ -147,7 +160,9 @@ def plan(techniques: list[str], input_format: str, *, has_train: bool, has_input
         raise InvalidArgument(
             f"unknown technique(s) {', '.join(repr(b) for b in bad)}; valid names: {', '.join(ALL_TECHNIQUES)} or auto"
         )
-    wanted = list(ALL_TECHNIQUES) if auto else list(dict.fromkeys(names))
+    everything = LLM_TECHNIQUES if input_format == "generation" else [t for t in ALL_TECHNIQUES
+                                                                      if t not in LLM_TECHNIQUES]
+    wanted = list(everything) if auto else list(dict.fromkeys(names))
     run: list[str] = []
     skipped: list[tuple[str, str]] = []
     for t in wanted:

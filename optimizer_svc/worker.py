@@ -31,6 +31,8 @@ from optimizer_svc import int8_search as IS
 from optimizer_svc import measure as M
 from optimizer_svc import onnx_techniques as OT
 from optimizer_svc import selection
+from optimizer_svc.llm_job import optimize_generation
+from optimizer_svc.llm_techniques import is_generation_archive
 from optimizer_svc.technique_options import NEEDS_TRAIN, parse_options, plan
 
 log = logging.getLogger("modelport.optimizer.job")
@@ -45,6 +47,8 @@ def sniff_format(path: Path, parse: bool = True) -> str:
     With ``parse=False`` (the service process) an ONNX file is only told apart by its header, so a
     big model is not parsed on the event loop; the worker parses it fully.
     """
+    if is_generation_archive(path):
+        return "generation"
     with open(path, "rb") as f:
         head = f.read(8)
     if head.startswith(b"PK\x03\x04") or head.startswith(b"\x89HDF\r\n\x1a\n"):
@@ -185,6 +189,8 @@ def _optimize(progress, store: ArtifactStore, req: optimizer_pb2.OptimizeRequest
         check_model_code(model_path, "keras", trusted)
     if req.student.digest:
         check_model_code(store.path(req.student.digest), "keras", trusted)
+    if fmt == "generation":  # an exported causal LM: weight-only techniques, measured in tokens/s
+        return optimize_generation(progress, store, req, opts, origin, work)
 
     def data_path(ref):
         return store.path(ref.digest) if ref.digest else None

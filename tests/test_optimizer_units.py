@@ -17,7 +17,8 @@ from optimizer_svc.technique_options import parse_options, plan
 
 def test_names_are_the_issue_vocabulary():
     assert ALL_TECHNIQUES == ("graph", "fp16", "int8-dynamic", "int8-static", "prune", "prune-2:4", "cluster",
-                              "qat", "distill", "tflite-dynamic", "tflite-fp16", "tflite-int8")
+                              "qat", "distill", "tflite-dynamic", "tflite-fp16", "tflite-int8", "int8-weight-only",
+                              "int4-weight-only")
 
 
 def test_auto_on_onnx_skips_keras_techniques_with_notes():

@@ -1,4 +1,4 @@
-"""The ``modelport`` gateway CLI: up, deploy, convert, optimize, infer, models, status, bench.
+"""The ``modelport`` gateway CLI: up, deploy, convert, optimize, infer, generate, models, status, bench.
 
 Every command that talks to the services goes through ``modelport.Client``. Service addresses
 come from the global flags (``modelport --inference HOST:PORT deploy ...``), the environment
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from gateway.cli import convert, deploy, serving, up  # noqa: F401 - importing registers the commands
+from gateway.cli import convert, deploy, generate, serving, up  # noqa: F401 - importing registers the commands
 from gateway.cli.app import app
 from gateway.cli.serving import read_inputs
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import typer
@@ -28,7 +29,7 @@ def convert(
     ctx: typer.Context,
     model: Path = typer.Argument(..., exists=True, help="Model file, SavedModel folder, or ONNX model with "
                                                         "external data (its folder, or model.onnx beside its data)."),
-    to: str = typer.Option("onnx", "--to", help="onnx, tflite, savedmodel or pytorch (a torch.export .pt2)."),
+    to: str = typer.Option("onnx", "--to", help="onnx, tflite, savedmodel, pytorch (a torch.export .pt2) or generation (a causal LM's KV-cache step + generation.json, a folder)."),
     output: Path = typer.Option(..., "--output", "-o", help="Where to write the converted model (a folder for "
                                                             "a SavedModel or an ONNX model with external data, "
                                                             "unless it ends in .onnx)."),
@@ -73,7 +74,7 @@ def convert(
 @app.command()
 def optimize(
     ctx: typer.Context,
-    model: Path = typer.Argument(..., exists=True, help="ONNX or Keras model (an ONNX model with external "
+    model: Path = typer.Argument(..., exists=True, help="ONNX or Keras model, a generation folder (an ONNX model with external "
                                                         "data: its folder, or model.onnx beside its data)."),
     technique: list[str] = typer.Option(["auto"], "--technique", "-t", help="Technique(s) or auto; repeatable."),
     output: Path = typer.Option(..., "--output", "-o", help="Where to write the chosen model (a folder when it "
@@ -101,8 +102,15 @@ def optimize(
         raise fail(f"unknown technique(s) {', '.join(bad)}; use auto or: {', '.join(TECHNIQUES)}", 2)
     progress = RichProgress(err)
     try:
-        with progress, with_client(ctx, offline) as client:
-            ref = client.upload(model, service="optimizer", progress=upload_progress(progress, model.name))
+        with progress, with_client(ctx, offline) as client, tempfile.TemporaryDirectory() as tmp:
+            if model.is_dir() and (model / "generation.json").is_file():  # a generation folder travels as one archive
+                from modelport.archive import pack_dir
+
+                progress.start("upload")
+                pack_dir(model, Path(tmp) / "generation.tar")
+                ref = client.upload(Path(tmp) / "generation.tar", media_type=media.GENERATION, service="optimizer")
+            else:
+                ref = client.upload(model, service="optimizer", progress=upload_progress(progress, model.name))
             data = {k: client.upload(p, media_type=media.NPZ, service="optimizer") if p else None
                     for k, p in (("calib", calib), ("eval", eval_data), ("train", train))}
             res = client.optimize(ref, techniques, goal=goal, max_accuracy_drop=max_accuracy_drop,

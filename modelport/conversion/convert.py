@@ -358,6 +358,10 @@ def convert_model(store: ArtifactStore, request: converter_pb2.ConvertRequest,
     progress("loading", 0.05, f"loading the {fmt} model")
     src = load_model(source_path(store, digest, fmt), fmt, request.trust_remote_code)
     source_info = src.info()
+    if target == formats.GENERATION:  # a causal LM's KV-cache step; parity is greedy decoding vs generate()
+        from modelport.conversion.llm_export import convert_for_generation
+
+        return convert_for_generation(store, src, source_info, opset, opts.allow_mismatch, progress, t0)
     src.int_ranges.update(quantization.input_ranges(src))
     quant = quantization.output_quantization(src, "source")
     inputs, inputs_source = sample_inputs(store, opts, src, fixed_batch)

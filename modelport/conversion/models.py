@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from modelport import formats
+from modelport.conversion import hub_models
 from modelport.dtypes import ONNX_TO_KSERVE, ORT_TO_KSERVE, to_kserve
 from modelport.errors import FailedPrecondition, InvalidArgument
 from modelport.v1 import jobs_pb2
@@ -148,6 +149,8 @@ class KerasModel(TFModel):
         self.outputs = self._outputs_from(self._dynamic[0], self._dynamic[1])
         high = _embedding_high(self.model)
         self.int_ranges = {s.name: (0, high) for s in self.inputs if s.datatype.startswith(("INT", "UINT"))}
+        hub_ranges = hub_models.input_ranges(self.model)  # token/segment ids, padding masks of keras_hub models
+        self.int_ranges.update({k: v for k, v in hub_ranges.items() if k in self.int_ranges})
 
     def tf_function(self, fixed_batch_size: int = 0):
         from modelport.conversion.onnx_export import keras_tf_function
@@ -180,6 +183,9 @@ class KerasModel(TFModel):
 
 def _keras_load_error(e: Exception, fmt: str, trusted: bool) -> Exception:
     text = str(e)
+    missing = hub_models.missing_package_error(text)
+    if missing is not None:  # a package (keras-hub, ...) the environment lacks: never "corrupted"
+        return missing
     if not trusted and ("safe_mode" in text or "Lambda" in text or "arbitrary code" in text):
         return FailedPrecondition(
             "the model contains a Lambda layer or other Python code, and loading it would run that code; "
