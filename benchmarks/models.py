@@ -29,3 +29,34 @@ def transformer_encoder(keras, *, vocab: int = 1000, seq: int = 64, dim: int = 1
     x = keras.layers.GlobalAveragePooling1D()(x)
     out = keras.layers.Dense(head_units, activation=head_activation, name=head_name)(x)
     return keras.Model(ids, out, name="transformer_encoder")
+
+
+def set_batchnorm_statistics(keras, model, x) -> int:
+    """Give a random-weight model's BatchNormalization layers the statistics of ``x``; returns how many.
+
+    ``weights=None`` leaves moving mean 0 / variance 1, so a deep CNN's activations shrink block after
+    block until they are denormal floats (a random ResNet50 then runs 5x slower in FP32 and its
+    outputs are constant): no ratio measured on it means anything. One training-mode pass with
+    momentum 0 sets each layer's statistics to those of its input, as training would roughly do.
+    """
+    layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in layers:
+        layer.momentum = 0.0
+    model(x, training=True)
+    return len(layers)
+
+
+def photo_crops(rng, n: int, size: int):
+    """``n`` random ``size`` x ``size`` crops (half of them mirrored) of the two photographs scikit-learn
+    ships, scaled to -1..1: natural-image statistics for CNNs without a dataset download."""
+    import numpy as np
+    from sklearn.datasets import load_sample_images
+
+    images = load_sample_images().images
+    out = np.empty((n, size, size, 3), "float32")
+    for i in range(n):
+        im = images[i % len(images)]
+        y, x = rng.integers(0, im.shape[0] - size + 1), rng.integers(0, im.shape[1] - size + 1)
+        crop = im[y:y + size, x:x + size].astype("float32") / 127.5 - 1.0
+        out[i] = crop[:, ::-1] if rng.random() < 0.5 else crop
+    return out

@@ -30,8 +30,10 @@ TIMEOUTS = {
     "artifacts": 180,
     "convert": 300,
     "optimize": 420,
-    "serving": 360,
+    "optimize_attention": 600,
+    "serving": 480,
     "e2e": 420,
+    "external_data": 420,
     "llm": 900,
 }
 DEFAULT_TIMEOUT = 240

@@ -8,6 +8,7 @@ from converter_svc.settings import ConverterSettings
 from modelport import formats
 from modelport.runtime.job_service import JobService
 from modelport.runtime.server import Registration
+from modelport.trust import remote_code_allowed
 from modelport.v1 import converter_pb2, converter_pb2_grpc, jobs_pb2
 
 CONVERTER_SERVICE = converter_pb2.DESCRIPTOR.services_by_name["Converter"].full_name
@@ -33,20 +34,20 @@ class ConverterService(JobService):
                              CONVERTER_SERVICE)]
 
     def mutating_methods(self) -> set[str]:
-        return {f"/{CONVERTER_SERVICE}/Convert"}
+        """Both RPCs need the token: each may pull from an origin into the store and loads the model
+        (Inspect of a Keras model builds it, which is where a Lambda layer's code would run)."""
+        return {f"/{CONVERTER_SERVICE}/Convert", f"/{CONVERTER_SERVICE}/Inspect"}
 
     async def inspect(self, digest: str, trust_remote_code: bool) -> jobs_pb2.ModelInfo:
-        """ModelInfo of a local artifact: ONNX in this process, TensorFlow formats in a worker."""
+        """ModelInfo of a local artifact, read in a worker: the model is untrusted input (an ONNX file is
+        parsed and handed to onnxruntime, a Keras model built), so the service process never parses it."""
+        trusted = remote_code_allowed(trust_remote_code, self.settings.allow_remote_code, self.name)
         path = self.store.path(digest)
         fmt = await asyncio.to_thread(formats.detect_format, path)
-        if fmt == formats.ONNX:
-            from modelport.conversion.convert import inspect_model
-
-            return await asyncio.to_thread(inspect_model, self.store, digest)
         if fmt == formats.SAVEDMODEL:
             await asyncio.to_thread(self.store.unpacked, digest)
         data = await self.pool.run("converter_svc.worker:inspect",
                                    {"store_root": str(self.store.root), "digest": digest,
-                                    "trust_remote_code": trust_remote_code},
+                                    "trust_remote_code": trusted},
                                    timeout=self.settings.job_timeout_s)
         return jobs_pb2.ModelInfo.FromString(data)

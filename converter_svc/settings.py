@@ -17,3 +17,6 @@ class ConverterSettings(JobServiceSettings):
     onnx2tf_python: str = ""
     """Python of a separate venv with onnx2tf (needs Python >= 3.12) used for ONNX -> TFLite/SavedModel;
     empty = ``.venv-onnx2tf/bin/python`` in the repo if present, else those targets answer UNIMPLEMENTED."""
+    onnx2torch_python: str = ""
+    """Python of a separate venv with torch (CPU) and onnx2torch, used for the ``pytorch`` target; empty =
+    ``.venv-onnx2torch/bin/python`` in the repo if present, else that target answers UNIMPLEMENTED."""

@@ -11,11 +11,12 @@ from modelport.store import ArtifactStore
 from modelport.v1 import converter_pb2
 
 
-def convert(progress, store_root: str, request: bytes, max_artifact_bytes: int = 0, onnx2tf_python: str = "") -> bytes:
+def convert(progress, store_root: str, request: bytes, max_artifact_bytes: int = 0, onnx2tf_python: str = "",
+            onnx2torch_python: str = "") -> bytes:
     """Run one ConvertRequest; returns ConvertResult bytes."""
     store = ArtifactStore(store_root, max_artifact_bytes)
     req = converter_pb2.ConvertRequest.FromString(request)
-    return convert_model(store, req, progress, onnx2tf_python).SerializeToString()
+    return convert_model(store, req, progress, onnx2tf_python, onnx2torch_python).SerializeToString()
 
 
 def inspect(progress, store_root: str, digest: str, trust_remote_code: bool = False) -> bytes:

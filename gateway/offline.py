@@ -18,7 +18,8 @@ def write_bundle(client, report: DeployReport, spec: DeploySpec, out: Path) -> P
     """Write ``out/<name>/<version>/model.onnx`` + ``config.pbtxt`` (Triton layout); returns the model file.
 
     The bytes and the config come from the inference service the pipeline loaded and smoke-tested,
-    so the bundle holds exactly what was verified. An existing bundle gains a new version.
+    so the bundle holds exactly what was verified; a model with external data gets its data file(s)
+    beside ``model.onnx``. An existing bundle gains a new version.
     """
     from modelport import repository
 
@@ -26,8 +27,10 @@ def write_bundle(client, report: DeployReport, spec: DeploySpec, out: Path) -> P
     existing = [int(p.name) for p in (out / name).glob("*") if p.is_dir() and p.name.isdigit()]
     version = int(spec.version) if spec.version.isdigit() else max(existing, default=0) + 1
     cfg = client.model_config(name, report.version)
+    load = report.stage("load").data
+    ref = client.stat(load["digest"], service="inference")
     with tempfile.TemporaryDirectory(prefix="modelport-bundle-") as tmp:
-        model = client.download(report.stage("load").data["digest"], Path(tmp) / "model.onnx", service="inference")
+        model = client.download_model(ref, Path(tmp) / "model", service="inference")
         return repository.write_model(out, name, version, model, cfg)
 
 

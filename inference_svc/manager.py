@@ -12,6 +12,8 @@ expected. Never imports grpc (domain errors only) and never TensorFlow.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -21,25 +23,29 @@ import numpy as np
 
 from inference_svc import generation_protocol
 from inference_svc.batching import BatchPolicy, Scheduler
-from inference_svc.config_mapping import check_config, policy_for
+from inference_svc.config_mapping import (
+    batching_left_open,
+    check_config,
+    check_limits,
+    instances_left_open,
+    policy_for,
+)
 from inference_svc.generation import Generation, GenerationEngine, GenerationParams
 from inference_svc.repository_loading import LOADING, READY, UNAVAILABLE, UNLOADING, RepositoryLoading
-from inference_svc.sessions import (
-    LoadOptions,
-    TensorSpec,
-    build_session,
-    make_runner,
-    tensor_specs,
-    warmup_inputs,
-)
+from inference_svc.sessions import LoadOptions, TensorSpec, make_runner, tensor_specs, warmup_inputs
 from inference_svc.stats import VersionStats
+from inference_svc.tuning import INLINE_DEMOTE_FACTOR, plan_execution
 from modelport import providers as eps
-from modelport.dtypes import to_kserve
+from modelport.dtypes import KSERVE_TO_NUMPY, to_kserve
 from modelport.errors import InvalidArgument, ModelportError, NotFound, Unavailable
 from modelport.generation_model import is_generation_folder
+from modelport.kserve.codec import utf8_strings
 from modelport.kserve.v2 import model_config_pb2 as mc
+from modelport.trust import check_model_name, check_version
 
 log = logging.getLogger("modelport.inference.models")
+
+DEFAULT_MAX_REQUEST_BYTES = 1 << 30
 
 __all__ = ["LOADING", "READY", "UNAVAILABLE", "UNLOADING", "LoadOptions", "ModelManager", "ModelVersion", "TensorSpec"]
 
@@ -65,6 +71,8 @@ class ModelVersion:
     session: object | None = None
     config: mc.ModelConfig | None = None
     """The config.pbtxt it was loaded with (empty when none)."""
+    tuning: str = ""
+    """How it runs and what was measured at load to choose that (empty when not tuned)."""
     generator: GenerationEngine | None = None
     """Set for a generation model (decoupled: answered over ModelStreamInfer, one response per token)."""
 
@@ -92,13 +100,19 @@ class ModelManager(RepositoryLoading):
 
     def __init__(self, *, repository_root: Path | None = None, defaults: LoadOptions | None = None,
                  default_max_batch_size: int = 0, default_queue_size: int = 1024,
-                 available_providers: list[str] | None = None, drain_timeout_s: float = 60.0):
+                 available_providers: list[str] | None = None, drain_timeout_s: float = 60.0,
+                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+                 tune: bool = False, inline_max_us: int = 500):
         self.repository_root = Path(repository_root) if repository_root else None
         self.defaults = defaults or LoadOptions()
         self.default_max_batch_size = default_max_batch_size
         self.default_queue_size = default_queue_size
         self.available_providers = available_providers
         self.drain_timeout_s = drain_timeout_s
+        self.max_request_bytes = max_request_bytes
+        self.tune = tune
+        """Measure each version at load to choose its threads, inline execution and automatic batching."""
+        self.inline_max_us = inline_max_us
         self._models: dict[str, dict[int, ModelVersion]] = {}
         # name -> reason of its last failed load (cleared when a version of it loads). Shown in the
         # repository index and, while no version of the model serves, it makes the server unready
@@ -157,39 +171,66 @@ class ModelManager(RepositoryLoading):
 
     # --- inference ----------------------------------------------------------------------------
 
-    def validate(self, mv: ModelVersion, inputs: dict[str, np.ndarray], requested: list[str]) -> int:
-        """Check inputs and requested outputs against the model; returns the batch element count."""
+    def check_request(self, mv: ModelVersion, declared: list[tuple[str, str, list[int]]], requested: list[str]) -> int:
+        """Check what a request *declares* (name, datatype, shape per input; requested outputs) against the
+        model before any tensor is decoded; returns the batch element count.
+
+        Names, datatypes, ranks, fixed dimensions and the batch size must fit the model, and the bytes the
+        shapes claim are capped (``max_request_bytes``): a tiny request claiming a huge shape is refused
+        here, at once, before anything is allocated or read.
+        """
         specs = mv.input_map()
-        for name in inputs:
+        seen: set[str] = set()
+        for name, _, _ in declared:
             if name not in specs:
                 raise InvalidArgument(
-                    f"model '{mv.name}' has no input '{name}'; its inputs are: "
+                    f"model '{mv.name}' has no input '{name[:128]}'; its inputs are: "
                     f"{', '.join(t.describe() for t in mv.inputs)}",
-                    {"tensor": name},
+                    {"tensor": name[:128]},
                 )
+            if name in seen:
+                raise InvalidArgument(f"input '{name}' appears twice in the request", {"tensor": name})
+            seen.add(name)
         for t in mv.inputs:
-            if t.name not in inputs:
+            if t.name not in seen:
                 raise InvalidArgument(
                     f"input '{t.name}' is missing; model '{mv.name}' expects {t.describe()}",
                     {"tensor": t.name},
                 )
         batch = None
+        claimed = 0
+        by_name = {name: (datatype, shape) for name, datatype, shape in declared}
         for t in mv.inputs:
-            arr = inputs[t.name]
-            got = to_kserve(arr.dtype)
+            datatype, shape = by_name[t.name]
+            got = (datatype or "").upper()
             if got != t.datatype:
                 raise InvalidArgument(
-                    f"input '{t.name}': datatype {got} does not match the model's {t.datatype}; send "
-                    f"{t.datatype} data",
-                    {"tensor": t.name, "expected": t.datatype, "got": got},
+                    f"input '{t.name}': datatype {got[:32] or '(none)'} does not match the model's {t.datatype}; "
+                    f"send {t.datatype} data",
+                    {"tensor": t.name, "expected": t.datatype, "got": got[:32]},
                 )
-            shape = arr.shape
+            shape = [int(d) for d in shape]
             ok = len(shape) == len(t.shape) and all(e < 0 or e == g for e, g in zip(t.shape, shape, strict=True))
-            if not ok:
+            if not ok or any(d < 0 for d in shape):
                 raise InvalidArgument(
-                    f"input '{t.name}': shape {list(shape)} does not match the model's {list(t.shape)} "
+                    f"input '{t.name}': shape {shape[:16]} does not match the model's {list(t.shape)} "
                     "(-1 = any size)",
-                    {"tensor": t.name, "expected": str(list(t.shape)), "got": str(list(shape))},
+                    {"tensor": t.name, "expected": str(list(t.shape)), "got": str(shape[:16])},
+                )
+            elements = 1
+            for d in shape:  # a 0 dimension does not excuse the others: (0, 2**62) is refused too
+                elements *= max(d, 1)
+                if elements > self.max_request_bytes:  # stop multiplying: the shape is absurd
+                    break
+            dt = KSERVE_TO_NUMPY.get(t.datatype)
+            itemsize = dt.itemsize if dt is not None and dt.kind != "O" else 1
+            claimed += elements * itemsize
+            if claimed > self.max_request_bytes:
+                raise InvalidArgument(
+                    f"input '{t.name}': shape {shape[:16]} of {t.datatype} claims more than the "
+                    f"{self.max_request_bytes} bytes a request may hold on this server (--max-request-bytes); "
+                    "send smaller requests",
+                    {"tensor": t.name, "limit_bytes": str(self.max_request_bytes)},
                 )
             if mv.policy.max_batch_size > 0:
                 n = shape[0]
@@ -200,7 +241,7 @@ class ModelManager(RepositoryLoading):
                         {"tensor": t.name},
                     )
                 batch = n
-                if n > mv.policy.max_batch_size:
+                if n > mv.policy.max_batch_size and mv.policy.enforce_max_batch:
                     raise InvalidArgument(
                         f"input '{t.name}': batch size {n} exceeds max_batch_size {mv.policy.max_batch_size} "
                         f"of model '{mv.name}'; split the request",
@@ -213,11 +254,27 @@ class ModelManager(RepositoryLoading):
         for o in requested:
             if o not in outs:
                 raise InvalidArgument(
-                    f"model '{mv.name}' has no output '{o}'; its outputs are: "
+                    f"model '{mv.name}' has no output '{o[:128]}'; its outputs are: "
                     f"{', '.join(t.describe() for t in mv.outputs)}",
-                    {"tensor": o},
+                    {"tensor": o[:128]},
                 )
         return batch if batch is not None else 1
+
+    def precheck(self, mv: ModelVersion, declared: list[tuple[str, str, list[int]]], requested: list[str]) -> None:
+        """``check_request`` for a request not yet decoded; a refusal counts as a failed request in the
+        version's statistics and metrics, as one refused later in ``infer`` does."""
+        start = time.perf_counter_ns()
+        try:
+            self.check_request(mv, declared, requested)
+        except ModelportError as exc:
+            total = time.perf_counter_ns() - start
+            mv.stats.record_request(False, total)
+            mv.scheduler.metrics.request(exc.status, total / 1e9)
+            raise
+
+    def validate(self, mv: ModelVersion, inputs: dict[str, np.ndarray], requested: list[str]) -> int:
+        """Check decoded inputs and requested outputs against the model; returns the batch element count."""
+        return self.check_request(mv, [(n, to_kserve(a.dtype), list(a.shape)) for n, a in inputs.items()], requested)
 
     async def infer(self, mv: ModelVersion, inputs: dict[str, np.ndarray], requested: list[str],
                     deadline: float | None = None) -> dict[str, np.ndarray]:
@@ -239,10 +296,8 @@ class ModelManager(RepositoryLoading):
             feeds = {}
             for t in mv.inputs:
                 a = inputs[t.name]
-                # ORT takes str arrays for tensor(string); bytes objects are decoded as UTF-8.
-                if t.datatype == "BYTES":
-                    a = np.vectorize(lambda b: b.decode("utf-8", "replace") if isinstance(b, bytes) else b,
-                                     otypes=[object])(a) if a.size else a.astype(object)
+                if t.datatype == "BYTES":  # ORT takes str arrays for tensor(string): strict UTF-8, or the error
+                    a = utf8_strings(t.name, a)
                 feeds[t.name] = a
             out, _queue_ns = await mv.scheduler.submit(feeds, list(requested), elements, deadline)
             return out
@@ -289,8 +344,7 @@ class ModelManager(RepositoryLoading):
         ``version=None`` picks one more than the highest loaded. With ``keep_versions=N`` only
         the N newest versions stay; older ones are drained and unloaded after the new one is ready.
         """
-        if not name or "/" in name:
-            raise InvalidArgument(f"model name {name!r} is not valid; use letters, digits, '-', '_'")
+        check_model_name(name)
         async with self._lock(name):
             current = self._models.get(name, {})
             if version is None:
@@ -310,6 +364,8 @@ class ModelManager(RepositoryLoading):
             log.info("model %s version %d READY on %s (batching: max %d, dynamic %s, delay %dus, instances %d)",
                      name, version, mv.provider, mv.policy.max_batch_size, mv.policy.dynamic,
                      mv.policy.max_queue_delay_us, mv.policy.instances)
+            if mv.tuning:
+                log.info("model %s version %d runs with %s", name, version, mv.tuning)
             for w in mv.warnings:
                 log.warning("model %s version %d: %s", name, version, w)
             retire = [old] if old is not None else []
@@ -323,20 +379,32 @@ class ModelManager(RepositoryLoading):
 
     async def _create(self, name: str, path: Path, version: int, config: mc.ModelConfig, opts: LoadOptions,
                       artifact) -> ModelVersion:
+        check_limits(config, opts)  # before a session is built: thread and queue numbers are bounded
         if not path.is_file():
-            raise NotFound(f"model file {path} does not exist", {"path": str(path)})
+            raise NotFound(f"the model file of '{name}' version {version} ({path.name}) does not exist",
+                           {"model": name})
         if is_generation_folder(path.parent):
             return await self._create_generation(name, path, version, config, opts, artifact)
         loop = asyncio.get_running_loop()
-        session, warnings = await loop.run_in_executor(None, build_session, path, opts, self.available_providers)
+        plan = await loop.run_in_executor(None, functools.partial(
+            plan_execution, path, opts, self.available_providers, tune=self.tune and opts.warmup,
+            may_auto_batch=batching_left_open(config, opts), inline_max_us=self.inline_max_us,
+            may_add_instances=instances_left_open(config, opts)))
+        session, warnings = plan.session, plan.warnings
+        opts = dataclasses.replace(opts, intra_op_threads=plan.intra_op_threads)
         inputs = tensor_specs(session.get_inputs())
         outputs = tensor_specs(session.get_outputs())
         check_config(name, config, inputs, outputs)
-        policy = policy_for(config, opts, inputs, outputs, self.default_max_batch_size, self.default_queue_size)
+        policy = policy_for(config, opts, inputs, outputs, self.default_max_batch_size, self.default_queue_size,
+                            auto_batching=plan.auto_batching, auto_instances=plan.instances)
         stats = VersionStats()
-        scheduler = Scheduler(name, str(version), make_runner(session), policy, stats)
+        concurrent = plan.concurrent_session
+        scheduler = Scheduler(name, str(version), make_runner(concurrent or session), policy, stats,
+                              inline=plan.inline, inline_limit_s=INLINE_DEMOTE_FACTOR * self.inline_max_us / 1e6,
+                              solo_run=make_runner(session) if concurrent is not None else None)
         mv = ModelVersion(name, version, path, inputs, outputs, list(session.get_providers()), policy, scheduler,
-                          stats, opts, warnings, artifact=artifact, session=session, config=config)
+                          stats, opts, warnings, artifact=artifact, session=session, config=config,
+                          tuning=plan.describe() if self.tune else "")
         if opts.warmup:
             feeds = warmup_inputs(inputs, 1)
             try:
@@ -382,6 +450,9 @@ class ModelManager(RepositoryLoading):
 
     async def unload(self, name: str, version: str = "") -> list[ModelVersion]:
         """Stop routing to a version (or all versions) of a model, drain, and release it."""
+        check_model_name(name)
+        if version:
+            check_version(version)
         async with self._lock(name):
             versions = self._models.get(name)
             if not versions:

@@ -14,6 +14,7 @@ from inference_svc.config_mapping import options_from_config
 from modelport import repository
 from modelport.errors import FailedPrecondition, InvalidArgument, ModelportError, NotFound
 from modelport.kserve.v2 import model_config_pb2 as mc
+from modelport.trust import check_model_name
 
 log = logging.getLogger("modelport.inference.models")
 
@@ -40,10 +41,13 @@ class RepositoryLoading:
 
     async def load_from_repository(self, name: str, config_override: mc.ModelConfig | None = None) -> list[int]:
         """(Re)load a repository model: load the versions its policy selects, unload the others."""
+        check_model_name(name)  # before any path: '..', '/etc', '' never reach the file system
         root = self._repo()
         folder = root / name
         if not folder.is_dir():
-            raise NotFound(f"model '{name}' is not in the repository {root}", {"model": name})
+            # Not a model of the repository: refused without a trace (never listed, never makes us unready).
+            raise NotFound(f"model '{name}' is not in the repository (RepositoryIndex lists its models)",
+                           {"model": name})
         try:
             return await self._load_folder(name, folder, config_override)
         except ModelportError as exc:  # a model of the repository that does not load: unavailable
@@ -51,7 +55,6 @@ class RepositoryLoading:
             raise
 
     async def _load_folder(self, name: str, folder: Path, config_override: mc.ModelConfig | None) -> list[int]:
-        root = folder.parent
         rm = repository.read_model(folder)
         config = rm.config
         if config_override is not None:  # Triton: an override replaces the repository's config
@@ -59,7 +62,7 @@ class RepositoryLoading:
             config.CopyFrom(config_override)
             config.name = name
         if not rm.versions:
-            raise NotFound(f"model '{name}' in {root} has no version folder holding "
+            raise NotFound(f"model '{name}' of the repository has no version folder holding "
                            f"{repository.model_file_name(config)}", {"model": name})
         wanted = repository.select_versions(config.version_policy, list(rm.versions))
         if not wanted:
@@ -116,12 +119,16 @@ class RepositoryLoading:
 def resolve_artifact(store, stored, name: str) -> tuple[Path, mc.ModelConfig | None]:
     """The ONNX file (and config.pbtxt, if any) inside a stored artifact.
 
-    A plain ONNX artifact is used as is; an archive (model-repository bundle) is unpacked once
-    and searched for ``<name>/<version>/model.onnx`` (highest version), else its only .onnx file.
+    A plain ONNX artifact is used as is; an archive (an ONNX model with external data, a
+    model-repository bundle) is unpacked once in the store and searched for
+    ``<name>/<version>/model.onnx`` (highest version), else its only .onnx file. onnxruntime then
+    reads (memory-maps) the external data files from beside that file.
     """
     from modelport import media
+    from modelport.archive import is_tar
 
-    is_archive = stored.media_type.endswith("+tar") or stored.media_type == media.TAR
+    is_archive = (stored.media_type.endswith("+tar") or stored.media_type == media.TAR
+                  or is_tar(stored.path))
     if not is_archive:
         return Path(stored.path), None
     folder = Path(store.unpacked(stored.digest))

@@ -62,7 +62,7 @@ def build_session(path: Path, opts: LoadOptions, available: list[str] | None = N
 
     choice = eps.choose(opts.execution_provider, available, opts.device_id)
     so = eps.session_options(opts.intra_op_threads, opts.inter_op_threads, opts.graph_optimization_level,
-                             opts.allow_spinning)
+                             opts.allow_spinning, stop_spinning_after_run=True)
     warnings = list(choice.warnings)
     try:
         with _warnings.catch_warnings():  # onnxruntime's own "provider not available" warning; we report ours

@@ -13,6 +13,7 @@ with the gRPC status code name and the server's message.
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -24,12 +25,12 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from modelport import media
-from modelport.errors import ModelportError
+from modelport.errors import InvalidArgument, ModelportError
 from modelport.kserve import codec
 from modelport.kserve.v2 import grpc_service_pb2 as kpb
 from modelport.kserve.v2 import grpc_service_pb2_grpc as kgrpc
 from modelport.kserve.v2 import model_config_pb2
-from modelport.runtime.artifacts import download_to_file, upload_requests
+from modelport.runtime.artifacts import ByteProgress, download_to_file, file_chunks, stream_requests
 from modelport.runtime.channels import ClientTLS, make_channel
 from modelport.v1 import (
     artifacts_pb2,
@@ -106,6 +107,47 @@ def detect_media_type(path: str | os.PathLike) -> str:
     if p.suffix == ".tar":
         return media.SAVEDMODEL
     return media.OCTET
+
+
+@dataclass(frozen=True)
+class UploadSource:
+    """What ``Client.upload`` sends for a local path: lazily read chunks, their total size, the media type."""
+
+    chunks: Iterable[bytes]
+    size: int
+    media_type: str
+
+
+def upload_source(path: str | os.PathLike, media_type: str | None = None) -> UploadSource:
+    """The artifact a local model path becomes, streamed (never read whole).
+
+    A SavedModel folder and an ONNX model with external data (a folder holding it, or its ``.onnx``
+    file with the data file(s) beside it) travel as one tar archive; anything else as the file itself.
+    Raises InvalidArgument for a folder that is neither, or an ONNX model whose data files are missing.
+    """
+    from modelport.archive import TarStream
+    from modelport.onnx_files import find_model_file, model_files
+
+    p = Path(path)
+    if p.is_dir():
+        if (p / "saved_model.pb").is_file():
+            tar = TarStream.of_dir(p)
+            return UploadSource(tar, tar.size, media_type or media.SAVEDMODEL)
+        if not any(p.rglob("*.onnx")):
+            raise InvalidArgument(f"{p} is a folder without saved_model.pb or a .onnx file; upload a model file, "
+                                  "a SavedModel folder or an ONNX model's folder (model.onnx + its data file)")
+        p = find_model_file(p)
+        media_type = media_type if media_type and media_type != media.ONNX_FOLDER else media.ONNX
+    elif not p.is_file():
+        raise InvalidArgument(f"{p}: no such file or folder")
+    media_type = media_type or detect_media_type(p)
+    if media.is_onnx(media_type):
+        files = model_files(p, unreadable_ok=True)  # the model and its data; not ONNX: the server says so
+        if len(files) > 1:
+            tar = TarStream.of_files(files)
+            return UploadSource(tar, tar.size, media.ONNX_FOLDER)
+        media_type = media.ONNX
+    return UploadSource(file_chunks(p), p.stat().st_size, media_type)
 
 
 @dataclass
@@ -208,14 +250,20 @@ class Client:
                     break
 
     # ---- artifacts ------------------------------------------------------------------------
-    def upload(self, path: str | os.PathLike, media_type: str | None = None,
-               service: str = "converter") -> artifacts_pb2.ArtifactRef:
-        """Store a local file in ``service``'s artifact store; the ref names that service as origin."""
-        path = Path(path)
-        if not path.is_file():
-            raise ClientError("INVALID_ARGUMENT", f"{path}: no such file", service=service)
+    def upload(self, path: str | os.PathLike, media_type: str | None = None, service: str = "converter",
+               progress: ByteProgress | None = None) -> artifacts_pb2.ArtifactRef:
+        """Store a local model or data file in ``service``'s artifact store; the ref names that service as origin.
+
+        ``path`` may be a file, a SavedModel folder, or an ONNX model with external data (its folder, or its
+        ``.onnx`` file with the data file(s) beside it): folders travel as one archive artifact. Bytes are
+        streamed chunk by chunk, never held whole; ``progress(bytes_sent, total)`` follows them.
+        """
+        try:
+            src = upload_source(path, media_type)
+        except InvalidArgument as e:
+            raise ClientError("INVALID_ARGUMENT", e.message, service=service) from None
         stub = artifacts_pb2_grpc.ArtifactsStub(self.channel(service))
-        ref = self._call(service, stub.Upload, upload_requests(path, media_type or detect_media_type(path)))
+        ref = self._call(service, stub.Upload, stream_requests(src.chunks, src.size, src.media_type, progress=progress))
         if not ref.origin:
             ref.origin = self.address(service)
         return ref
@@ -225,22 +273,63 @@ class Client:
         stub = artifacts_pb2_grpc.ArtifactsStub(self.channel(service))
         return self._call(service, stub.Stat, artifacts_pb2.StatRequest(digest=digest))
 
+    def _service_of(self, ref: artifacts_pb2.ArtifactRef | str, service: str | None) -> str:
+        if service is not None:
+            return service
+        origin = "" if isinstance(ref, str) else ref.origin
+        return next((s for s in SERVICES if origin and self.address(s) == origin), "converter")
+
     def download(self, ref: artifacts_pb2.ArtifactRef | str, out: str | os.PathLike,
-                 service: str | None = None) -> Path:
-        """Write an artifact to ``out`` (atomically, digest verified) from ``service`` or the ref's origin."""
+                 service: str | None = None, progress: ByteProgress | None = None) -> Path:
+        """Write an artifact's bytes to ``out`` (atomically, digest verified) from ``service`` or the ref's
+        origin; ``progress(bytes_received, total)`` follows them. A folder artifact arrives as its tar
+        archive: ``download_model`` unpacks it."""
         digest = ref if isinstance(ref, str) else ref.digest
-        if service is None:
-            origin = "" if isinstance(ref, str) else ref.origin
-            service = next((s for s in SERVICES if origin and self.address(s) == origin), "converter")
+        service = self._service_of(ref, service)
         stub = artifacts_pb2_grpc.ArtifactsStub(self.channel(service))
         try:
-            download_to_file(stub, digest, out, timeout=self.timeout)
+            download_to_file(stub, digest, out, timeout=self.timeout, progress=progress,
+                             size=0 if isinstance(ref, str) else ref.size)
         except grpc.RpcError as e:
             raise ClientError.from_rpc(e, service) from None
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(out, 0o666 & ~umask)  # a user's file, not a private temp file
         return Path(out)
+
+    def download_model(self, ref: artifacts_pb2.ArtifactRef, dest: str | os.PathLike, service: str | None = None,
+                       progress: ByteProgress | None = None) -> Path:
+        """Write a model artifact as a model on disk; returns the path to load it from.
+
+        A single-file model is written to ``dest``. A folder artifact is unpacked (safely): a SavedModel
+        into the folder ``dest``; an ONNX model with external data into the folder ``dest`` (returns
+        ``dest/model.onnx``), or, when ``dest`` ends in ``.onnx``, as that file with its data file(s) beside it.
+        """
+        from modelport.archive import safe_unpack
+
+        dest = Path(dest)
+        if ref.media_type not in (media.SAVEDMODEL, media.ONNX_FOLDER, media.GENERATION):
+            return self.download(ref, dest, service, progress)
+        onnx_file = ref.media_type == media.ONNX_FOLDER and dest.suffix == ".onnx"
+        folder = dest.parent if onnx_file else dest
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=folder, prefix=".download-") as tmp:
+            tar = self.download(ref, Path(tmp) / "model.tar", service, progress)
+            if ref.media_type in (media.SAVEDMODEL, media.GENERATION):  # whole folders: unpacked as they are
+                safe_unpack(tar, folder, max_bytes=tar.stat().st_size, max_files=1_000_000)
+                return folder
+            staging = Path(tmp) / "unpacked"
+            safe_unpack(tar, staging, max_bytes=tar.stat().st_size, max_files=1_000_000)
+            tar.unlink()
+            from modelport.onnx_files import MODEL_FILE, model_files
+
+            files = model_files(staging / MODEL_FILE)
+            for name, src in files[1:]:
+                (folder / name).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(src, folder / name)
+            target = dest if onnx_file else folder / MODEL_FILE
+            os.replace(files[0][1], target)
+            return target
 
     # ---- jobs -----------------------------------------------------------------------------
     def _job(self, service: str, call, request, result_field: str, on_event: EventCallback | None):
@@ -352,6 +441,11 @@ class Client:
         """The served model's Triton ``ModelConfig`` (what ``config.pbtxt`` holds)."""
         stub = kgrpc.GRPCInferenceServiceStub(self.channel("inference"))
         return self._call("inference", stub.ModelConfig, kpb.ModelConfigRequest(name=name, version=version)).config
+
+    def server_metadata(self) -> kpb.ServerMetadataResponse:
+        """KServe v2 ServerMetadata: name, version, extensions (modelport adds ``cpu_flags(...)``)."""
+        stub = kgrpc.GRPCInferenceServiceStub(self.channel("inference"))
+        return self._call("inference", stub.ServerMetadata, kpb.ServerMetadataRequest())
 
     def model_metadata(self, name: str, version: str = "") -> kpb.ModelMetadataResponse:
         """KServe v2 ModelMetadata: input/output names, datatypes and shapes (-1 = dynamic)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from modelport.errors import InvalidArgument
 from modelport.runtime.job_cache import Job, job_key
+from modelport.trust import remote_code_allowed
 from modelport.v1 import artifacts_pb2, optimizer_pb2
 from optimizer_svc.technique_options import parse_options, plan
 from optimizer_svc.worker import GOALS, sniff_format
@@ -24,6 +25,7 @@ def request_refs(req: optimizer_pb2.OptimizeRequest) -> list[artifacts_pb2.Artif
 def plan_optimize(service, req: optimizer_pb2.OptimizeRequest) -> Job:
     """Validate what can be validated without TensorFlow and build the job (key, worker call)."""
     store = service.store
+    trusted = remote_code_allowed(req.trust_remote_code, service.settings.allow_remote_code, service.name)
     options = parse_options(dict(req.options))
     if (req.output_format or "onnx").lower() not in ("onnx", "tflite"):
         raise InvalidArgument(f"output_format {req.output_format!r} is not supported; use onnx or tflite")
@@ -44,7 +46,9 @@ def plan_optimize(service, req: optimizer_pb2.OptimizeRequest) -> Job:
     digests = [r.digest for r in (req.model, req.calibration_data, req.train_data, req.eval_data, req.student)]
     norm = {"techniques": [t.strip().lower() for t in req.techniques], "goal": GOALS.get(req.goal, "latency"),
             "budget": [req.budget.max_drop, req.budget.relative], "ep": req.execution_provider or "cpu",
-            "threads": req.threads, "options": options, "output_format": (req.output_format or "onnx").lower()}
+            "threads": req.threads, "options": options, "output_format": (req.output_format or "onnx").lower(),
+            "trust_remote_code": trusted, "int8_search_s": service.settings.int8_search_s}
     key = job_key("optimize", digests, norm, service.versions)
-    kwargs = {"store_root": str(store.root), "request": req.SerializeToString(), "origin": service.address}
+    kwargs = {"store_root": str(store.root), "request": req.SerializeToString(), "origin": service.address,
+              "int8_search_s": float(service.settings.int8_search_s)}
     return Job(key, "optimizer_svc.worker:optimize_job", kwargs)

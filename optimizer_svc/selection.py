@@ -52,7 +52,8 @@ def allowed_drop(baseline: jobs_pb2.CandidateReport, max_drop: float, relative: 
 
 
 def _failed(c: jobs_pb2.CandidateReport) -> bool:
-    return c.details.get("status") in ("failed", "skipped")
+    """Not fully measured: failed, skipped, or stopped after a quick probe showed it slower."""
+    return c.details.get("status") in ("failed", "skipped", "stopped")
 
 
 def rank(baseline: jobs_pb2.CandidateReport, candidates: list[jobs_pb2.CandidateReport], *, goal: str,

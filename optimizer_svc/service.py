@@ -18,7 +18,7 @@ class OptimizerService(JobService):
     worker_env = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
     worker_preload = ("numpy", "onnx", "onnxruntime")
     tool_packages = ("onnxruntime", "onnx", "tensorflow", "tf-keras", "tensorflow-model-optimization", "tf2onnx")
-    job_version = "1"  # bump when optimizer code changes results (invalidates cached jobs)
+    job_version = "2"  # bump when optimizer code changes results (invalidates cached jobs)
     result_field = "optimize_result"
 
     def registrations(self) -> list[Registration]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from modelport.runtime.artifacts import ensure_local
+from modelport.trust import remote_code_allowed
 from modelport.v1 import optimizer_pb2_grpc
 from optimizer_svc.plan import plan_optimize, request_refs
 
@@ -15,7 +15,9 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServicer):
 
     async def Optimize(self, request, context):
         svc = self.service
+        # Refuse what the server does not allow before anything is pulled or stored.
+        remote_code_allowed(request.trust_remote_code, svc.settings.allow_remote_code, svc.name)
         for ref in request_refs(request):
-            await ensure_local(svc.store, ref, channel_factory=svc.channel)
+            await svc.pull(ref)
         async for event in svc.run(plan_optimize(svc, request)):
             yield event

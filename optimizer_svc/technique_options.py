@@ -23,8 +23,13 @@ NEEDS_CALIBRATION = {"int8-static", "tflite-int8"}
 OPTIONS: dict[str, tuple[str, str]] = {
     "graph.level": ("extended", "offline ORT graph optimization level: basic, extended or all (all is machine-specific)"),
     "int8-dynamic.per_channel": ("false", "per-channel weight scales for dynamic INT8"),
-    "int8-static.method": ("minmax", "calibration method: minmax, entropy or percentile"),
-    "int8-static.per_channel": ("false", "per-channel weight scales for static INT8"),
+    "int8-dynamic.quick_stop": ("1.5", "under auto a Conv-heavy graph's dynamic INT8 (ConvInteger) is first timed "
+                                       "over a few runs; at this latency ratio to the baseline or above it is not "
+                                       "measured further (0 = always stop after the probe, 1000 = always measure)"),
+    "int8-static.method": ("auto", "calibration method: auto (searched), minmax, entropy or percentile"),
+    "int8-static.per_channel": ("auto", "per-channel weight scales for static INT8: auto (searched), true or false"),
+    "int8-static.types": ("auto", "activation/weight types of static INT8: auto (searched), u8s8 or s8s8"),
+    "int8-static.format": ("auto", "static INT8 graph format: auto (searched), qdq or qoperator"),
     "int8-static.samples": ("128", "calibration samples used"),
     "train.epochs": ("3", "fine-tuning epochs for prune/cluster/qat/distill"),
     "train.batch_size": ("32", "fine-tuning batch size"),
@@ -52,10 +57,13 @@ OPTIONS: dict[str, tuple[str, str]] = {
 
 _CHOICES = {
     "graph.level": ("basic", "extended", "all"),
-    "int8-static.method": ("minmax", "entropy", "percentile"),
+    "int8-static.method": ("auto", "minmax", "entropy", "percentile"),
+    "int8-static.per_channel": ("auto", "true", "false"),
+    "int8-static.types": ("auto", "u8s8", "s8s8"),
+    "int8-static.format": ("auto", "qdq", "qoperator"),
     "cluster.init": ("kmeans++", "linear", "density", "random"),
 }
-_BOOLS = {"int8-dynamic.per_channel", "int8-static.per_channel", "int4-weight-only.symmetric"}
+_BOOLS = {"int8-dynamic.per_channel", "int4-weight-only.symmetric"}
 _INTS = {"int8-weight-only.block_size", "int4-weight-only.block_size", "int8-weight-only.accuracy_level",
          "int4-weight-only.accuracy_level", "generate.tokens", "generate.prompts",
          "int8-static.samples", "train.epochs", "train.batch_size", "prune.frequency", "cluster.clusters",
@@ -67,6 +75,7 @@ _RANGES = {
     "distill.temperature": (0.1, 100.0),
     "train.learning_rate": (1e-7, 1.0),
     "auto.min_gain": (0.0, 0.9),
+    "int8-dynamic.quick_stop": (0.0, 1000.0),
 }
 
 

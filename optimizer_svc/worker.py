@@ -15,16 +15,19 @@ import math
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from modelport import media
+from modelport import cpuinfo, media
 from modelport.datasets import load_npz, validate_samples
 from modelport.errors import FailedPrecondition, InvalidArgument, ModelportError
+from modelport.model_code import check_model_code
 from modelport.store import ArtifactStore
 from modelport.techniques import KERAS_TECHNIQUES, ONNX_TECHNIQUES, TFLITE_TECHNIQUES
 from modelport.v1 import artifacts_pb2, jobs_pb2, optimizer_pb2
+from optimizer_svc import int8_search as IS
 from optimizer_svc import measure as M
 from optimizer_svc import onnx_techniques as OT
 from optimizer_svc import selection
@@ -119,8 +122,23 @@ def _has_labels(path: Path) -> bool:
         return True
 
 
+def _model_path(store: ArtifactStore, digest: str) -> Path:
+    """The model file to optimize: the artifact itself, or for an ONNX folder artifact (external data) the
+    ``model.onnx`` of its folder, unpacked once in the store (tools read the data beside it, in place)."""
+    from modelport.archive import is_tar
+
+    path = store.path(digest)
+    if not is_tar(path):
+        return path
+    try:
+        return store.onnx_model(digest)
+    except InvalidArgument:
+        raise InvalidArgument("the model is a tar archive without an ONNX model (a SavedModel?); convert it to "
+                              "ONNX first (Converter.Convert) or upload the Keras model") from None
+
+
 def _ref(store: ArtifactStore, path: Path, media_type: str, origin: str) -> artifacts_pb2.ArtifactRef:
-    art = store.put_file(path, media_type)
+    art = store.put_onnx(path) if media.is_onnx(media_type) else store.put_file(path, media_type)
     return artifacts_pb2.ArtifactRef(digest=art.digest, size=art.size, media_type=art.media_type, origin=origin)
 
 
@@ -141,20 +159,20 @@ def _failed(technique: str, status: str, note: str) -> jobs_pb2.CandidateReport:
     return c
 
 
-def optimize_job(progress, store_root: str, request: bytes, origin: str = "") -> bytes:
-    """Worker entry point (see the module docstring)."""
+def optimize_job(progress, store_root: str, request: bytes, origin: str = "", int8_search_s: float = 60.0) -> bytes:
+    """Worker entry point (see the module docstring); ``int8_search_s`` bounds the int8-static recipe search."""
     req = optimizer_pb2.OptimizeRequest()
     req.ParseFromString(request)
     store = ArtifactStore(store_root)
     work = Path(tempfile.mkdtemp(prefix="optimize-", dir=store.tmp_dir))
     try:
-        return _optimize(progress, store, req, origin, work).SerializeToString()
+        return _optimize(progress, store, req, origin, work, int8_search_s).SerializeToString()
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 def _optimize(progress, store: ArtifactStore, req: optimizer_pb2.OptimizeRequest, origin: str,
-              work: Path) -> optimizer_pb2.OptimizeResult:
+              work: Path, int8_search_s: float = 60.0) -> optimizer_pb2.OptimizeResult:
     t_start = time.monotonic()
     opts = parse_options(dict(req.options))
     goal = GOALS.get(req.goal, "latency")
@@ -162,8 +180,15 @@ def _optimize(progress, store: ArtifactStore, req: optimizer_pb2.OptimizeRequest
     if out_format not in ("onnx", "tflite"):
         raise InvalidArgument(f"output_format {req.output_format!r} is not supported; use onnx or tflite")
     progress("loading", 0.01, "reading the model")
-    model_path = store.path(req.model.digest)
+    model_path = _model_path(store, req.model.digest)
     fmt = sniff_format(model_path)
+    # The plan admitted trust_remote_code only on a server that allows it (modelport.trust); model and
+    # student are checked for code before any loader sees them.
+    trusted = bool(req.trust_remote_code)
+    if fmt == "keras":
+        check_model_code(model_path, "keras", trusted)
+    if req.student.digest:
+        check_model_code(store.path(req.student.digest), "keras", trusted)
     if fmt == "generation":  # an exported causal LM: weight-only techniques, measured in tokens/s
         return optimize_generation(progress, store, req, opts, origin, work)
 
@@ -189,7 +214,7 @@ def _optimize(progress, store: ArtifactStore, req: optimizer_pb2.OptimizeRequest
         from optimizer_svc.keras_techniques import KerasSource
 
         progress("loading", 0.03, "loading the Keras model as tf-keras (TFMOT needs it) and converting it to ONNX")
-        source = KerasSource(model_path, work / "source")
+        source = KerasSource(model_path, work / "source", trusted)
         if source.baseline_onnx is not None:
             baseline_path = source.baseline_onnx
         else:
@@ -239,6 +264,9 @@ def _optimize(progress, store: ArtifactStore, req: optimizer_pb2.OptimizeRequest
                                                  "threads": str(threads or "default")})
     baseline.agreement, baseline.max_abs_diff = 1.0, 0.0
     baseline.details["cosine"] = "1.000000"
+    # Every ratio in this result was measured on this CPU: the deploy report compares these flags with
+    # the inference service's (modelport.cpuinfo.compare).
+    baseline.details["cpu_flags"] = cpuinfo.format_flags(cpuinfo.relevant_flags())
     baseline.details.update(export_note)
     if choice.warnings:
         baseline.note = "; ".join(choice.warnings)
@@ -247,6 +275,7 @@ def _optimize(progress, store: ArtifactStore, req: optimizer_pb2.OptimizeRequest
     if fmt == "onnx":
         baseline.artifact.CopyFrom(req.model)
 
+    ctx = _MeasureContext(base_run, eval_x, eval_y, reference, providers, threads, mopts)
     candidates: list[jobs_pb2.CandidateReport] = [_failed(t, "skipped", why) for t, why in the_plan.skipped]
     built: dict[str, Path] = {}
     n = len(the_plan.run)
@@ -265,12 +294,23 @@ def _optimize(progress, store: ArtifactStore, req: optimizer_pb2.OptimizeRequest
         progress(f"optimizing:{tech}", frac, f"building the {tech} candidate ({i + 1}/{n})")
         t0 = time.monotonic()
         try:
-            path, cfmt, details = _build(tech, baseline_path, work, opts, rep_x, input_names, source, train,
-                                         store.path(req.student.digest) if req.student.digest else None,
-                                         out_format)
+            if tech == "int8-static":
+                path, cfmt, details = _int8_static_search(
+                    baseline_path, work, opts, rep_x, ctx, baseline, req.budget, int8_search_s,
+                    lambda msg, frac=frac, tech=tech: progress(f"optimizing:{tech}", frac, msg))
+            else:
+                path, cfmt, details = _build(tech, baseline_path, work, opts, rep_x, input_names, source, train,
+                                             store.path(req.student.digest) if req.student.digest else None,
+                                             out_format)
             progress("measuring", frac + 0.6 / max(n, 1), f"measuring {tech}")
             run = (M.onnx_runner(path, providers, threads) if cfmt == "onnx"
                    else M.tflite_runner(path, input_names, threads))
+            # Under auto a Conv-heavy int8-dynamic is probed first (an explicit request gets its full measurement).
+            stopped = (_conv_integer_probe(tech, path, run, ctx, details, float(opts["int8-dynamic.quick_stop"]))
+                       if tech == "int8-dynamic" and the_plan.auto else None)
+            if stopped is not None:
+                candidates.append(stopped)
+                continue
             m = M.measure(path, run, eval_x, eval_y, reference, baseline_run=base_run, **mopts)
             details["build_seconds"] = f"{time.monotonic() - t0:.1f}"
             c = _report(tech, cfmt, m, details)
@@ -281,6 +321,11 @@ def _optimize(progress, store: ArtifactStore, req: optimizer_pb2.OptimizeRequest
             log.exception("technique %s failed", tech)
             c = _failed(tech, "failed", f"failed: {type(e).__name__}: {str(e)[:300]}")
         candidates.append(c)
+
+    if out_format == "onnx" and "tflite-int8" in built:
+        c = _tflite_int8_as_onnx(built, candidates, baseline, baseline_path, work, ctx, req.budget, progress)
+        if c is not None:
+            candidates.append(c)
 
     # Measure the baseline's latency again after the candidates and keep the faster run: drift
     # (thermal, other load) then cannot make a candidate look faster than the baseline really is.
@@ -353,17 +398,15 @@ def _faster_export(source, keras3_onnx: Path, work: Path, eval_x: dict[str, np.n
 
 def _build(tech: str, baseline: Path, work: Path, opts: dict, rep_x: dict[str, np.ndarray], input_names: list[str],
            source, train, student: Path | None, out_format: str) -> tuple[Path, str, dict[str, str]]:
-    """Build one candidate; returns (file, format, details)."""
-    out = work / f"{tech.replace(':', '_')}.onnx"
+    """Build one candidate (int8-static: ``_int8_static_search``); returns (file, format, details)."""
+    out = work / tech.replace(":", "_") / "model.onnx"  # a folder each: external data lands as model.onnx.data
+    out.parent.mkdir(parents=True, exist_ok=True)
     if tech == "graph":
         return out, "onnx", OT.graph_optimize(baseline, out, str(opts["graph.level"]))
     if tech == "fp16":
         return out, "onnx", OT.fp16(baseline, out)
     if tech == "int8-dynamic":
         return out, "onnx", OT.int8_dynamic(baseline, out, bool(opts["int8-dynamic.per_channel"]))
-    if tech == "int8-static":
-        return out, "onnx", OT.int8_static(baseline, out, rep_x, str(opts["int8-static.method"]),
-                                           bool(opts["int8-static.per_channel"]), int(opts["int8-static.samples"]))
     from optimizer_svc import keras_techniques as KT
 
     KT.seed(0)  # same request, same fine-tune
@@ -391,6 +434,129 @@ def _build(tech: str, baseline: Path, work: Path, opts: dict, rep_x: dict[str, n
     if tech == "qat":
         d.update(OT.int8_facts(out))
     return out, "onnx", d
+
+
+@dataclass
+class _MeasureContext:
+    """What measuring a candidate against the baseline needs (shared by the loop and the searches)."""
+
+    base_run: M.Runner
+    eval_x: dict[str, np.ndarray]
+    eval_y: np.ndarray | None
+    reference: list[np.ndarray]
+    providers: list
+    threads: int
+    mopts: dict
+
+    def measure(self, path: Path, fmt: str = "onnx", input_names: list[str] | None = None) -> M.Measurement:
+        run = (M.onnx_runner(path, self.providers, self.threads) if fmt == "onnx"
+               else M.tflite_runner(path, input_names or list(self.eval_x), self.threads))
+        return M.measure(path, run, self.eval_x, self.eval_y, self.reference, baseline_run=self.base_run,
+                         **self.mopts)
+
+
+def _quality(m: M.Measurement) -> float:
+    """What ``select.quality`` reads from a report: accuracy when measured, else agreement."""
+    return m.accuracy if not math.isnan(m.accuracy) else m.agreement
+
+
+def _int8_static_search(baseline_path: Path, work: Path, opts: dict, rep_x: dict[str, np.ndarray],
+                        ctx: _MeasureContext, baseline: jobs_pb2.CandidateReport, budget, search_s: float,
+                        note) -> tuple[Path, str, dict[str, str]]:
+    """int8-static: the recipe search (``optimizer_svc.int8_search``) on this machine; the winner's file."""
+    def evaluate(path: Path) -> IS.Evaluation:
+        m = ctx.measure(path)
+        return IS.Evaluation(float(m.details.get("latency_ratio_paired", "nan")), _quality(m),
+                             float(m.details.get("cosine", "nan")))
+
+    feed = {k: v[:ctx.mopts["batch_size"]] for k, v in ctx.eval_x.items()}
+
+    def probe(path: Path) -> float:
+        c50, b50 = M.quick_latency(M.onnx_runner(path, ctx.providers, ctx.threads), ctx.base_run, feed, QUICK_RUNS)
+        return c50 / b50 if b50 > 0 else math.inf
+
+    pins = IS.Pins(types=str(opts["int8-static.types"]), per_channel=str(opts["int8-static.per_channel"]),
+                   fmt=str(opts["int8-static.format"]), method=str(opts["int8-static.method"]))
+    res = IS.search(baseline_path, work / "int8-static", rep_x, int(opts["int8-static.samples"]), evaluate,
+                    selection.quality(baseline), selection.allowed_drop(baseline, budget.max_drop, budget.relative),
+                    search_s, pins=pins, note=note, probe=probe)
+    if res.best.path is None:
+        raise FailedPrecondition("every int8-static recipe failed: " + "; ".join(t.summary() for t in res.trials))
+    return res.best.path, "onnx", res.details()
+
+
+QUICK_RUNS = 3
+
+
+def _conv_integer_probe(tech: str, path: Path, run: M.Runner, ctx: _MeasureContext, details: dict[str, str],
+                        stop_ratio: float) -> jobs_pb2.CandidateReport | None:
+    """A dynamic-INT8 model whose convolutions became ConvInteger is timed quickly first.
+
+    onnxruntime runs ConvInteger without the fused, blocked kernels FP32 convolutions get (and
+    quantizes every activation at run time), so on Conv-heavy graphs dynamic INT8 is usually several
+    times slower than the baseline. A few interleaved runs tell that apart from a model worth the full
+    measurement; when the probe's ratio is ``stop_ratio`` (option ``int8-dynamic.quick_stop``) or more
+    the row says so and the full measurement is skipped. None means: measure it fully.
+    """
+    convs, matmuls = int(details.get("conv_integer_ops", "0")), int(details.get("matmul_integer_ops", "0"))
+    if convs == 0 or convs < matmuls:
+        return None
+    feed = {k: v[:ctx.mopts["batch_size"]] for k, v in ctx.eval_x.items()}
+    c50, b50 = M.quick_latency(run, ctx.base_run, feed, QUICK_RUNS)
+    ratio = c50 / b50 if b50 > 0 else math.nan
+    if not ratio >= stop_ratio:
+        details["quick_probe_ratio"] = f"{ratio:.3f}"
+        return None
+    c = _failed(tech, "stopped", f"measured quickly: {ratio:.2f}x the baseline's latency over {QUICK_RUNS} "
+                                 f"interleaved runs (at {stop_ratio:g}x or more a model is not measured further); "
+                                 f"{convs} convolution(s) became ConvInteger: dynamic INT8 pays on MatMul-heavy "
+                                 "models, int8-static suits convolutions")
+    c.format = "onnx"
+    c.size_bytes = path.stat().st_size
+    c.latency_p50_ms = c50
+    c.details.update(details)
+    c.details.update({"measurement": "quick", "latency_ratio_quick": f"{ratio:.4f}",
+                      "baseline_latency_p50_ms_quick": f"{b50:.6f}"})
+    return c
+
+
+def _tflite_int8_as_onnx(built: dict[str, Path], candidates: list[jobs_pb2.CandidateReport],
+                         baseline: jobs_pb2.CandidateReport, baseline_path: Path, work: Path, ctx: _MeasureContext,
+                         budget, progress) -> jobs_pb2.CandidateReport | None:
+    """When tflite-int8 beat the baseline within budget, its ONNX form as candidate ``tflite-int8-onnx``.
+
+    The inference service serves ONNX, so a TFLite win is deployable only in that form: tf2onnx
+    ``from_tflite`` turns the full-integer TFLite into a QDQ graph; on a CPU with INT8 dot products its
+    int8 activations become uint8 (exact: zero points shift by 128), onnxruntime's fast path there.
+    """
+    tfl = next((c for c in candidates if c.technique == "tflite-int8" and c.format == "tflite"), None)
+    if tfl is None or tfl.details.get("status"):
+        return None
+    allowed = selection.allowed_drop(baseline, budget.max_drop, budget.relative)
+    drop = selection.quality(baseline) - selection.quality(tfl)
+    if not (selection.goal_ratio(tfl, baseline, "latency") < 1.0 and drop <= allowed + 1e-12):
+        return None
+    tech = "tflite-int8-onnx"
+    progress(f"optimizing:{tech}", 0.9, "converting the winning TFLite INT8 model to ONNX (tf2onnx from_tflite)")
+    t0 = time.monotonic()
+    try:
+        from optimizer_svc.keras_techniques import tflite_to_onnx
+
+        out = work / f"{tech}.onnx"
+        flags = cpuinfo.relevant_flags()
+        details = tflite_to_onnx(built["tflite-int8"], out, baseline_path, work / tech,
+                                 uint8_activations=cpuinfo.is_x86(flags) and cpuinfo.has_int8_dot(flags))
+        details.update(OT.int8_facts(out))
+        progress("measuring", 0.92, f"measuring {tech}")
+        m = ctx.measure(out)
+        details["build_seconds"] = f"{time.monotonic() - t0:.1f}"
+        built[tech] = out
+        return _report(tech, "onnx", m, details)
+    except ModelportError as e:
+        return _failed(tech, "failed", f"failed: {e.message}")
+    except Exception as e:  # noqa: BLE001 - the TFLite candidate still stands
+        log.exception("%s failed", tech)
+        return _failed(tech, "failed", f"failed: {type(e).__name__}: {str(e)[:300]}")
 
 
 def _onnx_weight_facts(path: Path) -> dict[str, str]:

@@ -138,6 +138,8 @@ def test_deploy_end_to_end_json_then_infer(digits_model, gateway_args, client):
     assert stages["convert"]["format"] == "onnx" and stages["convert"]["data"]["parity_passed"] is True
     assert stages["optimize"]["data"]["chosen"] in ("graph", "fp16", "baseline", "")
     assert report["execution_provider"] == "CPUExecutionProvider"
+    # optimizer and inference service share this CPU: the flag comparison finds no difference to warn about
+    assert not [w for w in report["warnings"] if "CPU" in w], report["warnings"]
     # the served model answers like Keras on held-out digits
     assert stages["smoke"]["accuracy"] is not None and stages["smoke"]["accuracy"] > 0.5
     name = stages["convert"]["data"]["inputs"][0]["name"]

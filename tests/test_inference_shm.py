@@ -318,7 +318,7 @@ def test_unregister_during_in_flight_request(kserve, server, seg):
     n = sin.put(x)
     regions = server.service.shm.status("busy_in") + server.service.shm.status("busy_out")
     sched = server.service.manager.get("mlp", "1").scheduler
-    real_run = sched._run
+    real_run, inline_before = sched._run, sched.inline
     gate, started = threading.Event(), threading.Event()
 
     def gated(inputs, outputs):
@@ -326,7 +326,7 @@ def test_unregister_during_in_flight_request(kserve, server, seg):
         assert gate.wait(60)
         return real_run(inputs, outputs)
 
-    sched._run = gated
+    sched._run, sched.inline = gated, False  # a gated run stands for a long one: it runs on the executor (short models run inline on the loop)
     try:
         fut = kserve.ModelInfer.future(kshm.make_shm_infer_request(
             "mlp", {"x": ("FP32", x.shape, ShmRef("busy_in", n))}, {"y": ShmRef("busy_out", 24)},
@@ -343,7 +343,7 @@ def test_unregister_during_in_flight_request(kserve, server, seg):
         resp = fut.result(timeout=60)
     finally:
         gate.set()
-        sched._run = real_run
+        sched._run, sched.inline = real_run, inline_before
     assert list(resp.raw_output_contents) == [b""]
     np.testing.assert_allclose(sout.get(np.float32, (2, 3)), mlp_expected(x), rtol=1e-6)
     assert all(r.closed and r.users == 0 for r in regions)

@@ -52,8 +52,12 @@ def test_explicit_inapplicable_or_unknown_technique_is_invalid():
 
 def test_options_defaults_types_and_errors():
     o = parse_options({"prune.sparsity": "0.5", "int8-static.per_channel": "true", "cluster.clusters": "8"})
-    assert o["prune.sparsity"] == 0.5 and o["int8-static.per_channel"] is True and o["cluster.clusters"] == 8
-    assert o["graph.level"] == "extended" and o["int8-static.method"] == "minmax"
+    assert o["prune.sparsity"] == 0.5 and o["int8-static.per_channel"] == "true" and o["cluster.clusters"] == 8
+    assert o["graph.level"] == "extended" and o["int8-static.method"] == "auto"
+    assert o["int8-static.types"] == "auto" and o["int8-static.format"] == "auto"
+    assert o["int8-dynamic.quick_stop"] == 1.5
+    with pytest.raises(InvalidArgument, match="int8-static.types='u4s4' is invalid: use one of auto, u8s8, s8s8"):
+        parse_options({"int8-static.types": "u4s4"})
     with pytest.raises(InvalidArgument, match="prune.sparsity='1.5' is invalid: must be between 0 and 0.99"):
         parse_options({"prune.sparsity": "1.5"})
     with pytest.raises(InvalidArgument, match="cluster.clusters='x' is invalid: not a number"):
@@ -157,6 +161,13 @@ def test_metrics():
     assert measure.agreement([probs], [probs[[1, 0, 2]]]) == pytest.approx(1 / 3)
     assert measure.max_abs_diff([probs], [probs + 0.25]) == pytest.approx(0.25)
     assert measure.cosine([probs], [2 * probs]) == pytest.approx(1.0)
+    # the centered cosine ignores what all samples share: a constant offset hides nothing from it
+    ref = np.array([[10.0, 1.0], [10.0, -1.0], [10.0, 0.5]])
+    flipped = ref * np.array([1.0, -1.0])  # same shared part, input-dependent part reversed
+    assert measure.cosine([flipped], [ref]) > 0.98
+    assert measure.centered_cosine([flipped], [ref]) == pytest.approx(-1.0)
+    assert measure.centered_cosine([ref + 3.0], [ref]) < measure.centered_cosine([ref], [ref]) == pytest.approx(1.0)
+    assert math.isnan(measure.centered_cosine([ref[:1]], [ref[:1]]))
     assert math.isnan(measure.accuracy([np.zeros((3, 1))], np.zeros(3)))
 
 

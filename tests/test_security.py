@@ -333,7 +333,7 @@ def test_artifact_pull_between_mtls_services(tmp_path_factory, certs, mtls_serve
         assert got.digest == ref.digest and Path(got.path).read_bytes() == model_file.read_bytes()
         from modelport.errors import Unavailable
 
-        with pytest.raises(Unavailable, match=f"could not pull {ref.digest} from origin {ref.origin}: UNAVAILABLE"):
+        with pytest.raises(Unavailable, match=rf"could not pull {ref.digest} from origin {ref.origin} \(UNAVAILABLE\)"):
             blind.call(ensure_local(blind.service.store, ref, channel_factory=blind.service.channel))
         assert not blind.service.store.has(ref.digest)  # nothing partial became visible
     finally:

@@ -93,15 +93,17 @@ def with_client(ctx: typer.Context, offline: bool):
     return cm()
 
 
-def save_artifact(client, ref, dest: Path, service: str) -> Path:
-    from modelport import media
+def save_artifact(client, ref, dest: Path, service: str, progress: RichProgress | None = None) -> Path:
+    """Write a result model locally: a file, or a folder artifact unpacked (a SavedModel folder; an ONNX
+    model with external data as ``dest/model.onnx`` + data, or ``dest`` + data beside it for a .onnx name)."""
+    cb = None
+    if progress is not None:
+        progress.start("download")
+        cb = lambda done, total: progress.transfer("download", done, total)  # noqa: E731
+    return client.download_model(ref, dest, service=service, progress=cb)
 
-    if ref.media_type in (media.SAVEDMODEL, media.GENERATION):  # folders travel as archives: unpack into dest
-        from modelport.archive import safe_unpack
 
-        with tempfile.TemporaryDirectory() as tmp:
-            tar = client.download(ref, Path(tmp) / "model.tar", service=service)
-            dest.mkdir(parents=True, exist_ok=True)
-            safe_unpack(tar, dest, max_bytes=64 << 30, max_files=1_000_000)
-        return dest
-    return client.download(ref, dest, service=service)
+def upload_progress(progress: RichProgress, label: str = ""):
+    """A byte-progress callback drawing the upload bar."""
+    progress.start("upload")
+    return lambda done, total: progress.transfer("upload", done, total, label)

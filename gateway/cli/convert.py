@@ -16,6 +16,7 @@ from gateway.cli.app import (
     out,
     print_json,
     save_artifact,
+    upload_progress,
     with_client,
 )
 from gateway.cli.deploy import parse_options
@@ -26,10 +27,12 @@ from modelport.client import ClientError
 @app.command()
 def convert(
     ctx: typer.Context,
-    model: Path = typer.Argument(..., exists=True, help="Model file or SavedModel folder."),
-    to: str = typer.Option("onnx", "--to", help="onnx, tflite, savedmodel or generation (a causal LM's KV-cache "
-                                                "step + generation.json, written as a folder)."),
-    output: Path = typer.Option(..., "--output", "-o", help="Where to write the converted model."),
+    model: Path = typer.Argument(..., exists=True, help="Model file, SavedModel folder, or ONNX model with "
+                                                        "external data (its folder, or model.onnx beside its data)."),
+    to: str = typer.Option("onnx", "--to", help="onnx, tflite, savedmodel, pytorch (a torch.export .pt2) or generation (a causal LM's KV-cache step + generation.json, a folder)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write the converted model (a folder for "
+                                                            "a SavedModel or an ONNX model with external data, "
+                                                            "unless it ends in .onnx)."),
     opset: int = typer.Option(0, help="ONNX opset 13..18 (0 = default)."),
     samples: Path = typer.Option(None, help="NPZ parity samples (default: generated)."),
     trust_remote_code: bool = typer.Option(False, help="Allow Lambda layers / custom objects."),
@@ -39,25 +42,18 @@ def convert(
     """Convert one model and write the result locally (parity-checked against the original)."""
     from google.protobuf.json_format import MessageToDict
 
-    from modelport import media
-    from modelport.archive import pack_dir
+    from modelport import formats, media
 
-    if to not in ("onnx", "tflite", "savedmodel", "generation"):
-        raise fail(f"--to must be onnx, tflite, savedmodel or generation, not {to!r}", 2)
+    if to not in formats.TARGET_FORMATS:
+        raise fail(f"--to must be one of {', '.join(formats.TARGET_FORMATS)}, not {to!r}", 2)
     progress = RichProgress(err)
     try:
-        with progress, with_client(ctx, offline) as client, tempfile.TemporaryDirectory() as tmp:
-            src, mt = model, None
-            if model.is_dir():
-                src, mt = Path(tmp) / "model.tar", media.SAVEDMODEL
-                pack_dir(model, src)
-            progress.start("upload")
-            ref = client.upload(src, media_type=mt, service="converter")
-            progress.update("upload", 1.0, ref.digest[:19])
+        with progress, with_client(ctx, offline) as client:
+            ref = client.upload(model, service="converter", progress=upload_progress(progress, model.name))
             samples_ref = client.upload(samples, media_type=media.NPZ) if samples else None
             res = client.convert(ref, to, opset=opset, parity_samples=samples_ref,
                                  trust_remote_code=trust_remote_code, on_event=job_progress(progress, "convert"))
-            save_artifact(client, res.artifact, output, "converter")
+            output = save_artifact(client, res.artifact, output, "converter", progress)
     except ClientError as e:
         raise fail(f"convert failed: {e.code}: {e.message}") from None
     result = MessageToDict(res, preserving_proto_field_name=True)
@@ -78,9 +74,11 @@ def convert(
 @app.command()
 def optimize(
     ctx: typer.Context,
-    model: Path = typer.Argument(..., exists=True, help="ONNX or Keras model, or a generation folder."),
+    model: Path = typer.Argument(..., exists=True, help="ONNX or Keras model, a generation folder (an ONNX model with external "
+                                                        "data: its folder, or model.onnx beside its data)."),
     technique: list[str] = typer.Option(["auto"], "--technique", "-t", help="Technique(s) or auto; repeatable."),
-    output: Path = typer.Option(..., "--output", "-o", help="Where to write the chosen model."),
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write the chosen model (a folder when it "
+                                                            "has external data, unless it ends in .onnx)."),
     calib: Path = typer.Option(None, exists=True, help="NPZ calibration data."),
     eval_data: Path = typer.Option(None, "--eval", exists=True, help="NPZ evaluation data (optional 'y')."),
     train: Path = typer.Option(None, exists=True, help="NPZ fine-tuning data."),
@@ -105,22 +103,21 @@ def optimize(
     progress = RichProgress(err)
     try:
         with progress, with_client(ctx, offline) as client, tempfile.TemporaryDirectory() as tmp:
-            progress.start("upload")
-            if model.is_dir():  # a generation folder (model.onnx + generation.json) travels as one archive
+            if model.is_dir() and (model / "generation.json").is_file():  # a generation folder travels as one archive
                 from modelport.archive import pack_dir
 
+                progress.start("upload")
                 pack_dir(model, Path(tmp) / "generation.tar")
                 ref = client.upload(Path(tmp) / "generation.tar", media_type=media.GENERATION, service="optimizer")
             else:
-                ref = client.upload(model, service="optimizer")
+                ref = client.upload(model, service="optimizer", progress=upload_progress(progress, model.name))
             data = {k: client.upload(p, media_type=media.NPZ, service="optimizer") if p else None
                     for k, p in (("calib", calib), ("eval", eval_data), ("train", train))}
-            progress.update("upload", 1.0, ref.digest[:19])
             res = client.optimize(ref, techniques, goal=goal, max_accuracy_drop=max_accuracy_drop,
                                   calibration_data=data["calib"], eval_data=data["eval"], train_data=data["train"],
                                   execution_provider=ep, options=parse_options(option),
                                   output_format=output_format, on_event=job_progress(progress, "optimize"))
-            save_artifact(client, res.artifact, output, "optimizer")
+            output = save_artifact(client, res.artifact, output, "optimizer", progress)
     except ClientError as e:
         raise fail(f"optimize failed: {e.code}: {e.message}") from None
     if as_json:

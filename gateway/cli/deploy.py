@@ -6,14 +6,7 @@ from pathlib import Path
 
 import typer
 
-from gateway.cli.app import (
-    app,
-    err,
-    fail,
-    gateway_config,
-    out,
-    print_json,
-)
+from gateway.cli.app import app, err, fail, gateway_config, out, print_json
 from gateway.cli.render import RichProgress, print_report
 
 

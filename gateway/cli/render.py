@@ -60,6 +60,13 @@ class RichProgress(PipelineProgress):
             self.start(stage)
         self.bars.update(self.tasks[stage], completed=max(0.0, min(fraction, 1.0)), description=message[:48])
 
+    def transfer(self, stage: str, done: int, total: int, label: str = "") -> None:
+        """Bytes so far of an upload or download, as 'label 1.2 GiB / 2.1 GiB'."""
+        if stage not in self.tasks:
+            self.start(stage)
+        text = f"{label} {human_size(done) if done else '0 B'} / {human_size(total)}".strip()
+        self.bars.update(self.tasks[stage], completed=done / total if total else 1.0, description=escape(text[:48]))
+
     def finish(self, stage: str, report: StageReport) -> None:
         if stage not in self.tasks:
             self.start(stage)

@@ -9,14 +9,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from gateway.cli.app import (
-    app,
-    err,
-    fail,
-    gateway_config,
-    out,
-    print_json,
-)
+from gateway.cli.app import app, err, fail, gateway_config, out, print_json
 from gateway.cli.render import fmt_ms
 from modelport.client import ClientError
 

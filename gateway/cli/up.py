@@ -7,17 +7,14 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from gateway.cli.app import (
-    app,
-    fail,
-    out,
-)
+from gateway.cli.app import app, fail, out
 
 
 @app.command()
 def up(
     store: Path = typer.Option(Path(".modelport/store"), help="Artifact store shared by the three services."),
-    host: str = typer.Option("127.0.0.1", help="Interface to bind ('0.0.0.0' for all)."),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind ('0.0.0.0' for all: then export "
+                             "MODELPORT_<SERVICE>_AUTH_TOKEN, or the services refuse to start without a token)."),
     port_offset: int = typer.Option(0, help="Added to every default port (run two sets side by side)."),
     converter_port: int = typer.Option(None, help="Converter port (default 50051; 0 = any free port)."),
     optimizer_port: int = typer.Option(None, help="Optimizer port (default 50052; 0 = any free port)."),

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from modelport import formats, media, parity
+from modelport.conversion import quantization
 from modelport.datasets import generate_inputs, load_npz, validate_samples
 from modelport.errors import FailedPrecondition, InvalidArgument, ModelportError, Unimplemented
 from modelport.store import ArtifactStore
@@ -46,8 +47,13 @@ def check_opset(opset: int) -> int:
 
 
 def source_path(store: ArtifactStore, digest: str, fmt: str) -> Path:
-    """Local path of a source artifact (a SavedModel archive is unpacked safely, once)."""
-    return store.unpacked(digest) if fmt == formats.SAVEDMODEL else store.path(digest)
+    """Local path of a source artifact: a SavedModel archive's folder, an ONNX folder archive's
+    ``model.onnx`` (archives are unpacked safely, once), else the file itself."""
+    if fmt == formats.SAVEDMODEL:
+        return store.unpacked(digest)
+    if fmt == formats.ONNX:
+        return store.onnx_model(digest)
+    return store.path(digest)
 
 
 # ---- samples ---------------------------------------------------------------------------------
@@ -114,7 +120,7 @@ def _check_onnx(path: Path) -> None:
             details={"unsupported_ops": ",".join(unknown)},
         )
     try:
-        onnx.checker.check_model(proto)
+        onnx.checker.check_model(str(path))  # by path: external data is checked beside the model file
     except Exception as e:  # noqa: BLE001
         raise FailedPrecondition(f"the converted ONNX model is invalid: {str(e).splitlines()[0][:400]}") from None
 
@@ -211,9 +217,12 @@ def relabel_opset(proto, opset: int, why: str):
 
 
 def produce(src, target: str, workdir: Path, opset: int, fixed_batch: int,
-            onnx2tf_python: str = "") -> tuple[Path, dict[str, str]]:
+            onnx2tf_python: str = "", onnx2torch_python: str = "") -> tuple[Path, dict[str, str]]:
     """Write the target model under ``workdir``; returns (file or folder, notes)."""
     from modelport.conversion.models import OnnxModel, TFLiteModel, TFModel
+
+    if target == formats.PYTORCH:
+        return _to_pytorch(src, workdir, opset, fixed_batch, onnx2torch_python)
     from modelport.conversion.onnx_export import function_to_onnx
 
     notes: dict[str, str] = {}
@@ -239,6 +248,7 @@ def produce(src, target: str, workdir: Path, opset: int, fixed_batch: int,
             from onnx import version_converter
 
             from modelport.conversion.onnx_export import save_onnx
+            from modelport.onnx_files import copy_data_beside
 
             if fixed_batch:
                 raise InvalidArgument("fixed_batch_size is not supported for onnx -> onnx; it changes the opset only")
@@ -252,6 +262,7 @@ def produce(src, target: str, workdir: Path, opset: int, fixed_batch: int,
                     notes["opset_conversion"] = "relabelled (every op has the same signature at both opsets)"
             notes["from_opset"] = str(src.opset)
             save_onnx(proto, out)
+            copy_data_beside(src.path, out)  # the graph still points at the source's external data
         else:  # pragma: no cover - guarded by formats.TARGETS
             raise InvalidArgument(f"cannot convert {src.format} to onnx")
         _check_onnx(out)
@@ -280,6 +291,40 @@ def produce(src, target: str, workdir: Path, opset: int, fixed_batch: int,
     raise InvalidArgument(f"unknown target {target!r}")
 
 
+def _to_pytorch(src, workdir: Path, opset: int, fixed_batch: int, onnx2torch_python: str) -> tuple[Path, dict]:
+    """Any source to a torch.export program through its ONNX form (onnx2torch in its own venv)."""
+    from modelport.conversion import onnx2torch_bridge
+    from modelport.conversion.models import OnnxModel
+
+    python = onnx2torch_bridge.onnx2torch_python(onnx2torch_python)
+    if python is None:
+        raise onnx2torch_bridge.unimplemented()
+    notes: dict[str, str] = {}
+    if isinstance(src, OnnxModel):
+        onnx_file = src.path
+    else:
+        folder = workdir / "via-onnx"
+        folder.mkdir()
+        onnx_out, onnx_notes = produce(src, formats.ONNX, folder, opset, fixed_batch)
+        onnx_file = onnx_out / "model.onnx" if onnx_out.is_dir() else onnx_out
+        notes.update({f"onnx_{k}": v for k, v in onnx_notes.items()})
+        notes["via"] = f"onnx (opset {opset})"
+    out = workdir / "model.pt2"
+    notes.update(onnx2torch_bridge.run_onnx2torch(python, onnx_file, out, fixed_batch))
+    return out, notes
+
+
+def _load_result(out: Path, target: str, onnx2torch_python: str = ""):
+    """The converted model, loaded for the parity check."""
+    from modelport.conversion.models import load_model
+
+    if target == formats.PYTORCH:
+        from modelport.conversion.onnx2torch_bridge import TorchModel
+
+        return TorchModel(out, onnx2torch_python)
+    return load_model(out, target)
+
+
 def _onnx_to_tf_unimplemented(target: str) -> Unimplemented:
     from modelport.conversion import onnx2tf_bridge
 
@@ -289,7 +334,8 @@ def _onnx_to_tf_unimplemented(target: str) -> Unimplemented:
 # ---- the job -------------------------------------------------------------------------------------
 
 def convert_model(store: ArtifactStore, request: converter_pb2.ConvertRequest,
-                  progress: Progress = _noop, onnx2tf_python: str = "") -> jobs_pb2.ConvertResult:
+                  progress: Progress = _noop, onnx2tf_python: str = "",
+                  onnx2torch_python: str = "") -> jobs_pb2.ConvertResult:
     """Run one conversion; returns the result (its artifact already published in ``store``)."""
     from modelport.conversion.models import load_model
 
@@ -307,6 +353,7 @@ def convert_model(store: ArtifactStore, request: converter_pb2.ConvertRequest,
     atol = opts.atol or parity.DEFAULT_ATOL
     if rtol < 0 or atol < 0:
         raise InvalidArgument(f"parity tolerances must be >= 0 (rtol={rtol}, atol={atol})")
+    quant_tolerances = parity.QuantTolerances.from_options(opts)
 
     progress("loading", 0.05, f"loading the {fmt} model")
     src = load_model(source_path(store, digest, fmt), fmt, request.trust_remote_code)
@@ -315,24 +362,31 @@ def convert_model(store: ArtifactStore, request: converter_pb2.ConvertRequest,
         from modelport.conversion.llm_export import convert_for_generation
 
         return convert_for_generation(store, src, source_info, opset, opts.allow_mismatch, progress, t0)
+    src.int_ranges.update(quantization.input_ranges(src))
+    quant = quantization.output_quantization(src, "source")
     inputs, inputs_source = sample_inputs(store, opts, src, fixed_batch)
 
     workdir = Path(tempfile.mkdtemp(dir=store.tmp_dir, prefix="convert-"))
     try:
         progress("converting", 0.2, f"converting {fmt} -> {target}" + (f" (opset {opset})" if target == "onnx" else ""))
-        out, notes = produce(src, target, workdir, opset, fixed_batch, onnx2tf_python)
+        out, notes = produce(src, target, workdir, opset, fixed_batch, onnx2tf_python, onnx2torch_python)
 
         n = next(iter(inputs.values())).shape[0] if inputs else 0
         progress("verifying", 0.7, f"comparing source and {target} outputs on {n} samples ({inputs_source})")
-        cand = load_model(out, target)
+        cand = _load_result(out, target, onnx2torch_python)
+        # Before running: TFLite's XNNPACK delegate hides the DEQUANTIZE ops once tensors are allocated.
+        quant = {**quantization.output_quantization(cand, "target"), **quant}  # the source's scale wins
         ref_out = run_checked(src, inputs, "source")
         cand_out = run_checked(cand, inputs, "converted")
-        report = parity.compare_outputs(ref_out, cand_out, rtol, atol, inputs_source=inputs_source, samples=n)
+        report = parity.compare_outputs(ref_out, cand_out, rtol, atol, inputs_source=inputs_source, samples=n,
+                                        quantization=quant, quant_tolerances=quant_tolerances)
         parity.enforce(report, opts.allow_mismatch)
 
         progress("storing", 0.9, "storing the converted model")
         if target == formats.SAVEDMODEL:
             stored = store.put_dir(out, media.SAVEDMODEL)
+        elif target == formats.ONNX:
+            stored = store.put_onnx(out)  # one folder artifact when the weights are external data
         else:
             stored = store.put_file(out, media.BY_FORMAT[target])
         info = cand.info()

@@ -129,7 +129,9 @@ class KerasModel(TFModel):
         import keras
 
         from modelport.conversion.onnx_export import keras_input_infos, keras_tf_function
+        from modelport.model_code import check_model_code
 
+        check_model_code(path, fmt, trust_remote_code)  # before any loader: not all of them refuse code
         # Keras picks its loader by file extension; content-addressed blobs have none, so link one.
         tmp = Path(tempfile.mkdtemp(prefix="keras-load-"))
         link = tmp / ("model.keras" if fmt == formats.KERAS else "model.h5")
@@ -187,8 +189,8 @@ def _keras_load_error(e: Exception, fmt: str, trusted: bool) -> Exception:
     if not trusted and ("safe_mode" in text or "Lambda" in text or "arbitrary code" in text):
         return FailedPrecondition(
             "the model contains a Lambda layer or other Python code, and loading it would run that code; "
-            "it was refused (Keras safe_mode). If you trust where the model comes from, repeat the request "
-            "with trust_remote_code=true",
+            "it was refused (Keras safe_mode). If you trust where the model comes from, send "
+            "trust_remote_code=true to a service whose operator started it with --allow-remote-code",
             details={"reason": "unsafe_code"},
         )
     if "Could not locate" in text or "Unknown layer" in text or "custom_objects" in text or "Unrecognized" in text:
@@ -233,11 +235,14 @@ class SavedModelModel(TFModel):
 
     format = formats.SAVEDMODEL
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, trust_remote_code: bool = False):
         super().__init__(folder)
         import tensorflow as tf
 
+        from modelport.model_code import check_model_code
+
         self.root = formats.savedmodel_root(folder)
+        check_model_code(self.root, formats.SAVEDMODEL, trust_remote_code)  # graph ops that touch files/Python
         try:
             self.trackable = tf.saved_model.load(str(self.root))
         except Exception as e:  # noqa: BLE001
@@ -403,6 +408,9 @@ class OnnxModel(LoadedModel):
             self.proto = onnx.load_model(str(path), load_external_data=False)
         except Exception as e:  # noqa: BLE001
             raise InvalidArgument(f"the ONNX model could not be parsed: {str(e)[:300]}") from None
+        from modelport.onnx_files import check_data_files
+
+        self.data_files = check_data_files(self.proto, path)  # onnxruntime reads them from beside the model
         try:
             opts = ort.SessionOptions()
             opts.log_severity_level = 3
@@ -428,6 +436,9 @@ class OnnxModel(LoadedModel):
 
     def info(self) -> jobs_pb2.ModelInfo:
         info = self._base_info()
+        info.size_bytes = sum((self.path.parent / f).stat().st_size for f in self.data_files) + info.size_bytes
+        if self.data_files:
+            info.details["external_data"] = ",".join(self.data_files)
         info.opset = self.opset
         version = self.proto.producer_version.removesuffix(" None")  # tf2onnx appends its git hash or None
         info.producer = f"{self.proto.producer_name} {version}".strip()
@@ -479,7 +490,7 @@ def load_model(path: str | os.PathLike, fmt: str, trust_remote_code: bool = Fals
     if fmt in (formats.KERAS, formats.H5):
         return KerasModel(path, fmt, trust_remote_code)
     if fmt == formats.SAVEDMODEL:
-        return SavedModelModel(path)
+        return SavedModelModel(path, trust_remote_code)
     if fmt == formats.TFLITE:
         return TFLiteModel(path)
     if fmt == formats.ONNX:

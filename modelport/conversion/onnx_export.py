@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from modelport.conversion import hub_models
+from modelport.conversion.onnx_attention import fuse_attention
 from modelport.conversion.onnx_fusions import fuse_layer_norms, static_reshapes
 from modelport.errors import InvalidArgument
 
@@ -208,6 +209,7 @@ def function_to_onnx(fn: Any, signature: list, out_path: str | Path, opset: int 
     name_batch_dims(model_proto)
     fuse_layer_norms(model_proto)
     static_reshapes(model_proto)
+    fuse_attention(model_proto)
     save_onnx(model_proto, Path(out_path))
 
 

@@ -95,3 +95,8 @@ class Progress:
     def finish(self, stage: str, report: StageReport) -> None:
         """A stage ended (ok, failed or skipped)."""
 
+    def transfer(self, stage: str, done: int, total: int, label: str = "") -> None:
+        """Bytes moved so far of a transfer (upload, download); by default a fraction of the stage."""
+        mib = f"{done / 2**20:.0f}/{total / 2**20:.0f} MiB"
+        self.update(stage, done / total if total else 1.0, f"{label} {mib}".strip())
+

@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from modelport import media
-from modelport.archive import pack_dir
 from modelport.deploy.report import DeployReport, Progress, StageFailed, StageReport
 from modelport.deploy.spec import DeploySpec, read_npz
 from modelport.dtypes import to_numpy_dtype
@@ -92,13 +91,8 @@ class _Runner:
     def upload(self, rep: StageReport) -> None:
         spec = self.spec
         self.eval_arrays = read_npz(spec.eval) if spec.eval else None
-        path = spec.model
-        media_type = None
-        if path.is_dir():  # a SavedModel folder travels as one archive artifact
-            tar = Path(self.tmp.name) / f"{path.name}.tar"
-            pack_dir(path, tar)
-            path, media_type = tar, media.SAVEDMODEL
-        files = [("model", path, media_type)]
+        # a SavedModel folder or an ONNX model with external data travels as one archive artifact (streamed)
+        files = [("model", spec.model, None)]
         for key in ("calib", "eval", "train"):
             p = getattr(spec, key)
             if p is not None:
@@ -108,9 +102,12 @@ class _Runner:
             parity = Path(self.tmp.name) / "parity.npz"
             np.savez(parity, **rows)
             files.append(("parity", parity, media.NPZ))
-        for i, (key, p, mt) in enumerate(files):
-            self.progress.update("upload", i / len(files), f"{key}: {p.name}")
-            self.refs[key] = self.client.upload(p, media_type=mt, service="converter")
+        for key, p, mt in files:
+            self.progress.update("upload", 0.0, f"{key}: {p.name}")
+            label = f"{key}: {p.name}"
+            self.refs[key] = self.client.upload(
+                p, media_type=mt, service="converter",
+                progress=lambda done, total, label=label: self.progress.transfer("upload", done, total, label))
         model = self.refs["model"]
         rep.format = model.media_type.rsplit(".", 1)[-1].removesuffix("+tar")
         rep.size_bytes = model.size
@@ -211,7 +208,7 @@ class _Runner:
                     raise FailedPrecondition(f"{res.chosen_technique} agrees with the baseline on only "
                                              f"{chosen.agreement * 100:.1f}% of samples (budget {spec.max_accuracy_drop})")
             rep.latency_ms = _finite(chosen.latency_p50_ms)
-        if self.final_ref.media_type and self.final_ref.media_type != media.ONNX:
+        if self.final_ref.media_type and not media.is_onnx(self.final_ref.media_type):
             raise FailedPrecondition(f"the chosen model is {self.final_ref.media_type}, but the "
                                      "inference service serves ONNX; choose ONNX techniques or --optimize none")
         rep.parity = "; ".join(checks) or "no samples"
@@ -229,6 +226,12 @@ class _Runner:
         self.report.execution_provider = m.execution_provider
         self.report.endpoint = f"{self.client.inference} (model {m.name}, version {m.version})"
         self.report.warnings += list(resp.warnings)
+        if self.optimize_result is not None:  # the ranking holds on a CPU with the same flags only
+            from modelport import cpuinfo
+
+            warning = cpuinfo.serving_warning(self.optimize_result.baseline.details.get("cpu_flags"),
+                                              self.client.server_metadata().extensions)
+            self.report.warnings += [warning] if warning else []
         rep.format = "onnx"
         rep.size_bytes = self.final_ref.size
         rep.detail = f"{m.name} v{m.version} {m.state} on {m.execution_provider}"

@@ -121,6 +121,37 @@ def deserialize_bytes_tensor(raw: bytes, count: int | None = None, name: str = "
     return arr
 
 
+def utf8_strings(name: str, values: np.ndarray) -> np.ndarray:
+    """A BYTES tensor as the ``str`` object array onnxruntime takes for ``tensor(string)``, byte-exact.
+
+    onnxruntime holds strings as UTF-8 text, and its Python binding turns a ``bytes`` element into the
+    text of its repr (``"b'\\xff'"``), so each element is decoded here as strict UTF-8: valid text reaches
+    the model unchanged (and comes back as the same bytes, encoded once on the way out), anything else is
+    InvalidArgument naming the tensor, the element (flat and per-dimension index) and the offending byte,
+    never a silent replacement.
+    """
+    arr = np.asarray(values, dtype=object)
+    flat = arr.reshape(-1)
+    out = np.empty(flat.shape, dtype=object)
+    for i, v in enumerate(flat):
+        if isinstance(v, str):
+            out[i] = v
+            continue
+        raw = bytes(v) if isinstance(v, (bytes, bytearray, memoryview)) else str(v).encode("utf-8")
+        try:
+            out[i] = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            where = list(np.unravel_index(i, arr.shape)) if arr.ndim > 1 else [i]
+            raise InvalidArgument(
+                f"input '{name}': BYTES element {i} (index {[int(d) for d in where]}) is not valid UTF-8 "
+                f"(byte 0x{raw[e.start]:02x} at offset {e.start} of {len(raw)}: {e.reason}); this model takes "
+                "text (ONNX tensor(string)), which is UTF-8 only: send UTF-8 encoded strings, or encode binary "
+                "data as text first (e.g. base64)",
+                {"tensor": name, "element": str(i)},
+            ) from None
+    return out.reshape(arr.shape)
+
+
 # --- decoding ---------------------------------------------------------------------------------
 
 def _tensor_from_buffer(name: str, datatype: str, shape, buf, size: int, what: str, fix: str = "") -> np.ndarray:
@@ -141,7 +172,11 @@ def _tensor_from_buffer(name: str, datatype: str, shape, buf, size: int, what: s
             f"({n} elements x {dt.itemsize})" + (f"; {fix.format(expected=expected)}" if fix else ""),
             {"tensor": name, "expected_bytes": str(expected), "got_bytes": str(size)},
         )
-    arr = np.frombuffer(buf, dtype=dt, count=n).reshape(dims)
+    try:
+        arr = np.frombuffer(buf, dtype=dt, count=n).reshape(dims)
+    except ValueError as exc:  # e.g. (0, 2**62): no data, but more elements than an array may index
+        raise InvalidArgument(f"input '{name}': shape {list(dims)[:16]} is not a usable shape ({exc})",
+                              {"tensor": name}) from None
     return arr if arr.flags.aligned else arr.copy()
 
 
@@ -168,11 +203,16 @@ def tensor_from_contents(name: str, datatype: str, shape, contents: pb.InferTens
             f"input '{name}': {field} has {len(values)} elements but shape {list(dims)} needs {n}",
             {"tensor": name},
         )
-    if dt.kind == "O":
-        arr = np.empty(n, dtype=object)
-        arr[:] = list(values)
-        return arr.reshape(dims)
-    return np.asarray(values, dtype=dt).reshape(dims)
+    try:
+        if dt.kind == "O":
+            arr = np.empty(n, dtype=object)
+            arr[:] = list(values)
+            return arr.reshape(dims)
+        return np.asarray(values, dtype=dt).reshape(dims)
+    except (OverflowError, ValueError) as exc:  # 300 in int_contents of an INT8 tensor, an unusable shape
+        raise InvalidArgument(
+            f"input '{name}': {field} do not fit {dtype_name} shape {list(dims)[:16]} ({str(exc)[:120]}); send values "
+            f"in the range of {dtype_name}", {"tensor": name}) from None
 
 
 def decode_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:

@@ -129,7 +129,7 @@ def byte_size(datatype: str, shape: Iterable[int]) -> int:
 def tensor_from_shm(name: str, datatype: str, shape, buf, ref: ShmRef) -> np.ndarray:
     """One input tensor read from a shared-memory view of exactly ``ref.byte_size`` bytes.
 
-    Numeric tensors are zero-copy views (copied only when the offset breaks element alignment); the
+    Numeric tensors are views of ``buf`` (the server passes its own copy of the region's bytes); the
     byte size must equal shape x element size. BYTES use the raw length-prefixed form.
     """
     return codec._tensor_from_buffer(name, datatype, shape, buf, ref.byte_size,

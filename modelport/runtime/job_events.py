@@ -16,16 +16,18 @@ from modelport.errors import ModelportError
 from modelport.runtime.job_cache import JobCache
 from modelport.runtime.workers import WorkerPool
 from modelport.store import ArtifactStore
+from modelport.trust import redact
 from modelport.v1 import jobs_pb2
 
 log = logging.getLogger("modelport.runtime.job_cache")
 
 
 def error_event(job_id: str, stage: str, err: ModelportError) -> jobs_pb2.JobEvent:
-    ev = jobs_pb2.JobEvent(job_id=job_id, stage=stage, message=err.message)
+    message = redact(err.message)  # clients never read internal paths
+    ev = jobs_pb2.JobEvent(job_id=job_id, stage=stage, message=message)
     ev.error.code = err.status
-    ev.error.message = err.message
-    ev.error.details.update({k: str(v) for k, v in err.details.items()})
+    ev.error.message = message
+    ev.error.details.update({k: redact(str(v)) for k, v in err.details.items()})
     if err.payload:
         ev.error.parity.ParseFromString(err.payload)
     return ev

@@ -35,6 +35,10 @@ class JobServiceSettings(ServiceSettings):
     forever. ``max_jobs_per_worker`` (and its environment name) is the old optimizer name, still accepted."""
     warm_workers: int = 1
     """Workers started (their libraries pre-imported) before the service reports SERVING."""
+    allow_remote_code: bool = False
+    """Let requests with trust_remote_code=true run a model's own Python code (Keras Lambda layers, custom
+    objects, SavedModel graphs that read or write files). Off: such requests get PERMISSION_DENIED whatever
+    they ask. Turn it on only for a service that converts models from trusted sources."""
 
     @model_validator(mode="before")
     @classmethod

@@ -7,6 +7,10 @@ runs one job per worker at a time. A job is ``func(progress=..., **kwargs)`` nam
 a cancelled or timed-out job has its worker killed. After ``max_jobs_per_worker`` jobs a
 worker exits so its memory goes back to the system, and a warm spare takes its place.
 
+Workers may run untrusted model code, so they start with a scrubbed environment (no tokens, no
+TLS key paths: ``scrub_environment``) and keep every temp file under one scratch folder per worker,
+which the pool removes when the worker exits or is killed.
+
 This module never imports grpc.
 """
 
@@ -17,11 +21,12 @@ import importlib
 import logging
 import multiprocessing as mp
 import os
+import re
 import shutil
 import signal
 import tempfile
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,9 +38,33 @@ ProgressFn = Callable[[str, float, str], None]
 
 _INTERNAL = "the job failed with an unexpected error (the trace is in the service log)"
 
+# Variables a worker never sees: the services' tokens and TLS material (any MODELPORT_*TLS_* path)
+# and anything named like a credential. The service has read its settings before workers start.
+_SECRET_ENV = re.compile(r"^MODELPORT_\w*(AUTH_TOKEN|TLS_\w+)$|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|_KEY$",
+                         re.IGNORECASE)
 
-def _child_main(conn, env: dict[str, str], preload: tuple[str, ...]) -> None:
+
+def is_secret_env(name: str) -> bool:
+    """Whether an environment variable is kept from worker processes."""
+    return bool(_SECRET_ENV.search(name))
+
+
+def scrub_environment(environ: MutableMapping[str, str] | None = None) -> list[str]:
+    """Remove secrets from ``environ`` (default ``os.environ``, which child processes inherit); returns
+    the names removed. Services call it once their settings are read, and every worker at start."""
+    environ = os.environ if environ is None else environ
+    names = [k for k in list(environ) if is_secret_env(k)]
+    for k in names:
+        del environ[k]
+    return names
+
+
+def _child_main(conn, env: dict[str, str], preload: tuple[str, ...], scratch_root: str = "") -> None:
+    scrub_environment()
     os.environ.update(env)
+    if scratch_root:  # every temp file of this worker (its jobs, the libraries) lives here
+        os.environ["TMPDIR"] = scratch_root
+        tempfile.tempdir = scratch_root
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     for mod in preload:
         importlib.import_module(mod)
@@ -78,12 +107,15 @@ class _Worker:
     conn: Any
     jobs: int = 0
     ready: asyncio.Future | None = field(default=None)
+    scratch: str = ""
 
     def kill(self) -> None:
         if self.proc.is_alive():
             self.proc.kill()
         self.proc.join(timeout=10)
         self.conn.close()
+        if self.scratch:  # what a killed job left in its temp folders goes with it
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def _describe_exit(code: int | None) -> str:
@@ -140,10 +172,16 @@ class WorkerPool:
 
     async def _spawn(self) -> _Worker:
         parent, child = self._ctx.Pipe()
-        proc = self._ctx.Process(target=_child_main, args=(child, self.env, self.preload), name=self.name, daemon=True)
-        await asyncio.to_thread(proc.start)
+        scratch = tempfile.mkdtemp(prefix=f"modelport-{self.name}-")
+        proc = self._ctx.Process(target=_child_main, args=(child, self.env, self.preload, scratch), name=self.name,
+                                 daemon=True)
+        try:
+            await asyncio.to_thread(proc.start)
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
         child.close()
-        w = _Worker(proc, parent)
+        w = _Worker(proc, parent, scratch=scratch)
         try:
             msg = await self._recv(w, timeout=600)
         except BaseException:  # cancelled while starting (the pool is closing): leave no process behind
