@@ -73,7 +73,8 @@ def model_config(mv: ModelVersion) -> mc.ModelConfig:
         "inter_op_thread_count": str(mv.options.inter_op_threads),
         "graph_optimization_level": level,
         "max_queue_size": str(p.max_queue_size),
-        "execution": "inline" if mv.scheduler.inline else "executor",
+        "execution": ("generation engine thread" if mv.generator is not None  # no Scheduler: its own decode loop
+                      else "inline" if mv.scheduler.inline else "executor"),
         "auto_batching": "on" if p.dynamic and not p.enforce_max_batch else "off",
     }
     if mv.tuning:

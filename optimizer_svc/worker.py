@@ -47,8 +47,8 @@ def sniff_format(path: Path, parse: bool = True) -> str:
     With ``parse=False`` (the service process) an ONNX file is only told apart by its header, so a
     big model is not parsed on the event loop; the worker parses it fully.
     """
-    if is_generation_archive(path):
-        return "generation"
+    if is_generation_archive(path) or (path.name == "model.onnx" and (path.parent / "generation.json").is_file()):
+        return "generation"  # the archive, or its model.onnx once unpacked (see _model_path)
     with open(path, "rb") as f:
         head = f.read(8)
     if head.startswith(b"PK\x03\x04") or head.startswith(b"\x89HDF\r\n\x1a\n"):
