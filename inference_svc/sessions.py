@@ -67,7 +67,8 @@ def build_session(path: Path, opts: LoadOptions, available: list[str] | None = N
     try:
         with _warnings.catch_warnings():  # onnxruntime's own "provider not available" warning; we report ours
             _warnings.simplefilter("ignore", UserWarning)
-            sess = ort.InferenceSession(str(path), sess_options=so, providers=choice.providers)
+            sess = ort.InferenceSession(str(path), sess_options=so, providers=choice.providers,
+                                        disabled_optimizers=list(eps.DISABLED_OPTIMIZERS))
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
         if choice.primary == eps.CPU:
             raise InvalidArgument(
@@ -77,7 +78,8 @@ def build_session(path: Path, opts: LoadOptions, available: list[str] | None = N
             ) from None
         warnings.append(f"{choice.primary} failed to load the model ({exc}); using {eps.CPU}")
         try:
-            sess = ort.InferenceSession(str(path), sess_options=so, providers=[eps.CPU])
+            sess = ort.InferenceSession(str(path), sess_options=so, providers=[eps.CPU],
+                                        disabled_optimizers=list(eps.DISABLED_OPTIMIZERS))
         except Exception as exc2:  # noqa: BLE001
             raise InvalidArgument(f"onnxruntime cannot load {path.name} on any provider: {exc2}",
                                   {"path": str(path)}) from None

@@ -201,3 +201,11 @@ def session_options(intra_op_threads: int = 0, inter_op_threads: int = 0,
         so.execution_mode = ort.ExecutionMode.ORT_PARALLEL
     so.graph_optimization_level = graph_optimization_level(graph_level)
     return so
+
+
+# onnxruntime graph fusions modelport turns off in every session it builds (serving, the optimizer's
+# measurements, offline graph optimization). SkipLayerNormFusion: onnxruntime's CPU SkipLayerNormalization
+# kernel is a scalar loop with a divide per element, 5.7-8.1x the time of Add + LayerNormalization on
+# BERT-Mini/Small shapes (BENCHMARKS.md, "Optimizer: attention fusion"); once the attention fusion gives
+# quant_pre_process full shapes, sessions of INT8 encoders would otherwise fuse it and run slower.
+DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -213,7 +214,9 @@ def search(src: Path, work: Path, calib: dict[str, np.ndarray], samples: int,
             def screen(path: Path, limit=limit) -> str:
                 r = probe(path)
                 return f"screened out: a quick probe ran {r:.2f}x the baseline, >= {limit:.2f}" if r >= limit else ""
-        trial = _try(recipe, pre, work / f"{len(trials)}.onnx", calib, samples, evaluate, base_quality, allowed_drop,
+        out = work / f"trial-{len(trials)}" / "model.onnx"  # a folder each: external data lands as model.onnx.data
+        out.parent.mkdir(parents=True, exist_ok=True)
+        trial = _try(recipe, pre, out, calib, samples, evaluate, base_quality, allowed_drop,
                      work / f"calib-{recipe.method}.json", screen)
         trial.fix_step = step
         trials.append(trial)
@@ -240,7 +243,7 @@ def search(src: Path, work: Path, calib: dict[str, np.ndarray], samples: int,
     best = _winner(trials)
     for t in trials:
         if t is not best and t.path is not None:
-            t.path.unlink(missing_ok=True)
+            shutil.rmtree(t.path.parent, ignore_errors=True)  # the trial's folder: model + external data
     return SearchResult(best, trials, untried, flags, time.monotonic() - t0, budget_s)
 
 
@@ -254,7 +257,7 @@ def _try(recipe: Recipe, pre: Path, out: Path, calib: dict[str, np.ndarray], sam
         trial.path = out
         trial.screened = screen(out) if screen is not None else ""
         if trial.screened:
-            out.unlink(missing_ok=True)
+            shutil.rmtree(out.parent, ignore_errors=True)
             trial.path = None
             trial.seconds = time.monotonic() - t0
             return trial
@@ -265,7 +268,7 @@ def _try(recipe: Recipe, pre: Path, out: Path, calib: dict[str, np.ndarray], sam
     except Exception as e:  # noqa: BLE001 - one recipe failing must not end the search
         log.warning("int8-static recipe %s failed: %s", recipe.key, e)
         trial.error = f"{type(e).__name__}: {e}"
-        out.unlink(missing_ok=True)
+        shutil.rmtree(out.parent, ignore_errors=True)
         trial.path = None
     trial.seconds = time.monotonic() - t0
     return trial

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from modelport.providers import DISABLED_OPTIMIZERS
+
 Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
 
@@ -98,7 +100,8 @@ def onnx_runner(path: Path, providers: list, threads: int = 0) -> Runner:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
     so.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), sess_options=so, providers=providers)
+    sess = ort.InferenceSession(str(path), sess_options=so, providers=providers,
+                                disabled_optimizers=list(DISABLED_OPTIMIZERS))  # modelport.providers says why
     names = [i.name for i in sess.get_inputs()]
 
     def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from modelport.errors import InvalidArgument
+from modelport.providers import DISABLED_OPTIMIZERS
 
 log = logging.getLogger("modelport.optimizer.onnx")
 
@@ -67,10 +68,8 @@ def graph_optimize(src: Path, out: Path, level: str = "extended") -> dict[str, s
     so.log_severity_level = 3
     if external:
         _save_external(so, out)
-    # onnxruntime's CPU SkipLayerNormalization is a scalar loop with a divide per element: 5.7-7.9x the time
-    # of Add + LayerNormalization on BERT-Mini/Small shapes (BENCHMARKS.md, attention fusion section)
     ort.InferenceSession(str(staged), sess_options=so, providers=["CPUExecutionProvider"],
-                         disabled_optimizers=["SkipLayerNormFusion"])
+                         disabled_optimizers=list(DISABLED_OPTIMIZERS))  # modelport.providers says why
     if staged != src:
         staged.unlink()
         staged.with_name(staged.name + DATA_SUFFIX).unlink(missing_ok=True)
