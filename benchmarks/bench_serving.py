@@ -479,7 +479,9 @@ def report(data: dict, missing: dict[str, str], rounds: int, seconds: float) -> 
                                     [[g, common.fmt_ratio(v), f"≥ {t}×",
                                       "n/a" if v is None else ("yes" if v >= t else "NO")] for g, v, t in goal_rows]),
               "", "![serving throughput](benchmarks/results/serving_peers.png)", "",
-              f"Command: `{common.command_line()}`", "", common.system_info_markdown()]
+              f"Command: `{common.command_line()}` (from a checkout: `make bench-serving` builds the venvs of the "
+              "peers and of tritonclient, then runs it; on a quiet machine the figures are the ones to quote).", "",
+              common.system_info_markdown()]
     return "\n".join(lines)
 
 

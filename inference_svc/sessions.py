@@ -94,8 +94,10 @@ def tensor_specs(args) -> list[TensorSpec]:
 
 
 def make_runner(session):
+    every_output = [o.name for o in session.get_outputs()]  # once: get_outputs() builds its list on every call
+
     def run(inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
-        names = outputs or [o.name for o in session.get_outputs()]
+        names = outputs or every_output
         values = session.run(names, inputs)
         return dict(zip(names, values, strict=True))
 

@@ -41,6 +41,9 @@ CONTENTS_FIELD: dict[str, str] = {
 
 def numpy_dtype(datatype: str, tensor: str = "") -> np.dtype:
     """numpy dtype (little-endian) of a KServe datatype; InvalidArgument when unknown."""
+    dt = _WIRE_DTYPES.get(datatype)  # the common case, spelled as the protocol does: no upper(), no new dtype
+    if dt is not None:
+        return dt
     try:
         dt = KSERVE_TO_NUMPY[datatype.upper()]
     except KeyError:
@@ -49,6 +52,10 @@ def numpy_dtype(datatype: str, tensor: str = "") -> np.dtype:
             {"tensor": tensor, "datatype": datatype},
         ) from None
     return dt if dt.kind == "O" else dt.newbyteorder("<")
+
+
+_WIRE_DTYPES: dict[str, np.dtype] = {name: (dt if dt.kind == "O" else dt.newbyteorder("<"))
+                                     for name, dt in KSERVE_TO_NUMPY.items()}
 
 
 def element_count(shape: Iterable[int]) -> int:
