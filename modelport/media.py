@@ -5,6 +5,8 @@ it for format detection (content decides), but it tells clients what they hold.
 """
 
 ONNX = "application/vnd.modelport.onnx"
+# model.onnx + model.onnx.data (external data, for weights past protobuf's 2 GiB) packed as one tar.
+ONNX_FOLDER = "application/vnd.modelport.onnx+tar"
 TFLITE = "application/vnd.modelport.tflite"
 KERAS = "application/vnd.modelport.keras"
 H5 = "application/vnd.modelport.h5"

@@ -10,6 +10,7 @@ TensorFlow-side target (ONNX through tf2onnx, TFLite, SavedModel) is produced fr
 from __future__ import annotations
 
 import abc
+import contextlib
 import json
 import os
 import shutil
@@ -75,6 +76,10 @@ class LoadedModel(abc.ABC):
     def _run_batch(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run on one batch the model can take as is."""
 
+    def release(self) -> None:  # noqa: B027 - optional hook: most formats hold nothing worth freeing early
+        """Drop what holds the model's weights, so a converted twin can be loaded without two copies
+        in memory (parity runs the source, frees it, then runs the result). Unusable afterwards."""
+
     @abc.abstractmethod
     def info(self) -> jobs_pb2.ModelInfo:
         """Format, size, inputs/outputs and format-specific details."""
@@ -128,13 +133,16 @@ class KerasModel(TFModel):
         import keras
 
         from modelport.conversion.onnx_export import keras_input_infos, keras_tf_function
+        from modelport.memory import weight_bytes
 
+        self.weight_bytes = weight_bytes(path, fmt)
         # Keras picks its loader by file extension; content-addressed blobs have none, so link one.
         tmp = Path(tempfile.mkdtemp(prefix="keras-load-"))
         link = tmp / ("model.keras" if fmt == formats.KERAS else "model.h5")
         try:
             os.symlink(Path(path).resolve(), link)
-            self.model = keras.saving.load_model(str(link), compile=False, safe_mode=not trust_remote_code)
+            with _weights_from_disk(self.weight_bytes):
+                self.model = keras.saving.load_model(str(link), compile=False, safe_mode=not trust_remote_code)
         except Exception as e:  # noqa: BLE001 - classified below
             raise _keras_load_error(e, fmt, trust_remote_code) from None
         finally:
@@ -151,6 +159,16 @@ class KerasModel(TFModel):
         from modelport.conversion.onnx_export import keras_tf_function
 
         return self._dynamic if not fixed_batch_size else keras_tf_function(self.model, fixed_batch_size)
+
+    def release(self) -> None:
+        import gc
+
+        import keras
+
+        self.model = self.trackable = self._dynamic = None
+        keras.backend.clear_session()
+        gc.collect()
+        _trim_heap()
 
     def export_savedmodel(self, folder: Path, fixed_batch_size: int = 0) -> None:
         """SavedModel through Keras' ExportArchive (plain tf.saved_model.save of a Keras 3 model
@@ -174,6 +192,44 @@ class KerasModel(TFModel):
         info.details["layers"] = str(len(self.model.layers))
         info.details["model_name"] = str(self.model.name)
         return info
+
+
+# Above this many weight bytes a .keras file's weights are read from a temporary extracted file
+# instead of a copy of the whole weights file in memory (Keras' default when memory looks sufficient).
+KERAS_IN_MEMORY_LOAD_MAX = 64 << 20
+
+
+@contextlib.contextmanager
+def _weights_from_disk(nbytes: int):
+    """Make Keras read a large model's weights from disk: its in-memory path holds the whole weights
+    file as bytes next to the model's variables (2.7x the weights at peak for a 1.3 GB model)."""
+    if nbytes <= KERAS_IN_MEMORY_LOAD_MAX:
+        yield
+        return
+    try:
+        from keras.src.saving import saving_lib
+    except ImportError:  # another Keras layout: keep its default
+        yield
+        return
+    original = getattr(saving_lib, "is_memory_sufficient", None)
+    if original is None:
+        yield
+        return
+    saving_lib.is_memory_sufficient = lambda model: False
+    try:
+        yield
+    finally:
+        saving_lib.is_memory_sufficient = original
+
+
+def _trim_heap() -> None:
+    """Give freed heap pages back to the OS (glibc keeps small freed blocks in its arenas)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _keras_load_error(e: Exception, fmt: str, trusted: bool) -> Exception:
@@ -273,6 +329,13 @@ class SavedModelModel(TFModel):
 
         fn = tf.function(call, input_signature=signature)
         return fn, signature, list(self.sig.structured_outputs)
+
+    def release(self) -> None:
+        import gc
+
+        self.trackable = self.sig = self._dynamic = None
+        gc.collect()
+        _trim_heap()
 
     def info(self) -> jobs_pb2.ModelInfo:
         info = self._base_info()
@@ -383,8 +446,24 @@ class TFLiteModel(LoadedModel):
 
 # ---- ONNX ----------------------------------------------------------------------------------------
 
+def onnx_model_file(path: Path) -> Path:
+    """The ``.onnx`` file of an ONNX model: ``path`` itself, or the one ``.onnx`` file of a folder
+    (``model.onnx`` + its external data file, as the converter writes large models)."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    if (path / "model.onnx").is_file():
+        return path / "model.onnx"
+    hits = sorted(path.rglob("*.onnx"))
+    if len(hits) != 1:
+        raise InvalidArgument(f"an ONNX model folder must hold exactly one .onnx file (found {len(hits)}): "
+                              "the model file plus its external data file(s)")
+    return hits[0]
+
+
 class OnnxModel(LoadedModel):
-    """An ONNX model run with onnxruntime on the CPU."""
+    """An ONNX model run with onnxruntime on the CPU: one file, or a folder with ``model.onnx`` and
+    its external data (resolved beside the model file)."""
 
     format = formats.ONNX
 
@@ -393,14 +472,15 @@ class OnnxModel(LoadedModel):
         import onnx
         import onnxruntime as ort
 
+        model_file = onnx_model_file(path)
         try:
-            self.proto = onnx.load_model(str(path), load_external_data=False)
+            self.proto = onnx.load_model(str(model_file), load_external_data=False)
         except Exception as e:  # noqa: BLE001
             raise InvalidArgument(f"the ONNX model could not be parsed: {str(e)[:300]}") from None
         try:
             opts = ort.SessionOptions()
             opts.log_severity_level = 3
-            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(model_file), opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001
             raise InvalidArgument(f"onnxruntime cannot load the ONNX model: {str(e).splitlines()[0][:400]}") from None
         self.inputs = [jobs_pb2.TensorSpec(name=i.name, datatype=ORT_TO_KSERVE.get(i.type, "FP32"),
@@ -416,6 +496,13 @@ class OnnxModel(LoadedModel):
         got = self.session.run(names, {s.name: inputs[s.name] for s in self.inputs})
         return dict(zip(names, got, strict=True))
 
+    def release(self) -> None:
+        import gc
+
+        self.session = None
+        gc.collect()
+        _trim_heap()
+
     @property
     def opset(self) -> int:
         return next((o.version for o in self.proto.opset_import if o.domain in ("", "ai.onnx")), 0)
@@ -428,6 +515,10 @@ class OnnxModel(LoadedModel):
         info.parameter_count = int(sum(int(np.prod(t.dims)) for t in self.proto.graph.initializer))
         info.details["ir_version"] = str(self.proto.ir_version)
         info.details["nodes"] = str(len(self.proto.graph.node))
+        external = sorted({e.value for t in self.proto.graph.initializer if t.data_location == t.EXTERNAL
+                           for e in t.external_data if e.key == "location"})
+        if external:
+            info.details["external_data"] = ",".join(external)
         return info
 
 
@@ -482,4 +573,4 @@ def load_model(path: str | os.PathLike, fmt: str, trust_remote_code: bool = Fals
 
 
 __all__ = ["LoadedModel", "TFModel", "KerasModel", "SavedModelModel", "TFLiteModel", "OnnxModel",
-           "load_model", "tensor_spec", "ONNX_TO_KSERVE"]
+           "load_model", "onnx_model_file", "tensor_spec", "ONNX_TO_KSERVE"]

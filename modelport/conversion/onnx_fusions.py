@@ -67,7 +67,9 @@ class _Graph:
             for name in dict.fromkeys(reads):  # a node reading a tensor twice (x*x) consumes it once
                 self.consumers[name].append(node)
         self.producer = {out: node for node in graph.node for out in node.output}
-        self.consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+        # Initializers in external data are weights, never the small constants a pattern needs.
+        self.consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer
+                       if i.data_location != i.EXTERNAL}
         self.outputs = {o.name for o in graph.output}
 
     def only_consumer(self, name: str, op_type: str):
