@@ -16,7 +16,10 @@ CONVERTER_SERVICE = converter_pb2.DESCRIPTOR.services_by_name["Converter"].full_
 # Imported once per worker before it reports ready, so jobs start warm.
 WORKER_PRELOAD = ("tensorflow", "tf2onnx", "onnxruntime", "keras", "modelport.conversion.convert",
                   "modelport.conversion.models", "converter_svc.jobs")
-WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "", "TF_USE_LEGACY_KERAS": "0"}
+# TF_ONEDNN_USE_SYSTEM_ALLOCATOR: oneDNN's own pool allocator never gives freed tensors back, so a worker
+# would keep the source model's memory while the converted one runs parity (modelport.conversion.large_export).
+WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "", "TF_USE_LEGACY_KERAS": "0",
+              "TF_ONEDNN_USE_SYSTEM_ALLOCATOR": "1"}
 
 
 class ConverterService(Service):

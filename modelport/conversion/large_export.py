@@ -108,6 +108,14 @@ def _has_training_arg(model: Any) -> bool:
         return False
 
 
+def _variable_array(v: Any) -> np.ndarray:
+    """A Keras variable's value as numpy without a copy (a view of TensorFlow's buffer; v.numpy() copies)."""
+    value = v.value
+    if hasattr(value, "read_value"):
+        value = value.read_value()
+    return np.asarray(value)
+
+
 def _frozen_variable_ids(model: Any) -> set[int]:
     """Variables that stay graph constants: those of recurrent layers, whose tf2onnx rewriters (LSTM,
     GRU, RNN loops) only match constant weights. They are frozen the classic way; recurrent weights are
@@ -162,18 +170,19 @@ def keras_weights_trace(model: Any, fixed_batch_size: int = 0) -> WeightsTrace:
         taken.add(arg)
         dtype = np.dtype(tf.as_dtype(v.dtype).as_numpy_dtype)
         slots.append(len(weights))
-        weights.append(WeightInput(arg, name, tuple(int(d) for d in v.shape), dtype,
-                                   (lambda v=v: np.asarray(v.numpy()))))
+        weights.append(WeightInput(arg, name, tuple(int(d) for d in v.shape), dtype, (lambda v=v: _variable_array(v))))
         signature.append(tf.TensorSpec(tuple(int(d) for d in v.shape), tf.as_dtype(v.dtype), name=arg))
 
+    frozen_values = {k: np.array(_variable_array(v)) for k, (v, slot) in enumerate(zip(variables, slots, strict=True))
+                     if slot is None}
     n_in, n_tr = len(infos), len(trainable)
     kwargs = {"training": False} if _has_training_arg(model) else {}
     out_names: list[str] = []
 
     def call(*args):
         xs, ws = list(args[:n_in]), list(args[n_in:])
-        # A frozen variable is passed as itself (its backing tf.Variable): tf2onnx freezes it as a constant.
-        values = [v.value if slot is None else ws[slot] for v, slot in zip(variables, slots, strict=True)]
+        # A frozen variable becomes a Const node of the traced graph, as the classic route would make it.
+        values = [tf.constant(frozen_values[k]) if slot is None else ws[slot] for k, slot in enumerate(slots)]
         y, _ = model.stateless_call(values[:n_tr], values[n_tr:], _call_structure(model, xs, infos), **kwargs)
         if isinstance(y, dict):
             names_ = [_clean_name(k, f"output_{i}") for i, k in enumerate(y.keys())]
@@ -487,6 +496,65 @@ def _finalize(model, sources: dict[str, Callable[[], np.ndarray]], writer: DataF
                 writer.write(t, value)
 
 
+def _tf2onnx(trace: WeightsTrace, opset: int):
+    """tf2onnx's ``from_function`` on the traced graph, minus what costs memory per weight byte.
+
+    ``from_function`` freezes (nothing to freeze here: no variable is captured), inlines functions and runs
+    grappler; grappler gives every Placeholder of fully known shape a fake feed tensor of that shape, filled
+    in memory: one full copy of the weights. The weight placeholders are shown to grappler without a shape
+    and get their shapes back before tf2onnx converts the graph.
+    """
+    import tensorflow as tf
+    from tensorflow.core.protobuf import config_pb2, meta_graph_pb2, rewriter_config_pb2
+    from tensorflow.python.framework import convert_to_constants
+    from tensorflow.python.grappler import tf_optimizer
+    from tensorflow.python.training.saver import export_meta_graph
+    from tf2onnx import tf_loader
+    from tf2onnx.convert import _convert_common, tensor_names_from_structed
+
+    cf = trace.fn.get_concrete_function()
+    stateful = [t for t in cf.captured_inputs if t.dtype == tf.resource]
+    if stateful:
+        raise FailedPrecondition(
+            f"the traced model reads {len(stateful)} variable(s) that are not among its weights (a layer keeps "
+            "state outside Keras' variable tracking); the weights-as-inputs export cannot bind them")
+    input_names = [t.name for t in cf.inputs]
+    output_names = [t.name for t in cf.outputs]
+    hidden = {t.name.split(":")[0] for t in cf.inputs[trace.n_inputs:]}  # weights and captured constants
+
+    graph_def = convert_to_constants.disable_lower_using_switch_merge(cf.graph.as_graph_def())
+    for function in graph_def.library.function:  # as convert_variables_to_constants_v2: inline every function
+        function.attr.pop("api_implements", None)
+    shapes = {}
+    for node in graph_def.node:
+        if node.op == "Placeholder" and node.name in hidden:
+            shapes[node.name] = tf.TensorShape(node.attr["shape"].shape)
+            node.attr["shape"].shape.CopyFrom(tf.TensorShape(None).as_proto())
+            node.attr.pop("_output_shapes", None)
+    config = config_pb2.ConfigProto()
+    rewrite = config.graph_options.rewrite_options
+    rewrite.min_graph_nodes = -1
+    rewrite.optimizers.append("function")
+    rewrite.function_optimization = rewriter_config_pb2.RewriterConfig.AGGRESSIVE
+    with tf.Graph().as_default():  # meta graphs exist in graph mode only
+        meta = export_meta_graph(graph_def=graph_def)
+        fetch = meta_graph_pb2.CollectionDef()
+        fetch.node_list.value.extend(input_names + output_names)
+        meta.collection_def["train_op"].CopyFrom(fetch)
+        graph_def = tf_optimizer.OptimizeGraph(config, meta)
+        graph_def = tf_loader.fix_freezing_errors_part2(graph_def)
+        graph_def = tf_loader.tf_optimize(input_names, output_names, graph_def)
+    for node in graph_def.node:
+        if node.name in shapes:
+            node.attr["shape"].shape.CopyFrom(shapes[node.name].as_proto())
+    with tf.device("/cpu:0"):
+        model, _ = _convert_common(graph_def, name=cf.name, continue_on_error=True, opset=opset,
+                                   custom_op_handlers=CUSTOM_OP_HANDLERS, input_names=input_names,
+                                   output_names=output_names,
+                                   tensors_to_rename=tensor_names_from_structed(cf, input_names, output_names))
+    return model
+
+
 def _captured_constants(trace: WeightsTrace):
     """Non-variable tensors the traced graph captured (e.g. a Normalization layer's mean): tf2onnx
     would leave them as graph inputs; they are constants of the model, bound like weights."""
@@ -517,17 +585,12 @@ def export_weights_as_inputs(trace: WeightsTrace, out_dir: str | os.PathLike, op
     With ``external`` every tensor from 1 KiB goes to ``model.onnx.data`` beside it (streamed, one
     tensor at a time); without, one self-contained file (for models well under 2 GiB).
     """
-    import tensorflow as tf
-    import tf2onnx
-
     if not 13 <= int(opset) <= 18:
         raise InvalidArgument(f"ONNX opset {opset} is not supported: choose 13..18 (default 17)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     captured, captured_meta = _captured_constants(trace)
-    with tf.device("/cpu:0"):
-        model, _ = tf2onnx.convert.from_function(trace.fn, input_signature=trace.signature, opset=int(opset),
-                                                 custom_op_handlers=CUSTOM_OP_HANDLERS)
+    model = _tf2onnx(trace, int(opset))
     sources = _bind_weights(model, trace.weights, captured, captured_meta)
     name_batch_dims(model)
     writer = DataFileWriter(out_dir) if external else None
