@@ -40,6 +40,7 @@ TARGET = 2.5
 GB = 1e9
 MODELS = {
     "vgg16": "VGG-16 (224x224, weights=None)",
+    "t1": "transformer LM, 1 block (d 2048, FFN 8192, vocab 32000, seq 128)",
     "t4": "transformer LM, 4 blocks (d 2048, FFN 8192, vocab 32000, seq 128)",
     "t9": "transformer LM, 9 blocks (d 2048, FFN 8192, vocab 32000, seq 128)",
 }
@@ -69,7 +70,7 @@ def build(name: str, out: Path) -> None:
     keras.utils.set_random_seed(0)
     if name == "vgg16":
         model = keras.applications.VGG16(weights=None)
-    elif name in ("t4", "t9"):
+    elif name in ("t1", "t4", "t9"):
         model = transformer_lm(keras, blocks=int(name[1:]))
     else:
         raise SystemExit(f"unknown model {name}")
@@ -255,7 +256,8 @@ def main() -> None:
 
     from modelport.memory import available_bytes, weight_bytes
 
-    names = [n for n in (args.models.split(",") if args.models else (["vgg16"] if args.quick else list(MODELS))) if n]
+    default = ["vgg16"] if args.quick else ["vgg16", "t4", "t9"]
+    names = [n for n in (args.models.split(",") if args.models else default) if n]
     cap = int(args.cap_gb * GB) if args.cap_gb else int(min(18 * GB, available_bytes().available - 3 * GB))
     results: dict = {"cap_bytes": cap, "models": {}}
     rows = []

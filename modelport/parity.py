@@ -28,10 +28,39 @@ def _align(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -
     )
 
 
+# Outputs larger than this many elements are compared in slices along the first axis: the comparison
+# holds several float64 temporaries of the output's size (a language model's logits for 8 samples of 128
+# tokens are 33M elements: 2 GB of temporaries at once otherwise).
+CHUNK_ELEMENTS = 1 << 21
+
+
 def compare_output(name: str, ref: np.ndarray, cand: np.ndarray, rtol: float, atol: float) -> jobs_pb2.OutputParity:
     """Parity of one output (``cand`` is reshaped to ``ref``'s shape when only the shape differs)."""
     ref = np.asarray(ref)
     cand = np.asarray(cand)
+    if ref.ndim >= 2 and ref.shape == cand.shape and ref.size > CHUNK_ELEMENTS and ref.dtype.kind in "fiub" \
+            and cand.dtype.kind in "fiub":
+        return _compare_in_slices(name, ref, cand, rtol, atol)
+    return _compare_whole(name, ref, cand, rtol, atol)
+
+
+def _compare_in_slices(name: str, ref: np.ndarray, cand: np.ndarray, rtol: float, atol: float) -> jobs_pb2.OutputParity:
+    """``_compare_whole`` over slices of rows, merged: the same figures with bounded temporaries."""
+    rows = max(1, CHUNK_ELEMENTS // max(1, ref[0].size))
+    parts = [_compare_whole(name, ref[i:i + rows], cand[i:i + rows], rtol, atol)
+             for i in range(0, ref.shape[0], rows)]
+    out = jobs_pb2.OutputParity(name=name, top1_agreement=-1.0)
+    out.max_abs_diff = max(p.max_abs_diff for p in parts)
+    out.max_rel_diff = max(p.max_rel_diff for p in parts)
+    out.nan_or_inf = any(p.nan_or_inf for p in parts)
+    out.allclose = all(p.allclose for p in parts)
+    if ref.ndim == 2 and ref.shape[-1] > 1:  # top-1 over rows: weight each slice by its row count
+        sizes = [min(rows, ref.shape[0] - i) for i in range(0, ref.shape[0], rows)]
+        out.top1_agreement = float(sum(p.top1_agreement * n for p, n in zip(parts, sizes, strict=True)) / sum(sizes))
+    return out
+
+
+def _compare_whole(name: str, ref: np.ndarray, cand: np.ndarray, rtol: float, atol: float) -> jobs_pb2.OutputParity:
     out = jobs_pb2.OutputParity(name=name, top1_agreement=-1.0)
     if ref.dtype.kind in "OSU" or cand.dtype.kind in "OSU":
         same = ref.shape == cand.shape and bool(np.all(ref == cand))

@@ -10,8 +10,8 @@ TensorFlow-side target (ONNX through tf2onnx, TFLite, SavedModel) is produced fr
 from __future__ import annotations
 
 import abc
-import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -25,6 +25,8 @@ from modelport import formats
 from modelport.dtypes import ONNX_TO_KSERVE, ORT_TO_KSERVE, to_kserve
 from modelport.errors import FailedPrecondition, InvalidArgument
 from modelport.v1 import jobs_pb2
+
+log = logging.getLogger("modelport.conversion.models")
 
 DEFAULT_INT_HIGH = 10
 
@@ -130,7 +132,6 @@ class KerasModel(TFModel):
     def __init__(self, path: Path, fmt: str, trust_remote_code: bool):
         super().__init__(path)
         self.format = fmt
-        import keras
 
         from modelport.conversion.onnx_export import keras_input_infos, keras_tf_function
         from modelport.memory import weight_bytes
@@ -141,8 +142,7 @@ class KerasModel(TFModel):
         link = tmp / ("model.keras" if fmt == formats.KERAS else "model.h5")
         try:
             os.symlink(Path(path).resolve(), link)
-            with _weights_from_disk(self.weight_bytes):
-                self.model = keras.saving.load_model(str(link), compile=False, safe_mode=not trust_remote_code)
+            self.model = _load_keras(str(link), fmt, self.weight_bytes, not trust_remote_code)
         except Exception as e:  # noqa: BLE001 - classified below
             raise _keras_load_error(e, fmt, trust_remote_code) from None
         finally:
@@ -194,32 +194,27 @@ class KerasModel(TFModel):
         return info
 
 
-# Above this many weight bytes a .keras file's weights are read from a temporary extracted file
-# instead of a copy of the whole weights file in memory (Keras' default when memory looks sufficient).
-KERAS_IN_MEMORY_LOAD_MAX = 64 << 20
+# From this many weight bytes a .keras file is loaded with one copy of its weights (keras_lean_load).
+KERAS_LEAN_LOAD_MIN = 64 << 20
 
 
-@contextlib.contextmanager
-def _weights_from_disk(nbytes: int):
-    """Make Keras read a large model's weights from disk: its in-memory path holds the whole weights
-    file as bytes next to the model's variables (2.7x the weights at peak for a 1.3 GB model)."""
-    if nbytes <= KERAS_IN_MEMORY_LOAD_MAX:
-        yield
-        return
-    try:
-        from keras.src.saving import saving_lib
-    except ImportError:  # another Keras layout: keep its default
-        yield
-        return
-    original = getattr(saving_lib, "is_memory_sufficient", None)
-    if original is None:
-        yield
-        return
-    saving_lib.is_memory_sufficient = lambda model: False
-    try:
-        yield
-    finally:
-        saving_lib.is_memory_sufficient = original
+def _load_keras(path: str, fmt: str, weight_bytes: int, safe_mode: bool):
+    """``keras.saving.load_model``; a large ``.keras`` file through the lean loader, plain Keras if that fails."""
+    import keras
+
+    if fmt == formats.KERAS and weight_bytes >= KERAS_LEAN_LOAD_MIN:
+        from modelport.conversion.keras_lean_load import load_keras_lean
+
+        try:
+            return load_keras_lean(path, safe_mode)
+        except Exception as e:  # noqa: BLE001 - Keras' own loader decides (and names the error)
+            log.warning("lean Keras load failed (%s: %s); loading with keras.saving.load_model",
+                        type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+            import gc
+
+            keras.backend.clear_session()
+            gc.collect()
+    return keras.saving.load_model(path, compile=False, safe_mode=safe_mode)
 
 
 def _trim_heap() -> None:
