@@ -9,8 +9,9 @@ one ``load_model`` call:
 - the model is built inside a Keras ``StatelessScope``, so its variables are created uninitialized
   (Keras' own deferred initialization) instead of filled with random values;
 - the weights file is extracted to disk rather than read into memory;
-- a large HDF5 dataset is handed to ``Variable.assign`` as the dataset itself, and the variable's buffer
-  (allocated uninitialized) is filled in place block by block (16 MiB at a time) from it.
+- a large HDF5 dataset is handed to ``Variable.assign`` as the dataset itself, and read block by block
+  (16 MiB at a time) into a buffer that becomes the variable's (see ``_from_dataset``): at most the
+  weights plus one extra copy of the largest tensor at once.
 
 Everything else (config parsing, safe mode, custom objects, which variable takes which dataset) is Keras'
 own code. Variables the file did not fill get Keras' deferred initialization at the end. The patches are
@@ -28,6 +29,32 @@ import numpy as np
 BLOCK_BYTES = 16 << 20  # bytes per block copied from HDF5 into a variable
 LAZY_MIN_BYTES = 4 << 20  # datasets from this size are copied block by block
 _LOCK = threading.Lock()  # the patches are process-wide: one lean load at a time
+
+
+def _from_dataset(dataset, dtype):
+    """A tensor holding an HDF5 dataset, built with one extra copy of it at most.
+
+    A scratch variable (uninitialized memory) is filled in place, 16 MiB at a time, with the raw
+    strided-slice-assign op (``v[a:b].assign()`` would read, and so copy, the whole variable first). A
+    variable written that way serves every later read as a copy ("copy-on-read", TensorFlow's mode after a
+    partial update), so it is read once into a plain tensor and dropped: the model's variable is then created
+    from that tensor and reads share its buffer.
+    """
+    import tensorflow as tf
+
+    shape = tuple(int(d) for d in dataset.shape)
+    np_dtype = np.dtype(dtype.as_numpy_dtype)
+    scratch = tf.Variable(tf.raw_ops.Empty(shape=shape, dtype=dtype, init=False), trainable=False)
+    row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * dataset.dtype.itemsize)
+    step = max(1, BLOCK_BYTES // row_bytes)
+    for start in range(0, shape[0], step):
+        stop = min(shape[0], start + step)
+        block = np.asarray(dataset[start:stop]).astype(np_dtype, copy=False)
+        tf.raw_ops.ResourceStridedSliceAssign(ref=scratch.handle, begin=[start] + [0] * (len(shape) - 1),
+                                              end=[stop, *shape[1:]], strides=[1] * len(shape), value=block)
+    value = scratch.read_value()
+    del scratch
+    return value
 
 
 @contextlib.contextmanager
@@ -65,22 +92,13 @@ def _patched():
         if tuple(value.shape) != tuple(self.shape):
             raise ValueError(f"the weights file has shape {tuple(value.shape)} for {self.path}, the model "
                              f"expects {tuple(self.shape)}")
-        if self._value is None:
-            with tf.init_scope():  # uninitialized memory: every row is written below, pages are touched once
-                self._initialize(tf.raw_ops.Empty(shape=tuple(self.shape), dtype=tf.as_dtype(self._dtype),
-                                                  init=False))
-        target = self._value
-        dtype = np.dtype(target.dtype.as_numpy_dtype)
-        shape = tuple(int(d) for d in value.shape)
-        row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * value.dtype.itemsize)
-        step = max(1, BLOCK_BYTES // row_bytes)
-        for start in range(0, shape[0], step):
-            stop = min(shape[0], start + step)
-            block = np.asarray(value[start:stop]).astype(dtype, copy=False)
-            # The raw op writes in place; v[a:b].assign() would read the variable first and so copy all of it.
-            tf.raw_ops.ResourceStridedSliceAssign(ref=target.handle, begin=[start] + [0] * (len(shape) - 1),
-                                                  end=[stop, *shape[1:]], strides=[1] * len(shape), value=block)
-        return target
+        with tf.init_scope():
+            filled = _from_dataset(value, tf.as_dtype(self._dtype))
+            if self._value is None:
+                self._initialize(filled)
+            else:
+                self._direct_assign(filled)
+        return self._value
 
     saving_lib._model_from_config = model_from_config
     saving_lib.H5IOStore.__getitem__ = getitem
