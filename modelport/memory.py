@@ -7,8 +7,8 @@ SavedModel variable shards, ONNX initializers and external data) without TensorF
 ``memory.max``, v1 ``memory.limit_in_bytes``), or MemAvailable when there is no limit, whichever is
 smaller. ``admit(...)`` raises ``ResourceExhausted`` naming both figures and what to try.
 
-The environment variable ``MODELPORT_MEMORY_LIMIT_BYTES`` caps what is considered available (an
-operator's budget for modelport on a shared machine, and what tests use). No grpc, no TensorFlow.
+The environment variable ``MODELPORT_MEMORY_LIMIT_BYTES`` caps what one job may use (an operator's
+budget on a shared machine, and what tests use). No grpc, no TensorFlow.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ GB = 1e9
 _NO_LIMIT = 1 << 60  # cgroup v1 reports "no limit" as a number near 2**63
 
 
-def fmt_gb(n: float) -> str:
-    """Bytes as decimal GB with two decimals (``1.33 GB``)."""
-    return f"{n / GB:.2f} GB"
+def fmt_bytes(n: float) -> str:
+    """Bytes in decimal GB with two decimals (``1.33 GB``), or MB below 1 GB (``12.5 MB``)."""
+    return f"{n / GB:.2f} GB" if n >= GB else f"{n / 1e6:.1f} MB"
 
 
 # ---- what the machine can give ------------------------------------------------------------------
@@ -108,41 +108,16 @@ def cgroup_limit() -> tuple[int, int, str]:
     return 0, 0, ""
 
 
-def _tree_rss(pid: int) -> int:
-    """Resident bytes of a process and its descendants (from /proc; 0 where unreadable)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        stat = _read(f"/proc/{entry}/stat")
-        if not stat:
-            continue
-        try:
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        except (IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    total, todo = 0, [pid]
-    page = os.sysconf("SC_PAGE_SIZE")
-    while todo:
-        p = todo.pop()
-        statm = _read(f"/proc/{p}/statm")
-        if statm:
-            total += int(statm.split()[1]) * page
-        todo.extend(children.get(p, []))
-    return total
-
-
 def available_bytes() -> MemoryBudget:
-    """Memory a new job can still take: cgroup headroom, MemAvailable, and the configured cap
-    (``MODELPORT_MEMORY_LIMIT_BYTES``, counted against this process tree's RSS), the smallest."""
+    """Memory a new job can still take: cgroup headroom, MemAvailable, and the configured per-job cap
+    (``MODELPORT_MEMORY_LIMIT_BYTES``), whichever is smallest."""
     candidates: list[tuple[int, str, int]] = []
     info = _meminfo()
     if "MemAvailable" in info:
         candidates.append((info["MemAvailable"], "MemAvailable", 0))
     limit, usage, what = cgroup_limit()
     if limit:
-        candidates.append((max(0, limit - usage), f"{what} {fmt_gb(limit)} minus {fmt_gb(usage)} in use", limit))
+        candidates.append((max(0, limit - usage), f"{what} {fmt_bytes(limit)} minus {fmt_bytes(usage)} in use", limit))
     configured = os.environ.get(LIMIT_ENV, "").strip()
     if configured:
         try:
@@ -150,8 +125,7 @@ def available_bytes() -> MemoryBudget:
         except ValueError:
             cap = 0
         if cap > 0:
-            used = _tree_rss(os.getpid())
-            candidates.append((max(0, cap - used), f"{LIMIT_ENV}={cap} minus {fmt_gb(used)} in use", cap))
+            candidates.append((cap, f"{LIMIT_ENV}={cap}", cap))
     if not candidates:
         return MemoryBudget(available=0, source="unknown")
     available, source, lim = min(candidates, key=lambda c: c[0])
@@ -249,8 +223,8 @@ def admit(estimate: Estimate, advice: str, budget: MemoryBudget | None = None) -
     if budget.source == "unknown" or estimate.needed <= budget.available:
         return budget
     raise ResourceExhausted(
-        f"{estimate.what} needs about {fmt_gb(estimate.needed)} of memory ({fmt_gb(estimate.weight_bytes)} of "
-        f"weights x {estimate.factor:g}), but only {fmt_gb(budget.available)} is available ({budget.source}); "
+        f"{estimate.what} needs about {fmt_bytes(estimate.needed)} of memory ({fmt_bytes(estimate.weight_bytes)} of "
+        f"weights x {estimate.factor:g}), but only {fmt_bytes(budget.available)} is available ({budget.source}); "
         f"{advice}",
         details={"needed_bytes": str(estimate.needed), "available_bytes": str(budget.available),
                  "weight_bytes": str(estimate.weight_bytes), "available_source": budget.source},

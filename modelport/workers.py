@@ -102,14 +102,14 @@ def _death_error(name: str, code: int | None) -> ModelportError:
     (the pool itself only kills workers on timeout or cancel, which never get here): RESOURCE_EXHAUSTED
     with the memory this machine can give, not INTERNAL."""
     if code == -signal.SIGKILL:
-        from modelport.memory import available_bytes, fmt_gb
+        from modelport.memory import available_bytes, fmt_bytes
 
         budget = available_bytes()
-        limit = f"{fmt_gb(budget.limit)} limit, " if budget.limit else ""
+        limit = f"{fmt_bytes(budget.limit)} limit, " if budget.limit else ""
         return ResourceExhausted(
             f"the {name} process was killed (SIGKILL) while running this job, most likely by the kernel's "
             f"out-of-memory killer: the job needed more memory than this machine or container gives "
-            f"({limit}{fmt_gb(budget.available)} available now, {budget.source}). Run it with more memory, "
+            f"({limit}{fmt_bytes(budget.available)} available now, {budget.source}). Run it with more memory, "
             "fewer concurrent jobs, or a smaller model/technique. The service is unaffected.",
             details={"exit": "SIGKILL", "available_bytes": str(budget.available)})
     return Internal(

@@ -116,7 +116,7 @@ def test_sigkilled_worker_is_resource_exhausted_not_internal():
     err, after = run(main())
     assert err.status == "RESOURCE_EXHAUSTED", err
     assert "killed (SIGKILL)" in err.message and "out-of-memory killer" in err.message
-    assert "GB available now" in err.message
+    assert " available now, " in err.message
     assert err.details["exit"] == "SIGKILL" and int(err.details["available_bytes"]) > 0
     assert after["value"] == 7
 

@@ -492,7 +492,9 @@ def _finalize(model, sources: dict[str, Callable[[], np.ndarray]], writer: DataF
             del value
         elif writer is not None and t.data_location != t.EXTERNAL and t.data_type != t.STRING:
             value = numpy_helper.to_array(t)
-            if value.nbytes >= EXTERNAL_MIN_BYTES:
+            # Small integer tensors are shapes and axes: onnxruntime's shape inference reads them inline only.
+            shape_like = value.dtype.kind in "iu" and value.nbytes < 1024
+            if value.nbytes >= EXTERNAL_MIN_BYTES and not shape_like:
                 writer.write(t, value)
 
 
@@ -523,8 +525,7 @@ def _tf2onnx(trace: WeightsTrace, opset: int):
     hidden = {t.name.split(":")[0] for t in cf.inputs[trace.n_inputs:]}  # weights and captured constants
 
     graph_def = convert_to_constants.disable_lower_using_switch_merge(cf.graph.as_graph_def())
-    for function in graph_def.library.function:  # as convert_variables_to_constants_v2: inline every function
-        function.attr.pop("api_implements", None)
+    _allow_inlining(graph_def)
     shapes = {}
     for node in graph_def.node:
         if node.op == "Placeholder" and node.name in hidden:
@@ -553,6 +554,26 @@ def _tf2onnx(trace: WeightsTrace, opset: int):
                                    output_names=output_names,
                                    tensors_to_rename=tensor_names_from_structed(cf, input_names, output_names))
     return model
+
+
+# Attributes that keep grappler from inlining a function call: an alternative implementation
+# ("api_implements", removed by convert_variables_to_constants_v2 too) and the XLA markers Keras puts on
+# the nested function of a grouped convolution (ConvNeXt's depthwise 7x7), which tf2onnx then cannot
+# convert ("No Op registered for PartitionedCall").
+_NO_INLINE_ATTRS = ("api_implements", "_noinline", "_XlaMustCompile", "_XlaCompile")
+
+
+def _allow_inlining(graph_def) -> None:
+    """Strip what stops grappler's function inliner, on every call and every library function."""
+    nodes = list(graph_def.node)
+    for function in graph_def.library.function:
+        for key in _NO_INLINE_ATTRS:
+            function.attr.pop(key, None)
+        nodes.extend(function.node_def)
+    for node in nodes:
+        if node.op in ("PartitionedCall", "StatefulPartitionedCall"):
+            for key in _NO_INLINE_ATTRS:
+                node.attr.pop(key, None)
 
 
 def _captured_constants(trace: WeightsTrace):
