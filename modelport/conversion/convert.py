@@ -354,8 +354,7 @@ def _tf_to_onnx(src, workdir: Path, opset: int, fixed_batch: int, notes: dict[st
             notes["export"] = "weights as inputs (Keras stateless_call), weight-only nodes folded"
             if plan.external:
                 notes["external_data"] = large_export.DATA_FILE
-                return folder
-            return path
+            return path  # the model file; its data file (if any) beside it
     out = workdir / "model.onnx"
     fn, signature, _ = src.tf_function(fixed_batch)
     function_to_onnx(fn, signature, out, opset)
