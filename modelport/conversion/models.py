@@ -282,7 +282,10 @@ class SavedModelModel(TFModel):
         super().__init__(folder)
         import tensorflow as tf
 
+        from modelport.memory import weight_bytes
+
         self.root = formats.savedmodel_root(folder)
+        self.weight_bytes = weight_bytes(self.root, formats.SAVEDMODEL)
         try:
             self.trackable = tf.saved_model.load(str(self.root))
         except Exception as e:  # noqa: BLE001
