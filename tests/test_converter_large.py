@@ -98,25 +98,26 @@ def test_plan_export_routes(monkeypatch):
     from modelport.conversion import large_export
     from modelport.errors import FailedPrecondition, InvalidArgument
 
-    model = tf_models.sequential_dense()
+    keras3, saved = large_export.KIND_KERAS3, large_export.KIND_SAVEDMODEL
     monkeypatch.delenv(large_export.ROUTE_ENV, raising=False)
     monkeypatch.delenv(large_export.EXTERNAL_DATA_ENV, raising=False)
-    plan = large_export.plan_export(model, 10_000)
+    plan = large_export.plan_export(keras3, 10_000)
     assert (plan.route, plan.external, plan.forced) == ("weights", False, False)
-    assert large_export.plan_export(model, 300 << 20).external  # past the 256 MiB default
-    assert large_export.plan_export(None, 10_000).route == "classic"  # a SavedModel signature
-    monkeypatch.setenv(large_export.EXTERNAL_DATA_ENV, "1000")
-    assert large_export.plan_export(model, 10_000).external
-    monkeypatch.setenv(large_export.ROUTE_ENV, "classic")
-    assert large_export.plan_export(model, 10_000) == large_export.ExportPlan("classic", False, True, 10_000)
+    assert large_export.plan_export(keras3, 300 << 20).external  # past the 256 MiB default
+    assert large_export.plan_export(saved, 10_000).route == "weights"
+    assert large_export.plan_export("Functional", 10_000).route == "classic"  # a tf-keras object
     with pytest.raises(FailedPrecondition, match="2 GiB limit"):
-        large_export.plan_export(model, 3 << 30)
+        large_export.plan_export("Functional", 3 << 30)
+    monkeypatch.setenv(large_export.EXTERNAL_DATA_ENV, "1000")
+    assert large_export.plan_export(keras3, 10_000).external
+    monkeypatch.setenv(large_export.ROUTE_ENV, "classic")
+    assert large_export.plan_export(keras3, 10_000) == large_export.ExportPlan("classic", False, True, 10_000)
     monkeypatch.setenv(large_export.ROUTE_ENV, "weights")
     with pytest.raises(FailedPrecondition, match="needs a Keras 3 model"):
-        large_export.plan_export(None, 10_000)
+        large_export.plan_export("Functional", 10_000)
     monkeypatch.setenv(large_export.ROUTE_ENV, "fastest")
     with pytest.raises(InvalidArgument, match="choose auto, weights or classic"):
-        large_export.plan_export(model, 10_000)
+        large_export.plan_export(keras3, 10_000)
 
 
 def test_conversion_estimate_per_route(tmp_path, monkeypatch):

@@ -317,3 +317,88 @@ def test_lean_load_is_used_from_the_size_threshold(tmp_path, monkeypatch):
     feeds = _feeds(loaded.model)
     out = loaded.run(feeds)
     np.testing.assert_allclose(out["class_probs"], _keras_outputs(loaded.model, feeds)[0], rtol=1e-6)
+
+
+# ---- SavedModel signatures: variable reads rewired to weight inputs -------------------------------------
+
+@pytest.mark.parametrize("builder", ["attention_net", "conv_net", "multi_io", "subclassed"])
+def test_savedmodel_signature_exports_with_weights_as_inputs(builder, tmp_path):
+    import onnx
+
+    from modelport import formats
+    from modelport.conversion import large_export
+    from modelport.conversion.models import load_model
+
+    model = _randomize(BUILDERS[builder]())
+    model.export(str(tmp_path / "sm"), verbose=False)
+    src = load_model(tmp_path / "sm", formats.SAVEDMODEL)
+    assert large_export.source_kind(src) == large_export.KIND_SAVEDMODEL and src.weight_bytes > 0
+    fn, signature, outputs = src.tf_function(0)
+    trace = large_export.savedmodel_weights_trace(fn, signature, outputs, src.sig.variables)
+    path = large_export.export_weights_as_inputs(trace, tmp_path / "out")
+    proto = onnx.load_model(str(path), load_external_data=False)
+    assert [i.name for i in proto.graph.input] == [s.name for s in src.inputs]  # no weight left as an input
+    assert len(trace.weights) == len(src.sig.variables)
+    kfeeds = _feeds(model)
+    if {s.name for s in src.inputs} == set(kfeeds):  # the signature names the model's inputs (sorted)
+        feeds = {s.name: kfeeds[s.name] for s in src.inputs}
+    else:  # a subclassed model's signature calls its one input args_0
+        feeds = {s.name: v for s, v in zip(src.inputs, kfeeds.values(), strict=True)}
+    want = src.run(feeds)
+    sess, got = _ort(path, feeds)
+    got = dict(zip([o.name for o in sess.get_outputs()], got, strict=True))
+    assert set(got) == set(want)
+    for name, w in want.items():
+        np.testing.assert_allclose(got[name], w, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+_TF_KERAS_SAVEDMODEL = """
+import sys
+import numpy as np
+import tensorflow as tf
+tf.keras.utils.set_random_seed(0)
+ids = tf.keras.Input((6,), dtype="int32", name="ids")
+x = tf.keras.layers.Flatten()(tf.keras.layers.Embedding(50, 8)(ids))
+m = tf.keras.Model(ids, tf.keras.layers.Dense(3, name="out")(x))
+assert type(m).__module__.startswith("tf_keras"), type(m).__module__
+tf.saved_model.save(m, sys.argv[1])
+np.save(sys.argv[2], m(np.arange(12, dtype="int32").reshape(2, 6)).numpy())
+"""
+
+
+def test_tf_keras_savedmodel_embedding_lookup_is_rewired(tmp_path):
+    """tf-keras embeds with ResourceGather on the variable: it becomes a Gather on the weight input."""
+    import os
+    import subprocess
+    import sys
+
+    from modelport import formats
+    from modelport.conversion import large_export
+    from modelport.conversion.models import load_model
+
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    subprocess.run([sys.executable, "-c", _TF_KERAS_SAVEDMODEL, str(tmp_path / "sm"), str(tmp_path / "ref.npy")],
+                   check=True, env=env, capture_output=True, timeout=300)
+    src = load_model(tmp_path / "sm", formats.SAVEDMODEL)
+    fn, signature, outputs = src.tf_function(0)
+    trace = large_export.savedmodel_weights_trace(fn, signature, outputs, src.sig.variables)
+    path = large_export.export_weights_as_inputs(trace, tmp_path / "out")
+    assert sorted(w.name for w in trace.weights) == ["embedding/embeddings", "out/bias", "out/kernel"]
+    _, got = _ort(path, {"ids": np.arange(12, dtype="int32").reshape(2, 6)})
+    np.testing.assert_allclose(got[0], np.load(tmp_path / "ref.npy"), rtol=1e-6, atol=1e-6)
+
+
+def test_savedmodel_with_a_loop_over_variables_falls_back_to_the_classic_route(tmp_path):
+    from modelport import formats
+    from modelport.conversion import convert, large_export
+    from modelport.conversion.models import load_model
+
+    tf_models.recurrent_net().export(str(tmp_path / "sm"), verbose=False)
+    src = load_model(tmp_path / "sm", formats.SAVEDMODEL)
+    fn, signature, outputs = src.tf_function(0)
+    trace = large_export.savedmodel_weights_trace(fn, signature, outputs, src.sig.variables)
+    with pytest.raises(large_export.Unsupported, match="uses a variable in a While node"):
+        large_export.export_weights_as_inputs(trace, tmp_path / "out")
+    out, notes = convert.produce(src, formats.ONNX, tmp_path / "work", 17, 0)
+    assert notes["export"].startswith("classic (weights-as-inputs export failed: the SavedModel signature uses")
+    assert out.name == "model.onnx" and out.is_file()

@@ -333,16 +333,29 @@ def _tf_to_onnx(src, workdir: Path, opset: int, fixed_batch: int, notes: dict[st
     from modelport.conversion import large_export
     from modelport.conversion.onnx_export import function_to_onnx
 
-    keras_model = getattr(src, "model", None)
-    plan = large_export.plan_export(keras_model, int(getattr(src, "weight_bytes", 0) or 0))
+    kind = large_export.source_kind(src)
+    plan = large_export.plan_export(kind, int(getattr(src, "weight_bytes", 0) or 0))
     if plan.route == large_export.ROUTE_WEIGHTS:
         folder = workdir / "onnx"
         try:
-            path = large_export.keras_to_onnx_external(keras_model, folder, opset, fixed_batch, plan.external)
-        except ModelportError:
-            raise
+            if kind == large_export.KIND_KERAS3:
+                trace = large_export.keras_weights_trace(src.model, fixed_batch)
+                how = "weights as inputs (Keras stateless_call), weight-only nodes folded"
+            else:
+                fn, signature, outputs = src.tf_function(fixed_batch)
+                trace = large_export.savedmodel_weights_trace(fn, signature, outputs, src.sig.variables)
+                how = "weights as inputs (SavedModel variable reads rewired), weight-only nodes folded"
+            path = large_export.export_weights_as_inputs(trace, folder, opset, plan.external)
+            del trace
+        except ModelportError as e:
+            if not isinstance(e, large_export.Unsupported):
+                raise
+            first = e.message
         except Exception as e:  # noqa: BLE001 - a small model may still take the classic route
             first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        else:
+            first = ""
+        if first:
             if plan.forced or plan.weight_bytes >= large_export.CLASSIC_FALLBACK_MAX_BYTES:
                 raise FailedPrecondition(
                     f"exporting the model with its weights as inputs failed: {first}; the classic route needs "
@@ -351,7 +364,7 @@ def _tf_to_onnx(src, workdir: Path, opset: int, fixed_batch: int, notes: dict[st
             shutil.rmtree(folder, ignore_errors=True)
             notes["export"] = f"classic (weights-as-inputs export failed: {first})"
         else:
-            notes["export"] = "weights as inputs (Keras stateless_call), weight-only nodes folded"
+            notes["export"] = how
             if plan.external:
                 notes["external_data"] = large_export.DATA_FILE
             return path  # the model file; its data file (if any) beside it
@@ -383,11 +396,10 @@ def conversion_estimate(path: Path, fmt: str, target: str) -> memory.Estimate:
     from modelport.conversion import large_export
 
     weights = memory.weight_bytes(path, fmt)
-    if target == formats.ONNX and fmt in (formats.KERAS, formats.H5) and \
+    if target == formats.ONNX and fmt in (formats.KERAS, formats.H5, formats.SAVEDMODEL) and \
             os.environ.get(large_export.ROUTE_ENV, "auto").strip().lower() != large_export.ROUTE_CLASSIC:
         factor, route = FACTOR_WEIGHTS_ROUTE, "weights as inputs"
-    elif target == formats.ONNX and fmt == formats.SAVEDMODEL or \
-            target == formats.ONNX and fmt in (formats.KERAS, formats.H5):
+    elif target == formats.ONNX and fmt in (formats.KERAS, formats.H5, formats.SAVEDMODEL):
         factor, route = FACTOR_CLASSIC_ROUTE, "tf2onnx with frozen weights"
     else:
         factor, route = FACTOR_OTHER, fmt
@@ -400,9 +412,6 @@ def admit_conversion(path: Path, fmt: str, target: str) -> None:
     est = conversion_estimate(path, fmt, target)
     advice = ("run it where more memory is free (another machine, a higher container memory limit, or fewer "
               f"concurrent jobs), or raise {memory.LIMIT_ENV} if it was set too low")
-    if fmt == formats.SAVEDMODEL and target == formats.ONNX:
-        advice = ("convert the Keras 3 model (.keras) instead: it takes the external-weights route, which needs "
-                  f"about {FACTOR_WEIGHTS_ROUTE:g}x the weights; or " + advice)
     memory.admit(est, advice)
 
 

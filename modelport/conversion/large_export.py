@@ -2,21 +2,33 @@
 
 The classic route (``onnx_export.function_to_onnx``) freezes the model's variables into graph
 constants, and every constant then travels through TensorFlow's freezing and grappler, tf2onnx's
-graph and its optimizers: about 18x the weight bytes at peak (FACTS.md, Large models), and a
+graph and its optimizers: 18x the weight bytes and more at peak (FACTS.md, Large models), and a
 GraphDef cannot pass protobuf's 2 GiB. Here the model is traced as a pure function of its weights
 (Keras 3 ``Model.stateless_call``), so the graph tf2onnx converts holds no weights at all. The
 weight inputs of the ONNX graph it returns become initializers written to one external data file
-(``model.onnx.data``), one tensor at a time, read from the live Keras variables: no second full copy
-of the weights exists at any point.
+(``model.onnx.data``), one tensor at a time, read from the live Keras variables without a copy: no
+second full copy of the weights exists at any point (grappler's fake feeds, which would be one, are
+avoided too: see ``_tf2onnx``).
 
-What tf2onnx folds when weights are constants (a Conv kernel transposed to OIHW, BatchNormalization
-arithmetic, a reshaped bias) is folded here too: every node whose inputs are all weights or
-constants is evaluated once while the tensors stream, and replaced by its result. The layer-norm
-fusion and constant reshape targets (``onnx_fusions``) then run as on the classic route.
+What tf2onnx folds when weights are constants (a kernel transposed or reshaped, BatchNormalization
+arithmetic) is folded here too: every node whose inputs are all weights or constants is evaluated
+once while the tensors stream, and replaced by its result. The layer-norm fusion and constant reshape
+targets (``onnx_fusions``) then run as on the classic route. For the models measured the graph has the
+classic route's op types node for node, except Conv + BatchNormalization, which tf2onnx merges into the
+kernel and onnxruntime merges the same way at session load (tests/test_large_export.py).
 
-Covered: Keras 3 models (``.keras`` and ``.h5`` files, which the converter loads with Keras 3).
-Not covered: tf-keras objects and SavedModel signatures (their variables are captured resources,
-not call arguments); they keep the classic route.
+The same tracing fixes two classes of classic-route failures at the root (issue 18): tensors the
+graph captures (a ``Normalization`` layer's mean and variance) are bound as constants instead of being
+left as graph inputs, and nested functions (the XLA-marked function Keras makes of a grouped
+convolution, as in ConvNeXt) are inlined before tf2onnx sees them.
+
+Covered: Keras 3 models (``.keras`` and ``.h5`` files, which the converter loads with Keras 3), traced with
+``stateless_call``; recurrent layers' weights stay graph constants there (tf2onnx's LSTM/GRU rewriters
+need them so). SavedModel signatures, whose variables are captured resources: after inlining, each
+variable read (``ReadVariableOp``, ``ResourceGather``) is rewired to a weight placeholder
+(``_variables_to_placeholders``); a signature that uses a variable any other way (a loop carrying it)
+fails there, and a small one falls back to the classic route. Not covered: in-memory tf-keras objects
+(the optimizer's TFMOT models, small), which keep the classic route.
 """
 
 from __future__ import annotations
@@ -44,6 +56,10 @@ from modelport.conversion.onnx_fusions import _used_names, fuse_layer_norms, sta
 from modelport.errors import FailedPrecondition, InvalidArgument
 
 log = logging.getLogger("modelport.conversion.large")
+
+
+class Unsupported(FailedPrecondition):
+    """The model uses something the weights-as-inputs route cannot bind (the classic route may)."""
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
@@ -85,6 +101,9 @@ class WeightsTrace:
     n_inputs: int
     weights: list[WeightInput]
     output_names: list[str]
+    # A SavedModel signature reads its variables as captured resources: they become weight inputs by graph
+    # surgery (``_variables_to_placeholders``), and join ``weights`` then.
+    variables: list | None = None
 
     @property
     def weight_bytes(self) -> int:
@@ -197,6 +216,12 @@ def keras_weights_trace(model: Any, fixed_batch_size: int = 0) -> WeightsTrace:
     fn = tf.function(call, input_signature=signature)
     fn.get_concrete_function()  # trace once now: output names are known from here on
     return WeightsTrace(fn, signature, n_in, weights, list(out_names))
+
+
+def savedmodel_weights_trace(fn: Any, signature: list, output_names: list[str], variables: list) -> WeightsTrace:
+    """The trace of a SavedModel signature (``fn``, its input ``signature``): its variables are captured
+    and become weight inputs at conversion (see ``_variables_to_placeholders``)."""
+    return WeightsTrace(fn, list(signature), len(signature), [], list(output_names), variables=list(variables))
 
 
 # ---- the ONNX side ----------------------------------------------------------------------------
@@ -516,10 +541,11 @@ def _tf2onnx(trace: WeightsTrace, opset: int):
     from tf2onnx.convert import _convert_common, tensor_names_from_structed
 
     cf = trace.fn.get_concrete_function()
-    stateful = [t for t in cf.captured_inputs if t.dtype == tf.resource]
-    if stateful:
-        raise FailedPrecondition(
-            f"the traced model reads {len(stateful)} variable(s) that are not among its weights (a layer keeps "
+    captures = list(zip(cf.inputs[len(trace.signature):], cf.captured_inputs, strict=True))
+    resources = {ph.name.split(":")[0]: handle for ph, handle in captures if handle.dtype == tf.resource}
+    if resources and trace.variables is None:
+        raise Unsupported(
+            f"the traced model reads {len(resources)} variable(s) that are not among its weights (a layer keeps "
             "state outside Keras' variable tracking); the weights-as-inputs export cannot bind them")
     input_names = [t.name for t in cf.inputs]
     output_names = [t.name for t in cf.outputs]
@@ -527,12 +553,7 @@ def _tf2onnx(trace: WeightsTrace, opset: int):
 
     graph_def = convert_to_constants.disable_lower_using_switch_merge(cf.graph.as_graph_def())
     _allow_inlining(graph_def)
-    shapes = {}
-    for node in graph_def.node:
-        if node.op == "Placeholder" and node.name in hidden:
-            shapes[node.name] = tf.TensorShape(node.attr["shape"].shape)
-            node.attr["shape"].shape.CopyFrom(tf.TensorShape(None).as_proto())
-            node.attr.pop("_output_shapes", None)
+    shapes = _hide_shapes(graph_def, hidden)
     config = config_pb2.ConfigProto()
     rewrite = config.graph_options.rewrite_options
     rewrite.min_graph_nodes = -1
@@ -545,6 +566,11 @@ def _tf2onnx(trace: WeightsTrace, opset: int):
         meta.collection_def["train_op"].CopyFrom(fetch)
         graph_def = tf_optimizer.OptimizeGraph(config, meta)
         graph_def = tf_loader.fix_freezing_errors_part2(graph_def)
+        if resources:
+            added = _variables_to_placeholders(graph_def, resources, trace)
+            input_names = [n for n in input_names if n.split(":")[0] not in resources] + \
+                [f"{w.arg_name}:0" for w in added]
+            shapes.update(_hide_shapes(graph_def, {w.arg_name for w in added}))
         graph_def = tf_loader.tf_optimize(input_names, output_names, graph_def)
     for node in graph_def.node:
         if node.name in shapes:
@@ -555,6 +581,121 @@ def _tf2onnx(trace: WeightsTrace, opset: int):
                                    output_names=output_names,
                                    tensors_to_rename=tensor_names_from_structed(cf, input_names, output_names))
     return model
+
+
+def _hide_shapes(graph_def, names: set[str]) -> dict:
+    """Give the named Placeholders an unknown shape (grappler then makes no fake feed for them); returns
+    their real shapes, to be put back before tf2onnx converts the graph."""
+    import tensorflow as tf
+
+    shapes = {}
+    for node in graph_def.node:
+        if node.op == "Placeholder" and node.name in names:
+            shapes[node.name] = tf.TensorShape(node.attr["shape"].shape)
+            node.attr["shape"].shape.CopyFrom(tf.TensorShape(None).as_proto())
+            node.attr.pop("_output_shapes", None)
+    return shapes
+
+
+def _variables_to_placeholders(graph_def, resources: dict, trace: WeightsTrace) -> list[WeightInput]:
+    """Turn the variables an (inlined) graph reads into weight placeholders, in place.
+
+    Each captured variable handle (a resource Placeholder) gets one value Placeholder; its ``ReadVariableOp``
+    readers become Identities of it and its ``ResourceGather`` readers (embedding lookups) become GatherV2.
+    Any other use (a loop carrying the variable, an assignment) is refused: the classic route freezes those.
+    """
+    import tensorflow as tf
+
+    by_handle = {id(v.handle): v for v in trace.variables}
+    taken = {n.name for n in graph_def.node}
+    names = {}
+    added: list[WeightInput] = []
+    used_names: set[str] = {w.name for w in trace.weights}
+    for ph, handle in resources.items():
+        var = by_handle.get(id(handle))
+        if var is None:
+            raise Unsupported(
+                "the SavedModel signature reads a resource that is not one of its variables (a lookup table or "
+                "other state); the weights-as-inputs export cannot bind it")
+        arg = f"{ph}_value"
+        while arg in taken:
+            arg += "_"
+        taken.add(arg)
+        names[ph] = arg
+        dtype = tf.as_dtype(var.dtype)
+        shape = tuple(int(d) for d in var.shape)
+        node = graph_def.node.add(name=arg, op="Placeholder")
+        node.attr["dtype"].type = dtype.as_datatype_enum
+        node.attr["shape"].shape.CopyFrom(tf.TensorShape(shape).as_proto())
+        name = _clean_name(var.name.split(":")[0], "weight")
+        while name in used_names:
+            name += "_"
+        used_names.add(name)
+        added.append(WeightInput(arg, name, shape, np.dtype(dtype.as_numpy_dtype),
+                                 (lambda var=var: np.asarray(var.read_value()))))
+    # Inlined function calls pass a handle on through Identity nodes: each is an alias of its variable.
+    alias = {ph: ph for ph in resources}
+    changed = True
+    while changed:
+        changed = False
+        for node in graph_def.node:
+            if node.op == "Identity" and node.name not in alias and node.input \
+                    and node.input[0].split(":")[0] in alias:
+                alias[node.name] = alias[node.input[0].split(":")[0]]
+                changed = True
+    axis = None
+    keep = []
+    for node in list(graph_def.node):
+        if node.name in alias:  # the handles and their aliases go; their readers read the placeholders
+            continue
+        data_inputs = [i for i in node.input if not i.startswith("^")]
+        controls = [i for i in node.input if i.startswith("^") and i[1:] not in alias]
+        handles = [alias[i.split(":")[0]] for i in data_inputs if i.split(":")[0] in alias]
+        if not handles:
+            if len(controls) != len(node.input) - len(data_inputs):
+                del node.input[:]
+                node.input.extend(data_inputs + controls)
+            keep.append(node)
+            continue
+        if node.op == "ReadVariableOp":
+            dtype = node.attr["dtype"].type
+            node.op = "Identity"
+            node.attr.clear()
+            node.attr["T"].type = dtype
+            del node.input[:]
+            node.input.extend([names[handles[0]], *controls])
+        elif node.op == "ResourceGather" and node.attr["batch_dims"].i == 0 \
+                and data_inputs[0].split(":")[0] in alias:
+            if axis is None:
+                axis = type(node)(name=_fresh("modelport_gather_axis", taken), op="Const")
+                axis.attr["dtype"].type = tf.int32.as_datatype_enum
+                axis.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(0, tf.int32))
+                keep.append(axis)
+            params, indices = names[handles[0]], data_inputs[1]
+            dtype, tindices = node.attr["dtype"].type, node.attr["Tindices"].type
+            node.op = "GatherV2"
+            node.attr.clear()
+            node.attr["Tparams"].type, node.attr["Tindices"].type = dtype, tindices
+            node.attr["Taxis"].type = tf.int32.as_datatype_enum
+            node.attr["batch_dims"].i = 0
+            del node.input[:]
+            node.input.extend([params, indices, axis.name, *controls])
+        else:
+            raise Unsupported(
+                f"the SavedModel signature uses a variable in a {node.op} node ({node.name}); the weights-as-inputs "
+                "export handles variable reads and embedding lookups only")
+        keep.append(node)
+    del graph_def.node[:]
+    graph_def.node.extend(keep)
+    trace.weights.extend(added)
+    return added
+
+
+def _fresh(name: str, taken: set[str]) -> str:
+    while name in taken:
+        name += "_"
+    taken.add(name)
+    return name
 
 
 # Attributes that keep grappler from inlining a function call: an alternative implementation
@@ -677,22 +818,36 @@ def external_data_threshold() -> int:
         raise InvalidArgument(f"{EXTERNAL_DATA_ENV}={raw!r} is not a number of bytes") from None
 
 
-def plan_export(keras_model: Any, weight_bytes: int) -> ExportPlan:
-    """The route for a model (``keras_model`` None for a SavedModel signature) of ``weight_bytes``."""
+KIND_KERAS3 = "Keras 3 model"
+KIND_SAVEDMODEL = "SavedModel signature"
+
+
+def source_kind(src: Any) -> str:
+    """What a loaded TensorFlow-backed source is, for ``plan_export``: a Keras 3 model, a SavedModel
+    signature, or the class name of anything else (a tf-keras model)."""
+    model = getattr(src, "model", None)
+    if model is not None and supports_weights_as_inputs(model):
+        return KIND_KERAS3
+    if getattr(src, "format", "") == "savedmodel" and getattr(src, "sig", None) is not None:
+        return KIND_SAVEDMODEL
+    return type(model if model is not None else src).__name__
+
+
+def plan_export(kind: str, weight_bytes: int) -> ExportPlan:
+    """The route for a source of ``kind`` (``source_kind``) with ``weight_bytes`` of weights."""
     choice = os.environ.get(ROUTE_ENV, "auto").strip().lower() or "auto"
     if choice not in ("auto", ROUTE_WEIGHTS, ROUTE_CLASSIC):
         raise InvalidArgument(f"{ROUTE_ENV}={choice!r}: choose auto, weights or classic")
     external = weight_bytes >= external_data_threshold()
-    able = keras_model is not None and supports_weights_as_inputs(keras_model)
+    able = kind in (KIND_KERAS3, KIND_SAVEDMODEL)
     if choice == ROUTE_CLASSIC or (choice == "auto" and not able):
         if weight_bytes >= PROTOBUF_LIMIT:
             raise FailedPrecondition(
                 f"the model has {weight_bytes / 1e9:.2f} GB of weights; the classic tf2onnx route cannot pass "
-                "protobuf's 2 GiB limit and only Keras 3 models (.keras, .h5) take the external-weights route; "
-                "save the model with Keras 3 (model.save('m.keras')) and convert that")
+                "protobuf's 2 GiB limit; Keras 3 models (.keras, .h5) and SavedModels take the external-weights "
+                f"route ({ROUTE_ENV}=auto)")
         return ExportPlan(ROUTE_CLASSIC, False, choice == ROUTE_CLASSIC, weight_bytes)
     if not able:
         raise FailedPrecondition(
-            f"{ROUTE_ENV}=weights needs a Keras 3 model (.keras or .h5 loaded with Keras 3); this source is a "
-            f"{type(keras_model).__name__ if keras_model is not None else 'SavedModel signature'}")
+            f"{ROUTE_ENV}=weights needs a Keras 3 model (.keras or .h5) or a SavedModel; this source is a {kind}")
     return ExportPlan(ROUTE_WEIGHTS, external, choice == ROUTE_WEIGHTS, weight_bytes)

@@ -292,10 +292,12 @@ class SavedModelModel(TFModel):
         super().__init__(folder)
         import tensorflow as tf
 
+        from modelport.memory import weight_bytes
         from modelport.model_code import check_model_code
 
         self.root = formats.savedmodel_root(folder)
         check_model_code(self.root, formats.SAVEDMODEL, trust_remote_code)  # graph ops that touch files/Python
+        self.weight_bytes = weight_bytes(self.root, formats.SAVEDMODEL)
         try:
             self.trackable = tf.saved_model.load(str(self.root))
         except Exception as e:  # noqa: BLE001
