@@ -20,7 +20,10 @@ class ConverterService(JobService):
     settings: ConverterSettings
     worker_preload = ("tensorflow", "tf2onnx", "onnxruntime", "keras", "modelport.conversion.convert",
                       "modelport.conversion.models", "converter_svc.worker")
-    worker_env = {"TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "", "TF_USE_LEGACY_KERAS": "0"}
+    # TF_ONEDNN_USE_SYSTEM_ALLOCATOR: oneDNN's own pool allocator never gives freed tensors back, so a worker
+    # would keep the source model's memory while the converted one runs parity (modelport.conversion.large_export).
+    worker_env = {"TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "", "TF_USE_LEGACY_KERAS": "0",
+                  "TF_ONEDNN_USE_SYSTEM_ALLOCATOR": "1"}
     tool_packages = ("tensorflow", "tf2onnx", "onnx", "keras", "onnxruntime")
     job_version = "1"  # bump when conversion code changes results (invalidates cached jobs)
     result_field = "convert_result"

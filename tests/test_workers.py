@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from modelport.errors import DeadlineExceeded, Internal, InvalidArgument
+from modelport.errors import DeadlineExceeded, Internal, InvalidArgument, ModelportError
 from modelport.runtime.workers import WorkerPool
 
 
@@ -100,6 +100,25 @@ def test_crash_fails_only_its_job():
     err, after = run(main())
     assert "died (killed by SIGSEGV)" in err.message
     assert after["value"] == 5
+
+
+def test_sigkilled_worker_is_resource_exhausted_not_internal():
+    async def main():
+        pool = await _pool(max_jobs_per_worker=0)
+        try:
+            with pytest.raises(ModelportError) as e:
+                await pool.run("worker_jobs:killed", {}, timeout=60)
+            after = await pool.run("worker_jobs:echo", {"value": 7}, timeout=60)
+        finally:
+            await pool.close()
+        return e.value, after
+
+    err, after = run(main())
+    assert err.status == "RESOURCE_EXHAUSTED", err
+    assert "killed (SIGKILL)" in err.message and "out-of-memory killer" in err.message
+    assert " available now, " in err.message
+    assert err.details["exit"] == "SIGKILL" and int(err.details["available_bytes"]) > 0
+    assert after["value"] == 7
 
 
 def test_timeout_kills_worker(tmp_path):

@@ -23,6 +23,12 @@ def crash(progress):
     os.kill(os.getpid(), signal.SIGSEGV)
 
 
+def killed(progress):
+    """Dies the way the kernel's out-of-memory killer ends a process: SIGKILL, no chance to report."""
+    progress("working", 0.1, "about to be killed")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def unexpected(progress):
     raise KeyError("internal detail")
 

@@ -9,6 +9,7 @@ parity (or is allowed to mismatch) is published to the store. ``inspect_model`` 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from modelport import formats, media, parity
+from modelport import formats, media, memory, parity
 from modelport.conversion import quantization
 from modelport.datasets import generate_inputs, load_npz, validate_samples
 from modelport.errors import FailedPrecondition, InvalidArgument, ModelportError, Unimplemented
@@ -110,6 +111,9 @@ def _check_onnx(path: Path) -> None:
     """Fail clearly when tf2onnx left ops it could not convert (it continues on error)."""
     import onnx
 
+    from modelport.conversion.models import onnx_model_file
+
+    path = onnx_model_file(path)
     proto = onnx.load_model(str(path), load_external_data=False)
     unknown = sorted({n.op_type for n in proto.graph.node if n.domain not in ("", "ai.onnx", "ai.onnx.ml",
                                                                                "com.microsoft")})
@@ -223,14 +227,12 @@ def produce(src, target: str, workdir: Path, opset: int, fixed_batch: int,
 
     if target == formats.PYTORCH:
         return _to_pytorch(src, workdir, opset, fixed_batch, onnx2torch_python)
-    from modelport.conversion.onnx_export import function_to_onnx
 
     notes: dict[str, str] = {}
     if target == formats.ONNX:
         out = workdir / "model.onnx"
         if isinstance(src, TFModel):
-            fn, signature, _ = src.tf_function(fixed_batch)
-            function_to_onnx(fn, signature, out, opset)
+            out = _tf_to_onnx(src, workdir, opset, fixed_batch, notes)
         elif isinstance(src, TFLiteModel):
             import tf2onnx
 
@@ -325,10 +327,92 @@ def _load_result(out: Path, target: str, onnx2torch_python: str = ""):
     return load_model(out, target)
 
 
+def _tf_to_onnx(src, workdir: Path, opset: int, fixed_batch: int, notes: dict[str, str]) -> Path:
+    """A Keras or SavedModel source to ONNX: weights as inputs for Keras 3 models (bounded memory, external
+    data from a size on), tf2onnx with frozen weights otherwise (see large_export). Returns the file or folder."""
+    from modelport.conversion import large_export
+    from modelport.conversion.onnx_export import function_to_onnx
+
+    kind = large_export.source_kind(src)
+    plan = large_export.plan_export(kind, int(getattr(src, "weight_bytes", 0) or 0))
+    if plan.route == large_export.ROUTE_WEIGHTS:
+        folder = workdir / "onnx"
+        try:
+            if kind == large_export.KIND_KERAS3:
+                trace = large_export.keras_weights_trace(src.model, fixed_batch)
+                how = "weights as inputs (Keras stateless_call), weight-only nodes folded"
+            else:
+                fn, signature, outputs = src.tf_function(fixed_batch)
+                trace = large_export.savedmodel_weights_trace(fn, signature, outputs, src.sig.variables)
+                how = "weights as inputs (SavedModel variable reads rewired), weight-only nodes folded"
+            path = large_export.export_weights_as_inputs(trace, folder, opset, plan.external)
+            del trace
+        except ModelportError as e:
+            if not isinstance(e, large_export.Unsupported):
+                raise
+            first = e.message
+        except Exception as e:  # noqa: BLE001 - a small model may still take the classic route
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        else:
+            first = ""
+        if first:
+            if plan.forced or plan.weight_bytes >= large_export.CLASSIC_FALLBACK_MAX_BYTES:
+                raise FailedPrecondition(
+                    f"exporting the model with its weights as inputs failed: {first}; the classic route needs "
+                    f"about 18x the weights in memory (set {large_export.ROUTE_ENV}=classic to try it)") from None
+            log.warning("weights-as-inputs export failed (%s); using the classic route", first)
+            shutil.rmtree(folder, ignore_errors=True)
+            notes["export"] = f"classic (weights-as-inputs export failed: {first})"
+        else:
+            notes["export"] = how
+            if plan.external:
+                notes["external_data"] = large_export.DATA_FILE
+            return path  # the model file; its data file (if any) beside it
+    out = workdir / "model.onnx"
+    fn, signature, _ = src.tf_function(fixed_batch)
+    function_to_onnx(fn, signature, out, opset)
+    notes.setdefault("export", "classic (tf2onnx, frozen weights)")
+    return out
+
+
 def _onnx_to_tf_unimplemented(target: str) -> Unimplemented:
     from modelport.conversion import onnx2tf_bridge
 
     return onnx2tf_bridge.unimplemented(target)
+
+
+# ---- admission -----------------------------------------------------------------------------------
+
+# Peak memory a conversion adds to its worker, per byte of weights (measured: BENCHMARKS.md "Large
+# models"), and a fixed part for TensorFlow's tracing, tf2onnx and onnxruntime whatever the model.
+FACTOR_WEIGHTS_ROUTE = 2.0
+FACTOR_CLASSIC_ROUTE = 25.0
+FACTOR_OTHER = 4.0
+CONVERT_OVERHEAD_BYTES = 512 << 20
+
+
+def conversion_estimate(path: Path, fmt: str, target: str) -> memory.Estimate:
+    """Memory the conversion of this model to ``target`` needs, from its weight bytes."""
+    from modelport.conversion import large_export
+
+    weights = memory.weight_bytes(path, fmt)
+    if target == formats.ONNX and fmt in (formats.KERAS, formats.H5, formats.SAVEDMODEL) and \
+            os.environ.get(large_export.ROUTE_ENV, "auto").strip().lower() != large_export.ROUTE_CLASSIC:
+        factor, route = FACTOR_WEIGHTS_ROUTE, "weights as inputs"
+    elif target == formats.ONNX and fmt in (formats.KERAS, formats.H5, formats.SAVEDMODEL):
+        factor, route = FACTOR_CLASSIC_ROUTE, "tf2onnx with frozen weights"
+    else:
+        factor, route = FACTOR_OTHER, fmt
+    return memory.Estimate(f"converting this {fmt} model to {target} ({route})", weights, factor,
+                           CONVERT_OVERHEAD_BYTES)
+
+
+def admit_conversion(path: Path, fmt: str, target: str) -> None:
+    """Refuse (RESOURCE_EXHAUSTED, both figures) a conversion that cannot fit in the memory left."""
+    est = conversion_estimate(path, fmt, target)
+    advice = ("run it where more memory is free (another machine, a higher container memory limit, or fewer "
+              f"concurrent jobs), or raise {memory.LIMIT_ENV} if it was set too low")
+    memory.admit(est, advice)
 
 
 # ---- the job -------------------------------------------------------------------------------------
@@ -355,8 +439,10 @@ def convert_model(store: ArtifactStore, request: converter_pb2.ConvertRequest,
         raise InvalidArgument(f"parity tolerances must be >= 0 (rtol={rtol}, atol={atol})")
     quant_tolerances = parity.QuantTolerances.from_options(opts)
 
+    path = source_path(store, digest, fmt)
+    admit_conversion(path, fmt, target)
     progress("loading", 0.05, f"loading the {fmt} model")
-    src = load_model(source_path(store, digest, fmt), fmt, request.trust_remote_code)
+    src = load_model(path, fmt, request.trust_remote_code)
     source_info = src.info()
     if target == formats.GENERATION:  # a causal LM's KV-cache step; parity is greedy decoding vs generate()
         from modelport.conversion.llm_export import convert_for_generation
@@ -365,31 +451,37 @@ def convert_model(store: ArtifactStore, request: converter_pb2.ConvertRequest,
     src.int_ranges.update(quantization.input_ranges(src))
     quant = quantization.output_quantization(src, "source")
     inputs, inputs_source = sample_inputs(store, opts, src, fixed_batch)
+    n = next(iter(inputs.values())).shape[0] if inputs else 0
+    # The source runs first and is freed before the result is loaded: never two models in memory at once.
+    progress("loading", 0.15, f"running the {fmt} model on {n} parity samples ({inputs_source})")
+    ref_out = run_checked(src, inputs, "source")
 
     workdir = Path(tempfile.mkdtemp(dir=store.tmp_dir, prefix="convert-"))
     try:
         progress("converting", 0.2, f"converting {fmt} -> {target}" + (f" (opset {opset})" if target == "onnx" else ""))
         out, notes = produce(src, target, workdir, opset, fixed_batch, onnx2tf_python, onnx2torch_python)
+        src.release()
+        del src
 
-        n = next(iter(inputs.values())).shape[0] if inputs else 0
         progress("verifying", 0.7, f"comparing source and {target} outputs on {n} samples ({inputs_source})")
         cand = _load_result(out, target, onnx2torch_python)
         # Before running: TFLite's XNNPACK delegate hides the DEQUANTIZE ops once tensors are allocated.
         quant = {**quantization.output_quantization(cand, "target"), **quant}  # the source's scale wins
-        ref_out = run_checked(src, inputs, "source")
         cand_out = run_checked(cand, inputs, "converted")
         report = parity.compare_outputs(ref_out, cand_out, rtol, atol, inputs_source=inputs_source, samples=n,
                                         quantization=quant, quant_tolerances=quant_tolerances)
         parity.enforce(report, opts.allow_mismatch)
+        info = cand.info()
+        cand.release()
+        del cand
 
         progress("storing", 0.9, "storing the converted model")
         if target == formats.SAVEDMODEL:
             stored = store.put_dir(out, media.SAVEDMODEL)
-        elif target == formats.ONNX:
-            stored = store.put_onnx(out)  # one folder artifact when the weights are external data
+        elif target == formats.ONNX:  # one folder artifact when the weights are external data
+            stored = store.put_onnx(out / "model.onnx" if out.is_dir() else out)
         else:
             stored = store.put_file(out, media.BY_FORMAT[target])
-        info = cand.info()
         info.size_bytes = stored.size
         info.details.update(notes)
     finally:

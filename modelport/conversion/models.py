@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -25,6 +26,8 @@ from modelport.conversion import hub_models
 from modelport.dtypes import ONNX_TO_KSERVE, ORT_TO_KSERVE, to_kserve
 from modelport.errors import FailedPrecondition, InvalidArgument
 from modelport.v1 import jobs_pb2
+
+log = logging.getLogger("modelport.conversion.models")
 
 DEFAULT_INT_HIGH = 10
 
@@ -76,6 +79,10 @@ class LoadedModel(abc.ABC):
     def _run_batch(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run on one batch the model can take as is."""
 
+    def release(self) -> None:  # noqa: B027 - optional hook: most formats hold nothing worth freeing early
+        """Drop what holds the model's weights, so a converted twin can be loaded without two copies
+        in memory (parity runs the source, frees it, then runs the result). Unusable afterwards."""
+
     @abc.abstractmethod
     def info(self) -> jobs_pb2.ModelInfo:
         """Format, size, inputs/outputs and format-specific details."""
@@ -126,18 +133,21 @@ class KerasModel(TFModel):
     def __init__(self, path: Path, fmt: str, trust_remote_code: bool):
         super().__init__(path)
         self.format = fmt
-        import keras
 
         from modelport.conversion.onnx_export import keras_input_infos, keras_tf_function
         from modelport.model_code import check_model_code
 
         check_model_code(path, fmt, trust_remote_code)  # before any loader: not all of them refuse code
+
+        from modelport.memory import weight_bytes
+
+        self.weight_bytes = weight_bytes(path, fmt)
         # Keras picks its loader by file extension; content-addressed blobs have none, so link one.
         tmp = Path(tempfile.mkdtemp(prefix="keras-load-"))
         link = tmp / ("model.keras" if fmt == formats.KERAS else "model.h5")
         try:
             os.symlink(Path(path).resolve(), link)
-            self.model = keras.saving.load_model(str(link), compile=False, safe_mode=not trust_remote_code)
+            self.model = _load_keras(str(link), fmt, self.weight_bytes, not trust_remote_code)
         except Exception as e:  # noqa: BLE001 - classified below
             raise _keras_load_error(e, fmt, trust_remote_code) from None
         finally:
@@ -156,6 +166,16 @@ class KerasModel(TFModel):
         from modelport.conversion.onnx_export import keras_tf_function
 
         return self._dynamic if not fixed_batch_size else keras_tf_function(self.model, fixed_batch_size)
+
+    def release(self) -> None:
+        import gc
+
+        import keras
+
+        self.model = self.trackable = self._dynamic = None
+        keras.backend.clear_session()
+        gc.collect()
+        _trim_heap()
 
     def export_savedmodel(self, folder: Path, fixed_batch_size: int = 0) -> None:
         """SavedModel through Keras' ExportArchive (plain tf.saved_model.save of a Keras 3 model
@@ -179,6 +199,39 @@ class KerasModel(TFModel):
         info.details["layers"] = str(len(self.model.layers))
         info.details["model_name"] = str(self.model.name)
         return info
+
+
+# From this many weight bytes a .keras file is loaded with one copy of its weights (keras_lean_load).
+KERAS_LEAN_LOAD_MIN = 64 << 20
+
+
+def _load_keras(path: str, fmt: str, weight_bytes: int, safe_mode: bool):
+    """``keras.saving.load_model``; a large ``.keras`` file through the lean loader, plain Keras if that fails."""
+    import keras
+
+    if fmt == formats.KERAS and weight_bytes >= KERAS_LEAN_LOAD_MIN:
+        from modelport.conversion.keras_lean_load import load_keras_lean
+
+        try:
+            return load_keras_lean(path, safe_mode)
+        except Exception as e:  # noqa: BLE001 - Keras' own loader decides (and names the error)
+            log.warning("lean Keras load failed (%s: %s); loading with keras.saving.load_model",
+                        type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+            import gc
+
+            keras.backend.clear_session()
+            gc.collect()
+    return keras.saving.load_model(path, compile=False, safe_mode=safe_mode)
+
+
+def _trim_heap() -> None:
+    """Give freed heap pages back to the OS (glibc keeps small freed blocks in its arenas)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _keras_load_error(e: Exception, fmt: str, trusted: bool) -> Exception:
@@ -239,10 +292,12 @@ class SavedModelModel(TFModel):
         super().__init__(folder)
         import tensorflow as tf
 
+        from modelport.memory import weight_bytes
         from modelport.model_code import check_model_code
 
         self.root = formats.savedmodel_root(folder)
         check_model_code(self.root, formats.SAVEDMODEL, trust_remote_code)  # graph ops that touch files/Python
+        self.weight_bytes = weight_bytes(self.root, formats.SAVEDMODEL)
         try:
             self.trackable = tf.saved_model.load(str(self.root))
         except Exception as e:  # noqa: BLE001
@@ -284,6 +339,13 @@ class SavedModelModel(TFModel):
 
         fn = tf.function(call, input_signature=signature)
         return fn, signature, list(self.sig.structured_outputs)
+
+    def release(self) -> None:
+        import gc
+
+        self.trackable = self.sig = self._dynamic = None
+        gc.collect()
+        _trim_heap()
 
     def info(self) -> jobs_pb2.ModelInfo:
         info = self._base_info()
@@ -394,8 +456,24 @@ class TFLiteModel(LoadedModel):
 
 # ---- ONNX ----------------------------------------------------------------------------------------
 
+def onnx_model_file(path: Path) -> Path:
+    """The ``.onnx`` file of an ONNX model: ``path`` itself, or the one ``.onnx`` file of a folder
+    (``model.onnx`` + its external data file, as the converter writes large models)."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    if (path / "model.onnx").is_file():
+        return path / "model.onnx"
+    hits = sorted(path.rglob("*.onnx"))
+    if len(hits) != 1:
+        raise InvalidArgument(f"an ONNX model folder must hold exactly one .onnx file (found {len(hits)}): "
+                              "the model file plus its external data file(s)")
+    return hits[0]
+
+
 class OnnxModel(LoadedModel):
-    """An ONNX model run with onnxruntime on the CPU."""
+    """An ONNX model run with onnxruntime on the CPU: one file, or a folder with ``model.onnx`` and
+    its external data (resolved beside the model file)."""
 
     format = formats.ONNX
 
@@ -404,8 +482,9 @@ class OnnxModel(LoadedModel):
         import onnx
         import onnxruntime as ort
 
+        model_file = onnx_model_file(path)
         try:
-            self.proto = onnx.load_model(str(path), load_external_data=False)
+            self.proto = onnx.load_model(str(model_file), load_external_data=False)
         except Exception as e:  # noqa: BLE001
             raise InvalidArgument(f"the ONNX model could not be parsed: {str(e)[:300]}") from None
         from modelport.onnx_files import check_data_files
@@ -414,7 +493,7 @@ class OnnxModel(LoadedModel):
         try:
             opts = ort.SessionOptions()
             opts.log_severity_level = 3
-            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(model_file), opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001
             raise InvalidArgument(f"onnxruntime cannot load the ONNX model: {str(e).splitlines()[0][:400]}") from None
         self.inputs = [jobs_pb2.TensorSpec(name=i.name, datatype=ORT_TO_KSERVE.get(i.type, "FP32"),
@@ -429,6 +508,13 @@ class OnnxModel(LoadedModel):
         names = [o.name for o in self.outputs]
         got = self.session.run(names, {s.name: inputs[s.name] for s in self.inputs})
         return dict(zip(names, got, strict=True))
+
+    def release(self) -> None:
+        import gc
+
+        self.session = None
+        gc.collect()
+        _trim_heap()
 
     @property
     def opset(self) -> int:
@@ -445,6 +531,10 @@ class OnnxModel(LoadedModel):
         info.parameter_count = int(sum(int(np.prod(t.dims)) for t in self.proto.graph.initializer))
         info.details["ir_version"] = str(self.proto.ir_version)
         info.details["nodes"] = str(len(self.proto.graph.node))
+        external = sorted({e.value for t in self.proto.graph.initializer if t.data_location == t.EXTERNAL
+                           for e in t.external_data if e.key == "location"})
+        if external:
+            info.details["external_data"] = ",".join(external)
         return info
 
 
@@ -499,4 +589,4 @@ def load_model(path: str | os.PathLike, fmt: str, trust_remote_code: bool = Fals
 
 
 __all__ = ["LoadedModel", "TFModel", "KerasModel", "SavedModelModel", "TFLiteModel", "OnnxModel",
-           "load_model", "tensor_spec", "ONNX_TO_KSERVE"]
+           "load_model", "onnx_model_file", "tensor_spec", "ONNX_TO_KSERVE"]

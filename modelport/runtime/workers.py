@@ -30,7 +30,7 @@ from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelport.errors import DeadlineExceeded, Internal, ModelportError, error_for_status
+from modelport.errors import DeadlineExceeded, Internal, ModelportError, ResourceExhausted, error_for_status
 
 log = logging.getLogger("modelport.runtime.workers")
 
@@ -127,6 +127,27 @@ def _describe_exit(code: int | None) -> str:
         except ValueError:
             return f"killed by signal {-code}"
     return f"exit code {code}"
+
+
+def _death_error(name: str, code: int | None) -> ModelportError:
+    """The error for a worker that died mid-job. SIGKILL is what the kernel's out-of-memory killer sends
+    (the pool itself only kills workers on timeout or cancel, which never get here): RESOURCE_EXHAUSTED
+    with the memory this machine can give, not INTERNAL."""
+    if code == -signal.SIGKILL:
+        from modelport.memory import available_bytes, fmt_bytes
+
+        budget = available_bytes()
+        limit = f"{fmt_bytes(budget.limit)} limit, " if budget.limit else ""
+        return ResourceExhausted(
+            f"the {name} process was killed (SIGKILL) while running this job, most likely by the kernel's "
+            f"out-of-memory killer: the job needed more memory than this machine or container gives "
+            f"({limit}{fmt_bytes(budget.available)} available now, {budget.source}). Run it with more memory, "
+            "fewer concurrent jobs, or a smaller model/technique. The service is unaffected.",
+            details={"exit": "SIGKILL", "available_bytes": str(budget.available)})
+    return Internal(
+        f"the {name} process died ({_describe_exit(code)}) while running this job; "
+        "the model may crash TensorFlow or need more memory. The service is unaffected."
+    )
 
 
 class WorkerPool:
@@ -264,10 +285,7 @@ class WorkerPool:
                 msg = await self._recv(w, remaining)
                 if msg is None:
                     await asyncio.to_thread(w.proc.join, 5)
-                    raise Internal(
-                        f"the {self.name} process died ({_describe_exit(w.proc.exitcode)}) while running this job; "
-                        "the model may crash TensorFlow or need more memory. The service is unaffected."
-                    )
+                    raise _death_error(self.name, w.proc.exitcode)
                 kind = msg[0]
                 if kind == "progress" and on_progress:
                     on_progress(msg[1], msg[2], msg[3])

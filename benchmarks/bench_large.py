@@ -1,0 +1,343 @@
+"""Large models through the converter: peak memory of the whole process tree per weight byte, with
+plain tf2onnx side by side (issue 13).
+
+Models (random weights, built here): VGG-16 (``keras.applications.VGG16(weights=None)``, 553 MB of
+float32 weights), and Keras 3 transformer language models with d_model 2048, 16 heads, FFN 8192, vocab
+32000 and sequence 128: 4 blocks (332M parameters, 1.33 GB) and 9 blocks (584M, 2.34 GB: past
+protobuf's 2 GiB). Each model is built and saved in its own process, then:
+
+- **modelport**: a converter service in its own process (one warm worker, TensorFlow pre-imported)
+  gets the ``.keras`` file through Upload and converts it to ONNX (parity on 8 samples included, result
+  stored). Peak RSS is the sum over the service and its workers, sampled every 50 ms.
+- **plain tf2onnx**: in a fresh process, ``keras.saving.load_model`` then
+  ``tf2onnx.convert.from_function(..., large_model=True)`` (what the issue tried). It runs under a
+  memory cap enforced by this benchmark (the machine is shared): when its RSS passes the cap it is
+  killed and reported as "killed at N GB".
+
+One multi-GB process at a time. Target: modelport's peak <= 2.5x the weight bytes.
+
+    .venv/bin/python -m benchmarks.bench_large            # VGG-16, 4-block and 9-block transformers
+    .venv/bin/python -m benchmarks.bench_large --quick    # VGG-16 only, no plain tf2onnx
+    .venv/bin/python -m benchmarks.bench_large --models t4 --cap-gb 14
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from benchmarks import common
+
+TARGET = 2.5
+GB = 1e9
+MODELS = {
+    "vgg16": "VGG-16 (224x224, weights=None)",
+    "t1": "transformer LM, 1 block (d 2048, FFN 8192, vocab 32000, seq 128)",
+    "t4": "transformer LM, 4 blocks (d 2048, FFN 8192, vocab 32000, seq 128)",
+    "t9": "transformer LM, 9 blocks (d 2048, FFN 8192, vocab 32000, seq 128)",
+}
+
+
+# ---- models ---------------------------------------------------------------------------------------
+
+def transformer_lm(keras, *, blocks: int, vocab: int = 32000, seq: int = 128, dim: int = 2048, heads: int = 16,
+                   ff: int = 8192):
+    """Post-norm transformer over int32 token ids with per-token logits (tied to nothing)."""
+    ids = keras.Input((seq,), dtype="int32", name="token_ids")
+    x = keras.layers.Embedding(vocab, dim, name="tokens")(ids)
+    for b in range(blocks):
+        a = keras.layers.MultiHeadAttention(num_heads=heads, key_dim=dim // heads, name=f"attn_{b}")(x, x)
+        x = keras.layers.LayerNormalization(name=f"ln_a_{b}")(keras.layers.Add()([x, a]))
+        f = keras.layers.Dense(ff, activation="gelu", name=f"ff_in_{b}")(x)
+        f = keras.layers.Dense(dim, name=f"ff_out_{b}")(f)
+        x = keras.layers.LayerNormalization(name=f"ln_f_{b}")(keras.layers.Add()([x, f]))
+    logits = keras.layers.Dense(vocab, name="logits")(x)
+    return keras.Model(ids, logits, name=f"transformer_lm_{blocks}")
+
+
+def build(name: str, out: Path) -> None:
+    """Build model ``name`` with random weights and save it as ``out`` (.keras)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    if name == "vgg16":
+        model = keras.applications.VGG16(weights=None)
+    elif name in ("t1", "t4", "t9"):
+        model = transformer_lm(keras, blocks=int(name[1:]))
+    else:
+        raise SystemExit(f"unknown model {name}")
+    model.save(str(out))
+
+
+def plain_tf2onnx(path: Path, out: Path) -> None:
+    """What a user would try: load the .keras file and call tf2onnx's from_function, large_model=True."""
+    import keras
+    import tensorflow as tf
+    import tf2onnx
+
+    model = keras.saving.load_model(str(path), compile=False)
+    spec = [tf.TensorSpec([None, *t.shape[1:]], t.dtype, name=t.name.split(":")[0]) for t in model.inputs]
+    fn = tf.function(lambda *a: model(a[0] if len(a) == 1 else list(a), training=False))
+    tf2onnx.convert.from_function(fn, input_signature=spec, opset=17, large_model=True, output_path=str(out))
+
+
+# ---- memory sampling ----------------------------------------------------------------------------
+
+@dataclass
+class TreeMemory:
+    """Peak RSS of a process and its descendants, and whether the cap killed it."""
+
+    peak_bytes: int = 0
+    killed_at_bytes: int = 0
+    samples: int = 0
+
+
+class TreeSampler:
+    """Samples the summed RSS of ``pid`` and its descendants every ``interval`` s; kills the tree when
+    it passes ``cap_bytes`` (0 = no cap). ``mark(stage)`` attributes the following samples to a stage."""
+
+    def __init__(self, pid: int, cap_bytes: int = 0, interval: float = 0.05):
+        import psutil
+
+        self.proc = psutil.Process(pid)
+        self.cap = cap_bytes
+        self.interval = interval
+        self.result = TreeMemory()
+        self.stage_peaks: dict[str, int] = {}
+        self.stage = ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> TreeSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def mark(self, stage: str) -> None:
+        self.stage = stage
+
+    def rss(self) -> int:
+        import psutil
+
+        try:
+            procs = [self.proc, *self.proc.children(recursive=True)]
+        except psutil.Error:
+            return 0
+        total = 0
+        for p in procs:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                continue
+        return total
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            rss = self.rss()
+            self.result.samples += 1
+            self.result.peak_bytes = max(self.result.peak_bytes, rss)
+            if self.stage:
+                self.stage_peaks[self.stage] = max(self.stage_peaks.get(self.stage, 0), rss)
+            if self.cap and rss > self.cap and not self.result.killed_at_bytes:
+                self.result.killed_at_bytes = rss
+                try:
+                    for p in [*self.proc.children(recursive=True), self.proc]:
+                        p.kill()
+                except psutil.Error:
+                    pass
+            self._stop.wait(self.interval)
+
+
+def run_capped(cmd: list[str], cap_bytes: int, timeout: float) -> tuple[int, TreeMemory, float, str]:
+    """Run ``cmd`` with its tree sampled and capped; (exit code, memory, seconds, stderr tail)."""
+    t0 = time.perf_counter()
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, cwd=common.REPO_ROOT, stdout=subprocess.DEVNULL, stderr=err,
+                                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"})
+        with TreeSampler(proc.pid, cap_bytes) as sampler:
+            try:
+                rc = proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                rc = proc.wait()
+        err.seek(0)
+        tail = err.read().decode(errors="replace").strip().splitlines()[-3:]
+    return rc, sampler.result, time.perf_counter() - t0, " | ".join(tail)[-400:]
+
+
+# ---- modelport through the converter service ------------------------------------------------------
+
+def modelport_convert(path: Path, store: Path, cap_bytes: int) -> dict:
+    """Upload + Convert through a converter service subprocess; peak RSS of its tree per stage."""
+    from modelport.runtime.artifacts import upload_requests
+    from modelport.runtime.channels import make_channel
+    from modelport.v1 import artifacts_pb2_grpc, converter_pb2, converter_pb2_grpc
+
+    proc, address = common.start_service_subprocess("converter_svc", store=store, timeout=300)
+    out: dict = {}
+    try:
+        with TreeSampler(proc.pid, cap_bytes) as sampler:
+            time.sleep(1.0)  # a few idle samples: the service with its warm worker
+            out["idle_bytes"] = sampler.rss()
+            channel = make_channel(address)
+            arts = artifacts_pb2_grpc.ArtifactsStub(channel)
+            conv = converter_pb2_grpc.ConverterStub(channel)
+            sampler.mark("upload")
+            t0 = time.perf_counter()
+            ref = arts.Upload(upload_requests(path, "application/vnd.modelport.keras"), timeout=1800)
+            out["upload_s"] = time.perf_counter() - t0
+            stages: dict[str, float] = {}
+            last, t_last = "queued", time.perf_counter()
+            t0 = time.perf_counter()
+            error = ""
+            try:
+                for ev in conv.Convert(converter_pb2.ConvertRequest(source=ref, target_format="onnx"), timeout=3600):
+                    now = time.perf_counter()
+                    stages[last] = stages.get(last, 0.0) + now - t_last
+                    # The source's parity run is part of the "loading" stage: measured on its own.
+                    last = "source parity run" if ev.message.startswith("running the") else ev.stage
+                    t_last = now
+                    sampler.mark(last)
+                    if ev.stage == "done":
+                        res = ev.convert_result
+                        out["parity_max_abs_diff"] = max(o.max_abs_diff for o in res.parity.outputs)
+                        out["parity_passed"] = res.parity.passed
+                        out["artifact_bytes"] = res.artifact.size
+                        out["media_type"] = res.artifact.media_type
+                        out["details"] = dict(res.info.details)
+            except Exception as e:  # noqa: BLE001 - reported in the table
+                error = (e.details() if callable(getattr(e, "details", None)) else "") or str(e)
+            out["convert_s"] = time.perf_counter() - t0
+            out["stages_s"] = stages
+            out["error"] = error
+            channel.close()
+        out["peak_bytes"] = sampler.result.peak_bytes
+        out["killed_at_bytes"] = sampler.result.killed_at_bytes
+        out["stage_peaks"] = sampler.stage_peaks
+    finally:
+        common.stop_service_subprocess(proc)
+    return out
+
+
+# ---- report ---------------------------------------------------------------------------------------
+
+def _gb(n: float | None) -> str:
+    return f"{n / GB:.2f} GB" if n else "-"
+
+
+def _x(n: float | None, w: int) -> str:
+    return f"{n / w:.2f}x" if n and w else "-"
+
+
+def main() -> None:
+    p = common.bench_args(__doc__.splitlines()[0])
+    p.add_argument("--models", default="", help="comma-separated subset of: " + ", ".join(MODELS))
+    p.add_argument("--cap-gb", type=float, default=0.0,
+                   help="memory cap per measured process tree (default: MemAvailable minus 3 GB, at most 18 GB)")
+    p.add_argument("--skip-plain", action="store_true", help="do not run plain tf2onnx")
+    p.add_argument("--build", nargs=2, metavar=("MODEL", "OUT"), help=argparse.SUPPRESS)
+    p.add_argument("--plain", nargs=2, metavar=("KERAS", "OUT"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.build:
+        return build(args.build[0], Path(args.build[1]))
+    if args.plain:
+        return plain_tf2onnx(Path(args.plain[0]), Path(args.plain[1]))
+
+    from modelport.memory import available_bytes, weight_bytes
+
+    default = ["vgg16"] if args.quick else ["vgg16", "t4", "t9"]
+    names = [n for n in (args.models.split(",") if args.models else default) if n]
+    cap = int(args.cap_gb * GB) if args.cap_gb else int(min(18 * GB, available_bytes().available - 3 * GB))
+    results: dict = {"cap_bytes": cap, "models": {}}
+    rows = []
+    me = [sys.executable, "-m", "benchmarks.bench_large"]
+    with tempfile.TemporaryDirectory(prefix="bench-large-", dir=os.environ.get("MODELPORT_BENCH_TMP")) as tmp:
+        tmp = Path(tmp)
+        for name in names:
+            path = tmp / f"{name}.keras"
+            rc, mem, secs, tail = run_capped([*me, "--build", name, str(path)], cap, 3600)
+            if rc != 0:
+                raise SystemExit(f"building {name} failed ({rc}): {tail}")
+            w = weight_bytes(path, "keras")
+            r: dict = {"label": MODELS[name], "weight_bytes": w, "build": {"seconds": secs, "peak_bytes": mem.peak_bytes}}
+            print(f"[{name}] built in {secs:.0f}s, {w / GB:.2f} GB of weights", flush=True)
+            store = tmp / f"store-{name}"
+            r["modelport"] = modelport_convert(path, store, cap)
+            mp = r["modelport"]
+            print(f"[{name}] modelport: peak {_gb(mp['peak_bytes'])} ({_x(mp['peak_bytes'], w)}), "
+                  f"convert {mp['convert_s']:.1f}s {mp.get('error', '')}", flush=True)
+            subprocess.run(["rm", "-rf", str(store)], check=False)
+            if not args.skip_plain and not args.quick:
+                rc, mem, secs, tail = run_capped([*me, "--plain", str(path), str(tmp / f"{name}-plain.onnx")], cap, 3600)
+                r["plain"] = {"exit_code": rc, "seconds": secs, **asdict(mem), "stderr_tail": tail}
+                print(f"[{name}] plain tf2onnx: rc {rc}, peak {_gb(mem.peak_bytes)}, "
+                      f"killed at {_gb(mem.killed_at_bytes)}, {secs:.0f}s", flush=True)
+                for f in tmp.glob(f"{name}-plain.onnx*"):
+                    f.unlink()
+            path.unlink()
+            results["models"][name] = r
+            rows.append(_row(name, r, cap))
+
+    table = common.markdown_table(
+        ["model", "weights", "modelport peak RSS (service + worker)", "/ weights", "idle service", "convert s",
+         "parity max abs diff", "result", "plain tf2onnx"], rows)
+    md = "\n".join([
+        "## Large models: Keras -> ONNX with bounded memory",
+        "",
+        "Peak RSS of the whole process tree (converter service + its worker) while it converts a `.keras` upload "
+        "to ONNX (load, parity on 8 generated samples, store), sampled every 50 ms, against the model's "
+        f"float32 weight bytes; target <= {TARGET}x. Plain tf2onnx = a fresh process calling "
+        "`keras.saving.load_model` then `tf2onnx.convert.from_function(..., large_model=True)`, under this "
+        f"benchmark's memory cap of {cap / GB:.1f} GB (the machine is shared): \"killed at N GB\" means its RSS "
+        "passed the cap and the benchmark killed it. One multi-GB process at a time.",
+        "",
+        f"Command: `{common.command_line()}`",
+        "",
+        common.system_info_markdown(),
+        "",
+        table,
+        "",
+    ])
+    common.write_section("large", md, results)
+    print(md)
+    print(json.dumps({k: v.get("modelport", {}).get("stage_peaks") for k, v in results["models"].items()}))
+
+
+def _row(name: str, r: dict, cap: int) -> list:
+    w = r["weight_bytes"]
+    mp = r["modelport"]
+    if mp.get("killed_at_bytes"):
+        result = f"killed at {_gb(mp['killed_at_bytes'])} (cap)"
+    elif mp.get("error"):
+        result = "failed: " + mp["error"][:120]
+    else:
+        result = f"{mp.get('media_type', '').rsplit('.', 1)[-1]}, {_gb(mp.get('artifact_bytes'))}"
+    plain = r.get("plain")
+    if plain is None:
+        plain_cell = "not run"
+    elif plain["killed_at_bytes"]:
+        plain_cell = f"killed at {_gb(plain['killed_at_bytes'])} after {plain['seconds']:.0f}s"
+    elif plain["exit_code"] != 0:
+        plain_cell = f"failed after {plain['seconds']:.0f}s (exit {plain['exit_code']}, peak {_gb(plain['peak_bytes'])}): " \
+                     f"{plain['stderr_tail'][-120:]}"
+    else:
+        plain_cell = f"converted in {plain['seconds']:.0f}s, peak {_gb(plain['peak_bytes'])} ({_x(plain['peak_bytes'], w)})"
+    return [r["label"], _gb(w), _gb(mp.get("peak_bytes")), _x(mp.get("peak_bytes"), w), _gb(mp.get("idle_bytes")),
+            f"{mp.get('convert_s', 0):.1f}", f"{mp.get('parity_max_abs_diff', float('nan')):.1e}", result, plain_cell]
+
+
+if __name__ == "__main__":
+    main()
