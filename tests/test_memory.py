@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import tarfile
 
-import numpy as np
 import pytest
 
 from modelport import memory
@@ -76,20 +75,3 @@ def test_weight_bytes_of_keras_h5_savedmodel_and_onnx(tmp_path):
     onnx.save_model(proto, str(tmp_path / "one.onnx"))
     assert memory.weight_bytes(tmp_path / "one.onnx", "onnx") == expected
     assert memory.weight_bytes(tmp_path / "missing.keras", "keras") == 0
-
-
-def test_parity_in_slices_equals_the_whole_comparison(monkeypatch):
-    from modelport import parity
-
-    rng = np.random.default_rng(0)
-    ref = rng.standard_normal((37, 50)).astype("float32")
-    cand = ref + rng.normal(0, 1e-4, ref.shape).astype("float32")
-    cand[5, 7] = ref[5, 7] + 0.5  # one clear outlier, in one slice only
-    whole = parity.compare_output("y", ref, cand, 1e-3, 1e-4)
-    monkeypatch.setattr(parity, "CHUNK_ELEMENTS", 200)  # 4 rows per slice
-    sliced = parity.compare_output("y", ref, cand, 1e-3, 1e-4)
-    assert sliced.max_abs_diff == whole.max_abs_diff and sliced.max_rel_diff == whole.max_rel_diff
-    assert (sliced.allclose, sliced.nan_or_inf) == (whole.allclose, whole.nan_or_inf) == (False, False)
-    assert sliced.top1_agreement == pytest.approx(whole.top1_agreement)
-    cand[9, 1] = np.nan
-    assert parity.compare_output("y", ref, cand, 1e-3, 1e-4).nan_or_inf
