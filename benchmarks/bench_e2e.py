@@ -36,7 +36,7 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from benchmarks.models import digits_arrays  # noqa: E402
+from benchmarks.models import digits_arrays, digits_cnn  # noqa: E402
 
 BATCHES = (1, 32)
 CONCURRENCY = (1, 4, 16, 64)
@@ -73,14 +73,7 @@ def digits_case(epochs: int = 40) -> ModelCase:
     keras.utils.set_random_seed(0)
     x, y = digits_arrays(np.random.default_rng(0))
     train, test = slice(0, 1437), slice(1437, None)
-    inp = keras.Input((8, 8, 1), name="image")
-    h = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(inp)
-    h = keras.layers.MaxPooling2D()(h)
-    h = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(h)
-    h = keras.layers.GlobalAveragePooling2D()(h)
-    h = keras.layers.Dense(64, activation="relu")(h)
-    out = keras.layers.Dense(10, activation="softmax", name="probs")(h)
-    model = keras.Model(inp, out, name="digits_cnn")
+    model = digits_cnn(keras, head="gap")
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x[train], y[train], epochs=epochs, batch_size=32, verbose=0)
     xt = x[test]

@@ -1,35 +1,46 @@
-"""Serving overhead and dynamic batching of the inference service.
+"""Serving speed side by side: modelport vs the Python servers a user would pick instead, and the floor.
 
-For a small MLP (built with onnx.helper) and MobileNetV2 (``keras.applications``, ``weights=None``,
-converted to ONNX once in a separate subprocess so this process never imports TensorFlow), at
-client concurrency 1 and 16 with batch-1 requests:
+For an MLP (64-256-256-10, built with onnx.helper: per-request overhead dominates) and MobileNetV2
+(``keras.applications``, ``weights=None``, converted to ONNX once in a separate subprocess so this process
+never imports TensorFlow), at client concurrency 1, 8 and 32 with batch-1 requests, the same ONNX file is
+served by:
 
-* baseline: onnxruntime ``InferenceSession.run`` in-process, same model, same intra-op threads,
-  same batch, called from the same number of threads;
-* served: the inference service in its own process (``python -m inference_svc``) over gRPC
-  KServe ``ModelInfer`` (raw tensors), without dynamic batching;
-* served + dynamic batching: the same with ``dynamic_batching`` on;
-* at concurrency 1 also: requests sent one at a time on one ``ModelStreamInfer`` stream (Triton's
-  streaming API: no per-call HTTP/2 stream setup), with the tensors in POSIX shared memory regions
-  (Triton's ``system_shared_memory`` extension) instead of the gRPC message, and both;
-* the transport floor: a bare ``grpc.aio`` server with no modelport code (generic handlers that
-  answer 4 KB, unary and streaming) called with an empty and with a model-sized request — the least
-  any Python gRPC server costs per call on this machine, and so the best served/in-process ratio
-  possible each way.
+* **KServe 0.21** ``ModelServer`` with the obvious model (``benchmarks/peers/kserve_peer.py``: an
+  ``onnxruntime.InferenceSession`` with default options, KServe's own codec), in ``.venv-kserve``;
+* **MLServer 1.7.1** with the obvious runtime (``benchmarks/peers/mlserver_peer.py``, MLServer's NumpyCodec),
+  in ``.venv-mlserver``;
+* **modelport** ``python -m inference_svc --repository R`` with default settings (no tuning flags; the
+  repository holds only ``<model>/1/model.onnx``);
+* **the floor**: a do-nothing ``grpc.aio`` KServe server (``benchmarks/peers/floor_server.py``) that parses
+  the request and answers a prepared response: what any Python gRPC server costs at the least.
 
-Throughput (requests/s), p50 and p99 latency, and ratios to the baseline measured in the same run.
+Every server is driven by the same unmodified ``tritonclient`` sync gRPC client
+(``benchmarks/peers/load_client.py`` in the tritonclient venv): N threads, one ``InferenceServerClient``
+each, every response checked. Rounds are interleaved (each round visits every server at every concurrency,
+the server order rotating), so drifting background load hits all alike. Reported per cell: requests/s,
+p50/p99 latency, errors, and the CPU time the server process (with its children) and the client used per
+request — the CPU figures move far less than throughput when other work shares the machine. In-process
+onnxruntime (default session, one thread calling ``run``) is given at concurrency 1 as a reference.
 
-    .venv/bin/python -m benchmarks.bench_serving            # full (a few minutes)
-    .venv/bin/python -m benchmarks.bench_serving --quick    # shorter runs; MobileNetV2 only if cached
+    make peer-venvs triton-venv                              # once: the peers' and the client's venvs
+    .venv/bin/python -m benchmarks.bench_serving             # full (a few minutes)
+    .venv/bin/python -m benchmarks.bench_serving --quick     # short smoke run (MobileNetV2 only if cached)
+
+The venvs are found beside the repository (``.venv-kserve``, ``.venv-mlserver``, ``.venv-triton``) or
+through MODELPORT_KSERVE_PYTHON, MODELPORT_MLSERVER_PYTHON, MODELPORT_TRITON_PYTHON. A peer whose venv is
+missing is left out and the report says so.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,18 +49,15 @@ from benchmarks import common
 
 CACHE = Path(tempfile.gettempdir()) / "modelport-bench-serving"
 MOBILENET = CACHE / "mobilenetv2.onnx"
-CONCURRENCY = (1, 16)
-# The goal MLP (~5.8M parameters: per-call compute outweighs the gRPC overhead, the case dynamic
-# batching is for) and a tiny one (~0.27M parameters: overhead-bound) as the contrast.
-MLP_SIZES = (784, 2048, 2048, 10)
-TINY_MLP_SIZES = (784, 256, 256, 10)
-THREADS = max(1, os.cpu_count() or 1)
-DELAY_US = 500
-MAX_BATCH = 32
-# The other ways to send one request at a time: (key, system shared memory, ModelStreamInfer stream).
-C1_WAYS = [("served_stream", False, True), ("served_shm", True, False), ("served_stream_shm", True, True)]
-C1_LABELS = {"served_stream": "served, one ModelStreamInfer stream", "served_shm": "served, system shared memory",
-             "served_stream_shm": "served, stream + shared memory"}
+PEERS_DIR = Path(__file__).resolve().parent / "peers"
+CONCURRENCY = (1, 8, 32)
+MLP_SIZES = (64, 256, 256, 10)
+SERVERS = ("floor", "kserve", "mlserver", "modelport")
+PEERS = ("kserve", "mlserver")
+LABELS = {"floor": "floor (bare grpc.aio)", "kserve": "KServe 0.21", "mlserver": "MLServer 1.7.1",
+          "modelport": "modelport", "in_process": "in-process onnxruntime"}
+GOAL_PEER_RATIO = 1.3
+GOAL_FLOOR_RATIO = 0.85
 
 EXPORT_SCRIPT = """
 import os, sys
@@ -63,142 +71,7 @@ keras_model_to_onnx(model, sys.argv[1])
 """
 
 
-FLOOR_SERVER = """
-import asyncio, sys
-import grpc
-
-async def main():
-    limit = 2**31 - 1
-    server = grpc.aio.server(options=[("grpc.max_send_message_length", limit),
-                                      ("grpc.max_receive_message_length", limit)])
-    async def echo(request, context):
-        return b"r" * 4000
-    async def stream(requests, context):
-        async for _ in requests:
-            yield b"r" * 4000
-    handler = grpc.method_handlers_generic_handler("floor.Floor", {
-        "Call": grpc.unary_unary_rpc_method_handler(echo), "Stream": grpc.stream_stream_rpc_method_handler(stream)})
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    print(port, flush=True)
-    await server.wait_for_termination()
-
-asyncio.run(main())
-"""
-
-
-def transport_floor(payload_bytes: int, max_s: float) -> dict[str, float]:
-    """Median ms of a call to a bare grpc.aio server (no modelport code) from a sync Python client, unary
-    and as one message on an open stream, with an empty request and with ``payload_bytes`` of request;
-    the reply is 4 KB each time. Keys: empty, payload, stream_empty, stream_payload."""
-    import grpc
-
-    from modelport.runtime.channels import channel_options
-
-    proc = subprocess.Popen([sys.executable, "-c", FLOOR_SERVER], stdout=subprocess.PIPE, text=True)
-    try:
-        port = int(proc.stdout.readline())
-        with grpc.insecure_channel(f"127.0.0.1:{port}", options=channel_options()) as ch:
-            unary = ch.unary_unary("/floor.Floor/Call")
-            stream = _Stream(ch.stream_stream("/floor.Floor/Stream"))
-            out = {}
-            for label, fn in (("", lambda body: unary(body, timeout=60)), ("stream_", stream)):
-                for size_label, body in (("empty", b""), ("payload", b"x" * payload_bytes)):
-                    t = common.time_callable(lambda body=body, fn=fn: fn(body), warmup=20, repeats=3000,
-                                             max_seconds=max_s)
-                    out[label + size_label] = t.median * 1e3
-            stream.close()
-            return out
-    finally:
-        proc.kill()
-        proc.wait()
-
-
-class _Stream:
-    """One open bidirectional stream used call by call: send a request, wait for its response (how
-    tritonclient's ``start_stream`` + ``async_stream_infer`` are used at concurrency 1).
-
-    ``open_stream`` is a stream-stream callable (e.g. ``stub.ModelStreamInfer``); ``unwrap`` turns
-    each response into the call's result."""
-
-    def __init__(self, open_stream, unwrap=lambda r: r):
-        import queue
-
-        self._q: queue.Queue = queue.Queue()
-        self._responses = open_stream(iter(self._q.get, None), timeout=3600)
-        self._unwrap = unwrap
-
-    def __call__(self, request):
-        self._q.put(request)
-        return self._unwrap(next(self._responses))
-
-    def close(self) -> None:
-        self._q.put(None)
-        for _ in self._responses:
-            pass
-
-
-def _stream_infer_response(r):
-    """The ModelInferResponse inside a ModelStreamInferResponse (its error as an exception)."""
-    if r.error_message:
-        raise RuntimeError(r.error_message)
-    return r.infer_response
-
-
-def served_c1(address: str, model: str, path: Path, name: str, x: np.ndarray, max_calls: int, max_s: float, *,
-              shm: bool, stream: bool):
-    """ModelInfer at concurrency 1 through a ModelStreamInfer stream (``stream``) and/or with the input
-    and output in system shared memory regions (``shm``)."""
-    import grpc
-    import onnxruntime as ort
-
-    from modelport.kserve import codec
-    from modelport.kserve import shm as kshm
-    from modelport.kserve.codec import ShmRef
-    from modelport.kserve.v2 import grpc_service_pb2_grpc as pb_grpc
-    from modelport.runtime.channels import channel_options
-
-    ch = grpc.insecure_channel(address, options=channel_options())
-    stub = pb_grpc.GRPCInferenceServiceStub(ch)
-    send = (_Stream(stub.ModelStreamInfer, _stream_infer_response) if stream
-            else (lambda req: stub.ModelInfer(req, timeout=60)))
-    segs = []
-    try:
-        if not shm:
-            req = codec.make_infer_request(model, {name: x})
-
-            def call():
-                codec.decode_outputs(send(req))
-        else:
-            sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            out_name = sess.get_outputs()[0].name
-            out_bytes = sess.run([out_name], {name: x})[0].nbytes
-            tag = f"{os.getpid()}_{model}"
-            seg_in = kshm.Segment.create(f"/mp_bench_in_{tag}", x.nbytes)
-            segs.append(seg_in)
-            seg_out = kshm.Segment.create(f"/mp_bench_out_{tag}", out_bytes)
-            segs.append(seg_out)
-            stub.SystemSharedMemoryRegister(seg_in.register_request(f"in_{tag}"))
-            stub.SystemSharedMemoryRegister(seg_out.register_request(f"out_{tag}"))
-            req = codec.make_shm_infer_request(model, {name: ("FP32", x.shape, ShmRef(f"in_{tag}", x.nbytes))},
-                                               {out_name: ShmRef(f"out_{tag}", out_bytes)})
-
-            def call():
-                seg_in.write(x)
-                resp = send(req)
-                seg_out.read(resp.outputs[0].datatype, resp.outputs[0].shape)
-
-        return common.measure_throughput(call, 1, max_calls=max_calls, max_seconds=max_s, warmup=3)
-    finally:
-        if stream:
-            send.close()
-        if segs:
-            stub.SystemSharedMemoryUnregister(kshm.unregister_request())
-        ch.close()
-        for seg in segs:
-            seg.close()
-
+# --- models ---------------------------------------------------------------------------------------
 
 def build_mlp(path: Path, sizes=MLP_SIZES) -> Path:
     """An MLP (Gemm + Relu layers, random weights) with a dynamic batch dimension."""
@@ -240,308 +113,431 @@ def ensure_mobilenet(allow_build: bool) -> Path | None:
     return MOBILENET
 
 
-def write_repository(root: Path, models: dict[str, Path]) -> None:
-    """Each model twice: ``<name>`` (no dynamic batching) and ``<name>_batched``."""
-    from modelport import repository
+@dataclass
+class ModelIO:
+    """What the client sends and what the floor answers for one model."""
 
-    for name, path in models.items():
-        for suffix, batching in (("", False), ("_batched", True)):
-            cfg = repository.config_from_onnx(name + suffix, path, max_batch_size=MAX_BATCH,
-                                              dynamic_batching=batching, max_queue_delay_us=DELAY_US,
-                                              instance_count=1)
-            repository.write_model(root, name + suffix, 1, path, cfg)
+    input: str
+    shape: list[int]
+    output: str
+    output_shape: list[int]
 
 
-def input_of(path: Path) -> tuple[str, np.ndarray]:
-    """The first input's name and a random batch-1 array for it."""
+def model_io(path: Path) -> ModelIO:
+    """Batch-1 input/output names and shapes (dynamic dims as 1) of the model's first input and output."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    inp = sess.get_inputs()[0]
-    shape = [1] + [d if isinstance(d, int) else 1 for d in inp.shape[1:]]
-    return inp.name, np.random.default_rng(0).random(shape, dtype=np.float32)
+    inp, out = sess.get_inputs()[0], sess.get_outputs()[0]
+
+    def concrete(shape):
+        return [1] + [d if isinstance(d, int) else 1 for d in shape[1:]]
+
+    return ModelIO(inp.name, concrete(inp.shape), out.name, concrete(out.shape))
 
 
-def baseline(path: Path, name: str, x: np.ndarray, concurrency: int, max_calls: int, max_s: float):
-    """In-process InferenceSession.run from ``concurrency`` threads (same threads, same batch)."""
+def in_process(path: Path, io: ModelIO, max_s: float) -> common.Throughput:
+    """onnxruntime in this process, default session options, one thread calling run (concurrency 1)."""
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = THREADS
-    # Same session options as the server (which turns thread spinning off by default).
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    feed = {name: x}
-    return common.measure_throughput(lambda: sess.run(None, feed), concurrency, max_calls=max_calls,
-                                     max_seconds=max_s, warmup=3)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = {io.input: np.random.default_rng(0).random(io.shape, dtype=np.float32)}
+    return common.measure_throughput(lambda: sess.run(None, feed), 1, max_calls=10**6, max_seconds=max_s, warmup=5)
 
 
-def served(address: str, model: str, name: str, x: np.ndarray, concurrency: int, max_calls: int, max_s: float):
-    """ModelInfer over gRPC from ``concurrency`` threads sharing one channel (like tritonclient)."""
+# --- servers --------------------------------------------------------------------------------------
+
+def venv_python(env_var: str, venv: str, exe: str = "python") -> Path | None:
+    """A peer's interpreter (or script) from ``env_var`` or ``<repo>/<venv>/bin/<exe>``; None when absent."""
+    value = os.environ.get(env_var)
+    path = Path(value) if value else common.REPO_ROOT / venv / "bin" / "python"
+    if exe != "python":
+        path = path.parent / exe
+    return path if path.is_file() else None
+
+
+def free_port() -> int:
+    """A port free right now (the peers take fixed ports; a race with another process is unlikely here)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """One running server: its process, address and log."""
+
+    kind: str
+    proc: subprocess.Popen
+    address: str
+    log: Path
+    pids: list[int] = field(default_factory=list)
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds of the server process and every live child (MLServer's workers)."""
+        import psutil
+
+        total = 0.0
+        try:
+            p = psutil.Process(self.proc.pid)
+            for q in [p, *p.children(recursive=True)]:
+                try:
+                    t = q.cpu_times()
+                    total += t.user + t.system
+                except psutil.NoSuchProcess:
+                    pass
+        except psutil.NoSuchProcess:
+            pass
+        return total
+
+    def stop(self) -> int:
+        if self.kind == "modelport":
+            return common.stop_service_subprocess(self.proc)
+        return common._terminate(self.proc, timeout=20)
+
+
+def wait_ready(proc: subprocess.Popen, address: str, model: str, log: Path, timeout: float = 180.0) -> None:
+    """Poll KServe ModelReady until the model answers ready; RuntimeError with the log tail otherwise."""
     import grpc
 
-    from modelport.kserve import codec
+    from modelport.kserve.v2 import grpc_service_pb2 as pb
     from modelport.kserve.v2 import grpc_service_pb2_grpc as pb_grpc
-    from modelport.runtime.channels import channel_options
 
-    ch = grpc.insecure_channel(address, options=channel_options())
-    stub = pb_grpc.GRPCInferenceServiceStub(ch)
-    req = codec.make_infer_request(model, {name: x})
+    end = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as ch:
+        stub = pb_grpc.GRPCInferenceServiceStub(ch)
+        while time.monotonic() < end:
+            if proc.poll() is not None:
+                break
+            try:
+                if stub.ModelReady(pb.ModelReadyRequest(name=model), timeout=2).ready:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.3)
+    raise RuntimeError(f"{proc.args} did not serve {model} on {address} (exit {proc.poll()}); log tail:\n"
+                       + common._tail(log))
 
-    def call():
-        resp = stub.ModelInfer(req, timeout=60)
-        codec.decode_outputs(resp)
 
+def start_server(kind: str, model: str, path: Path, io: ModelIO, work: Path) -> Server:
+    """Start one server for one model and wait until the model is ready."""
+    log = work / f"{kind}-{model}.log"
+    if kind == "modelport":
+        repo = work / f"repo-{model}"
+        (repo / model / "1").mkdir(parents=True, exist_ok=True)
+        target = repo / model / "1" / "model.onnx"
+        if not target.exists():
+            os.symlink(path, target)
+        proc, address = common.start_service_subprocess("inference_svc", "--repository", str(repo),
+                                                        log_dir=work)
+        server = Server(kind, proc, address, common.service_info(proc).log_path)
+        wait_ready(proc, address, model, server.log)
+        return server
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # a peer imports only its own venv
+    if kind == "floor":
+        cmd = [sys.executable, str(PEERS_DIR / "floor_server.py"), "--port", str(port), "--output", io.output,
+               "--output-shape", ",".join(map(str, io.output_shape))]
+        env["PYTHONPATH"] = str(common.REPO_ROOT)
+    elif kind == "kserve":
+        py = venv_python("MODELPORT_KSERVE_PYTHON", ".venv-kserve")
+        cmd = [str(py), str(PEERS_DIR / "kserve_peer.py"), "--name", model, "--path", str(path),
+               "--grpc_port", str(port), "--http_port", str(free_port())]
+    elif kind == "mlserver":
+        folder = work / f"mlserver-{model}"
+        (folder / model).mkdir(parents=True, exist_ok=True)
+        (folder / "settings.json").write_text(json.dumps(
+            {"grpc_port": port, "http_port": free_port(), "metrics_port": free_port()}))
+        (folder / model / "model-settings.json").write_text(json.dumps(
+            {"name": model, "implementation": "mlserver_peer.OnnxRuntime", "parameters": {"uri": str(path)}}))
+        cmd = [str(venv_python("MODELPORT_MLSERVER_PYTHON", ".venv-mlserver", "mlserver")), "start", str(folder)]
+        env["PYTHONPATH"] = str(PEERS_DIR)
+    else:
+        raise ValueError(kind)
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=work)
+    address = f"127.0.0.1:{port}"
+    server = Server(kind, proc, address, log)
     try:
-        return common.measure_throughput(call, concurrency, max_calls=max_calls, max_seconds=max_s, warmup=3)
-    finally:
-        ch.close()
+        wait_ready(proc, address, model, log)
+    except BaseException:
+        server.stop()
+        raise
+    return server
 
 
-def per_item_ms(path: Path, name: str, x: np.ndarray, batches=(1, 8), max_s: float = 2.0) -> dict[int, float]:
-    """In-process milliseconds per item at each batch size: whether batching can pay at all."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = THREADS
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    out = {}
-    for b in batches:
-        feed = {name: np.repeat(x, b, axis=0)}
-        t = common.time_callable(lambda feed=feed: sess.run(None, feed), warmup=2, repeats=200, max_seconds=max_s)
-        out[b] = t.median * 1e3 / b
-    return out
+def available_servers() -> tuple[list[str], dict[str, str]]:
+    """Servers this machine can run, and why the others cannot."""
+    missing = {}
+    if venv_python("MODELPORT_KSERVE_PYTHON", ".venv-kserve") is None:
+        missing["kserve"] = "no .venv-kserve (make peer-venvs, or set MODELPORT_KSERVE_PYTHON)"
+    if venv_python("MODELPORT_MLSERVER_PYTHON", ".venv-mlserver", "mlserver") is None:
+        missing["mlserver"] = "no .venv-mlserver (make peer-venvs, or set MODELPORT_MLSERVER_PYTHON)"
+    return [s for s in SERVERS if s not in missing], missing
 
 
-def combine(runs: list) -> common.Throughput:
-    """Several measurement rounds as one: total calls over total time, all latency samples."""
-    lat: list[float] = []
-    for r in runs:
-        lat.extend(r.latency.samples)
-    errors = [r.first_error for r in runs if r.first_error]
-    return common.Throughput(concurrency=runs[0].concurrency, calls=sum(r.calls for r in runs),
-                             errors=sum(r.errors for r in runs), elapsed_s=sum(r.elapsed_s for r in runs),
-                             items_per_call=runs[0].items_per_call, latency=common.Timing(lat),
-                             first_error=errors[0] if errors else "")
+# --- client ---------------------------------------------------------------------------------------
+
+class LoadClient:
+    """The tritonclient load generator (benchmarks/peers/load_client.py --serve) in the tritonclient venv."""
+
+    def __init__(self):
+        py = venv_python("MODELPORT_TRITON_PYTHON", ".venv-triton")
+        if py is None:
+            raise RuntimeError("no tritonclient venv: run `make triton-venv` or set MODELPORT_TRITON_PYTHON")
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        self.proc = subprocess.Popen([str(py), str(PEERS_DIR / "load_client.py"), "--serve"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, bufsize=1, env=env)
+        if not json.loads(self.proc.stdout.readline() or "{}").get("ready"):
+            raise RuntimeError("the load client did not start (see its stderr above)")
+
+    def run(self, address: str, model: str, io: ModelIO, concurrency: int, seconds: float) -> dict:
+        self.proc.stdin.write(json.dumps({"url": address, "model": model, "input": io.input, "shape": io.shape,
+                                          "concurrency": concurrency, "seconds": seconds}) + "\n")
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the load client exited")
+        return json.loads(line)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(30)
 
 
-def server_times(address: str, model: str) -> tuple[int, int, int]:
-    """(successful requests, their total ns, session.run ns) from the server's ModelStatistics."""
+@dataclass
+class Cell:
+    """Every round of one server at one concurrency, combined."""
+
+    calls: int = 0
+    errors: int = 0
+    elapsed_s: float = 0.0
+    client_cpu_s: float = 0.0
+    server_cpu_s: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    first_error: str = ""
+
+    def add(self, r: dict, server_cpu_s: float) -> None:
+        self.calls += r["calls"]
+        self.errors += r["errors"]
+        self.elapsed_s += r["elapsed_s"]
+        self.client_cpu_s += r["cpu_s"]
+        self.server_cpu_s += server_cpu_s
+        self.latencies.extend(r["latencies_s"])
+        self.first_error = self.first_error or r["first_error"]
+
+    @property
+    def rate(self) -> float:
+        return self.calls / self.elapsed_s if self.elapsed_s else 0.0
+
+    def to_dict(self) -> dict:
+        lat = common.Timing(self.latencies) if self.latencies else None
+        n = max(self.calls, 1)
+        return {"calls_per_s": self.rate, "calls": self.calls, "errors": self.errors, "first_error": self.first_error,
+                "elapsed_s": self.elapsed_s, "p50_s": lat.p50 if lat else None, "p99_s": lat.p99 if lat else None,
+                "server_cpu_ms_per_call": self.server_cpu_s * 1e3 / n,
+                "client_cpu_ms_per_call": self.client_cpu_s * 1e3 / n}
+
+
+def modelport_stats(address: str, model: str) -> dict:
+    """What modelport did with the requests: executions vs requests (batching) from ModelStatistics."""
     import grpc
 
     from modelport.kserve.v2 import grpc_service_pb2 as pb
     from modelport.kserve.v2 import grpc_service_pb2_grpc as pb_grpc
 
     with grpc.insecure_channel(address) as ch:
-        s = pb_grpc.GRPCInferenceServiceStub(ch).ModelStatistics(pb.ModelStatisticsRequest(name=model)).model_stats[0]
-    st = s.inference_stats
-    return st.success.count, st.success.ns, st.compute_infer.ns
-
-
-def server_stats(address: str, model: str) -> dict:
-    """Batching figures of a model from the server's ModelStatistics."""
-    import grpc
-
-    from modelport.kserve.v2 import grpc_service_pb2 as pb
-    from modelport.kserve.v2 import grpc_service_pb2_grpc as pb_grpc
-
-    with grpc.insecure_channel(address) as ch:
-        st = pb_grpc.GRPCInferenceServiceStub(ch).ModelStatistics(pb.ModelStatisticsRequest(name=model))
-    s = st.model_stats[0]
+        stub = pb_grpc.GRPCInferenceServiceStub(ch)
+        s = stub.ModelStatistics(pb.ModelStatisticsRequest(name=model)).model_stats[0]
+        cfg = stub.ModelConfig(pb.ModelConfigRequest(name=model)).config
     return {"inference_count": s.inference_count, "execution_count": s.execution_count,
-            "mean_batch": s.inference_count / s.execution_count if s.execution_count else 0.0}
+            "mean_batch": s.inference_count / s.execution_count if s.execution_count else 0.0,
+            "max_batch_size": cfg.max_batch_size, "dynamic_batching": cfg.HasField("dynamic_batching"),
+            "parameters": {k: v.string_value for k, v in cfg.parameters.items()}}
 
 
-def main() -> None:
-    """Build the models, start the server, measure, write the report."""
-    args = common.bench_args("served throughput vs in-process onnxruntime; dynamic batching").parse_args()
-    quick = args.quick
-    max_s = 1.5 if quick else 8.0
-    max_calls = 300 if quick else 5000
-    rounds = 1 if quick else 3
-    load_before = os.getloadavg()
-    work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
-    models = {"mlp": build_mlp(work / "mlp.onnx"), "mlp_tiny": build_mlp(work / "mlp_tiny.onnx", TINY_MLP_SIZES)}
-    mobilenet = ensure_mobilenet(allow_build=not quick)
-    if mobilenet is not None:
-        models["mobilenetv2"] = mobilenet
-    repo = work / "repo"
-    write_repository(repo, models)
-    titles = {"mlp": f"MLP {'-'.join(map(str, MLP_SIZES))} (onnx.helper, random weights, ~5.8M parameters)",
-              "mlp_tiny": f"MLP {'-'.join(map(str, TINY_MLP_SIZES))} (~0.27M parameters; gRPC overhead dominates)",
-              "mobilenetv2": "MobileNetV2 224x224 (keras.applications, weights=None, via tf2onnx)"}
-
-    rows, data = [], {"models": {}, "threads": THREADS, "max_queue_delay_us": DELAY_US, "max_batch_size": MAX_BATCH,
-                      "quick": quick}
-    proc, address = common.start_service_subprocess("inference_svc", "--repository", str(repo),
-                                                    "--intra-op-threads", str(THREADS), "--log-level", "WARNING")
+def measure_model(model: str, path: Path, servers: list[str], client: LoadClient, rounds: int, seconds: float,
+                  work: Path) -> dict:
+    """Every server at every concurrency for one model, rounds interleaved."""
+    io = model_io(path)
+    running: dict[str, Server] = {}
+    cells = {s: {c: Cell() for c in CONCURRENCY} for s in servers}
+    ref = []
     try:
-        for model, path in models.items():
-            name, x = input_of(path)
-            per = data["models"].setdefault(model, {"title": titles[model], "runs": {}})
+        for s in servers:
+            running[s] = start_server(s, model, path, io, work)
+        for r in range(rounds):
+            order = servers[r % len(servers):] + servers[:r % len(servers)]
             for c in CONCURRENCY:
-                # Interleaved rounds (A B C A B C ...) so drifting background load hits every way alike.
-                parts: dict[str, list] = {"base": [], "unb": [], "bat": [], **{k: [] for k, _, _ in C1_WAYS}}
-                spent = [0, 0, 0]  # server-side: requests, total ns, session.run ns (unbatched runs)
-                for _ in range(rounds):
-                    parts["base"].append(baseline(path, name, x, c, max_calls, max_s / rounds))
-                    before = server_times(address, model)
-                    parts["unb"].append(served(address, model, name, x, c, max_calls, max_s / rounds))
-                    spent = [a + b - c0 for a, b, c0 in zip(spent, server_times(address, model), before, strict=True)]
-                    parts["bat"].append(served(address, model + "_batched", name, x, c, max_calls, max_s / rounds))
-                    if c == 1:
-                        for key, use_shm, use_stream in C1_WAYS:
-                            parts[key].append(served_c1(address, model, path, name, x, max_calls, max_s / rounds,
-                                                        shm=use_shm, stream=use_stream))
-                base, unb, bat = (combine(parts[k]) for k in ("base", "unb", "bat"))
-                per["runs"][str(c)] = {"in_process": base.to_dict(), "served": unb.to_dict(),
-                                       "served_batched": bat.to_dict()}
-                extra = {key: combine(parts[key]) for key, _, _ in C1_WAYS if parts[key]}
-                for key, t in extra.items():
-                    per["runs"][str(c)][key] = t.to_dict()
-                if c == 1 and spent[0]:
-                    per["c1_breakdown_ms"] = {
-                        "in_process_mean": base.latency.mean * 1e3,
-                        "server_session_run_mean": spent[2] / spent[0] / 1e6,
-                        "server_total_mean": spent[1] / spent[0] / 1e6,
-                        "client_mean": unb.latency.mean * 1e3,
-                    }
-                ways = [("onnxruntime in-process (baseline)", base), ("served", unb),
-                        ("served + dynamic batching", bat)]
-                ways += [(C1_LABELS[key], t) for key, t in extra.items()]
-                for label, t in ways:
-                    rows.append([model, c, label, f"{t.calls_per_s:.1f}", common.fmt_ms(t.latency.p50),
-                                 common.fmt_ms(t.latency.p99), common.fmt_ratio(common.ratio(t.calls_per_s,
-                                                                                              base.calls_per_s)),
-                                 t.errors])
-                print(f"{model} c={c}: base {base.calls_per_s:.1f}/s served {unb.calls_per_s:.1f}/s "
-                      f"batched {bat.calls_per_s:.1f}/s"
-                      + "".join(f" {k} {t.calls_per_s:.1f}/s" for k, t in extra.items()), flush=True)
-            per["batched_stats"] = server_stats(address, model + "_batched")
-            per["floor_ms"] = transport_floor(x.nbytes, max_s=1.0 if quick else 3.0)
-            per["per_item_ms"] = per_item_ms(path, name, x, max_s=1.0 if quick else 2.0)
+                for s in order:
+                    srv = running[s]
+                    cpu0 = srv.cpu_seconds()
+                    res = client.run(srv.address, model, io, c, seconds)
+                    cells[s][c].add(res, srv.cpu_seconds() - cpu0)
+                    print(f"  {model} round {r + 1} c={c} {s}: {res['calls'] / res['elapsed_s']:.0f}/s, "
+                          f"{res['errors']} errors", flush=True)
+            ref.append(in_process(path, io, seconds))
+        stats = modelport_stats(running["modelport"].address, model) if "modelport" in running else {}
     finally:
-        rc = common.stop_service_subprocess(proc)
-        data["server_exit_code"] = rc
+        exits = {s: srv.stop() for s, srv in running.items()}
+    base = ref[0]
+    return {"io": io.__dict__, "runs": {s: {str(c): cell.to_dict() for c, cell in per.items()}
+                                        for s, per in cells.items()},
+            "in_process_c1": {"calls_per_s": sum(t.calls for t in ref) / sum(t.elapsed_s for t in ref),
+                              "p50_s": base.latency.p50},
+            "modelport_stats": stats, "exit_codes": exits}
 
-    def ratio(model, c, a, b):
-        r = data["models"].get(model, {}).get("runs", {}).get(str(c))
-        return common.ratio(r[a]["calls_per_s"], r[b]["calls_per_s"]) if r and a in r and b in r else None
 
-    # (way, the floor that applies to it, the served run measured that way)
-    floor_ways = [("unary, raw tensors", "payload", "served"), ("unary, shared memory", "empty", "served_shm"),
-                  ("stream, raw tensors", "stream_payload", "served_stream"),
-                  ("stream, shared memory", "stream_empty", "served_stream_shm")]
-    floor_rows = []
-    for m, d in data["models"].items():
-        if "c1_breakdown_ms" not in d or "floor_ms" not in d:
-            continue
-        run_ms, fl, c1 = d["c1_breakdown_ms"]["in_process_mean"], d["floor_ms"], d["runs"]["1"]
-        d["best_possible_ratio"] = {}
-        for way, floor_key, run_key in floor_ways:
-            best = run_ms / (run_ms + fl[floor_key])
-            d["best_possible_ratio"][run_key] = best
-            measured = ratio(m, 1, run_key, "in_process") if run_key in c1 else None
-            floor_rows.append([m, way, f"{run_ms:.2f}", f"{fl[floor_key]:.3f}", common.fmt_ratio(best),
-                               common.fmt_ratio(measured)])
+# --- report ---------------------------------------------------------------------------------------
 
-    goals = [
-        ("MobileNetV2, concurrency 1: served / in-process", ratio("mobilenetv2", 1, "served", "in_process"), 0.9),
-        *((f"MobileNetV2, concurrency 1: {C1_LABELS[key]} / in-process", ratio("mobilenetv2", 1, key, "in_process"),
-           0.9) for key, _, _ in C1_WAYS),
-        ("MLP, concurrency 16: dynamic batching / unbatched (served)",
-         ratio("mlp", 16, "served_batched", "served"), 1.5),
+def best_peer(runs: dict, c: int) -> tuple[str | None, float | None]:
+    """The fastest peer at concurrency ``c`` and its requests/s."""
+    rates = [(runs[p][str(c)]["calls_per_s"], p) for p in PEERS if p in runs]
+    if not rates:
+        return None, None
+    rate, peer = max(rates)
+    return peer, rate
+
+
+def report(data: dict, missing: dict[str, str], rounds: int, seconds: float) -> str:
+    titles = {"mlp": f"MLP {'-'.join(map(str, MLP_SIZES))} (onnx.helper, random weights; overhead-bound)",
+              "mobilenetv2": "MobileNetV2 224x224 (keras.applications, weights=None, via tf2onnx; compute-bound)"}
+    load = data["loadavg"]
+    loaded = max(load["before"][0], load["after"][0]) >= 1.5
+    lines = [
+        "## Serving: modelport vs KServe, MLServer and the bare grpc.aio floor",
+        "",
+        "Batch-1 requests from the same unmodified `tritonclient` sync gRPC client (N threads, one "
+        "`InferenceServerClient` each, every response checked) to each server in turn, on the same machine. "
+        "KServe 0.21 and MLServer 1.7.1 serve the same ONNX file with the obvious runtime a user would write "
+        "(`benchmarks/peers/`: an `onnxruntime.InferenceSession` with default options, each library's own "
+        "codec, default server settings); modelport is `python -m inference_svc --repository R` with default "
+        f"settings and only `<model>/1/model.onnx` in the repository (event loop: {data['modelport_event_loop']}); "
+        "the floor is a do-nothing `grpc.aio` KServe server answering a prepared response. "
+        "KServe runs its sync `predict` on its event loop (uvloop) and, by default, logs every request; MLServer "
+        "hands each request to its inference worker process (its default `parallel_workers`); the floor runs on "
+        "asyncio's own loop and does not run the model (it bounds the transport only). "
+        f"Each cell: {rounds} interleaved round(s) of {seconds:.1f} s (every server at every concurrency each "
+        "round, server order rotating). "
+        f"Load average (1 min) before/after: {load['before'][0]:.1f} / {load['after'][0]:.1f} on "
+        f"{os.cpu_count()} cores.",
+        "",
     ]
-    data["loadavg_before"], data["loadavg_after"] = load_before, os.getloadavg()
-    data["goals"] = {g: {"value": v, "target": t, "met": (v is not None and v >= t)} for g, v, t in goals}
-    goal_rows = [[g, common.fmt_ratio(v), f"≥ {t}×", "n/a" if v is None else ("yes" if v >= t else "NO")]
-                 for g, v, t in goals]
-    batch_rows = [[m, d["batched_stats"]["inference_count"], d["batched_stats"]["execution_count"],
-                   f"{d['batched_stats']['mean_batch']:.2f}", f"{d['per_item_ms'][1]:.3f}",
-                   f"{d['per_item_ms'][8]:.3f}"] for m, d in data["models"].items()]
-    md = "\n".join([
-        "## Serving: inference service vs in-process onnxruntime",
-        "",
-        "Batch-1 requests from N client threads. Baseline: `InferenceSession.run` in the benchmark process "
-        f"with the same model, intra-op threads ({THREADS}) and session options (thread spinning off, the "
-        "server's default). Served: `python -m inference_svc` in its own "
-        "process, KServe `ModelInfer` over loopback gRPC with raw tensors, one instance per model; dynamic "
-        f"batching with max_batch_size {MAX_BATCH}, max_queue_delay {DELAY_US} µs. Client and server share "
-        f"the machine's cores. Each cell is {rounds} interleaved round(s) of up to {max_s / rounds:.1f} s. "
-        f"Load average (1 min) before/after: {load_before[0]:.1f} / {data['loadavg_after'][0]:.1f} on "
-        f"{os.cpu_count()} cores — other work on the machine makes these figures noisy when it is high.",
-        "",
-        *(f"- **{m}**: {d['title']}" for m, d in data["models"].items()),
-        "",
-        common.markdown_table(["model", "concurrency", "way", "req/s", "p50 ms", "p99 ms", "× baseline", "errors"],
-                              rows),
-        "",
-        "Goals:",
-        "",
-        common.markdown_table(["goal", "measured", "target", "met"], goal_rows),
-        "",
-        "Server-side batching (ModelStatistics of the `_batched` models over the whole run) and what a "
-        "batched run costs per item in-process (median `session.run` time / batch):",
-        "",
-        common.markdown_table(["model", "inference_count", "execution_count", "mean batch", "ms/item at batch 1",
-                               "ms/item at batch 8"], batch_rows),
-        "",
-        "Where the time of one served request goes at concurrency 1 (means, ms): onnxruntime in-process; "
-        "`session.run` inside the server and the request's time in the server's model manager "
-        "(ModelStatistics success time: validation, queue, executor hand-off, run, split); what the client "
-        "measured (adds both gRPC stacks, (de)serialization and the transfer of the tensor):",
-        "",
-        common.markdown_table(
-            ["model", "in-process run", "server session.run", "server total", "client round trip"],
-            [[m, *(f"{d['c1_breakdown_ms'][k]:.2f}" for k in ("in_process_mean", "server_session_run_mean",
-                                                             "server_total_mean", "client_mean"))]
-             for m, d in data["models"].items() if "c1_breakdown_ms" in d]),
-        "",
-        "The transport floor: a bare `grpc.aio` server with no modelport code (generic handlers answering "
-        "4 KB, unary and on an open stream) called from the same sync Python client, with a request the size "
-        "of the model's input (raw tensors) or an empty one (what is left when the tensors travel through "
-        "shared memory). Even a server that did no work at all would add that much to every call, so "
-        "in-process / (in-process + floor) is the best served/in-process ratio any Python gRPC server can "
-        "reach here at concurrency 1, each way; the last column is what modelport measured that way:",
-        "",
-        common.markdown_table(["model", "way", "in-process run ms", "floor ms", "best possible ratio",
-                               "measured ratio"], floor_rows),
-        "",
-        "Dynamic batching pays when a batched run costs less per item than single runs and the server, "
-        "not the client, is the bottleneck: the MLP re-reads its weights on every call, so a batch of 8 "
-        "costs far less per item. For MobileNetV2 on this CPU a batch of 8 costs more per image than single "
-        "runs (see the table; its activations outgrow the caches), so batching lowers throughput: "
-        "leave `dynamic_batching` off for such models here. For the tiny MLP the per-request gRPC cost "
-        "dominates everything, so serving it over the network is the wrong trade in the first place.",
-        "",
-        f"Command: `{common.command_line()}`",
-        "",
-        common.system_info_markdown(),
-    ])
-    common.write_section("serving", md, data)
-    plot(data)
-    print(md)
+    if loaded:
+        lines += ["**The machine was shared with other work while this ran (load average ≥ 1.5 on 2 cores): the "
+                  "absolute figures are low and noisy; ratios within a row were measured in the same interleaved "
+                  "rounds and are the figures to read. CPU ms per request (second table) moves least with load.**",
+                  ""]
+    if missing:
+        lines += [f"Left out: {', '.join(f'{k} ({v})' for k, v in missing.items())}.", ""]
+    goal_rows = []
+    for model, d in data["models"].items():
+        runs = d["runs"]
+        lines += [f"### {titles.get(model, model)}", ""]
+        rows = []
+        for c in CONCURRENCY:
+            peer, peer_rate = best_peer(runs, c)
+            mp = runs.get("modelport", {}).get(str(c))
+            fl = runs.get("floor", {}).get(str(c))
+            row = [c] + [f"{runs[s][str(c)]['calls_per_s']:.0f}" if s in runs else "—" for s in SERVERS]
+            r_peer = common.ratio(mp["calls_per_s"], peer_rate) if mp else None
+            r_floor = common.ratio(mp["calls_per_s"], fl["calls_per_s"]) if mp and fl else None
+            errors = sum(runs[s][str(c)]["errors"] for s in runs)
+            row += [common.fmt_ratio(r_peer) + (f" ({LABELS[peer]})" if peer else ""), common.fmt_ratio(r_floor),
+                    f"{mp['errors']}" if mp else "—", errors]
+            rows.append(row)
+            goal_rows.append([f"{model}, c={c}: modelport / best peer", r_peer, GOAL_PEER_RATIO])
+            if model == "mlp" and c == 1:
+                goal_rows.append([f"{model}, c={c}: modelport / floor", r_floor, GOAL_FLOOR_RATIO])
+        lines += [common.markdown_table(
+            ["concurrency", *(f"{LABELS[s]} req/s" for s in SERVERS), "modelport / best peer", "modelport / floor",
+             "modelport errors", "errors (all servers)"], rows), ""]
+        detail = []
+        for s in SERVERS:
+            for c in CONCURRENCY:
+                r = runs.get(s, {}).get(str(c))
+                if r:
+                    detail.append([LABELS[s], c, f"{r['calls_per_s']:.0f}", common.fmt_ms(r["p50_s"] or 0),
+                                   common.fmt_ms(r["p99_s"] or 0), f"{r['server_cpu_ms_per_call']:.3f}",
+                                   f"{r['client_cpu_ms_per_call']:.3f}", r["errors"]])
+        ip = d["in_process_c1"]
+        lines += [f"In-process onnxruntime (default session, one thread): {ip['calls_per_s']:.0f} runs/s "
+                  f"(p50 {common.fmt_ms(ip['p50_s'])} ms), measured between the rounds.", "",
+                  common.markdown_table(["server", "concurrency", "req/s", "p50 ms", "p99 ms",
+                                         "server CPU ms/req", "client CPU ms/req", "errors"], detail), ""]
+        st = d.get("modelport_stats")
+        if st:
+            params = st["parameters"]
+            lines += [f"modelport's choices for this model (ModelConfig): max_batch_size {st['max_batch_size']}, "
+                      f"dynamic batching {'on' if st['dynamic_batching'] else 'off'}, "
+                      + ", ".join(f"{k} {v}" for k, v in sorted(params.items())
+                                  if k in ("intra_op_thread_count", "execution", "auto_batching", "tuning"))
+                      + f"; over the whole run {st['inference_count']} requests ran in {st['execution_count']} "
+                      f"executions (mean batch {st['mean_batch']:.2f}).", ""]
+    data["goals"] = {g: {"value": v, "target": t, "met": v is not None and v >= t} for g, v, t in goal_rows}
+    lines += ["Goals (issue #15, default settings):", "",
+              common.markdown_table(["goal", "measured", "target", "met"],
+                                    [[g, common.fmt_ratio(v), f"≥ {t}×",
+                                      "n/a" if v is None else ("yes" if v >= t else "NO")] for g, v, t in goal_rows]),
+              "", "![serving throughput](benchmarks/results/serving_peers.png)", "",
+              f"Command: `{common.command_line()}` (from a checkout: `make bench-serving` builds the venvs of the "
+              "peers and of tritonclient, then runs it; on a quiet machine the figures are the ones to quote).", "",
+              common.system_info_markdown()]
+    return "\n".join(lines)
 
 
 def plot(data: dict) -> None:
-    """Grouped bars of requests/s per model and concurrency."""
+    """Grouped bars of requests/s per model and concurrency, one bar per server."""
     plt = common.pyplot()
     models = list(data["models"])
-    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 3.6), squeeze=False)
-    ways = [("in_process", "in-process"), ("served", "served"), ("served_batched", "served + batching")]
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 3.8), squeeze=False)
     for ax, model in zip(axes[0], models, strict=True):
         runs = data["models"][model]["runs"]
-        cs = list(runs)
-        width = 0.25
-        for i, (key, label) in enumerate(ways):
-            vals = [runs[c][key]["calls_per_s"] for c in cs]
-            ax.bar([j + i * width for j in range(len(cs))], vals, width, label=label)
-        ax.set_xticks([j + width for j in range(len(cs))], [f"c={c}" for c in cs])
-        ax.set_title(model)
+        servers = [s for s in SERVERS if s in runs]
+        width = 0.8 / len(servers)
+        for i, s in enumerate(servers):
+            vals = [runs[s][str(c)]["calls_per_s"] for c in CONCURRENCY]
+            style = {"color": "lightgrey", "hatch": "//", "edgecolor": "grey"} if s == "floor" else {}
+            ax.bar([j + i * width for j in range(len(CONCURRENCY))], vals, width, label=LABELS[s], **style)
+        ax.set_xticks([j + width * (len(servers) - 1) / 2 for j in range(len(CONCURRENCY))],
+                      [f"c={c}" for c in CONCURRENCY])
+        ax.set_title(f"{model} (the floor runs no model)")
         ax.set_ylabel("requests/s")
-        ax.legend(fontsize=8)
-    common.save_figure(fig, "serving_throughput")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    common.save_figure(fig, "serving_peers")
+
+
+def modelport_event_loop() -> str:
+    """The event loop ``python -m inference_svc`` runs on here (``--event-loop auto``: uvloop when installed)."""
+    probe = subprocess.run([sys.executable, "-c", "import uvloop; print(uvloop.__version__)"], capture_output=True,
+                           text=True, cwd=common.REPO_ROOT)
+    return f"uvloop {probe.stdout.strip()}" if probe.returncode == 0 else "asyncio (uvloop not installed)"
+
+
+def main() -> None:
+    args = common.bench_args("modelport vs KServe vs MLServer vs the bare grpc.aio floor").parse_args()
+    quick = args.quick
+    rounds, seconds = (1, 1.0) if quick else (3, 2.0)
+    load_before = os.getloadavg()
+    work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    models = {"mlp": build_mlp(work / "mlp.onnx")}
+    mobilenet = ensure_mobilenet(allow_build=not quick)
+    if mobilenet is not None:
+        models["mobilenetv2"] = mobilenet
+    servers, missing = available_servers()
+    data = {"models": {}, "rounds": rounds, "seconds": seconds, "quick": quick, "missing": missing,
+            "concurrency": list(CONCURRENCY), "modelport_event_loop": modelport_event_loop()}
+    client = LoadClient()
+    try:
+        for model, path in models.items():
+            data["models"][model] = measure_model(model, path, servers, client, rounds, seconds, work)
+    finally:
+        client.close()
+    data["loadavg"] = {"before": load_before, "after": os.getloadavg()}
+    md = report(data, missing, rounds, seconds)
+    common.write_section("serving", md, data)
+    plot(data)
+    print(md)
 
 
 if __name__ == "__main__":

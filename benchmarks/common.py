@@ -322,15 +322,9 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> 
 
 def library_versions(names: Iterable[str] = LIBRARIES) -> dict[str, str]:
     """Installed versions of ``names`` (``"not installed"`` when absent), without importing them."""
-    from importlib import metadata
+    from modelport.runtime.job_cache import tool_versions
 
-    out = {}
-    for n in names:
-        try:
-            out[n] = metadata.version(n)
-        except metadata.PackageNotFoundError:
-            out[n] = "not installed"
-    return out
+    return tool_versions(tuple(names), absent="not installed")
 
 
 def cpu_info(cpuinfo: str | None = None) -> dict[str, object]:

@@ -1,6 +1,13 @@
-"""Model builders shared by the benchmarks (one definition of each benchmark model)."""
+"""Model builders shared by the benchmarks (one definition of each benchmark model).
+
+The digits CNN and its data are the demo's own (``gateway.demo``), shared with the tests.
+"""
 
 from __future__ import annotations
+
+from gateway.demo import digits_arrays, digits_cnn
+
+__all__ = ["digits_arrays", "digits_cnn", "transformer_encoder"]
 
 
 def transformer_encoder(keras, *, vocab: int = 1000, seq: int = 64, dim: int = 128, heads: int = 4, ff: int = 512,
@@ -24,13 +31,32 @@ def transformer_encoder(keras, *, vocab: int = 1000, seq: int = 64, dim: int = 1
     return keras.Model(ids, out, name="transformer_encoder")
 
 
-def digits_arrays(rng):
-    """scikit-learn's 8x8 digits as (x float32 [N, 8, 8, 1] in 0..1, y int64), shuffled by ``rng``."""
-    import numpy as np
-    from sklearn.datasets import load_digits
+def set_batchnorm_statistics(keras, model, x) -> int:
+    """Give a random-weight model's BatchNormalization layers the statistics of ``x``; returns how many.
 
-    d = load_digits()
-    x = (d.images / 16.0).astype("float32")[..., None]
-    y = d.target.astype("int64")
-    order = rng.permutation(len(y))
-    return np.ascontiguousarray(x[order]), y[order]
+    ``weights=None`` leaves moving mean 0 / variance 1, so a deep CNN's activations shrink block after
+    block until they are denormal floats (a random ResNet50 then runs 5x slower in FP32 and its
+    outputs are constant): no ratio measured on it means anything. One training-mode pass with
+    momentum 0 sets each layer's statistics to those of its input, as training would roughly do.
+    """
+    layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in layers:
+        layer.momentum = 0.0
+    model(x, training=True)
+    return len(layers)
+
+
+def photo_crops(rng, n: int, size: int):
+    """``n`` random ``size`` x ``size`` crops (half of them mirrored) of the two photographs scikit-learn
+    ships, scaled to -1..1: natural-image statistics for CNNs without a dataset download."""
+    import numpy as np
+    from sklearn.datasets import load_sample_images
+
+    images = load_sample_images().images
+    out = np.empty((n, size, size, 3), "float32")
+    for i in range(n):
+        im = images[i % len(images)]
+        y, x = rng.integers(0, im.shape[0] - size + 1), rng.integers(0, im.shape[1] - size + 1)
+        crop = im[y:y + size, x:x + size].astype("float32") / 127.5 - 1.0
+        out[i] = crop[:, ::-1] if rng.random() < 0.5 else crop
+    return out

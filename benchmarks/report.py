@@ -25,8 +25,8 @@ INTRO = """\
 # modelport benchmarks
 
 Every figure is a ratio to a baseline measured **in the same run on the same machine**:
-Keras in TensorFlow for the end-to-end comparison, onnxruntime in-process for serving
-overhead, the unoptimized model for optimization, tf2onnx called directly for conversion,
+Keras in TensorFlow for the end-to-end comparison, the Python servers a user would pick instead
+(KServe, MLServer) and a do-nothing gRPC server for serving, the unoptimized model for optimization, tf2onnx called directly for conversion,
 and a plain local file copy for artifact transfer. Timings are taken
 after warm-up over repeated runs and reported as the median with min/max and p50/p90/p99.
 Absolute numbers depend on this machine; the ratios are what carry over.

@@ -9,53 +9,47 @@ normalized options and tool versions.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from dataclasses import dataclass
-from functools import lru_cache
-from importlib import metadata
 
 from modelport import formats
-from modelport.conversion import onnx2tf_bridge
-from modelport.conversion.convert import DEFAULT_SAMPLES, check_opset
+from modelport.conversion import onnx2tf_bridge, onnx2torch_bridge
+from modelport.conversion.convert import DEFAULT_SAMPLES, check_opset, source_path
 from modelport.errors import InvalidArgument
-from modelport.jobs import job_key
-from modelport.parity import DEFAULT_ATOL, DEFAULT_RTOL
+from modelport.parity import DEFAULT_ATOL, DEFAULT_RTOL, QuantTolerances
+from modelport.runtime.job_cache import Job, job_key
 from modelport.store import ArtifactStore
+from modelport.trust import remote_code_allowed
 from modelport.v1 import converter_pb2
-
-# Bump when conversion code changes in a way that changes results (invalidates cached jobs).
-CONVERTER_VERSION = "1"
-
-
-@lru_cache(maxsize=1)
-def tool_versions() -> dict[str, str]:
-    """Installed versions of the conversion tool chain (no imports of the tools themselves)."""
-    out = {"modelport-converter": CONVERTER_VERSION}
-    for pkg in ("tensorflow", "tf2onnx", "onnx", "keras", "onnxruntime"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "absent"
-    return out
 
 
 @dataclass(frozen=True)
 class ConvertPlan:
-    """A checked request: detected source format, normalized target/options and the job key."""
+    """A checked request: detected source format, normalized target/options and the job to run."""
 
     source_format: str
     target: str
-    key: str
     options: dict
+    job: Job
 
 
-async def plan_convert(store: ArtifactStore, request: converter_pb2.ConvertRequest,
-                       onnx2tf_python: str = "") -> ConvertPlan:
-    """Validate a ConvertRequest whose artifacts are local; raises the error the client must see."""
+async def plan_convert(service, request: converter_pb2.ConvertRequest) -> ConvertPlan:
+    """Validate a ConvertRequest whose artifacts are local and build its job; raises the error the client must see."""
+    store: ArtifactStore = service.store
+    onnx2tf_python = service.settings.onnx2tf_python
+    # The one rule (modelport.trust): the request's flag counts only on a server that allows remote code.
+    trusted = remote_code_allowed(request.trust_remote_code, service.settings.allow_remote_code, service.name)
     path = store.path(request.source.digest)
     fmt = await asyncio.to_thread(formats.detect_format, path)
     target = formats.check_target(fmt, request.target_format)
-    versions = dict(tool_versions())
-    if fmt == formats.ONNX and target != formats.ONNX:
+    versions = dict(service.versions)
+    onnx2torch_python = service.settings.onnx2torch_python
+    if target == formats.PYTORCH:
+        python = onnx2torch_bridge.onnx2torch_python(onnx2torch_python)
+        if python is None:
+            raise onnx2torch_bridge.unimplemented()
+        versions.update(onnx2torch_bridge.tool_versions(python))
+    elif fmt == formats.ONNX and target != formats.ONNX:
         python = onnx2tf_bridge.onnx2tf_python(onnx2tf_python)
         if python is None:
             raise onnx2tf_bridge.unimplemented(target)
@@ -67,18 +61,23 @@ async def plan_convert(store: ArtifactStore, request: converter_pb2.ConvertReque
     p = request.parity
     if p.rtol < 0 or p.atol < 0 or p.num_samples < 0:
         raise InvalidArgument("parity rtol, atol and num_samples must be >= 0")
-    if fmt == formats.SAVEDMODEL:
-        await asyncio.to_thread(store.unpacked, request.source.digest)  # traversal/size checks, once
+    if formats.is_archive(path):  # SavedModel, ONNX with external data: traversal/size checks, once
+        await asyncio.to_thread(source_path, store, request.source.digest, fmt)
     options = {
         "target": target,
-        "opset": opset if target == formats.ONNX else 0,
+        "opset": opset if target == formats.ONNX or target == formats.PYTORCH and fmt != formats.ONNX else 0,
         "fixed_batch_size": int(request.fixed_batch_size),
-        "trust_remote_code": bool(request.trust_remote_code),
+        "trust_remote_code": trusted,
         "rtol": p.rtol or DEFAULT_RTOL,
         "atol": p.atol or DEFAULT_ATOL,
         "num_samples": 0 if p.samples.digest else (p.num_samples or DEFAULT_SAMPLES),
         "seed": 0 if p.samples.digest else int(p.seed),
         "allow_mismatch": bool(p.allow_mismatch),
+        **dataclasses.asdict(QuantTolerances.from_options(p)),
     }
     digests = [request.source.digest] + ([p.samples.digest] if p.samples.digest else [])
-    return ConvertPlan(fmt, target, job_key("convert", digests, options, versions), options)
+    kwargs = {"store_root": str(store.root), "request": request.SerializeToString(),
+              "max_artifact_bytes": service.settings.max_artifact_bytes, "onnx2tf_python": onnx2tf_python,
+              "onnx2torch_python": onnx2torch_python}
+    job = Job(job_key("convert", digests, options, versions), service.convert_job, kwargs)
+    return ConvertPlan(fmt, target, options, job)

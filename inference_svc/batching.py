@@ -10,6 +10,10 @@ reached or ``max_queue_delay_us`` has passed since the first one arrived. The me
 in a thread executor (onnxruntime releases the GIL, and the event loop stays free) and the
 outputs are split back by each request's element count. Requests whose deadline passed while
 queued fail with ``DeadlineExceeded`` without running; cancelled requests are skipped.
+
+An idle instance with an empty queue runs a request at once, without the worker hand-off, when
+nothing can be gained by waiting (no merging, or an ``eager`` merging policy). Short models run
+``inline``: on the event loop itself, since the executor hop costs more than the run.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ from inference_svc.stats import VersionStats
 from modelport.errors import DeadlineExceeded, Unavailable
 
 log = logging.getLogger("modelport.inference.batching")
+
+# Consecutive over-long inline runs after which a model moves to the executor.
+INLINE_SLOW_RUNS = 3
 
 # run(inputs, output_names) -> {output name: array}; called in a worker thread.
 RunFn = Callable[[dict[str, np.ndarray], list[str]], dict[str, np.ndarray]]
@@ -50,6 +57,11 @@ class BatchPolicy:
     """Queued requests beyond this are refused with UNAVAILABLE."""
     instances: int = 1
     """Concurrent executions (Triton's instance_group count)."""
+    enforce_max_batch: bool = True
+    """Refuse requests larger than ``max_batch_size`` (False for automatic batching: they run alone)."""
+    eager: bool = False
+    """With merging: an idle instance runs a request at once when the queue is empty (no worker hand-off,
+    no gathering); requests merge only while every instance is busy (automatic batching)."""
 
     @property
     def merges(self) -> bool:
@@ -88,12 +100,20 @@ def batch_key(inputs: dict[str, np.ndarray]) -> tuple:
 class Scheduler:
     """Queue + workers for one model version."""
 
-    def __init__(self, model: str, version: str, run: RunFn, policy: BatchPolicy, stats: VersionStats):
+    def __init__(self, model: str, version: str, run: RunFn, policy: BatchPolicy, stats: VersionStats, *,
+                 inline: bool = False, inline_limit_s: float | None = None, solo_run: RunFn | None = None):
         self.model, self.version = model, version
         self.policy = policy
+        self.inline = inline
+        """Run on the event loop thread (short models) instead of the executor."""
+        self._inline_limit_ns = None if inline_limit_s is None else int(inline_limit_s * 1e9)
+        self._slow_runs = 0
         self.stats = stats
         self.metrics = metrics.VersionMetrics(model, version)
         self._run = run
+        # With solo_run, a request that finds nothing running and nothing queued runs alone on solo_run (a
+        # session using every core) and holds every instance meanwhile; the others run on ``run``.
+        self._solo_run = solo_run
         self._pending: deque[Pending] = deque()
         self._arrived = asyncio.Event()
         self._idle = asyncio.Event()
@@ -170,7 +190,8 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         item = Pending(inputs, outputs, elements, batch_key(inputs), deadline, time.perf_counter_ns(),
                        loop.create_future())
-        if not self.policy.merges and not self._pending and self._busy < self._instances:
+        if (not self._pending and self._busy < self._instances
+                and (not self.policy.merges or self.policy.eager)):
             return await self._direct(item)
         item.counted = True
         self._queued += 1
@@ -197,25 +218,27 @@ class Scheduler:
             self._queued -= 1
 
     async def _direct(self, item: Pending) -> tuple[dict[str, np.ndarray], int]:
-        """Without merging, an idle instance and an empty queue: run at once (no worker hand-off)."""
-        self._busy += 1
+        """An idle instance, an empty queue and nothing to wait for: run at once (no worker hand-off)."""
+        solo = self._solo_run is not None and self._busy == 0
+        taken = self._instances if solo else 1
+        self._busy += taken
         self._inflight += 1
         self._idle.clear()
         try:
-            await self._execute([item])
+            await self._execute([item], solo)
             return item.future.result(), item.queue_ns
         except asyncio.CancelledError:
             if item.future.done() and not item.future.cancelled():
                 item.future.exception()  # retrieved: no "never retrieved" warning
             raise
         finally:
-            self._release()
+            self._release(taken)
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
 
-    def _release(self) -> None:
-        self._busy -= 1
+    def _release(self, taken: int = 1) -> None:
+        self._busy -= taken
         self._slot_free.set()
 
     async def _acquire(self) -> None:
@@ -328,14 +351,19 @@ class Scheduler:
                     self._fill(batch, sum(b.elements for b in batch), p.max_batch_size)
                 return batch
 
-    async def _execute(self, batch: list[Pending]) -> None:
+    async def _execute(self, batch: list[Pending], solo: bool = False) -> None:
         start = time.perf_counter_ns()
+        run = self._solo_run if solo else self._run
         for b in batch:
             b.queue_ns = start - b.enqueued_ns
             self._uncount(b)  # execution starts: its queue place is free
-        loop = asyncio.get_running_loop()
         try:
-            result = await loop.run_in_executor(self._executor, self._run_batch, batch)
+            if self.inline:
+                result = self._run_batch(batch, run)
+                self._check_inline(result.infer_ns)
+            else:
+                result = await asyncio.get_running_loop().run_in_executor(self._executor, self._run_batch, batch,
+                                                                          run)
         except BaseException as exc:  # noqa: BLE001 - every waiter gets the failure
             if isinstance(exc, asyncio.CancelledError):
                 self._fail(batch, "stopped while running the request; retry")
@@ -352,8 +380,21 @@ class Scheduler:
             if not b.future.done():
                 b.future.set_result(out)
 
-    def _run_batch(self, batch: list[Pending]) -> _Result:
-        """Merge, run, split (in a worker thread)."""
+    def _check_inline(self, run_ns: int) -> None:
+        """Move an inline model to the executor after INLINE_SLOW_RUNS runs in a row longer than its limit: its
+        runs depend on its data more than the load-time measurement showed, and the loop must not stall. (One
+        slow run is not enough: on a busy machine the thread may just have been preempted.)"""
+        if self._inline_limit_ns is None:
+            return
+        self._slow_runs = self._slow_runs + 1 if run_ns > self._inline_limit_ns else 0
+        if self._slow_runs >= INLINE_SLOW_RUNS:
+            self.inline = False
+            log.warning("model %s version %s: %d runs in a row took over %.1f ms on the event loop (last %.1f ms); "
+                        "running it on an executor thread from now on", self.model, self.version, self._slow_runs,
+                        self._inline_limit_ns / 1e6, run_ns / 1e6)
+
+    def _run_batch(self, batch: list[Pending], run: RunFn) -> _Result:
+        """Merge, run, split (in a worker thread, or on the loop when inline)."""
         res = _Result()
         t0 = time.perf_counter_ns()
         if len(batch) == 1:
@@ -368,7 +409,7 @@ class Scheduler:
                     break
                 wanted.extend(o for o in b.outputs if o not in wanted)
         t1 = time.perf_counter_ns()
-        out = self._run(merged, wanted)
+        out = run(merged, wanted)
         t2 = time.perf_counter_ns()
         if len(batch) == 1:
             res.outputs.append(out)

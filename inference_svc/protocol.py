@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from google.protobuf import json_format
 
-from inference_svc.models import LoadOptions, ModelManager, ModelVersion
+from inference_svc.config_mapping import check_limit
+from inference_svc.manager import LoadOptions, ModelManager, ModelVersion
 from modelport import providers as eps
 from modelport import repository
 from modelport.errors import InvalidArgument
 from modelport.kserve.v2 import grpc_service_pb2 as pb
 from modelport.kserve.v2 import model_config_pb2 as mc
+from modelport.trust import check_version
 from modelport.v1 import serving_pb2
 
 GPU_PROVIDERS = {eps.CUDA: "cuda", eps.TENSORRT: "tensorrt"}
@@ -71,7 +73,17 @@ def model_config(mv: ModelVersion) -> mc.ModelConfig:
         "inter_op_thread_count": str(mv.options.inter_op_threads),
         "graph_optimization_level": level,
         "max_queue_size": str(p.max_queue_size),
+        "execution": ("generation engine thread" if mv.generator is not None  # no Scheduler: its own decode loop
+                      else "inline" if mv.scheduler.inline else "executor"),
+        "auto_batching": "on" if p.dynamic and not p.enforce_max_batch else "off",
     }
+    if mv.tuning:
+        params["tuning"] = mv.tuning
+    if mv.generator is not None:  # a generation model streams one response per token
+        cfg.model_transaction_policy.decoupled = True
+        gen = mv.generator.config
+        params.update({"generation_architecture": gen.architecture, "max_context": str(mv.generator.max_context),
+                       "max_concurrent_generations": str(mv.generator.max_batch)})
     for k, v in params.items():
         cfg.parameters[k].string_value = v
     return cfg
@@ -161,6 +173,7 @@ def load_options(request: serving_pb2.LoadModelRequest, defaults: LoadOptions) -
                         ("inter_op_threads", request.inter_op_threads), ("keep_versions", request.keep_versions)):
         if value < 0:
             raise InvalidArgument(f"{name} must be >= 0, got {value}", {"field": name})
+        check_limit(name, value)
     if request.HasField("batching"):
         b = request.batching
         if b.max_batch_size < 0 or b.max_queue_delay_us < 0 or b.max_queue_size < 0:
@@ -177,16 +190,8 @@ def load_options(request: serving_pb2.LoadModelRequest, defaults: LoadOptions) -
 
 
 def parse_version(version: str) -> int | None:
-    """LoadModel's version string as an int (None when empty)."""
-    if not version:
-        return None
-    try:
-        v = int(version)
-    except ValueError:
-        raise InvalidArgument(f"version {version!r} is not an integer; versions are positive integers") from None
-    if v < 1:
-        raise InvalidArgument(f"version {v} must be >= 1")
-    return v
+    """LoadModel's version string as a positive int64 (None when empty); InvalidArgument otherwise."""
+    return check_version(version)
 
 
 def config_override(request: pb.RepositoryModelLoadRequest) -> mc.ModelConfig | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from inference_svc.models import LoadOptions, ModelManager
+from inference_svc.manager import LoadOptions, ModelManager
 from inference_svc.servicer import InferenceServicer, ModelControlServicer
 from inference_svc.settings import InferenceSettings
 from inference_svc.shm import SharedMemoryRegistry
@@ -44,6 +44,9 @@ class InferenceService(Service):
             default_queue_size=settings.max_queue_size,
             available_providers=available_providers,
             drain_timeout_s=settings.drain_timeout_s,
+            max_request_bytes=settings.max_request_bytes,
+            tune=settings.auto_tune,
+            inline_max_us=settings.inline_max_us,
         )
         self.shm = SharedMemoryRegistry(enabled=settings.shared_memory, max_regions=settings.max_shm_regions)
         self.ready = False
@@ -52,7 +55,8 @@ class InferenceService(Service):
         """GRPCInferenceService and ModelControl."""
         return [
             Registration(grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
-                         InferenceServicer(self.manager, self.is_ready, self.shm), KSERVE),
+                         InferenceServicer(self.manager, self.is_ready, self.shm,
+                                           max_stream_inflight=self.settings.max_stream_inflight), KSERVE),
             Registration(serving_pb2_grpc.add_ModelControlServicer_to_server,
                          ModelControlServicer(self.manager, self), CONTROL),
         ]

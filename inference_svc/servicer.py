@@ -13,14 +13,15 @@ import logging
 import time
 
 import modelport
-from inference_svc import protocol
-from inference_svc.models import ModelManager, resolve_artifact
+from inference_svc import generation_protocol, protocol
+from inference_svc.manager import ModelManager
+from inference_svc.repository_loading import resolve_artifact
 from inference_svc.shm import SharedMemoryRegistry
+from modelport import cpuinfo
 from modelport.errors import ModelportError, Unimplemented
-from modelport.kserve import codec
 from modelport.kserve.v2 import grpc_service_pb2 as pb
 from modelport.kserve.v2 import grpc_service_pb2_grpc as pb_grpc
-from modelport.runtime.artifacts import ensure_local
+from modelport.trust import check_model_name, redact
 from modelport.v1 import serving_pb2, serving_pb2_grpc
 
 log = logging.getLogger("modelport.inference")
@@ -40,11 +41,17 @@ def _deadline(context) -> float | None:
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """The Open Inference Protocol as Triton's clients expect it."""
 
-    def __init__(self, manager: ModelManager, is_ready, shm: SharedMemoryRegistry | None = None):
+    def __init__(self, manager: ModelManager, is_ready, shm: SharedMemoryRegistry | None = None,
+                 max_stream_inflight: int = 64):
         self.manager = manager
+        self.max_stream_inflight = max(1, max_stream_inflight)
         self._is_ready = is_ready
         self.shm = shm if shm is not None else SharedMemoryRegistry(enabled=False)
-        self.extensions = EXTENSIONS + ([SHM_EXTENSION] if self.shm.enabled else [])
+        # The CPU's kernel-relevant flags ride along as one more extension entry, written like Triton's
+        # "model_repository(unload_dependents)", so the deploy report can compare them with the flags the
+        # optimizer measured on while Triton/KServe clients just list it.
+        self.extensions = (EXTENSIONS + ([SHM_EXTENSION] if self.shm.enabled else [])
+                           + [cpuinfo.extension_entry()])
 
     async def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=True)
@@ -64,37 +71,63 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(self, request, deadline):
         mv = self.manager.get(request.model_name, request.model_version)
-        if codec.uses_shm(request):
-            with self.shm.lease(request) as lease:
-                inputs = lease.decode_inputs()
-                outputs = await self.manager.infer(mv, inputs, [o.name for o in request.outputs], deadline)
-                return lease.response(mv.name, mv.label, outputs, request.id)
-        inputs = codec.decode_inputs(request)
-        outputs = await self.manager.infer(mv, inputs, [o.name for o in request.outputs], deadline)
-        return codec.make_infer_response(mv.name, mv.label, outputs, request.id)
+        # What the request declares is checked against the model (and the request size cap) before any
+        # tensor is decoded or any shared memory is touched.
+        self.manager.precheck(mv, [(t.name, t.datatype, list(t.shape)) for t in request.inputs],
+                                   [o.name for o in request.outputs])
+        # One path for every request: the lease holds the shared memory a request uses (none for most).
+        with self.shm.lease(request) as lease:
+            inputs = lease.decode_inputs()
+            outputs = await self.manager.infer(mv, inputs, [o.name for o in request.outputs], deadline)
+            return lease.response(mv.name, mv.label, outputs, request.id)
 
     async def ModelInfer(self, request, context):
         return await self._infer(request, _deadline(context))
 
     async def ModelStreamInfer(self, request_iterator, context):
-        # Requests run concurrently; each response carries its request's id.
+        # Requests run concurrently; each response carries its request's id. At most max_stream_inflight
+        # requests of a stream are read and not yet answered: the next one is read only when a response
+        # went out, so a client that floods the stream (or never reads) is held back by flow control.
         results: asyncio.Queue = asyncio.Queue()
         deadline = _deadline(context)
+        slots = asyncio.Semaphore(self.max_stream_inflight)
 
         async def one(req):
             try:
+                mv = self.manager.get(req.model_name, req.model_version)
+                if mv.generator is not None:  # decoupled: one response per token, then the final flag
+                    generation = self.manager.generate(mv, generation_protocol.params_from_request(req, mv.name))
+                    try:
+                        async for item in generation_protocol.stream_responses(generation, req, mv.name, mv.label):
+                            await results.put(item)
+                    finally:  # cancelled before or while streaming: the engine frees the sequence
+                        generation.cancel()
+                    return
                 await results.put(pb.ModelStreamInferResponse(infer_response=await self._infer(req, deadline)))
             except ModelportError as exc:
                 await results.put(pb.ModelStreamInferResponse(
-                    error_message=exc.message, infer_response=pb.ModelInferResponse(id=req.id)))
+                    error_message=redact(exc.message), infer_response=pb.ModelInferResponse(id=req.id)))
             except Exception:  # noqa: BLE001 - one bad request must not end the stream
                 log.exception("stream request %s failed", req.id)
                 await results.put(pb.ModelStreamInferResponse(
                     error_message="Internal server error (logged on the server)",
                     infer_response=pb.ModelInferResponse(id=req.id)))
 
+        tasks: set[asyncio.Task] = set()
+
         async def reader():
-            tasks = [asyncio.create_task(one(req)) async for req in request_iterator]
+            tasks: set[asyncio.Task] = set()
+            requests = request_iterator.__aiter__()
+            while True:
+                await slots.acquire()
+                try:
+                    req = await requests.__anext__()
+                except StopAsyncIteration:
+                    slots.release()
+                    break
+                task = asyncio.create_task(one(req))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
             await asyncio.gather(*tasks)
             await results.put(None)
 
@@ -102,9 +135,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             while (item := await results.get()) is not None:
                 yield item
+                slots.release()
             await feed
-        finally:
+        finally:  # the stream ended or was cancelled: stop every request still running (generations too)
             feed.cancel()
+            for task in list(tasks):
+                task.cancel()
 
     async def ModelConfig(self, request, context):
         return pb.ModelConfigResponse(config=protocol.model_config(self.manager.get(request.name, request.version)))
@@ -152,9 +188,10 @@ class ModelControlServicer(serving_pb2_grpc.ModelControlServicer):
         self.service = service
 
     async def LoadModel(self, request, context):
+        check_model_name(request.name)  # before pulling or unpacking anything
         opts = protocol.load_options(request, self.manager.defaults)
         version = protocol.parse_version(request.version)
-        stored = await ensure_local(self.service.store, request.model, channel_factory=self.service.channel)
+        stored = await self.service.pull(request.model)
         path, config = resolve_artifact(self.service.store, stored, request.name)
         mv = await self.manager.load(request.name, path, version, config=config, options=opts,
                                      keep_versions=request.keep_versions, artifact=request.model)

@@ -2,25 +2,31 @@
 
 A client on the same host creates a POSIX shared memory segment (``shm_open(key)``, i.e. the file
 ``/dev/shm/<key>``), registers a window of it (offset, byte size) under a region name, then points
-request inputs and requested outputs at the region through tensor parameters. The server reads the
-inputs straight from the mapping (numeric inputs are zero-copy numpy views) and writes the outputs
-into it, so the tensors never travel through gRPC.
+request inputs and requested outputs at the region through tensor parameters, so the tensors never
+travel through gRPC.
 
-``SharedMemoryRegistry`` maps each registered segment once (``os.open`` + ``mmap``, never
-``multiprocessing.shared_memory``, whose resource tracker may unlink the client's segment) and
-hands a ``RequestLease`` to each request using regions: the lease resolves and bounds-checks every
-reference before inference and keeps its regions mapped until the response is built, so an
-unregister during a request only takes effect (unmap) once the request is done. Keys are
-restricted to plain names in /dev/shm (no further '/', no '..', no symlinks, regular files only).
+The client owns the segment and may shrink it at any time; a mapping read or written past the file's
+end raises SIGBUS and would kill the server. So the server never maps it: ``SharedMemoryRegistry``
+keeps one descriptor per region (``os.open``, never ``multiprocessing.shared_memory``, whose resource
+tracker may unlink the client's segment), reads a request's inputs with ``pread`` into the request's
+own buffer when the request is decoded (one copy, done before it queues, so nothing the client does
+later can touch it) and writes outputs with ``pwrite`` after checking the segment still holds the
+region: a shrunk segment fails that request with FAILED_PRECONDITION, never the server.
+
+Regions belong to the callers holding the service's token: registration needs it (an interceptor
+rule) and so does every inference request that names a region, so a caller without the token can
+neither read another client's tensors through a model nor write into its segment. Keys are restricted
+to plain names in /dev/shm (no further '/', no '..', no symlinks, regular files only). A
+``RequestLease`` resolves and bounds-checks every reference before inference and holds its regions
+until the response is built, so an unregister during a request takes effect (close) once it is done.
 
 Domain code: raises ``modelport.errors`` only, never imports grpc. All methods run on the server's
-event loop thread; the mapping itself is read by onnxruntime's threads through the numpy views.
+event loop thread.
 """
 
 from __future__ import annotations
 
 import logging
-import mmap
 import os
 import stat
 from dataclasses import dataclass, field
@@ -30,7 +36,9 @@ import numpy as np
 
 from modelport.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from modelport.kserve import codec
+from modelport.kserve import shm as kshm
 from modelport.kserve.v2 import grpc_service_pb2 as pb
+from modelport.trust import require_token_holder
 
 log = logging.getLogger("modelport.inference.shm")
 
@@ -52,18 +60,18 @@ def segment_path(key: str) -> Path:
     return SHM_DIR / name
 
 
+MAX_REGION_NAME = 256
+
+
 @dataclass(eq=False)
 class Region:
-    """One registered window of a mapped segment."""
+    """One registered window of a segment, held open by its descriptor."""
 
     name: str
     key: str
     offset: int
     byte_size: int
     fd: int
-    mm: mmap.mmap
-    base: int
-    """Position of the region's first byte inside ``mm`` (the mapping starts page-aligned)."""
     users: int = 0
     retired: bool = False
     closed: bool = field(default=False)
@@ -79,20 +87,41 @@ class Region:
                 {"region": self.name},
             )
 
-    def view(self, offset: int, size: int) -> memoryview:
-        """``size`` bytes at ``offset`` inside the region (bounds checked by the caller)."""
-        start = self.base + offset
-        return memoryview(self.mm)[start:start + size]
+    def _shrunk(self, size: int) -> FailedPrecondition:
+        return FailedPrecondition(
+            f"shared memory region '{self.name}': segment '{self.key}' shrank to {size} bytes, below the "
+            f"registered offset {self.offset} + byte_size {self.byte_size}, while the request used it; the request "
+            "failed (the server is unaffected). Keep the segment's size while requests use it",
+            {"region": self.name})
+
+    def read(self, offset: int, size: int) -> memoryview:
+        """A private copy of ``size`` bytes at ``offset`` inside the region (bounds checked by the caller);
+        FailedPrecondition when the segment no longer holds them."""
+        buf = bytearray(size)
+        view = memoryview(buf)
+        done = 0
+        while done < size:
+            n = os.preadv(self.fd, [view[done:]], self.offset + offset + done)
+            if n <= 0:
+                raise self._shrunk(os.fstat(self.fd).st_size)
+            done += n
+        return view
+
+    def write(self, offset: int, data) -> None:
+        """Write bytes at ``offset`` inside the region, after checking the segment still holds the region."""
+        size = os.fstat(self.fd).st_size
+        if size < self.offset + self.byte_size:
+            raise self._shrunk(size)
+        view = memoryview(data).cast("B")
+        done = 0
+        while done < len(view):
+            done += os.pwrite(self.fd, view[done:], self.offset + offset + done)
 
     def close(self) -> None:
-        """Unmap and close the descriptor; a mapping still viewed by live arrays is unmapped when they go."""
+        """Close the descriptor."""
         if self.closed:
             return
         self.closed = True
-        try:
-            self.mm.close()
-        except BufferError:  # numpy views still alive: the mapping is released with the last of them
-            pass
         os.close(self.fd)
 
 
@@ -125,17 +154,10 @@ def _open_segment(name: str, key: str, offset: int, byte_size: int) -> Region:
                 "the segment or create a larger one",
                 {"region": name, "key": key},
             )
-        start = offset - offset % mmap.ALLOCATIONGRANULARITY
-        try:
-            mm = mmap.mmap(fd, byte_size + offset - start, flags=mmap.MAP_SHARED,
-                           prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=start)
-        except OSError as exc:
-            raise InvalidArgument(f"failed to register shared memory region '{name}': cannot map '{key}': "
-                                  f"{exc.strerror}", {"region": name, "key": key}) from None
     except BaseException:
         os.close(fd)
         raise
-    return Region(name, key, offset, byte_size, fd, mm, offset - start)
+    return Region(name, key, offset, byte_size, fd)
 
 
 class SharedMemoryRegistry:
@@ -153,6 +175,9 @@ class SharedMemoryRegistry:
         if not name:
             raise InvalidArgument("shared memory region name is empty; give the region a name to refer to it "
                                   "from requests")
+        if len(name) > MAX_REGION_NAME or "\x00" in name:
+            raise InvalidArgument(f"shared memory region name {name[:64]!r}... is not allowed: use at most "
+                                  f"{MAX_REGION_NAME} characters, no NUL", {"region": name[:64]})
         if byte_size <= 0:
             raise InvalidArgument(f"failed to register shared memory region '{name}': byte_size is 0; give the "
                                   "size in bytes of the window to register", {"region": name})
@@ -235,7 +260,7 @@ class SharedMemoryRegistry:
         return resp
 
 
-def _bounds(region: Region, ref: codec.ShmRef, tensor: str, kind: str) -> None:
+def _bounds(region: Region, ref: kshm.ShmRef, tensor: str, kind: str) -> None:
     end = ref.offset + ref.byte_size
     if end > region.byte_size:
         raise InvalidArgument(
@@ -253,13 +278,18 @@ class RequestLease:
         self.request = request
         self._registry = registry
         self._held: list[Region] = []
-        self.inputs: dict[str, tuple[Region, codec.ShmRef]] = {}
-        self.outputs: dict[str, tuple[Region, codec.ShmRef]] = {}
+        self.inputs: dict[str, tuple[Region, kshm.ShmRef]] = {}
+        self.outputs: dict[str, tuple[Region, kshm.ShmRef]] = {}
+        if not kshm.uses_shm(request):  # most requests: nothing to resolve
+            return
+        if any(kshm.shm_ref(t, "input") for t in request.inputs) or \
+                any(kshm.shm_ref(o, "output") for o in request.outputs):
+            require_token_holder("shared memory")  # regions belong to the token holders who registered them
         try:
             for kind, tensors, into in (("input", request.inputs, self.inputs),
                                         ("output", request.outputs, self.outputs)):
                 for t in tensors:
-                    ref = codec.shm_ref(t, kind)
+                    ref = kshm.shm_ref(t, kind)
                     if ref is None:
                         continue
                     region = registry.get(ref.region, t.name, kind)
@@ -287,11 +317,14 @@ class RequestLease:
 
     def decode_inputs(self) -> dict[str, np.ndarray]:
         """All inputs: from shared memory where the request says so, else from the message."""
-        def view(ref: codec.ShmRef, tensor: str) -> memoryview:
-            region, _ = self.inputs[tensor]
-            return region.view(ref.offset, ref.byte_size)
+        if not self.inputs:
+            return codec.decode_inputs(self.request)
 
-        return codec.decode_inputs_shm(self.request, view)
+        def view(ref: kshm.ShmRef, tensor: str) -> memoryview:
+            region, _ = self.inputs[tensor]
+            return region.read(ref.offset, ref.byte_size)  # a private copy: the client may shrink the segment
+
+        return kshm.decode_inputs_shm(self.request, view)
 
     def write_outputs(self, outputs: dict[str, np.ndarray]) -> set[str]:
         """Write the outputs requested in shared memory into their regions; returns their names.
@@ -317,19 +350,18 @@ class RequestLease:
                     "if needed)",
                     {"tensor": name, "region": region.name, "needed_bytes": str(size)},
                 )
-            dst = region.view(ref.offset, size)
             if data is not None:
-                dst[:] = data
+                region.write(ref.offset, data)
             elif size:
                 src = np.ascontiguousarray(arr)
                 if src.dtype.byteorder == ">":
                     src = src.astype(src.dtype.newbyteorder("<"))
-                np.frombuffer(dst, dtype=np.uint8)[:] = src.reshape(-1).view(np.uint8)
+                region.write(ref.offset, src.reshape(-1).view(np.uint8))
             written.add(name)
         return written
 
     def response(self, model_name: str, model_version: str, outputs: dict[str, np.ndarray],
                  request_id: str = "") -> pb.ModelInferResponse:
         """Write the shared-memory outputs and build the response (Triton's layout: empty raw entries)."""
-        written = self.write_outputs(outputs)
+        written = self.write_outputs(outputs) if self.outputs else ()
         return codec.make_infer_response(model_name, model_version, outputs, request_id, in_shm=written)

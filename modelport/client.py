@@ -13,20 +13,24 @@ with the gRPC status code name and the server's message.
 from __future__ import annotations
 
 import os
+import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from modelport import media
+from modelport.errors import InvalidArgument, ModelportError
 from modelport.kserve import codec
 from modelport.kserve.v2 import grpc_service_pb2 as kpb
 from modelport.kserve.v2 import grpc_service_pb2_grpc as kgrpc
-from modelport.runtime.artifacts import download_to_file, upload_requests
+from modelport.kserve.v2 import model_config_pb2
+from modelport.runtime.artifacts import ByteProgress, download_to_file, file_chunks, stream_requests
 from modelport.runtime.channels import ClientTLS, make_channel
 from modelport.v1 import (
     artifacts_pb2,
@@ -46,17 +50,23 @@ DEFAULT_ADDRESSES = {"converter": "127.0.0.1:50051", "optimizer": "127.0.0.1:500
 EventCallback = Callable[[jobs_pb2.JobEvent], None]
 
 
-class ClientError(Exception):
-    """A failed call: ``code`` is the gRPC status code name, ``message`` the server's reason."""
+class ClientError(ModelportError):
+    """A failed call: ``code`` (= ``status``) is the gRPC status code name, ``message`` the server's reason.
+
+    A ``ModelportError``, so code above the SDK (the deploy runner, the gateway) handles the
+    services' answers and its own domain errors the same way.
+    """
 
     def __init__(self, code: str, message: str, *, service: str = "", details: Mapping[str, str] | None = None,
                  parity: jobs_pb2.ParityReport | None = None):
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
+        super().__init__(message, dict(details or {}))
+        self.args = (f"{code}: {message}",)
+        self.code = self.status = code
         self.service = service
-        self.details = dict(details or {})
         self.parity = parity
+
+    def __reduce__(self):
+        return (_client_error, (self.code, self.message, self.service, self.details))
 
     @classmethod
     def from_rpc(cls, err: grpc.RpcError, service: str = "") -> ClientError:
@@ -65,6 +75,20 @@ class ClientError(Exception):
         if code == "UNAVAILABLE" and service:
             details = f"{details} (is the {service} service running? start all three with `modelport up`)"
         return cls(code, details or "", service=service)
+
+
+def batching_config(max_batch_size: int = 0, max_queue_delay_us: int = 0, preferred_batch_sizes: Iterable[int] = (),
+                    max_queue_size: int = 0, enabled: bool | None = None) -> serving_pb2.BatchingConfig:
+    """A ``BatchingConfig`` from plain options; enabled when a batch size or a queue delay is given."""
+    if enabled is None:
+        enabled = max_queue_delay_us > 0 or max_batch_size > 0
+    return serving_pb2.BatchingConfig(max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
+                                      preferred_batch_sizes=list(preferred_batch_sizes),
+                                      max_queue_size=max_queue_size, enabled=enabled)
+
+
+def _client_error(code: str, message: str, service: str, details: dict[str, str]) -> ClientError:
+    return ClientError(code, message, service=service, details=details)
 
 
 def detect_media_type(path: str | os.PathLike) -> str:
@@ -83,6 +107,47 @@ def detect_media_type(path: str | os.PathLike) -> str:
     if p.suffix == ".tar":
         return media.SAVEDMODEL
     return media.OCTET
+
+
+@dataclass(frozen=True)
+class UploadSource:
+    """What ``Client.upload`` sends for a local path: lazily read chunks, their total size, the media type."""
+
+    chunks: Iterable[bytes]
+    size: int
+    media_type: str
+
+
+def upload_source(path: str | os.PathLike, media_type: str | None = None) -> UploadSource:
+    """The artifact a local model path becomes, streamed (never read whole).
+
+    A SavedModel folder and an ONNX model with external data (a folder holding it, or its ``.onnx``
+    file with the data file(s) beside it) travel as one tar archive; anything else as the file itself.
+    Raises InvalidArgument for a folder that is neither, or an ONNX model whose data files are missing.
+    """
+    from modelport.archive import TarStream
+    from modelport.onnx_files import find_model_file, model_files
+
+    p = Path(path)
+    if p.is_dir():
+        if (p / "saved_model.pb").is_file():
+            tar = TarStream.of_dir(p)
+            return UploadSource(tar, tar.size, media_type or media.SAVEDMODEL)
+        if not any(p.rglob("*.onnx")):
+            raise InvalidArgument(f"{p} is a folder without saved_model.pb or a .onnx file; upload a model file, "
+                                  "a SavedModel folder or an ONNX model's folder (model.onnx + its data file)")
+        p = find_model_file(p)
+        media_type = media_type if media_type and media_type != media.ONNX_FOLDER else media.ONNX
+    elif not p.is_file():
+        raise InvalidArgument(f"{p}: no such file or folder")
+    media_type = media_type or detect_media_type(p)
+    if media.is_onnx(media_type):
+        files = model_files(p, unreadable_ok=True)  # the model and its data; not ONNX: the server says so
+        if len(files) > 1:
+            tar = TarStream.of_files(files)
+            return UploadSource(tar, tar.size, media.ONNX_FOLDER)
+        media_type = media.ONNX
+    return UploadSource(file_chunks(p), p.stat().st_size, media_type)
 
 
 @dataclass
@@ -185,14 +250,20 @@ class Client:
                     break
 
     # ---- artifacts ------------------------------------------------------------------------
-    def upload(self, path: str | os.PathLike, media_type: str | None = None,
-               service: str = "converter") -> artifacts_pb2.ArtifactRef:
-        """Store a local file in ``service``'s artifact store; the ref names that service as origin."""
-        path = Path(path)
-        if not path.is_file():
-            raise ClientError("INVALID_ARGUMENT", f"{path}: no such file", service=service)
+    def upload(self, path: str | os.PathLike, media_type: str | None = None, service: str = "converter",
+               progress: ByteProgress | None = None) -> artifacts_pb2.ArtifactRef:
+        """Store a local model or data file in ``service``'s artifact store; the ref names that service as origin.
+
+        ``path`` may be a file, a SavedModel folder, or an ONNX model with external data (its folder, or its
+        ``.onnx`` file with the data file(s) beside it): folders travel as one archive artifact. Bytes are
+        streamed chunk by chunk, never held whole; ``progress(bytes_sent, total)`` follows them.
+        """
+        try:
+            src = upload_source(path, media_type)
+        except InvalidArgument as e:
+            raise ClientError("INVALID_ARGUMENT", e.message, service=service) from None
         stub = artifacts_pb2_grpc.ArtifactsStub(self.channel(service))
-        ref = self._call(service, stub.Upload, upload_requests(path, media_type or detect_media_type(path)))
+        ref = self._call(service, stub.Upload, stream_requests(src.chunks, src.size, src.media_type, progress=progress))
         if not ref.origin:
             ref.origin = self.address(service)
         return ref
@@ -202,22 +273,63 @@ class Client:
         stub = artifacts_pb2_grpc.ArtifactsStub(self.channel(service))
         return self._call(service, stub.Stat, artifacts_pb2.StatRequest(digest=digest))
 
+    def _service_of(self, ref: artifacts_pb2.ArtifactRef | str, service: str | None) -> str:
+        if service is not None:
+            return service
+        origin = "" if isinstance(ref, str) else ref.origin
+        return next((s for s in SERVICES if origin and self.address(s) == origin), "converter")
+
     def download(self, ref: artifacts_pb2.ArtifactRef | str, out: str | os.PathLike,
-                 service: str | None = None) -> Path:
-        """Write an artifact to ``out`` (atomically, digest verified) from ``service`` or the ref's origin."""
+                 service: str | None = None, progress: ByteProgress | None = None) -> Path:
+        """Write an artifact's bytes to ``out`` (atomically, digest verified) from ``service`` or the ref's
+        origin; ``progress(bytes_received, total)`` follows them. A folder artifact arrives as its tar
+        archive: ``download_model`` unpacks it."""
         digest = ref if isinstance(ref, str) else ref.digest
-        if service is None:
-            origin = "" if isinstance(ref, str) else ref.origin
-            service = next((s for s in SERVICES if origin and self.address(s) == origin), "converter")
+        service = self._service_of(ref, service)
         stub = artifacts_pb2_grpc.ArtifactsStub(self.channel(service))
         try:
-            download_to_file(stub, digest, out, timeout=self.timeout)
+            download_to_file(stub, digest, out, timeout=self.timeout, progress=progress,
+                             size=0 if isinstance(ref, str) else ref.size)
         except grpc.RpcError as e:
             raise ClientError.from_rpc(e, service) from None
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(out, 0o666 & ~umask)  # a user's file, not a private temp file
         return Path(out)
+
+    def download_model(self, ref: artifacts_pb2.ArtifactRef, dest: str | os.PathLike, service: str | None = None,
+                       progress: ByteProgress | None = None) -> Path:
+        """Write a model artifact as a model on disk; returns the path to load it from.
+
+        A single-file model is written to ``dest``. A folder artifact is unpacked (safely): a SavedModel
+        into the folder ``dest``; an ONNX model with external data into the folder ``dest`` (returns
+        ``dest/model.onnx``), or, when ``dest`` ends in ``.onnx``, as that file with its data file(s) beside it.
+        """
+        from modelport.archive import safe_unpack
+
+        dest = Path(dest)
+        if ref.media_type not in (media.SAVEDMODEL, media.ONNX_FOLDER, media.GENERATION):
+            return self.download(ref, dest, service, progress)
+        onnx_file = ref.media_type == media.ONNX_FOLDER and dest.suffix == ".onnx"
+        folder = dest.parent if onnx_file else dest
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=folder, prefix=".download-") as tmp:
+            tar = self.download(ref, Path(tmp) / "model.tar", service, progress)
+            if ref.media_type in (media.SAVEDMODEL, media.GENERATION):  # whole folders: unpacked as they are
+                safe_unpack(tar, folder, max_bytes=tar.stat().st_size, max_files=1_000_000)
+                return folder
+            staging = Path(tmp) / "unpacked"
+            safe_unpack(tar, staging, max_bytes=tar.stat().st_size, max_files=1_000_000)
+            tar.unlink()
+            from modelport.onnx_files import MODEL_FILE, model_files
+
+            files = model_files(staging / MODEL_FILE)
+            for name, src in files[1:]:
+                (folder / name).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(src, folder / name)
+            target = dest if onnx_file else folder / MODEL_FILE
+            os.replace(files[0][1], target)
+            return target
 
     # ---- jobs -----------------------------------------------------------------------------
     def _job(self, service: str, call, request, result_field: str, on_event: EventCallback | None):
@@ -296,14 +408,22 @@ class Client:
 
     # ---- serving --------------------------------------------------------------------------
     def load_model(self, name: str, model: artifacts_pb2.ArtifactRef, *, version: str = "",
-                   execution_provider: str = "auto", batching: serving_pb2.BatchingConfig | None = None,
+                   execution_provider: str = "auto",
+                   batching: Mapping[str, Any] | serving_pb2.BatchingConfig | None = None,
                    keep_versions: int = 0, intra_op_threads: int = 0) -> serving_pb2.LoadModelResponse:
-        """Load an ONNX artifact into the inference service under ``name``."""
+        """Load an ONNX artifact into the inference service under ``name``.
+
+        ``batching`` turns on dynamic batching: a mapping with ``max_batch_size``,
+        ``max_queue_delay_us``, ``preferred_batch_sizes``, ``max_queue_size`` (all optional), or a
+        ``BatchingConfig`` message.
+        """
         req = serving_pb2.LoadModelRequest(name=name, version=version, model=model,
                                            execution_provider=execution_provider, keep_versions=keep_versions,
                                            intra_op_threads=intra_op_threads)
-        if batching is not None:
+        if isinstance(batching, serving_pb2.BatchingConfig):
             req.batching.CopyFrom(batching)
+        elif batching is not None:
+            req.batching.CopyFrom(batching_config(**batching))
         stub = serving_pb2_grpc.ModelControlStub(self.channel("inference"))
         return self._call("inference", stub.LoadModel, req)
 
@@ -316,6 +436,16 @@ class Client:
         """Every model version the inference service holds, with state and provider."""
         stub = serving_pb2_grpc.ModelControlStub(self.channel("inference"))
         return list(self._call("inference", stub.ListModels, serving_pb2.ListModelsRequest()).models)
+
+    def model_config(self, name: str, version: str = "") -> model_config_pb2.ModelConfig:
+        """The served model's Triton ``ModelConfig`` (what ``config.pbtxt`` holds)."""
+        stub = kgrpc.GRPCInferenceServiceStub(self.channel("inference"))
+        return self._call("inference", stub.ModelConfig, kpb.ModelConfigRequest(name=name, version=version)).config
+
+    def server_metadata(self) -> kpb.ServerMetadataResponse:
+        """KServe v2 ServerMetadata: name, version, extensions (modelport adds ``cpu_flags(...)``)."""
+        stub = kgrpc.GRPCInferenceServiceStub(self.channel("inference"))
+        return self._call("inference", stub.ServerMetadata, kpb.ServerMetadataRequest())
 
     def model_metadata(self, name: str, version: str = "") -> kpb.ModelMetadataResponse:
         """KServe v2 ModelMetadata: input/output names, datatypes and shapes (-1 = dynamic)."""
@@ -330,14 +460,53 @@ class Client:
         resp = self._call("inference", stub.ModelInfer, req, timeout=timeout or self.timeout)
         return codec.decode_outputs(resp)
 
+    def generate(self, name: str, input_ids: Iterable[int], *, max_tokens: int = 32, version: str = "",
+                 temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
+                 seed: int | None = None, end_id: int | None = None,
+                 timeout: float | None = None) -> Iterator[int]:
+        """Generated token ids of a decoupled generation model, yielded as the server streams them.
+
+        One ``ModelStreamInfer`` request with TensorRT-LLM's tensor names (``input_ids``,
+        ``input_lengths``, ``request_output_len``; sampling: ``temperature``, ``runtime_top_k``,
+        ``runtime_top_p``, ``random_seed``; ``end_id``). Greedy unless ``top_k`` > 1 or ``top_p`` > 0.
+        Leaving the loop early cancels the stream, which stops the generation on the server.
+        """
+        ids = [int(t) for t in input_ids]
+        inputs: dict[str, np.ndarray] = {"input_ids": np.asarray([ids], np.int32),
+                                         "input_lengths": np.asarray([[len(ids)]], np.int32),
+                                         "request_output_len": np.asarray([[max_tokens]], np.int32)}
+        optional = (("temperature", temperature, np.float32), ("runtime_top_k", top_k, np.int32),
+                    ("runtime_top_p", top_p, np.float32), ("random_seed", seed, np.uint64), ("end_id", end_id, np.int32))
+        for key, value, dtype in optional:
+            if value is not None:
+                inputs[key] = np.asarray([[value]], dtype)
+        req = codec.make_infer_request(name, inputs, model_version=version)
+        req.parameters["triton_enable_empty_final_response"].bool_param = True
+        stub = kgrpc.GRPCInferenceServiceStub(self.channel("inference"))
+        call = stub.ModelStreamInfer(iter([req]), timeout=timeout)
+        try:
+            for resp in call:
+                if resp.error_message:
+                    raise ClientError("INVALID_ARGUMENT", resp.error_message, service="inference")
+                r = resp.infer_response
+                if r.outputs:
+                    yield from (int(t) for t in codec.decode_outputs(r)["output_ids"].reshape(-1))
+                final = r.parameters.get("triton_final_response")
+                if final is not None and final.bool_param:
+                    return
+        except grpc.RpcError as e:
+            raise ClientError.from_rpc(e, "inference") from None
+        finally:
+            call.cancel()  # a no-op after the final response; stops the generation when the caller left early
+
     def deploy(self, model: str | os.PathLike | None = None, *, spec=None, progress=None, **options):
         """Run the deploy pipeline (upload → convert → optimize → verify → load → smoke test).
 
-        Pass a ``modelport.pipeline.DeploySpec`` as ``spec``, or the model path plus the same
+        Pass a ``modelport.deploy.DeploySpec`` as ``spec``, or the model path plus the same
         options as keyword arguments (``name``, ``optimize``, ``calib``, ``eval``, ...). Returns a
-        ``DeployReport``; raises ``modelport.pipeline.StageFailed`` naming the failing stage.
+        ``DeployReport``; raises ``modelport.deploy.StageFailed`` naming the failing stage.
         """
-        from modelport.pipeline import DeploySpec, run_pipeline
+        from modelport.deploy import DeploySpec, run_pipeline
 
         if spec is None:
             spec = DeploySpec(model=model, **options)

@@ -19,19 +19,23 @@ H5 = "h5"
 SAVEDMODEL = "savedmodel"
 TFLITE = "tflite"
 ONNX = "onnx"
+# A target only: a torch.export program (.pt2) made from the ONNX form through onnx2torch.
+PYTORCH = "pytorch"
+# A target only: a keras_hub causal LM as a KV-cache step for token generation (model.onnx + generation.json).
+GENERATION = "generation"
 
 SOURCE_FORMATS = (KERAS, H5, SAVEDMODEL, TFLITE, ONNX)
 
-# Source format -> supported target formats (ONNX -> SavedModel/TFLite: see converter README).
+# Source format -> supported target formats (ONNX -> SavedModel/TFLite, any -> PyTorch: see converter README).
 TARGETS: dict[str, tuple[str, ...]] = {
-    KERAS: (ONNX, TFLITE, SAVEDMODEL),
-    H5: (ONNX, TFLITE, SAVEDMODEL),
-    SAVEDMODEL: (ONNX, TFLITE),
-    TFLITE: (ONNX,),
-    ONNX: (ONNX, SAVEDMODEL, TFLITE),
+    KERAS: (ONNX, TFLITE, SAVEDMODEL, PYTORCH, GENERATION),
+    H5: (ONNX, TFLITE, SAVEDMODEL, PYTORCH),
+    SAVEDMODEL: (ONNX, TFLITE, PYTORCH),
+    TFLITE: (ONNX, PYTORCH),
+    ONNX: (ONNX, SAVEDMODEL, TFLITE, PYTORCH),
 }
 
-TARGET_FORMATS = (ONNX, TFLITE, SAVEDMODEL)
+TARGET_FORMATS = (ONNX, TFLITE, SAVEDMODEL, PYTORCH, GENERATION)
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
@@ -63,12 +67,23 @@ def _is_hdf5(path: Path, head: bytes) -> bool:
     return False
 
 
+MAX_SNIFF_MEMBERS = 10_000
+
+
 def _tar_names(path: Path) -> list[str] | None:
+    """Member names, read header by header: at most MAX_SNIFF_MEMBERS (a header bomb is not listed whole)."""
+    names: list[str] = []
     try:
         with tarfile.open(path, "r:*") as tar:
-            return [m.name for m in tar.getmembers()]
+            while (m := tar.next()) is not None:
+                names.append(m.name)
+                if len(names) >= MAX_SNIFF_MEMBERS:
+                    raise InvalidArgument(f"the tar archive has more than {MAX_SNIFF_MEMBERS} entries; a model "
+                                          "archive holds far fewer")
+                tar.members = []  # names only: keep no TarInfo objects
     except (tarfile.TarError, OSError, EOFError):
         return None
+    return names
 
 
 def _is_onnx(path: Path) -> bool:
@@ -82,7 +97,8 @@ def _is_onnx(path: Path) -> bool:
 
 
 def detect_format(path: str | os.PathLike) -> str:
-    """The model format of a file: keras, h5, savedmodel, tflite or onnx.
+    """The model format of a file: keras, h5, savedmodel, tflite or onnx (a file, or a tar archive of
+    ``model.onnx`` and its external data).
 
     Raises InvalidArgument naming what was found (first bytes, or the archive's shape).
     """
@@ -99,6 +115,9 @@ def detect_format(path: str | os.PathLike) -> str:
                                   "it may be truncated or corrupted — re-export it") from None
         if "config.json" in names:
             return KERAS
+        if any(n.endswith("/archive_format") for n in names):
+            raise InvalidArgument("the model is a PyTorch program (torch.export .pt2); modelport converts to "
+                                  "PyTorch but not from it: convert the model it was made from")
         raise InvalidArgument(
             f"the model is a zip archive without config.json (found {names[:5]}); a Keras 3 .keras file "
             "holds config.json, metadata.json and model.weights.h5 — save it with model.save('m.keras')"
@@ -114,9 +133,12 @@ def detect_format(path: str | os.PathLike) -> str:
             raise InvalidArgument("the model is a tar archive that cannot be read; it may be truncated")
         if any(PurePosixPath(n).name == "saved_model.pb" for n in names):
             return SAVEDMODEL
+        if any(n.endswith(".onnx") for n in names):
+            return ONNX  # an ONNX model with its external data (media.ONNX_FOLDER)
         raise InvalidArgument(
-            f"the model is a tar archive without saved_model.pb (found {names[:5]}); a SavedModel artifact "
-            "is the SavedModel folder packed as tar (saved_model.pb and variables/ at its root)"
+            f"the model is a tar archive without saved_model.pb or a .onnx file (found {names[:5]}); a "
+            "SavedModel artifact is the SavedModel folder packed as tar (saved_model.pb and variables/ at its "
+            "root), an ONNX folder artifact holds model.onnx and its external data file(s)"
         )
     if _is_onnx(path):
         return ONNX
@@ -218,6 +240,13 @@ def check_target(source_format: str, target_format: str) -> str:
             f"{source_format}: {', '.join(allowed)}"
         )
     return target
+
+
+def is_archive(path: str | os.PathLike) -> bool:
+    """Whether a model artifact is a folder packed as tar (SavedModel, ONNX with external data)."""
+    from modelport.archive import is_tar
+
+    return is_tar(path)
 
 
 def savedmodel_root(folder: str | os.PathLike) -> Path:

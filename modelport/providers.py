@@ -176,11 +176,15 @@ def graph_optimization_level(level: str | int | None):
 
 
 def session_options(intra_op_threads: int = 0, inter_op_threads: int = 0,
-                    graph_level: str | int | None = None, allow_spinning: bool = True):
+                    graph_level: str | int | None = None, allow_spinning: bool = True,
+                    stop_spinning_after_run: bool = False):
     """onnxruntime SessionOptions with thread counts (0 = ORT default) and optimization level.
 
     ``allow_spinning=False`` stops idle intra/inter-op threads from spin-waiting between runs
     (onnxruntime's ``session.*.allow_spinning``), which frees cores shared with other work.
+    ``stop_spinning_after_run=True`` keeps the spinning inside a run (fast hand-offs between the
+    operators' parallel sections) but stops it as soon as the last concurrent ``run`` returns
+    (``session.force_spinning_stop``): what a server sharing its cores with gRPC wants.
     """
     import onnxruntime as ort
 
@@ -188,6 +192,8 @@ def session_options(intra_op_threads: int = 0, inter_op_threads: int = 0,
     if not allow_spinning:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    elif stop_spinning_after_run:
+        so.add_session_config_entry("session.force_spinning_stop", "1")
     if intra_op_threads > 0:
         so.intra_op_num_threads = int(intra_op_threads)
     if inter_op_threads > 0:
@@ -195,3 +201,11 @@ def session_options(intra_op_threads: int = 0, inter_op_threads: int = 0,
         so.execution_mode = ort.ExecutionMode.ORT_PARALLEL
     so.graph_optimization_level = graph_optimization_level(graph_level)
     return so
+
+
+# onnxruntime graph fusions modelport turns off in every session it builds (serving, the optimizer's
+# measurements, offline graph optimization). SkipLayerNormFusion: onnxruntime's CPU SkipLayerNormalization
+# kernel is a scalar loop with a divide per element, 5.7-8.1x the time of Add + LayerNormalization on
+# BERT-Mini/Small shapes (BENCHMARKS.md, "Optimizer: attention fusion"); once the attention fusion gives
+# quant_pre_process full shapes, sessions of INT8 encoders would otherwise fuse it and run slower.
+DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)

@@ -63,7 +63,7 @@ def parse_config(text: str, source: str = "config.pbtxt") -> mc.ModelConfig:
 def read_config(path: str | os.PathLike) -> mc.ModelConfig:
     """Read a config.pbtxt file."""
     p = Path(path)
-    return parse_config(p.read_text(encoding="utf-8"), str(p))
+    return parse_config(p.read_text(encoding="utf-8"), f"{p.parent.name}/{p.name}")  # relative: no internal paths
 
 
 def format_config(config: mc.ModelConfig) -> str:
@@ -84,21 +84,26 @@ def select_versions(policy: mc.ModelVersionPolicy, available: list[int]) -> list
 
 
 def model_file_name(config: mc.ModelConfig) -> str:
-    """The model file inside a version folder (default model.onnx)."""
-    return config.default_model_filename or DEFAULT_MODEL_FILE
+    """The model file inside a version folder (default model.onnx); a plain file name, never a path."""
+    name = config.default_model_filename or DEFAULT_MODEL_FILE
+    if "/" in name or "\\" in name or "\x00" in name or name in (".", ".."):
+        raise InvalidArgument(f"default_model_filename {name[:64]!r} must be a plain file name inside the version "
+                              "folder, such as 'model.onnx'", {"field": "default_model_filename"})
+    return name
 
 
 def read_model(folder: str | os.PathLike) -> RepositoryModel:
     """Read one model folder: config.pbtxt (optional) and numeric version folders holding the model."""
     path = Path(folder)
     if not path.is_dir():
-        raise NotFound(f"model folder {path} does not exist", {"path": str(path)})
+        raise NotFound(f"model folder '{path.name}' does not exist", {"model": path.name})
     cfg_path = path / CONFIG_FILE
     has_config = cfg_path.is_file()
     cfg = read_config(cfg_path) if has_config else mc.ModelConfig()
     if cfg.name and cfg.name != path.name:
         raise InvalidArgument(
-            f"{cfg_path}: name '{cfg.name}' differs from its folder '{path.name}'; rename one so they match",
+            f"{path.name}/{CONFIG_FILE}: name '{cfg.name}' differs from its folder '{path.name}'; rename one so "
+            "they match",
             {"model": path.name},
         )
     cfg.name = path.name
@@ -139,8 +144,10 @@ def write_model(root: str | os.PathLike, name: str, version: int, model: str | o
                 config: mc.ModelConfig | None = None) -> Path:
     """Write ``<root>/<name>/<version>/model.onnx`` (+ config.pbtxt when given); returns the file.
 
-    The version folder appears atomically (written in a temp folder, then renamed), so a
-    scanning server never sees a half-written model.
+    An ONNX ``model`` file with external data brings its data file(s) along, copied beside it in the
+    version folder (ONNX Runtime resolves them there). The version folder appears
+    atomically (written in a temp folder, then renamed), so a scanning server never sees a
+    half-written model.
     """
     if not name or "/" in name or name.startswith("."):
         raise InvalidArgument(f"model name {name!r} is not a valid folder name; use letters, digits, '-', '_'")
@@ -157,6 +164,10 @@ def write_model(root: str | os.PathLike, name: str, version: int, model: str | o
         target = tmp / fname
         if isinstance(model, (bytes, bytearray)):
             target.write_bytes(model)
+        elif fname.endswith(".onnx"):
+            from modelport.onnx_files import copy_model
+
+            copy_model(model, tmp, fname)
         else:
             shutil.copyfile(model, target)
         os.replace(tmp, final)

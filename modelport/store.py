@@ -14,12 +14,14 @@ This module never imports grpc.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -30,13 +32,27 @@ from modelport.errors import InvalidArgument, NotFound, ResourceExhausted
 
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 DEFAULT_CHUNK = 1 << 20
+TMP_MAX_AGE_S = 6 * 3600.0
+"""Entries of tmp/ untouched this long are leftovers of a killed process (swept at service start)."""
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(exc: OSError, what: str) -> ResourceExhausted:
+    """RESOURCE_EXHAUSTED for a write the store's disk (or quota) has no room for."""
+    return ResourceExhausted(
+        f"the artifact store's disk is full ({os.strerror(exc.errno)}) while {what}; nothing was stored. "
+        "Free space on the store's volume (or make it larger) and retry",
+        {"reason": "disk_full"},
+    )
 
 
 def check_digest(digest: str) -> str:
     """Return the hex part of a well-formed ``sha256:<hex>`` digest or raise InvalidArgument."""
     if not _DIGEST_RE.match(digest or ""):
+        shown = repr((digest or "")[:80]) + ("..." if len(digest or "") > 80 else "")
         raise InvalidArgument(
-            f"malformed digest {digest!r}: expected 'sha256:' followed by 64 lowercase hex characters"
+            f"malformed digest {shown}: expected 'sha256:' followed by 64 lowercase hex characters"
         )
     return digest.split(":", 1)[1]
 
@@ -114,7 +130,13 @@ class ArtifactWriter:
             self.abort()
             raise InvalidArgument(f"received more than the announced {self.expected_size} bytes")
         self._hash.update(chunk)
-        self._file.write(chunk)
+        try:
+            self._file.write(chunk)
+        except OSError as e:
+            self.abort()
+            if e.errno in _DISK_FULL:
+                raise disk_full(e, "receiving an artifact") from None
+            raise
 
     def commit(self) -> StoredArtifact:
         """Verify digest and size, fsync, and atomically publish. Returns the stored artifact."""
@@ -134,11 +156,23 @@ class ArtifactWriter:
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
+        except OSError as e:
+            self.abort()
+            if e.errno in _DISK_FULL:
+                raise disk_full(e, "writing an artifact") from None
+            raise
         except BaseException:
             self.abort()
             raise
         self._done = True
-        return self._store._publish(self._tmp, digest, self.size, self.media_type)
+        try:
+            return self._store._publish(self._tmp, digest, self.size, self.media_type)
+        except OSError as e:
+            if e.errno in _DISK_FULL:
+                raise disk_full(e, "publishing an artifact") from None
+            raise
+        finally:
+            self._tmp.unlink(missing_ok=True)  # published (renamed away) or failed: never left behind
 
     def abort(self) -> None:
         """Drop everything written so far."""
@@ -202,6 +236,31 @@ class ArtifactStore:
             while block := f.read(chunk_size):
                 yield block
 
+    def sweep_tmp(self, max_age_s: float = TMP_MAX_AGE_S) -> int:
+        """Remove tmp/ entries (temp blobs, unpack staging folders) not modified for ``max_age_s``.
+
+        Run at service start: what a killed process left behind goes, while the in-flight writes of
+        the other processes sharing this store (recently modified) stay. Returns how many went.
+        """
+        cutoff = time.time() - max_age_s
+        removed = 0
+        try:
+            entries = list(os.scandir(self.tmp_dir))
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
+            try:
+                if entry.stat(follow_symlinks=False).st_mtime > cutoff:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
+                removed += 1
+            except OSError:
+                continue  # gone meanwhile, or busy: the next start tries again
+        return removed
+
     # ---- writing -------------------------------------------------------------------------
     def writer(self, media_type: str, expected_digest: str = "", expected_size: int = 0) -> ArtifactWriter:
         return ArtifactWriter(self, media_type, expected_digest, expected_size)
@@ -226,18 +285,23 @@ class ArtifactStore:
         return self.put_chunks(chunks(), media_type)
 
     def put_dir(self, directory: str | os.PathLike, media_type: str) -> StoredArtifact:
-        """Pack a folder (SavedModel, ONNX + external data) as one deterministic tar artifact."""
-        from modelport.archive import pack_dir
+        """Pack a folder (e.g. a SavedModel) as one deterministic tar artifact, streamed (no temp archive)."""
+        from modelport.archive import TarStream
 
-        fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, prefix="pack-", suffix=".tar")
-        os.close(fd)
-        try:
-            pack_dir(Path(directory), Path(tmp))
-            return self.put_file(tmp, media_type)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        return self.put_chunks(TarStream.of_dir(Path(directory)), media_type)
 
-    def unpacked(self, digest: str, max_bytes: int = 8 << 30, max_files: int = 100_000) -> Path:
+    def put_onnx(self, model_path: str | os.PathLike) -> StoredArtifact:
+        """Store an ONNX model: a self-contained file as ``media.ONNX``; one with external data as one
+        folder artifact (``media.ONNX_FOLDER``: ``model.onnx`` + its data files, streamed)."""
+        from modelport.archive import TarStream
+        from modelport.onnx_files import model_files
+
+        files = model_files(model_path)
+        if len(files) == 1:
+            return self.put_file(model_path, media.ONNX)
+        return self.put_chunks(TarStream.of_files(files), media.ONNX_FOLDER)
+
+    def unpacked(self, digest: str, max_bytes: int = 8 << 30, max_files: int = 10_000) -> Path:
         """Unpack an archive artifact once (safely) and return the folder."""
         from modelport.archive import safe_unpack
 
@@ -258,14 +322,26 @@ class ArtifactStore:
                 shutil.rmtree(staging, ignore_errors=True)
         return dest
 
+    def onnx_model(self, digest: str) -> Path:
+        """The ONNX file of an artifact: the file itself, or ``model.onnx`` inside an ONNX folder archive
+        (unpacked once, its data file(s) beside it)."""
+        from modelport.archive import is_tar
+        from modelport.onnx_files import find_model_file
+
+        path = self.path(digest)
+        return find_model_file(self.unpacked(digest)) if is_tar(path) else path
+
     def _publish(self, tmp: Path, digest: str, size: int, media_type: str) -> StoredArtifact:
         hexd = check_digest(digest)
         final = self.blob_dir / hexd
         meta = self.meta_dir / f"{hexd}.json"
         if not meta.exists():
             mtmp = self.tmp_dir / f"meta-{uuid.uuid4().hex}"
-            mtmp.write_text(json.dumps({"media_type": media_type, "size": size}))
-            os.replace(mtmp, meta)
+            try:
+                mtmp.write_text(json.dumps({"media_type": media_type, "size": size}))
+                os.replace(mtmp, meta)
+            finally:
+                mtmp.unlink(missing_ok=True)
         if final.exists():
             tmp.unlink(missing_ok=True)  # same content already published (concurrent twin)
         else:

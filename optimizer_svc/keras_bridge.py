@@ -1,4 +1,4 @@
-"""Carry a user's Keras 3 model over to tf-keras, which TFMOT needs (FACTS.md).
+"""Carry a user's Keras 3 model over to tf-keras, which TFMOT needs (docs/FACTS.md).
 
 tf-keras cannot load a Keras 3 ``.keras``/``.h5`` file (class modules, ``batch_shape``, DTypePolicy
 dicts and the new ``inbound_nodes`` format differ). The bridge therefore runs in two processes:
@@ -129,7 +129,7 @@ def translate_config(keras3_config: dict) -> dict:
 
 
 # ---- step 1: Keras 3 process ----------------------------------------------------------------
-def export_portable(src: str, out_dir: str) -> None:
+def export_portable(src: str, out_dir: str, trust_remote_code: bool = False) -> None:
     """Load ``src`` with Keras 3; write the tf-keras config, per-layer weights and ``baseline.onnx``.
 
     The ONNX file is the converter's conversion of the Keras 3 model itself (shared
@@ -141,7 +141,7 @@ def export_portable(src: str, out_dir: str) -> None:
 
     from modelport.conversion.onnx_export import keras_model_to_onnx
 
-    model = keras.models.load_model(src, compile=False)
+    model = keras.models.load_model(src, compile=False, safe_mode=not trust_remote_code)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     full = {"class_name": model.__class__.__name__, "config": model.get_config()}
@@ -174,11 +174,12 @@ def _die_with_parent() -> None:
         pass
 
 
-def run_export(src: str, out_dir: str, timeout: float = 600) -> None:
+def run_export(src: str, out_dir: str, timeout: float = 600, trust_remote_code: bool = False) -> None:
     """Run ``export_portable`` in a fresh Keras 3 interpreter (this process may be tf-keras)."""
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    proc = subprocess.run([sys.executable, "-m", "optimizer_svc.keras_bridge", src, out_dir], env=env,
+    args = [sys.executable, "-m", "optimizer_svc.keras_bridge", src, out_dir] + (["--trust"] if trust_remote_code else [])
+    proc = subprocess.run(args, env=env,
                           capture_output=True, text=True, timeout=timeout, preexec_fn=_die_with_parent)
     if proc.returncode != 0:
         tail = (proc.stderr or "").strip().splitlines()[-1:] or ["no output"]
@@ -258,17 +259,21 @@ def _drop_key(obj: Any, key: str) -> Any:
     return obj
 
 
-def load_any_tf_keras(src: str, work_dir: str):
+def load_any_tf_keras(src: str, work_dir: str, trust_remote_code: bool = False):
     """A tf-keras model from a Keras 3 or tf-keras ``.keras``/``.h5`` file."""
     import tf_keras
+
+    from modelport.model_code import check_model_code
+
+    check_model_code(src, "keras", trust_remote_code)
 
     try:
         return tf_keras.models.load_model(src, compile=False)
     except Exception:  # noqa: BLE001 - Keras 3 files are the common case; bridge them
         pass
-    run_export(src, work_dir)
+    run_export(src, work_dir, trust_remote_code=trust_remote_code)
     return load_tf_keras(work_dir)
 
 
 if __name__ == "__main__":
-    export_portable(sys.argv[1], sys.argv[2])
+    export_portable(sys.argv[1], sys.argv[2], trust_remote_code="--trust" in sys.argv[3:])

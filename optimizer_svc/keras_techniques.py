@@ -1,7 +1,7 @@
 """Keras techniques on tensorflow-model-optimization (TFMOT) and the TFLite converter.
 
 Runs only in a worker process started with ``TF_USE_LEGACY_KERAS=1`` (TFMOT rejects Keras 3
-models, and the choice is process-wide — FACTS.md). Every technique starts from a fresh copy of
+models, and the choice is process-wide — docs/FACTS.md). Every technique starts from a fresh copy of
 the input model (``KerasSource.fresh``: TFMOT cannot wrap one model object twice), fine-tunes
 it on the user's training set, strips the training wrappers and exports the result to ONNX
 through the converter's shared ``keras_model_to_onnx`` (or to TFLite). This module never
@@ -59,9 +59,16 @@ class KerasSource:
     the model: then only the ONNX techniques apply.
     """
 
-    def __init__(self, path: Path, work: Path):
+    def __init__(self, path: Path, work: Path, trust_remote_code: bool = False):
         _check_legacy()
         import tf_keras
+
+        from modelport.model_code import check_model_code
+
+        # tf-keras runs a legacy HDF5 file's Lambda code while loading, whatever safe_mode says: refuse
+        # code-carrying files before it sees them unless the job may run remote code.
+        check_model_code(path, "keras", trust_remote_code)
+        self.trust_remote_code = trust_remote_code
 
         work.mkdir(parents=True, exist_ok=True)
         kind = sniff_keras(path) or "keras"
@@ -76,7 +83,7 @@ class KerasSource:
             model = tf_keras.models.load_model(str(src), compile=False)
             self._write_portable(model)
         except Exception:  # noqa: BLE001 - a Keras 3 file: bridge it through a Keras 3 process
-            keras_bridge.run_export(str(src), str(self.portable))
+            keras_bridge.run_export(str(src), str(self.portable), trust_remote_code=trust_remote_code)
             self.baseline_onnx = self.portable / keras_bridge.BASELINE_ONNX
         try:
             self.model = self.fresh()
@@ -287,7 +294,7 @@ def distill(src: KerasSource, data: TrainSet, opts: dict, student_path: Path | N
     teacher = src.model
     width = float(opts["distill.width"])
     if student_path is not None:
-        student = KerasSource(student_path, work / "student").fresh()
+        student = KerasSource(student_path, work / "student", src.trust_remote_code).fresh()
         origin = "given"
     else:
         student = _width_reduced(teacher, width)
@@ -382,3 +389,48 @@ def tflite_int8_facts(path: Path) -> dict[str, str]:
     types = [d["dtype"].__name__ for d in interp.get_tensor_details()]
     n8 = sum(1 for t in types if t in ("int8", "uint8"))
     return {"int8_tensors": str(n8), "tensors": str(len(types))}
+
+
+def tflite_to_onnx(tfl: Path, out: Path, baseline: Path, work: Path, uint8_activations: bool) -> dict[str, str]:
+    """The ONNX form of a (full-integer) TFLite model, with the baseline's input/output names.
+
+    Converted like the converter service does it (``modelport.conversion.convert.produce``: tf2onnx
+    ``from_tflite``, QDQ for the int8 tensors); the TFLite signature's names are mapped to the
+    baseline's by name, else by position. ``uint8_activations``: rewrite int8 activation Q/DQ pairs to
+    uint8 (``onnx_techniques.qdq_activations_to_uint8``), onnxruntime's fast path on x86 with VNNI.
+    """
+    import onnx
+
+    from modelport.conversion.convert import _rename_onnx_io, produce
+    from modelport.conversion.models import TFLiteModel
+    from optimizer_svc import onnx_techniques as OT
+
+    base = onnx.load(str(baseline), load_external_data=False)
+    inits = {t.name for t in base.graph.initializer}
+    base_in = [i.name for i in base.graph.input if i.name not in inits]
+    base_out = [o.name for o in base.graph.output]
+    opset = next((o.version for o in base.opset_import if o.domain in ("", "ai.onnx")), 17)
+    work.mkdir(parents=True, exist_ok=True)
+    path, _ = produce(TFLiteModel(tfl), "onnx", work, min(max(opset, 13), 18), 0)
+    m = onnx.load(str(path), load_external_data=False)
+    got_in, got_out = [i.name for i in m.graph.input], [o.name for o in m.graph.output]
+
+    def mapping(got: list[str], want: list[str], role: str) -> dict[str, str]:
+        if set(got) == set(want):
+            return {}
+        if len(got) == len(want) == 1 or (len(got) == len(want) and role == "input"):
+            return dict(zip(got, want, strict=True))
+        raise FailedPrecondition(f"the TFLite model's {role}s {got} cannot be matched to the baseline's {want}")
+
+    _rename_onnx_io(path, mapping(got_in, base_in, "input"), mapping(got_out, base_out, "output"))
+    details = {"source": "tflite-int8 converted with tf2onnx from_tflite (QDQ)", "opset": str(opset)}
+    if uint8_activations:
+        try:
+            n = OT.qdq_activations_to_uint8(path, out)
+            details["activations"] = f"uint8 ({n} int8 activation quantizations shifted by 128; exact)"
+            return details
+        except ValueError as e:
+            details["activations_note"] = f"kept int8: {e}"
+    os.replace(path, out)
+    details["activations"] = "int8 (as TFLite computes them)"
+    return details

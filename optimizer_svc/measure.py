@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from modelport.providers import DISABLED_OPTIMIZERS
+
 Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
 
@@ -35,9 +37,58 @@ class Measurement:
     details: dict[str, str] = field(default_factory=dict)
 
 
-def gzip_size(path: Path) -> int:
-    """Size of the file compressed with gzip level 9 (what a pruned/clustered model ships as)."""
-    return len(gzip.compress(Path(path).read_bytes(), compresslevel=9))
+GZIP_EXACT_MAX = 256 << 20
+"""Models up to this many bytes are gzipped whole; larger ones from evenly spaced samples."""
+GZIP_SAMPLES = 64
+_BLOCK = 1 << 20
+
+
+def model_files(path: Path) -> list[Path]:
+    """The files a model is made of: an ONNX file and its external data files, or the file itself."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        from modelport.onnx_files import model_files as onnx_model_files
+
+        return [p for _, p in onnx_model_files(path)]
+    return [path]
+
+
+def model_size(path: Path) -> int:
+    """Bytes of a model with its external data files."""
+    return sum(p.stat().st_size for p in model_files(path))
+
+
+def gzip_size(path: Path) -> tuple[int, str]:
+    """Size of the model (with its external data) compressed with gzip level 9, what a pruned/clustered
+    model ships as, and how it was found: streamed exactly up to 256 MiB, estimated above from 64 blocks
+    of 1 MiB spread evenly over the bytes (compressed, their ratio scaled to the whole)."""
+    import zlib
+
+    files = model_files(path)
+    total = sum(p.stat().st_size for p in files)
+    if total <= GZIP_EXACT_MAX:
+        z = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: gzip container, as gzip.compress writes
+        n = 0
+        for p in files:
+            with open(p, "rb") as f:
+                while block := f.read(_BLOCK):
+                    n += len(z.compress(block))
+        return n + len(z.flush()), "exact"
+    step = total // GZIP_SAMPLES
+    raw = packed = 0
+    for i in range(GZIP_SAMPLES):
+        offset = i * step
+        for p in files:  # the file holding this offset
+            size = p.stat().st_size
+            if offset < size:
+                with open(p, "rb") as f:
+                    f.seek(offset)
+                    block = f.read(_BLOCK)
+                raw += len(block)
+                packed += len(gzip.compress(block, compresslevel=9)) - 18  # minus the gzip header/trailer
+                break
+            offset -= size
+    return int(total * packed / max(raw, 1)) + 18, f"estimated from {GZIP_SAMPLES} blocks of 1 MiB"
 
 
 def onnx_runner(path: Path, providers: list, threads: int = 0) -> Runner:
@@ -49,7 +100,8 @@ def onnx_runner(path: Path, providers: list, threads: int = 0) -> Runner:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
     so.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), sess_options=so, providers=providers)
+    sess = ort.InferenceSession(str(path), sess_options=so, providers=providers,
+                                disabled_optimizers=list(DISABLED_OPTIMIZERS))  # modelport.providers says why
     names = [i.name for i in sess.get_inputs()]
 
     def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -154,6 +206,22 @@ def paired_latency(run: Runner, baseline: Runner, feed: dict[str, np.ndarray], w
     return c50, c90, b50, wins
 
 
+def quick_latency(run: Runner, baseline: Runner, feed: dict[str, np.ndarray], runs: int = 3) -> tuple[float, float]:
+    """Median latency (ms) of the candidate and of the baseline over ``runs`` interleaved runs after one
+    warm-up each: a cheap probe that tells a model several times slower than the baseline apart from one
+    worth the full ``measure`` (it is no substitute for it)."""
+    run(feed)
+    baseline(feed)
+    cand: list[float] = []
+    base: list[float] = []
+    for _ in range(runs):
+        for fn, out in ((run, cand), (baseline, base)):
+            t0 = time.perf_counter()
+            fn(feed)
+            out.append((time.perf_counter() - t0) * 1000.0)
+    return float(np.median(cand)), float(np.median(base))
+
+
 def predict(run: Runner, inputs: dict[str, np.ndarray], batch_size: int = 64) -> list[np.ndarray]:
     """All outputs over the whole dataset, in batches."""
     n = next(iter(inputs.values())).shape[0]
@@ -217,10 +285,26 @@ def cosine(outputs: list[np.ndarray], reference: list[np.ndarray]) -> float:
     return float(np.mean(np.sum(x * r, axis=1) / den))
 
 
+def centered_cosine(outputs: list[np.ndarray], reference: list[np.ndarray]) -> float:
+    """``cosine`` after subtracting the reference's mean over samples from both.
+
+    The plain cosine is dominated by what every sample's output shares: a network whose answer barely
+    depends on its input (random weights, a saturated head) scores near 1 whatever the candidate does
+    to the input-dependent part. This one measures how well that part is kept (NaN with one sample).
+    """
+    x = outputs[0].reshape(outputs[0].shape[0], -1).astype(np.float64)
+    r = reference[0].reshape(reference[0].shape[0], -1).astype(np.float64)
+    if x.shape != r.shape or x.shape[0] < 2:
+        return math.nan
+    mean = r.mean(axis=0, keepdims=True)
+    return cosine([x - mean], [r - mean])
+
+
 def measure(path: Path, run: Runner, inputs: dict[str, np.ndarray], labels: np.ndarray | None,
             reference: list[np.ndarray] | None, *, warmup: int, repeats: int, batch_size: int,
             baseline_run: Runner | None = None) -> Measurement:
-    """Size, gzip size, latency on the first ``batch_size`` rows, and quality over ``inputs``.
+    """Size, gzip size (of the model with its external data), latency on the first ``batch_size`` rows,
+    and quality over ``inputs``.
 
     With ``baseline_run`` the latency is timed interleaved with the baseline and
     ``details`` get the baseline's p50 from those interleaved runs and the candidate/baseline ratio.
@@ -233,8 +317,11 @@ def measure(path: Path, run: Runner, inputs: dict[str, np.ndarray], labels: np.n
     else:
         p50, p90 = latency(run, feed, warmup, repeats)
     outs = predict(run, inputs)
-    m = Measurement(size_bytes=path.stat().st_size, gzip_size_bytes=gzip_size(path),
+    gz, how = gzip_size(path)
+    m = Measurement(size_bytes=model_size(path), gzip_size_bytes=gz,
                     latency_p50_ms=p50, latency_p90_ms=p90, outputs=outs)
+    if how != "exact":
+        m.details["gzip_size"] = how
     if base50:
         m.details["baseline_latency_p50_ms_paired"] = f"{base50:.6f}"
         m.details["latency_ratio_paired"] = f"{p50 / base50:.4f}"
@@ -245,4 +332,5 @@ def measure(path: Path, run: Runner, inputs: dict[str, np.ndarray], labels: np.n
         m.agreement = agreement(outs, reference)
         m.max_abs_diff = max_abs_diff(outs, reference)
         m.details["cosine"] = f"{cosine(outs, reference):.6f}"
+        m.details["cosine_centered"] = f"{centered_cosine(outs, reference):.6f}"
     return m

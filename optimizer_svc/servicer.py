@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-from modelport.runtime.artifacts import ensure_local
-from modelport.runtime.jobs import job_events
+from modelport.trust import remote_code_allowed
 from modelport.v1 import optimizer_pb2_grpc
-from optimizer_svc.job_spec import OptimizeJobs
+from optimizer_svc.plan import plan_optimize, request_refs
 
 
 class OptimizerServicer(optimizer_pb2_grpc.OptimizerServicer):
     """Optimize(OptimizeRequest) -> stream JobEvent."""
 
-    def __init__(self, jobs: OptimizeJobs):
-        self.jobs = jobs
+    def __init__(self, service):
+        self.service = service
 
     async def Optimize(self, request, context):
-        svc = self.jobs.service
-        for ref in self.jobs.refs(request):
-            await ensure_local(svc.store, ref, channel_factory=svc.channel)
-        spec = self.jobs.prepare(request)
-        async for event in job_events(pool=self.jobs.pool, cache=self.jobs.cache, store=svc.store, key=spec.key,
-                                      func="optimizer_svc.jobs:optimize_job", kwargs=spec.kwargs,
-                                      result_field="optimize_result", timeout=svc.settings.job_timeout_s,
-                                      finish_result=spec.finish):
+        svc = self.service
+        # Refuse what the server does not allow before anything is pulled or stored.
+        remote_code_allowed(request.trust_remote_code, svc.settings.allow_remote_code, svc.name)
+        for ref in request_refs(request):
+            await svc.pull(ref)
+        async for event in svc.run(plan_optimize(svc, request)):
             yield event

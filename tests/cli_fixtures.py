@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modelport.launcher import Launcher
+from gateway.launcher import Launcher
 
 
 def tiny_onnx_classifier(path: Path, n_in: int = 4, n_out: int = 3, seed: int = 0) -> Path:
@@ -63,7 +63,7 @@ def gateway_args(gateway_services):
 @pytest.fixture(scope="session")
 def digits_model(tmp_path_factory):
     """A small digits CNN (.keras) trained once, with eval/calib NPZ and held-out test data."""
-    from modelport.demo import train_digits_cnn, write_datasets
+    from gateway.demo import train_digits_cnn, write_datasets
 
     root = tmp_path_factory.mktemp("digits")
     data = train_digits_cnn(root / "digits.keras", epochs=3)

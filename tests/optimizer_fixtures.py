@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gateway.demo import digits_arrays, digits_cnn
 from modelport import media
 from modelport.store import ArtifactStore
 
@@ -32,38 +33,15 @@ class Digits:
     keras_accuracy: float
 
 
-def digits_arrays():
-    """(x float32 [N,8,8,1] scaled to 0..1, y int64) of the scikit-learn digits, shuffled with seed 0."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = (d.images / 16.0).astype("float32")[..., None]
-    y = d.target.astype("int64")
-    order = np.random.default_rng(0).permutation(len(y))
-    return x[order], y[order]
-
-
-def build_digits_cnn(keras):
-    """Tiny CNN; the second conv has 8 input channels so 2:4 sparsity applies to it."""
-    inp = keras.Input((8, 8, 1), name="image")
-    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inp)
-    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(x)
-    x = keras.layers.MaxPooling2D()(x)
-    x = keras.layers.Flatten()(x)
-    x = keras.layers.Dense(64, activation="relu")(x)
-    out = keras.layers.Dense(10, activation="softmax", name="probs")(x)
-    return keras.Model(inp, out, name="digits_cnn")
-
-
 def make_digits(folder: Path, epochs: int = 6) -> Digits:
     import keras
 
     from modelport.conversion.onnx_export import keras_model_to_onnx
 
     keras.utils.set_random_seed(0)
-    x, y = digits_arrays()
+    x, y = digits_arrays(0)
     xtr, ytr, xev, yev = x[:1400], y[:1400], x[1400:], y[1400:]
-    model = build_digits_cnn(keras)
+    model = digits_cnn(keras, filters=(8, 16), pool_after=2)  # 8 input channels: 2:4 sparsity applies
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(xtr, ytr, epochs=epochs, batch_size=32, verbose=0)
     acc = float(model.evaluate(xev, yev, verbose=0)[1])

@@ -10,9 +10,9 @@ import pytest
 from cli_fixtures import digits_model
 from typer.testing import CliRunner
 
+from gateway.cli import app
+from gateway.launcher import Launcher
 from modelport import Client
-from modelport.cli import app
-from modelport.launcher import Launcher
 from modelport.repository import read_config
 
 __all__ = ["digits_model"]

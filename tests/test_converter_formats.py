@@ -80,9 +80,9 @@ def test_archives_without_a_model_say_what_they_hold(tmp_path):
 
 def test_target_checks_list_supported_targets():
     assert formats.check_target("keras", " ONNX ") == "onnx"
-    with pytest.raises(InvalidArgument, match="supported targets for tflite: onnx$"):
+    with pytest.raises(InvalidArgument, match="supported targets for tflite: onnx, pytorch$"):
         formats.check_target("tflite", "tflite")
-    with pytest.raises(InvalidArgument, match="choose one of onnx, tflite, savedmodel"):
+    with pytest.raises(InvalidArgument, match="choose one of onnx, tflite, savedmodel, pytorch"):
         formats.check_target("keras", "torchscript")
 
 

@@ -111,3 +111,73 @@ def test_generate_inputs_is_deterministic_and_respects_int_ranges():
         np.testing.assert_array_equal(a[k], b[k])
     c = generate_inputs(specs, num_samples=5, seed=4)
     assert not np.array_equal(a["img"], c["img"])
+
+
+# --- quantized outputs ----------------------------------------------------------------------------
+
+def _softmax_int8(rng, n=8, classes=10):
+    """int8 softmax outputs as TFLite writes them (scale 1/256, zero point -128), peaked per sample."""
+    logits = rng.normal(0, 2, (n, classes))
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return np.clip(np.round(p * 256) - 128, -128, 127).astype(np.int8)
+
+
+def test_quantized_output_is_judged_in_steps_and_passes_a_few_steps():
+    from modelport.parity import Quantization, summarize
+
+    rng = np.random.default_rng(0)
+    ref = _softmax_int8(rng)
+    cand = ref.astype(np.int16)
+    cand[np.arange(8), np.argmax(ref, 1)] -= 6  # the issue's case: 6 steps of 1/256 = 0.0234 on the top class
+    cand = np.clip(cand, -128, 127).astype(np.int8)
+    q = {"probs": Quantization(1 / 256, -128, "source output (int8)")}
+    rep = compare_outputs({"probs": ref}, {"probs": cand}, quantization=q)
+    o = rep.outputs[0]
+    assert rep.passed and o.passed and o.judged_by == "quantized" and not o.allclose  # allclose alone fails it
+    assert o.max_diff_steps == pytest.approx(6) and o.max_abs_diff == pytest.approx(6 / 256)
+    assert o.mean_diff_steps == pytest.approx(0.6) and o.quant_zero_point == -128 and o.quant_scale == 1 / 256
+    # one near-tie sample flips its top-1 (7 of 8 agree); its top-1 stays in the top 5, so it passes
+    assert o.top1_agreement == 0.875 and o.top_k == 5 and o.topk_agreement == 1.0 and o.cosine > 0.99
+    assert rep.quant_max_steps == 8 and rep.min_cosine == 0.99
+    assert "quantized (scale 0.003906, zero point -128), max diff 6 steps" in summarize(rep)
+    # Without the quantization parameters the same arrays are judged by rtol/atol and fail.
+    assert not compare_outputs({"probs": ref}, {"probs": cand}).passed
+
+
+def test_quantized_output_fails_when_broken():
+    from modelport.parity import Quantization, QuantTolerances
+
+    rng = np.random.default_rng(1)
+    ref = _softmax_int8(rng)
+    q = {"probs": Quantization(1 / 256, -128)}
+
+    def judged(cand):
+        return compare_outputs({"probs": ref}, {"probs": cand}, quantization=q).outputs[0]
+
+    shifted = np.clip(ref.astype(np.int16) + 3, -128, 127).astype(np.int8)  # a zero point off by 3
+    o = judged(shifted)
+    assert not o.passed and o.max_diff_steps <= 8 and o.mean_diff_steps > 1
+    rolled = np.roll(ref, 1, axis=1)  # a permuted weight row: classes swapped
+    o = judged(rolled)
+    assert not o.passed and o.top1_agreement < 0.5 and o.cosine < 0.99
+    spike = ref.copy()
+    spike[0, 0] = 127  # one element far off
+    o = judged(spike)
+    assert not o.passed and o.max_diff_steps > 8
+    with pytest.raises(FailedPrecondition) as e:
+        enforce(compare_outputs({"probs": ref}, {"probs": spike}, quantization=q), allow_mismatch=False)
+    assert "quant_max_steps" in e.value.message
+    # Tolerances are the caller's to loosen.
+    loose = QuantTolerances(max_steps=300, mean_steps=300, min_cosine=-1, min_topk_agreement=0)
+    assert compare_outputs({"probs": ref}, {"probs": spike}, quantization=q, quant_tolerances=loose).passed
+
+
+def test_quant_tolerances_from_options_default_and_validate():
+    from modelport.parity import QuantTolerances
+    from modelport.v1 import converter_pb2
+
+    assert QuantTolerances.from_options(converter_pb2.ParityOptions()) == QuantTolerances()
+    t = QuantTolerances.from_options(converter_pb2.ParityOptions(quant_max_steps=2, min_cosine=0.5))
+    assert t.max_steps == 2 and t.min_cosine == 0.5 and t.mean_steps == 1.0
+    with pytest.raises(InvalidArgument, match="quantized parity tolerances out of range"):
+        QuantTolerances.from_options(converter_pb2.ParityOptions(min_topk_agreement=1.5))

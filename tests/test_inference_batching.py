@@ -201,7 +201,7 @@ def test_manager_close_lets_in_flight_batches_finish(tmp_path):
     """Shutdown (SIGTERM path) drains: a request already executing completes with its result."""
     from inference_fixtures import mlp, mlp_expected
 
-    from inference_svc.models import LoadOptions, ModelManager
+    from inference_svc.manager import LoadOptions, ModelManager
 
     async def scenario():
         manager = ModelManager(defaults=LoadOptions(execution_provider="cpu"))

@@ -14,7 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from inference_fixtures import expect_error, mlp, mlp_expected
 
-from inference_svc.models import LoadOptions, ModelManager
+from inference_svc.manager import LoadOptions, ModelManager
 from inference_svc.service import InferenceService
 from inference_svc.settings import InferenceSettings
 from modelport.kserve import codec

@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 
 from inference_svc.service import InferenceService
 from inference_svc.settings import InferenceSettings
-from modelport import media
+from modelport import cpuinfo, media
 from modelport.kserve import codec
 from modelport.kserve.v2 import grpc_service_pb2 as pb
 from modelport.kserve.v2 import grpc_service_pb2_grpc as pb_grpc
@@ -72,6 +72,8 @@ def test_server_health_and_metadata(kserve):
     assert not kserve.ServerReady(pb.ServerReadyRequest()).ready
     md = kserve.ServerMetadata(pb.ServerMetadataRequest())
     assert md.name == "modelport-inference" and "model_repository" in md.extensions
+    # this CPU's kernel-relevant flags, for the deploy report's comparison
+    assert cpuinfo.flags_from_extensions(md.extensions) == cpuinfo.relevant_flags()
     assert kserve.ModelReady(pb.ModelReadyRequest(name="mlp", version="1")).ready
     assert not kserve.ModelReady(pb.ModelReadyRequest(name="mlp", version="9")).ready
     assert not kserve.ModelReady(pb.ModelReadyRequest(name="nope")).ready
@@ -363,7 +365,7 @@ def test_load_model_bad_requests(server, control, tmp_path):
     expect_error(BAD, ["unknown graph_optimization_level 'max'"],
                  lambda: control.LoadModel(serving_pb2.LoadModelRequest(name="m", model=ref,
                                                                         graph_optimization_level="max")))
-    expect_error(BAD, ["version 'x1' is not an integer"],
+    expect_error(BAD, ["version 'x1' is not a positive integer"],
                  lambda: control.LoadModel(serving_pb2.LoadModelRequest(name="m", model=ref, version="x1")))
     expect_error(BAD, ["an ArtifactRef is required"], lambda: control.LoadModel(serving_pb2.LoadModelRequest(name="m")))
     junk = server.service.store.put_bytes(b"not an onnx model", media.ONNX)
@@ -382,6 +384,11 @@ def test_load_pulls_from_origin_and_repository_archive(server, control, kserve, 
         art = other.service.store.put_dir(repo, media.MODEL_REPOSITORY)
         ref = to_ref(art, other.address)
         assert not server.service.store.has(ref.digest)
+        # the origin is not one of this server's peers: refused before any connection
+        expect_error(grpc.StatusCode.PERMISSION_DENIED, [f"does not pull artifacts from origin '{other.address}'"],
+                     lambda: control.LoadModel(serving_pb2.LoadModelRequest(name="bundled", model=ref, version="3")))
+        assert not server.service.store.has(ref.digest)
+        server.service.settings.allowed_origins = other.address  # the operator names it a peer
         r = control.LoadModel(serving_pb2.LoadModelRequest(name="bundled", model=ref, version="3"))
         assert r.model.batching.max_batch_size == 4
         assert server.service.store.has(ref.digest)
@@ -391,6 +398,7 @@ def test_load_pulls_from_origin_and_repository_archive(server, control, kserve, 
         expect_error(BAD, ["batch size 5 exceeds max_batch_size 4"],
                      lambda: infer(kserve, "bundled", {"x": np.ones((5, 4), np.float32)}))
     finally:
+        server.service.settings.allowed_origins = ""
         control.UnloadModel(serving_pb2.UnloadModelRequest(name="bundled"))
         other.stop()
 
@@ -555,6 +563,7 @@ def test_queue_bound_and_expired_requests_over_grpc(server, kserve, control, tmp
             failed.set()
 
     sched._run, sched._pending, sched.metrics.request = gated, NotifyingDeque(), request_done
+    sched.inline = False  # a gated run stands for a long one: it runs on the executor (short models run inline on the loop)
     try:
         x = np.ones((1, 4), np.float32)
         running = kserve.ModelInfer.future(codec.make_infer_request("queue", {"x": x}), timeout=60)

@@ -22,7 +22,7 @@ from inference_svc.service import InferenceService
 from inference_svc.settings import InferenceSettings
 from modelport.kserve import codec
 from modelport.kserve import shm as kshm
-from modelport.kserve.codec import ShmRef
+from modelport.kserve.shm import ShmRef
 from modelport.kserve.v2 import grpc_service_pb2 as pb
 from modelport.kserve.v2 import grpc_service_pb2_grpc as pb_grpc
 from modelport.runtime.background import BackgroundServer
@@ -198,7 +198,7 @@ def test_infer_inputs_and_outputs_in_shared_memory(kserve, seg, repo):
     register(kserve, "in", sin, byte_size=1024, offset=64)
     register(kserve, "out", sout)
     n = sin.put(a, offset=64 + 16)
-    req = codec.make_shm_infer_request(
+    req = kshm.make_shm_infer_request(
         "multi", {"a": ("FP32", a.shape, ShmRef("in", n, 16))},
         {"sum": ShmRef("out", 48, 0), "prod": ShmRef("out", 200, 100), "pos": None}, raw_inputs={"b": b})
     resp = kserve.ModelInfer(req)
@@ -225,7 +225,7 @@ def test_bytes_and_bool_in_shared_memory_and_streaming(kserve, seg, repo):
     register(kserve, "out", sout)
     ns = sin.put(s)
     nf = sin.put(flag, offset=512)
-    req = codec.make_shm_infer_request(
+    req = kshm.make_shm_infer_request(
         "strings", {"s": ("BYTES", [4], ShmRef("in", ns)), "flag": ("BOOL", [4], ShmRef("in", nf, 512))},
         {"same": ShmRef("out", 1024), "not_flag": ShmRef("out", 4, 2048)})
     resp = kserve.ModelInfer(req)
@@ -247,7 +247,7 @@ def test_sdk_segment_helper_round_trip(kserve):
         kserve.SystemSharedMemoryRegister(seg_out.register_request("sdk_out", offset=128, byte_size=1024))
         ref = seg_in.write(x)
         assert ref == ShmRef("sdk_in", x.nbytes, 0)
-        resp = kserve.ModelInfer(codec.make_shm_infer_request(
+        resp = kserve.ModelInfer(kshm.make_shm_infer_request(
             "mlp", {"x": ("FP32", x.shape, ref)}, {"y": ShmRef("sdk_out", 1024)}, model_version="2"))
         y = seg_out.read(resp.outputs[0].datatype, resp.outputs[0].shape)
         np.testing.assert_allclose(y, mlp_expected(x, 2.0), rtol=1e-6)
@@ -263,7 +263,7 @@ def test_inference_errors_name_the_tensor_and_the_fix(kserve, seg):
     s.put(x, offset=8)
 
     def run(inputs, outputs=None):
-        return lambda: kserve.ModelInfer(codec.make_shm_infer_request("mlp", inputs, outputs, model_version="1"))
+        return lambda: kserve.ModelInfer(kshm.make_shm_infer_request("mlp", inputs, outputs, model_version="1"))
 
     expect_error(grpc.StatusCode.NOT_FOUND,
                  ["input 'x': shared memory region 'ghost' is not registered (registered: r)",
@@ -283,7 +283,7 @@ def test_inference_errors_name_the_tensor_and_the_fix(kserve, seg):
     expect_error(grpc.StatusCode.NOT_FOUND,
                  ["output 'y': shared memory region 'nowhere' is not registered"],
                  run({"x": ("FP32", [3, 4], ShmRef("r", 48))}, {"y": ShmRef("nowhere", 36)}))
-    extra = codec.make_shm_infer_request("mlp", {"x": ("FP32", [3, 4], ShmRef("r", 48))})
+    extra = kshm.make_shm_infer_request("mlp", {"x": ("FP32", [3, 4], ShmRef("r", 48))})
     extra.raw_input_contents.append(x.tobytes())
     expect_error(grpc.StatusCode.INVALID_ARGUMENT,
                  ["request has 1 raw_input_contents but only 0 inputs outside shared memory"],
@@ -297,7 +297,7 @@ def test_inference_errors_name_the_tensor_and_the_fix(kserve, seg):
     bad.inputs[0].parameters["shared_memory_region"].int64_param = 3
     expect_error(grpc.StatusCode.INVALID_ARGUMENT, ["'shared_memory_region' must be a non-empty string_param"],
                  lambda: kserve.ModelInfer(bad))
-    bad = codec.make_shm_infer_request("mlp", {"x": ("FP32", [3, 4], ShmRef("r", 48))})
+    bad = kshm.make_shm_infer_request("mlp", {"x": ("FP32", [3, 4], ShmRef("r", 48))})
     bad.inputs[0].parameters["shared_memory_byte_size"].string_param = "48"
     expect_error(grpc.StatusCode.INVALID_ARGUMENT, ["'shared_memory_byte_size' must be an int64_param"],
                  lambda: kserve.ModelInfer(bad))
@@ -318,7 +318,7 @@ def test_unregister_during_in_flight_request(kserve, server, seg):
     n = sin.put(x)
     regions = server.service.shm.status("busy_in") + server.service.shm.status("busy_out")
     sched = server.service.manager.get("mlp", "1").scheduler
-    real_run = sched._run
+    real_run, inline_before = sched._run, sched.inline
     gate, started = threading.Event(), threading.Event()
 
     def gated(inputs, outputs):
@@ -326,9 +326,9 @@ def test_unregister_during_in_flight_request(kserve, server, seg):
         assert gate.wait(60)
         return real_run(inputs, outputs)
 
-    sched._run = gated
+    sched._run, sched.inline = gated, False  # a gated run stands for a long one: it runs on the executor (short models run inline on the loop)
     try:
-        fut = kserve.ModelInfer.future(codec.make_shm_infer_request(
+        fut = kserve.ModelInfer.future(kshm.make_shm_infer_request(
             "mlp", {"x": ("FP32", x.shape, ShmRef("busy_in", n))}, {"y": ShmRef("busy_out", 24)},
             model_version="1"), timeout=60)
         assert started.wait(60)
@@ -337,13 +337,13 @@ def test_unregister_during_in_flight_request(kserve, server, seg):
         assert not kserve.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest()).regions
         assert [r.users for r in regions] == [1, 1] and not any(r.closed for r in regions)
         expect_error(grpc.StatusCode.NOT_FOUND, ["shared memory region 'busy_in' is not registered"],
-                     lambda: kserve.ModelInfer(codec.make_shm_infer_request(
+                     lambda: kserve.ModelInfer(kshm.make_shm_infer_request(
                          "mlp", {"x": ("FP32", x.shape, ShmRef("busy_in", n))}), timeout=60))
         gate.set()
         resp = fut.result(timeout=60)
     finally:
         gate.set()
-        sched._run = real_run
+        sched._run, sched.inline = real_run, inline_before
     assert list(resp.raw_output_contents) == [b""]
     np.testing.assert_allclose(sout.get(np.float32, (2, 3)), mlp_expected(x), rtol=1e-6)
     assert all(r.closed and r.users == 0 for r in regions)
@@ -359,7 +359,7 @@ def test_shrunk_segment_is_refused_not_faulted(kserve, seg):
     os.ftruncate(s.fd, 4096)
     expect_error(grpc.StatusCode.FAILED_PRECONDITION,
                  ["region 'shrink'", "shrank to 4096 bytes", "unregister and register it again"],
-                 lambda: kserve.ModelInfer(codec.make_shm_infer_request(
+                 lambda: kserve.ModelInfer(kshm.make_shm_infer_request(
                      "mlp", {"x": ("FP32", [1, 4], ShmRef("shrink", 16))})))
     still_serving(kserve)
 
@@ -429,7 +429,7 @@ def test_no_shared_memory_flag_and_token_guard(restricted, seg):
                      lambda: stub.SystemSharedMemoryRegister(req))
         expect_error(grpc.StatusCode.FAILED_PRECONDITION, ["started with --no-shared-memory",
                                                            "raw_input_contents"],
-                     lambda: stub.ModelInfer(codec.make_shm_infer_request(
+                     lambda: stub.ModelInfer(kshm.make_shm_infer_request(
                          "mlp", {"x": ("FP32", [1, 4], ShmRef("r", 16))})))
         stub.SystemSharedMemoryUnregister(pb.SystemSharedMemoryUnregisterRequest())
         x = np.ones((1, 4), np.float32)

@@ -1,6 +1,6 @@
 """Triton's own client (tritonclient.grpc) against the inference service, unchanged.
 
-tritonclient pins protobuf < 7 and cannot share a process with our stubs (FACTS.md), so the
+tritonclient pins protobuf < 7 and cannot share a process with our stubs (docs/FACTS.md), so the
 client side runs as ``tests/triton_compat/roundtrip.py`` under the tritonclient venv
 (``MODELPORT_TRITON_PYTHON``, else ``<repo>/.venv-triton/bin/python``) and writes what it sent
 and received; this test checks the values.
@@ -19,6 +19,7 @@ from inference_fixtures import build_repository, mlp_expected
 
 from inference_svc.service import InferenceService
 from inference_svc.settings import InferenceSettings
+from modelport import cpuinfo
 from modelport.runtime.background import BackgroundServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,6 +56,8 @@ def test_health_metadata_config_index(roundtrip):
     # strict readiness (the default, as in Triton): 'broken' and 'junk' failed to load -> live, not ready
     assert facts["live"] and not facts["ready"] and facts["mlp_ready"]
     assert facts["server"]["name"] == "modelport-inference"
+    # tritonclient lists the CPU-flags entry like any other extension
+    assert cpuinfo.extension_entry() in facts["server"]["extensions"]
     md = facts["mlp_metadata"]
     assert md["platform"] == "onnxruntime_onnx" and md["versions"] == ["1", "2"]
     assert md["inputs"] == [{"name": "x", "datatype": "FP32", "shape": ["-1", "4"]}]

@@ -21,18 +21,23 @@ def _accuracy(path, digits) -> float:
     return float((sess.run(None, {"image": digits.eval_x})[0].argmax(-1) == digits.eval_y).mean())
 
 
-@pytest.mark.parametrize("method,per_channel", [("minmax", False), ("entropy", False), ("percentile", True)])
-def test_static_int8_every_calibration_method(digits, tmp_path, method, per_channel):
+@pytest.mark.parametrize("method,per_channel,types,fmt", [("minmax", False, "s8s8", "qdq"),
+                                                          ("entropy", False, "u8s8", "qoperator"),
+                                                          ("percentile", True, "u8s8", "qdq")])
+def test_static_int8_every_calibration_method(digits, tmp_path, method, per_channel, types, fmt):
     out = tmp_path / f"{method}.onnx"
     calib = {"image": np.load(digits.calib)["x"]}
-    d = OT.int8_static(digits.onnx_path, out, calib, method, per_channel, samples=64)
+    recipe = OT.Recipe(activations=types[:2], weights=types[2:], per_channel=per_channel, fmt=fmt, method=method)
+    d = OT.int8_static(digits.onnx_path, out, calib, recipe, samples=64)
     m = onnx.load(str(out))
     weights = [t for t in m.graph.initializer if len(t.dims) >= 2]
     assert weights and all(t.data_type == onnx.TensorProto.INT8 for t in weights)
     if per_channel:  # one scale per output channel for the conv kernels
         scales = [t for t in m.graph.initializer if t.name.endswith("_scale") and len(t.dims) == 1 and t.dims[0] > 1]
         assert scales
-    assert d["method"] == method and d["calibration_samples"] == "64"
+    assert d["method"] == method and d["calibration_samples"] == "64" and d["recipe"] == recipe.key
+    ops = {n.op_type for n in m.graph.node}
+    assert ("QLinearConv" in ops) == (fmt == "qoperator") and ("DequantizeLinear" in ops)
     assert _accuracy(out, digits) >= digits.keras_accuracy - 0.02
 
 

@@ -11,13 +11,14 @@ import pytest
 from modelport.errors import InvalidArgument
 from modelport.techniques import ALL_TECHNIQUES
 from modelport.v1 import jobs_pb2
-from optimizer_svc import keras_bridge, measure, select
-from optimizer_svc.techniques import parse_options, plan
+from optimizer_svc import keras_bridge, measure, selection
+from optimizer_svc.technique_options import parse_options, plan
 
 
 def test_names_are_the_issue_vocabulary():
     assert ALL_TECHNIQUES == ("graph", "fp16", "int8-dynamic", "int8-static", "prune", "prune-2:4", "cluster",
-                              "qat", "distill", "tflite-dynamic", "tflite-fp16", "tflite-int8")
+                              "qat", "distill", "tflite-dynamic", "tflite-fp16", "tflite-int8", "int8-weight-only",
+                              "int4-weight-only")
 
 
 def test_auto_on_onnx_skips_keras_techniques_with_notes():
@@ -51,8 +52,12 @@ def test_explicit_inapplicable_or_unknown_technique_is_invalid():
 
 def test_options_defaults_types_and_errors():
     o = parse_options({"prune.sparsity": "0.5", "int8-static.per_channel": "true", "cluster.clusters": "8"})
-    assert o["prune.sparsity"] == 0.5 and o["int8-static.per_channel"] is True and o["cluster.clusters"] == 8
-    assert o["graph.level"] == "extended" and o["int8-static.method"] == "minmax"
+    assert o["prune.sparsity"] == 0.5 and o["int8-static.per_channel"] == "true" and o["cluster.clusters"] == 8
+    assert o["graph.level"] == "extended" and o["int8-static.method"] == "auto"
+    assert o["int8-static.types"] == "auto" and o["int8-static.format"] == "auto"
+    assert o["int8-dynamic.quick_stop"] == 1.5
+    with pytest.raises(InvalidArgument, match="int8-static.types='u4s4' is invalid: use one of auto, u8s8, s8s8"):
+        parse_options({"int8-static.types": "u4s4"})
     with pytest.raises(InvalidArgument, match="prune.sparsity='1.5' is invalid: must be between 0 and 0.99"):
         parse_options({"prune.sparsity": "1.5"})
     with pytest.raises(InvalidArgument, match="cluster.clusters='x' is invalid: not a number"):
@@ -69,7 +74,7 @@ def _cand(tech, latency, gzip, accuracy=math.nan, agreement=1.0, fmt="onnx"):
 def test_auto_picks_the_fastest_within_budget():
     base = _cand("baseline", 10.0, 1000, accuracy=0.95)
     cands = [_cand("fp16", 9.0, 500, 0.95), _cand("int8-dynamic", 5.0, 300, 0.90), _cand("graph", 8.0, 1000, 0.95)]
-    ranked, chosen, reason = select.rank(base, cands, goal="latency", max_drop=0.01, relative=False, auto=True,
+    ranked, chosen, reason = selection.rank(base, cands, goal="latency", max_drop=0.01, relative=False, auto=True,
                                          min_gain=0.03)
     assert chosen.technique == "graph" and chosen.chosen and not base.chosen
     assert [c.technique for c in ranked] == ["graph", "fp16", "int8-dynamic"]
@@ -80,13 +85,13 @@ def test_auto_picks_the_fastest_within_budget():
 def test_auto_never_returns_a_slower_or_larger_candidate():
     base = _cand("baseline", 10.0, 1000, accuracy=0.95)
     cands = [_cand("fp16", 10.2, 500, 0.95), _cand("int8-static", 12.0, 300, 0.95)]
-    _, chosen, reason = select.rank(base, cands, goal="latency", max_drop=0.01, relative=False, auto=True,
+    _, chosen, reason = selection.rank(base, cands, goal="latency", max_drop=0.01, relative=False, auto=True,
                                     min_gain=0.03)
     assert chosen is base and base.chosen and not any(c.chosen for c in cands)
     assert "returning the baseline" in reason and "fp16" in reason
     base = _cand("baseline", 10.0, 1000, accuracy=0.95)
     cands = [_cand("graph", 5.0, 1001, 0.95)]
-    _, chosen, reason = select.rank(base, cands, goal="size", max_drop=0.01, relative=False, auto=True, min_gain=0.0)
+    _, chosen, reason = selection.rank(base, cands, goal="size", max_drop=0.01, relative=False, auto=True, min_gain=0.0)
     assert chosen is base and "gzip size" in reason
 
 
@@ -96,11 +101,11 @@ def test_auto_needs_the_gain_in_every_interleaved_round():
     noisy.details.update({"latency_ratio_paired": "0.85", "latency_rounds_faster": "4/6"})
     steady = _cand("graph", 9.5, 1000, 0.95)
     steady.details.update({"latency_ratio_paired": "0.95", "latency_rounds_faster": "6/6"})
-    _, chosen, _ = select.rank(base, [noisy, steady], goal="latency", max_drop=0.01, relative=False, auto=True,
+    _, chosen, _ = selection.rank(base, [noisy, steady], goal="latency", max_drop=0.01, relative=False, auto=True,
                                min_gain=0.03)
     assert chosen is steady
     assert "faster in only 4/6 interleaved rounds" in noisy.note
-    _, chosen, reason = select.rank(_cand("baseline", 10.0, 1000, accuracy=0.95), [noisy], goal="latency",
+    _, chosen, reason = selection.rank(_cand("baseline", 10.0, 1000, accuracy=0.95), [noisy], goal="latency",
                                     max_drop=0.01, relative=False, auto=True, min_gain=0.03)
     assert chosen.technique == "baseline" and "returning the baseline" in reason
 
@@ -125,7 +130,7 @@ def test_paired_latency_counts_rounds_won():
 def test_relative_budget_and_tflite_not_eligible_under_onnx_output():
     base = _cand("baseline", 10.0, 1000, accuracy=0.80)
     cands = [_cand("tflite-int8", 2.0, 100, 0.79, fmt="tflite"), _cand("prune", 9.0, 400, 0.785)]
-    _, chosen, _ = select.rank(base, cands, goal="latency", max_drop=0.02, relative=True, auto=True, min_gain=0.03,
+    _, chosen, _ = selection.rank(base, cands, goal="latency", max_drop=0.02, relative=True, auto=True, min_gain=0.03,
                                output_format="onnx")
     # 2 % of 0.80 = 0.016: prune (drop 0.015) is within budget; tflite is faster but not ONNX.
     assert chosen.technique == "prune"
@@ -135,7 +140,7 @@ def test_relative_budget_and_tflite_not_eligible_under_onnx_output():
 def test_explicit_returns_the_requested_technique_even_if_not_faster():
     base = _cand("baseline", 10.0, 1000, accuracy=0.95)
     cands = [_cand("int8-static", 14.0, 300, 0.95)]
-    _, chosen, reason = select.rank(base, cands, goal="latency", max_drop=0.01, relative=False, auto=False,
+    _, chosen, reason = selection.rank(base, cands, goal="latency", max_drop=0.01, relative=False, auto=False,
                                     min_gain=0.0)
     assert chosen.technique == "int8-static" and "not better than the baseline" in reason
 
@@ -144,7 +149,7 @@ def test_failed_candidates_rank_last_and_are_never_chosen():
     base = _cand("baseline", 10.0, 1000, accuracy=0.9)
     failed = jobs_pb2.CandidateReport(technique="qat", note="failed: x")
     failed.details["status"] = "failed"
-    ranked, chosen, _ = select.rank(base, [failed, _cand("graph", 9.0, 900, 0.9)], goal="latency", max_drop=0.0,
+    ranked, chosen, _ = selection.rank(base, [failed, _cand("graph", 9.0, 900, 0.9)], goal="latency", max_drop=0.0,
                                     relative=False, auto=True, min_gain=0.03)
     assert [c.technique for c in ranked] == ["graph", "qat"] and chosen.technique == "graph"
 
@@ -156,6 +161,13 @@ def test_metrics():
     assert measure.agreement([probs], [probs[[1, 0, 2]]]) == pytest.approx(1 / 3)
     assert measure.max_abs_diff([probs], [probs + 0.25]) == pytest.approx(0.25)
     assert measure.cosine([probs], [2 * probs]) == pytest.approx(1.0)
+    # the centered cosine ignores what all samples share: a constant offset hides nothing from it
+    ref = np.array([[10.0, 1.0], [10.0, -1.0], [10.0, 0.5]])
+    flipped = ref * np.array([1.0, -1.0])  # same shared part, input-dependent part reversed
+    assert measure.cosine([flipped], [ref]) > 0.98
+    assert measure.centered_cosine([flipped], [ref]) == pytest.approx(-1.0)
+    assert measure.centered_cosine([ref + 3.0], [ref]) < measure.centered_cosine([ref], [ref]) == pytest.approx(1.0)
+    assert math.isnan(measure.centered_cosine([ref[:1]], [ref[:1]]))
     assert math.isnan(measure.accuracy([np.zeros((3, 1))], np.zeros(3)))
 
 

@@ -9,9 +9,9 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from modelport.cli import app
-from modelport.cli.render import print_report
-from modelport.pipeline import DeployReport, SpecError, StageReport, load_spec
+from gateway.cli import app
+from gateway.cli.render import print_report
+from modelport.deploy import DeployReport, SpecError, StageReport, load_spec
 
 
 @pytest.fixture
@@ -112,7 +112,7 @@ def test_gateway_config_file_and_env(tmp_path, monkeypatch):
     res = CliRunner().invoke(app, ["--config", str(cfg), "status"])
     assert res.exit_code == 2
     assert "unknown key 'converterr'" in " ".join(res.output.split())
-    from modelport.cli.config import load_config
+    from gateway.cli.config import load_config
 
     write(cfg, "inference: 10.0.0.1:9000\nconverter: 10.0.0.1:1\n")
     monkeypatch.setenv("MODELPORT_CONFIG", str(cfg))
@@ -151,7 +151,7 @@ def test_report_json_is_strict_json_and_table_renders():
 
 
 def test_rich_progress_renders_stages_from_events():
-    from modelport.cli.render import RichProgress
+    from gateway.cli.render import RichProgress
     from modelport.v1 import jobs_pb2
 
     console = Console(record=True, width=120, force_terminal=False)
@@ -167,7 +167,7 @@ def test_rich_progress_renders_stages_from_events():
 
 def test_unreadable_eval_npz_fails_the_upload_stage(files):
     from modelport import Client
-    from modelport.pipeline import StageFailed, run_pipeline
+    from modelport.deploy import StageFailed, run_pipeline
 
     (files / "eval.npz").write_bytes(b"not a zip")
     spec = load_spec(None, {"model": str(files / "digits.keras"), "eval": str(files / "eval.npz")})

@@ -217,3 +217,24 @@ def test_drain_delay_keeps_accepting_calls_after_health_flips(tmp_path, channel_
     assert not stopping.is_alive()
     srv.running = None
     srv.stop()
+
+
+def test_event_loop_setting_picks_the_runner():
+    import asyncio
+    import importlib.util
+
+    from modelport.runtime.server import event_loop_runner
+
+    async def answer():
+        return 42
+
+    assert event_loop_runner("asyncio") is asyncio.run
+    with pytest.raises(ValueError, match="unknown event_loop 'tokio'; use auto, uvloop or asyncio"):
+        event_loop_runner("tokio")
+    has_uvloop = importlib.util.find_spec("uvloop") is not None
+    auto = event_loop_runner("auto")
+    assert (auto is not asyncio.run) == has_uvloop
+    assert auto(answer()) == 42
+    if not has_uvloop:
+        with pytest.raises(ValueError, match="uvloop is not installed"):
+            event_loop_runner("uvloop")

@@ -333,7 +333,7 @@ def test_artifact_pull_between_mtls_services(tmp_path_factory, certs, mtls_serve
         assert got.digest == ref.digest and Path(got.path).read_bytes() == model_file.read_bytes()
         from modelport.errors import Unavailable
 
-        with pytest.raises(Unavailable, match=f"could not pull {ref.digest} from origin {ref.origin}: UNAVAILABLE"):
+        with pytest.raises(Unavailable, match=rf"could not pull {ref.digest} from origin {ref.origin} \(UNAVAILABLE\)"):
             blind.call(ensure_local(blind.service.store, ref, channel_factory=blind.service.channel))
         assert not blind.service.store.has(ref.digest)  # nothing partial became visible
     finally:
@@ -376,7 +376,7 @@ def test_healthcheck_probe_speaks_mtls(mtls_server, certs):
 
 def test_sdk_client_and_gateway_config_speak_mtls_with_token(mtls_server, certs, model_file, tmp_path):
     """The CLI/SDK side: GatewayConfig (what `modelport --config` reads) -> Client over mTLS."""
-    from modelport.cli.config import load_config
+    from gateway.cli.config import load_config
     from modelport.client import ClientError
 
     def client(**keys):

@@ -76,7 +76,7 @@ def test_archive_attacks_are_refused(tmp_path, members, message):
 def test_archive_caps(tmp_path):
     store = ArtifactStore(tmp_path / "s")
     many = store.put_file(_tar(tmp_path, [_file(f"f{i}") for i in range(20)]), "application/x-tar")
-    with pytest.raises(ResourceExhausted, match="20 entries, more than the cap of 10"):
+    with pytest.raises(ResourceExhausted, match=r"more than 10 entries \(the cap\)"):
         store.unpacked(many.digest, max_files=10)
     (tmp_path / "a.tar").unlink()
     big = store.put_file(_tar(tmp_path, [_file("big", b"0" * 5000)]), "application/x-tar")

@@ -12,8 +12,8 @@ import threading
 import psutil
 import pytest
 
+from gateway.launcher import Launcher, LaunchError, health_status
 from modelport.client import Client
-from modelport.launcher import Launcher, LaunchError, health_status
 
 # These tests run no jobs: skip the converter/optimizer warm TensorFlow workers (seconds of startup each).
 NO_WARM = {**os.environ, "MODELPORT_CONVERTER_WARM_WORKERS": "0", "MODELPORT_OPTIMIZER_WARM_WORKERS": "0"}
@@ -40,7 +40,7 @@ def _read_until(proc: subprocess.Popen, pattern: str, lines: list[str], timeout:
 
 
 def test_up_serves_three_services_and_stops_on_sigterm(tmp_path):
-    cmd = [sys.executable, "-m", "modelport.cli", "up", "--store", str(tmp_path / "store"),
+    cmd = [sys.executable, "-m", "gateway.cli", "up", "--store", str(tmp_path / "store"),
            "--converter-port", "0", "--optimizer-port", "0", "--inference-port", "0", "--log-dir", str(tmp_path / "logs")]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
                             env={**NO_WARM, "COLUMNS": "200"})
@@ -88,7 +88,7 @@ def test_launcher_port_offset_layout_and_failure_reason(tmp_path):
 
 def test_services_do_not_outlive_a_killed_launcher(tmp_path):
     """SIGKILL gives `modelport up` no chance to clean up: the kernel (PDEATHSIG) stops the services."""
-    cmd = [sys.executable, "-m", "modelport.cli", "up", "--store", str(tmp_path / "store"), "--converter-port", "0",
+    cmd = [sys.executable, "-m", "gateway.cli", "up", "--store", str(tmp_path / "store"), "--converter-port", "0",
            "--optimizer-port", "0", "--inference-port", "0", "--log-dir", str(tmp_path / "logs")]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=tmp_path,
                             env=NO_WARM)

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from modelport.errors import DeadlineExceeded, Internal, InvalidArgument, ModelportError
-from modelport.workers import WorkerPool
+from modelport.runtime.workers import WorkerPool
 
 
 def run(coro):

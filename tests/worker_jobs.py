@@ -47,3 +47,14 @@ def write_in_cwd(progress):
     with open("stray.tmp", "w") as f:
         f.write("x")
     return os.getcwd()
+
+
+def hang_in_tmp(progress, marker):
+    """Write a temp file (in the worker's scratch folder), report pid and its path, then hang."""
+    import tempfile
+
+    fd, path = tempfile.mkstemp()
+    os.close(fd)
+    with open(marker, "w") as f:
+        f.write(f"{os.getpid()}\n{path}")
+    threading.Event().wait()

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from modelport import formats, media, memory, parity
+from modelport.conversion import quantization
 from modelport.datasets import generate_inputs, load_npz, validate_samples
 from modelport.errors import FailedPrecondition, InvalidArgument, ModelportError, Unimplemented
 from modelport.store import ArtifactStore
@@ -47,8 +48,13 @@ def check_opset(opset: int) -> int:
 
 
 def source_path(store: ArtifactStore, digest: str, fmt: str) -> Path:
-    """Local path of a source artifact (a SavedModel archive is unpacked safely, once)."""
-    return store.unpacked(digest) if fmt == formats.SAVEDMODEL else store.path(digest)
+    """Local path of a source artifact: a SavedModel archive's folder, an ONNX folder archive's
+    ``model.onnx`` (archives are unpacked safely, once), else the file itself."""
+    if fmt == formats.SAVEDMODEL:
+        return store.unpacked(digest)
+    if fmt == formats.ONNX:
+        return store.onnx_model(digest)
+    return store.path(digest)
 
 
 # ---- samples ---------------------------------------------------------------------------------
@@ -118,8 +124,7 @@ def _check_onnx(path: Path) -> None:
             details={"unsupported_ops": ",".join(unknown)},
         )
     try:
-        # By path: external data is checked beside the model file, and a model past 2 GiB is fine.
-        onnx.checker.check_model(str(path))
+        onnx.checker.check_model(str(path))  # by path: external data is checked beside the model file
     except Exception as e:  # noqa: BLE001
         raise FailedPrecondition(f"the converted ONNX model is invalid: {str(e).splitlines()[0][:400]}") from None
 
@@ -216,9 +221,12 @@ def relabel_opset(proto, opset: int, why: str):
 
 
 def produce(src, target: str, workdir: Path, opset: int, fixed_batch: int,
-            onnx2tf_python: str = "") -> tuple[Path, dict[str, str]]:
+            onnx2tf_python: str = "", onnx2torch_python: str = "") -> tuple[Path, dict[str, str]]:
     """Write the target model under ``workdir``; returns (file or folder, notes)."""
     from modelport.conversion.models import OnnxModel, TFLiteModel, TFModel
+
+    if target == formats.PYTORCH:
+        return _to_pytorch(src, workdir, opset, fixed_batch, onnx2torch_python)
 
     notes: dict[str, str] = {}
     if target == formats.ONNX:
@@ -242,6 +250,7 @@ def produce(src, target: str, workdir: Path, opset: int, fixed_batch: int,
             from onnx import version_converter
 
             from modelport.conversion.onnx_export import save_onnx
+            from modelport.onnx_files import copy_data_beside
 
             if fixed_batch:
                 raise InvalidArgument("fixed_batch_size is not supported for onnx -> onnx; it changes the opset only")
@@ -255,6 +264,7 @@ def produce(src, target: str, workdir: Path, opset: int, fixed_batch: int,
                     notes["opset_conversion"] = "relabelled (every op has the same signature at both opsets)"
             notes["from_opset"] = str(src.opset)
             save_onnx(proto, out)
+            copy_data_beside(src.path, out)  # the graph still points at the source's external data
         else:  # pragma: no cover - guarded by formats.TARGETS
             raise InvalidArgument(f"cannot convert {src.format} to onnx")
         _check_onnx(out)
@@ -281,6 +291,40 @@ def produce(src, target: str, workdir: Path, opset: int, fixed_batch: int,
         src.export_savedmodel(out, fixed_batch)
         return out, notes
     raise InvalidArgument(f"unknown target {target!r}")
+
+
+def _to_pytorch(src, workdir: Path, opset: int, fixed_batch: int, onnx2torch_python: str) -> tuple[Path, dict]:
+    """Any source to a torch.export program through its ONNX form (onnx2torch in its own venv)."""
+    from modelport.conversion import onnx2torch_bridge
+    from modelport.conversion.models import OnnxModel
+
+    python = onnx2torch_bridge.onnx2torch_python(onnx2torch_python)
+    if python is None:
+        raise onnx2torch_bridge.unimplemented()
+    notes: dict[str, str] = {}
+    if isinstance(src, OnnxModel):
+        onnx_file = src.path
+    else:
+        folder = workdir / "via-onnx"
+        folder.mkdir()
+        onnx_out, onnx_notes = produce(src, formats.ONNX, folder, opset, fixed_batch)
+        onnx_file = onnx_out / "model.onnx" if onnx_out.is_dir() else onnx_out
+        notes.update({f"onnx_{k}": v for k, v in onnx_notes.items()})
+        notes["via"] = f"onnx (opset {opset})"
+    out = workdir / "model.pt2"
+    notes.update(onnx2torch_bridge.run_onnx2torch(python, onnx_file, out, fixed_batch))
+    return out, notes
+
+
+def _load_result(out: Path, target: str, onnx2torch_python: str = ""):
+    """The converted model, loaded for the parity check."""
+    from modelport.conversion.models import load_model
+
+    if target == formats.PYTORCH:
+        from modelport.conversion.onnx2torch_bridge import TorchModel
+
+        return TorchModel(out, onnx2torch_python)
+    return load_model(out, target)
 
 
 def _tf_to_onnx(src, workdir: Path, opset: int, fixed_batch: int, notes: dict[str, str]) -> Path:
@@ -323,8 +367,7 @@ def _tf_to_onnx(src, workdir: Path, opset: int, fixed_batch: int, notes: dict[st
             notes["export"] = how
             if plan.external:
                 notes["external_data"] = large_export.DATA_FILE
-                return folder
-            return path
+            return path  # the model file; its data file (if any) beside it
     out = workdir / "model.onnx"
     fn, signature, _ = src.tf_function(fixed_batch)
     function_to_onnx(fn, signature, out, opset)
@@ -375,7 +418,8 @@ def admit_conversion(path: Path, fmt: str, target: str) -> None:
 # ---- the job -------------------------------------------------------------------------------------
 
 def convert_model(store: ArtifactStore, request: converter_pb2.ConvertRequest,
-                  progress: Progress = _noop, onnx2tf_python: str = "") -> jobs_pb2.ConvertResult:
+                  progress: Progress = _noop, onnx2tf_python: str = "",
+                  onnx2torch_python: str = "") -> jobs_pb2.ConvertResult:
     """Run one conversion; returns the result (its artifact already published in ``store``)."""
     from modelport.conversion.models import load_model
 
@@ -393,12 +437,19 @@ def convert_model(store: ArtifactStore, request: converter_pb2.ConvertRequest,
     atol = opts.atol or parity.DEFAULT_ATOL
     if rtol < 0 or atol < 0:
         raise InvalidArgument(f"parity tolerances must be >= 0 (rtol={rtol}, atol={atol})")
+    quant_tolerances = parity.QuantTolerances.from_options(opts)
 
     path = source_path(store, digest, fmt)
     admit_conversion(path, fmt, target)
     progress("loading", 0.05, f"loading the {fmt} model")
     src = load_model(path, fmt, request.trust_remote_code)
     source_info = src.info()
+    if target == formats.GENERATION:  # a causal LM's KV-cache step; parity is greedy decoding vs generate()
+        from modelport.conversion.llm_export import convert_for_generation
+
+        return convert_for_generation(store, src, source_info, opset, opts.allow_mismatch, progress, t0)
+    src.int_ranges.update(quantization.input_ranges(src))
+    quant = quantization.output_quantization(src, "source")
     inputs, inputs_source = sample_inputs(store, opts, src, fixed_batch)
     n = next(iter(inputs.values())).shape[0] if inputs else 0
     # The source runs first and is freed before the result is loaded: never two models in memory at once.
@@ -408,14 +459,17 @@ def convert_model(store: ArtifactStore, request: converter_pb2.ConvertRequest,
     workdir = Path(tempfile.mkdtemp(dir=store.tmp_dir, prefix="convert-"))
     try:
         progress("converting", 0.2, f"converting {fmt} -> {target}" + (f" (opset {opset})" if target == "onnx" else ""))
-        out, notes = produce(src, target, workdir, opset, fixed_batch, onnx2tf_python)
+        out, notes = produce(src, target, workdir, opset, fixed_batch, onnx2tf_python, onnx2torch_python)
         src.release()
         del src
 
         progress("verifying", 0.7, f"comparing source and {target} outputs on {n} samples ({inputs_source})")
-        cand = load_model(out, target)
+        cand = _load_result(out, target, onnx2torch_python)
+        # Before running: TFLite's XNNPACK delegate hides the DEQUANTIZE ops once tensors are allocated.
+        quant = {**quantization.output_quantization(cand, "target"), **quant}  # the source's scale wins
         cand_out = run_checked(cand, inputs, "converted")
-        report = parity.compare_outputs(ref_out, cand_out, rtol, atol, inputs_source=inputs_source, samples=n)
+        report = parity.compare_outputs(ref_out, cand_out, rtol, atol, inputs_source=inputs_source, samples=n,
+                                        quantization=quant, quant_tolerances=quant_tolerances)
         parity.enforce(report, opts.allow_mismatch)
         info = cand.info()
         cand.release()
@@ -424,8 +478,8 @@ def convert_model(store: ArtifactStore, request: converter_pb2.ConvertRequest,
         progress("storing", 0.9, "storing the converted model")
         if target == formats.SAVEDMODEL:
             stored = store.put_dir(out, media.SAVEDMODEL)
-        elif out.is_dir():
-            stored = store.put_dir(out, media.ONNX_FOLDER)
+        elif target == formats.ONNX:  # one folder artifact when the weights are external data
+            stored = store.put_onnx(out / "model.onnx" if out.is_dir() else out)
         else:
             stored = store.put_file(out, media.BY_FORMAT[target])
         info.size_bytes = stored.size

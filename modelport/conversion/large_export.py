@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from modelport.conversion.onnx_attention import fuse_attention
 from modelport.conversion.onnx_export import (
     CUSTOM_OP_HANDLERS,
     _call_structure,
@@ -760,6 +761,7 @@ def export_weights_as_inputs(trace: WeightsTrace, out_dir: str | os.PathLike, op
         fold_weight_subgraph(model, sources, writer)
         fuse_layer_norms(model)
         static_reshapes(model)
+        fuse_attention(model)  # the same rewrites as the classic route (onnx_export.function_to_onnx)
         _finalize(model, sources, writer)
     finally:
         if writer is not None:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from modelport import formats
+from modelport.conversion import hub_models
 from modelport.dtypes import ONNX_TO_KSERVE, ORT_TO_KSERVE, to_kserve
 from modelport.errors import FailedPrecondition, InvalidArgument
 from modelport.v1 import jobs_pb2
@@ -134,6 +135,10 @@ class KerasModel(TFModel):
         self.format = fmt
 
         from modelport.conversion.onnx_export import keras_input_infos, keras_tf_function
+        from modelport.model_code import check_model_code
+
+        check_model_code(path, fmt, trust_remote_code)  # before any loader: not all of them refuse code
+
         from modelport.memory import weight_bytes
 
         self.weight_bytes = weight_bytes(path, fmt)
@@ -154,6 +159,8 @@ class KerasModel(TFModel):
         self.outputs = self._outputs_from(self._dynamic[0], self._dynamic[1])
         high = _embedding_high(self.model)
         self.int_ranges = {s.name: (0, high) for s in self.inputs if s.datatype.startswith(("INT", "UINT"))}
+        hub_ranges = hub_models.input_ranges(self.model)  # token/segment ids, padding masks of keras_hub models
+        self.int_ranges.update({k: v for k, v in hub_ranges.items() if k in self.int_ranges})
 
     def tf_function(self, fixed_batch_size: int = 0):
         from modelport.conversion.onnx_export import keras_tf_function
@@ -229,11 +236,14 @@ def _trim_heap() -> None:
 
 def _keras_load_error(e: Exception, fmt: str, trusted: bool) -> Exception:
     text = str(e)
+    missing = hub_models.missing_package_error(text)
+    if missing is not None:  # a package (keras-hub, ...) the environment lacks: never "corrupted"
+        return missing
     if not trusted and ("safe_mode" in text or "Lambda" in text or "arbitrary code" in text):
         return FailedPrecondition(
             "the model contains a Lambda layer or other Python code, and loading it would run that code; "
-            "it was refused (Keras safe_mode). If you trust where the model comes from, repeat the request "
-            "with trust_remote_code=true",
+            "it was refused (Keras safe_mode). If you trust where the model comes from, send "
+            "trust_remote_code=true to a service whose operator started it with --allow-remote-code",
             details={"reason": "unsafe_code"},
         )
     if "Could not locate" in text or "Unknown layer" in text or "custom_objects" in text or "Unrecognized" in text:
@@ -278,13 +288,15 @@ class SavedModelModel(TFModel):
 
     format = formats.SAVEDMODEL
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, trust_remote_code: bool = False):
         super().__init__(folder)
         import tensorflow as tf
 
         from modelport.memory import weight_bytes
+        from modelport.model_code import check_model_code
 
         self.root = formats.savedmodel_root(folder)
+        check_model_code(self.root, formats.SAVEDMODEL, trust_remote_code)  # graph ops that touch files/Python
         self.weight_bytes = weight_bytes(self.root, formats.SAVEDMODEL)
         try:
             self.trackable = tf.saved_model.load(str(self.root))
@@ -475,6 +487,9 @@ class OnnxModel(LoadedModel):
             self.proto = onnx.load_model(str(model_file), load_external_data=False)
         except Exception as e:  # noqa: BLE001
             raise InvalidArgument(f"the ONNX model could not be parsed: {str(e)[:300]}") from None
+        from modelport.onnx_files import check_data_files
+
+        self.data_files = check_data_files(self.proto, path)  # onnxruntime reads them from beside the model
         try:
             opts = ort.SessionOptions()
             opts.log_severity_level = 3
@@ -507,6 +522,9 @@ class OnnxModel(LoadedModel):
 
     def info(self) -> jobs_pb2.ModelInfo:
         info = self._base_info()
+        info.size_bytes = sum((self.path.parent / f).stat().st_size for f in self.data_files) + info.size_bytes
+        if self.data_files:
+            info.details["external_data"] = ",".join(self.data_files)
         info.opset = self.opset
         version = self.proto.producer_version.removesuffix(" None")  # tf2onnx appends its git hash or None
         info.producer = f"{self.proto.producer_name} {version}".strip()
@@ -562,7 +580,7 @@ def load_model(path: str | os.PathLike, fmt: str, trust_remote_code: bool = Fals
     if fmt in (formats.KERAS, formats.H5):
         return KerasModel(path, fmt, trust_remote_code)
     if fmt == formats.SAVEDMODEL:
-        return SavedModelModel(path)
+        return SavedModelModel(path, trust_remote_code)
     if fmt == formats.TFLITE:
         return TFLiteModel(path)
     if fmt == formats.ONNX:

@@ -9,7 +9,6 @@ loaded and checked for parity by the converter like any other result.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -49,8 +48,9 @@ def run_onnx2tf(python: Path, onnx_path: Path, input_names: list[str], target: s
     """Convert with onnx2tf; returns the float32 .tflite file or a clean SavedModel folder."""
     # A private copy: onnx2tf rewrites its input file in place (it names unnamed ops), which must
     # never reach the content-addressed blob. It also names its outputs after the input file.
-    link = workdir / "model.onnx"
-    shutil.copyfile(onnx_path, link)
+    from modelport.onnx_files import copy_model
+
+    link = copy_model(onnx_path, workdir)  # external data files, if any, copied beside it
     out = workdir / "onnx2tf-out"
     cmd = [str(python), "-m", "onnx2tf", "-i", str(link), "-o", str(out), "-osd", "-n"]
     if input_names:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modelport.conversion import hub_models
+from modelport.conversion.onnx_attention import fuse_attention
 from modelport.conversion.onnx_fusions import fuse_layer_norms, static_reshapes
 from modelport.errors import InvalidArgument
 
@@ -123,14 +125,22 @@ def keras_output_names(model: Any, count: int) -> list[str]:
             names = [str(n) for n in model.output_names]
     if len(names) != count or not all(names):
         names = [f"output_{i}" for i in range(count)]
+    names = hub_models.output_names(model, names)  # a keras_hub LM's output is "logits"
     return _unique([_clean_name(n, f"output_{i}") for i, n in enumerate(names)])
 
 
 def _call_structure(model: Any, args: list, infos: list[KerasTensorInfo]):
     struct = getattr(model, "_inputs_struct", None)
     if isinstance(struct, dict):
-        keys = list(struct.keys())
-        return dict(zip(keys, args, strict=False))
+        # ``args`` follow ``model.inputs`` (Keras flattens a dict by sorted key), not the dict's own
+        # order: match each key to its input tensor, so "token_ids" never feeds "padding_mask".
+        try:
+            position = {id(t): i for i, t in enumerate(model.inputs)}
+        except (AttributeError, ValueError):
+            position = {}
+        if position and all(id(t) in position for t in struct.values()):
+            return {key: args[position[id(t)]] for key, t in struct.items()}
+        return dict(zip(sorted(struct), args, strict=False))
     if isinstance(struct, (list, tuple)) and len(struct) == len(args):
         return list(args)  # a functional model built with a list of inputs wants a list, even of one
     if len(args) == 1:
@@ -199,6 +209,7 @@ def function_to_onnx(fn: Any, signature: list, out_path: str | Path, opset: int 
     name_batch_dims(model_proto)
     fuse_layer_norms(model_proto)
     static_reshapes(model_proto)
+    fuse_attention(model_proto)
     save_onnx(model_proto, Path(out_path))
 
 

@@ -1,5 +1,5 @@
 """Exact graph rewrites applied to tf2onnx's output before it is saved: LayerNormalization fusion and
-constant reshape targets (``static_reshapes``, below).
+constant reshape targets (``static_reshapes``, below). The attention fusion is ``onnx_attention.fuse_attention``.
 
 tf2onnx lowers a Keras 3 ``LayerNormalization`` (``tf.nn.moments`` + rsqrt) to eleven ONNX
 nodes: two ``GlobalAveragePool`` for the mean and variance, ``Sub``/``Mul`` for the squared
@@ -33,14 +33,39 @@ def _opset(model) -> int:
     return 0
 
 
+_SMALL_ELEMENTS = 4096  # constants shape inference reads (shapes, axes, scalars) are far smaller
+
+
+def light_copy(model):
+    """The model without its large initializers (each becomes a typed graph input): what shape inference
+    needs, a small fraction of the bytes, whatever the weights' size or where their data lives."""
+    import onnx
+
+    light = onnx.ModelProto()
+    light.ir_version = model.ir_version
+    light.opset_import.extend(model.opset_import)
+    g = light.graph
+    g.node.extend(model.graph.node)
+    g.input.extend(model.graph.input)
+    g.output.extend(model.graph.output)
+    g.value_info.extend(model.graph.value_info)
+    declared = {i.name for i in model.graph.input}
+    for t in model.graph.initializer:
+        if t.data_location != onnx.TensorProto.EXTERNAL and int(np.prod(t.dims)) <= _SMALL_ELEMENTS:
+            g.initializer.append(t)
+        elif t.name not in declared:
+            g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    return light
+
+
 def _shapes(model, data_prop: bool = False) -> dict[str, tuple]:
     """Shape of every tensor that shape inference can tell (dims: int, or None when unknown);
     empty when inference fails. ``data_prop`` also follows shape arithmetic (Shape, Gather, Concat…)."""
     import onnx
 
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=data_prop)
-    except Exception:  # noqa: BLE001 - e.g. models over 2 GB; the pass then does nothing
+        inferred = onnx.shape_inference.infer_shapes(light_copy(model), data_prop=data_prop)
+    except Exception:  # noqa: BLE001 - the pass then does nothing
         return {}
     out: dict[str, tuple] = {}
     g = inferred.graph
@@ -51,12 +76,38 @@ def _shapes(model, data_prop: bool = False) -> dict[str, tuple]:
     return out
 
 
+class _Consts(dict):
+    """Initializer values by name, each read from its TensorProto when first asked for (a model's weights
+    are never all copied into numpy: matching only looks at a few small constants); None for one whose
+    external data was not loaded."""
+
+    def __init__(self, initializers):
+        super().__init__()
+        self._protos = {i.name: i for i in initializers}
+
+    def __missing__(self, name: str):
+        from onnx import numpy_helper
+
+        if name not in self._protos:
+            raise KeyError(name)
+        try:
+            value = numpy_helper.to_array(self._protos[name])
+        except (OSError, ValueError):  # external data that was not loaded: not a usable constant here
+            value = None
+        self[name] = value
+        return value
+
+    def __contains__(self, name) -> bool:
+        return super().__contains__(name) or name in self._protos
+
+    def get(self, name, default=None):
+        return self[name] if name in self else default
+
+
 class _Graph:
     """Producer/consumer indexes over a GraphProto (read-only helpers for matching)."""
 
     def __init__(self, graph):
-        from onnx import numpy_helper
-
         self.graph = graph
         self.consumers: dict[str, list] = defaultdict(list)
         for node in graph.node:
@@ -67,9 +118,7 @@ class _Graph:
             for name in dict.fromkeys(reads):  # a node reading a tensor twice (x*x) consumes it once
                 self.consumers[name].append(node)
         self.producer = {out: node for node in graph.node for out in node.output}
-        # Initializers in external data are weights, never the small constants a pattern needs.
-        self.consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer
-                       if i.data_location != i.EXTERNAL}
+        self.consts = _Consts(graph.initializer)
         self.outputs = {o.name for o in graph.output}
 
     def only_consumer(self, name: str, op_type: str):
@@ -87,15 +136,16 @@ class _Graph:
         return node.input[1] if node.input[0] == name else node.input[0]
 
 
-def fuse_layer_norms(model) -> int:
+def fuse_layer_norms(model, for_onnxruntime: bool = False) -> int:
     """Rewrite tf2onnx's Keras-LayerNormalization subgraphs into ``LayerNormalization`` nodes.
 
     Works in place on an ``onnx.ModelProto`` and returns how many norms were fused (0 for opset < 17
-    or when nothing matches).
+    or when nothing matches). ``for_onnxruntime`` also fuses below opset 17 (from 13), for a model only
+    onnxruntime will run: it runs ``LayerNormalization`` at every opset (its own fusion emits it there).
     """
     from onnx import helper
 
-    if _opset(model) < 17:
+    if _opset(model) < (13 if for_onnxruntime else 17):
         return 0
     shapes = _shapes(model)
     if not shapes:

@@ -7,16 +7,14 @@ no typed field and travels raw only; BOOL is one byte per element. protobuf + nu
 no grpc, so the CLI and SDK use it too. Bad tensors raise ``modelport.errors.InvalidArgument``
 naming the tensor and what was expected.
 
-Triton's system shared memory extension: ``shm_ref`` / ``set_shm`` read and write the tensor
-parameters that point into a registered region, ``decode_inputs_shm`` / ``make_shm_infer_request`` and
-``make_infer_response(in_shm=...)`` build and parse such requests (the server maps the regions).
+Tensors that live in Triton's system shared memory are handled in ``modelport.kserve.shm``;
+``make_infer_response(in_shm=...)`` leaves their raw entries empty, as Triton does.
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -43,6 +41,9 @@ CONTENTS_FIELD: dict[str, str] = {
 
 def numpy_dtype(datatype: str, tensor: str = "") -> np.dtype:
     """numpy dtype (little-endian) of a KServe datatype; InvalidArgument when unknown."""
+    dt = _WIRE_DTYPES.get(datatype)  # the common case, spelled as the protocol does: no upper(), no new dtype
+    if dt is not None:
+        return dt
     try:
         dt = KSERVE_TO_NUMPY[datatype.upper()]
     except KeyError:
@@ -51,6 +52,10 @@ def numpy_dtype(datatype: str, tensor: str = "") -> np.dtype:
             {"tensor": tensor, "datatype": datatype},
         ) from None
     return dt if dt.kind == "O" else dt.newbyteorder("<")
+
+
+_WIRE_DTYPES: dict[str, np.dtype] = {name: (dt if dt.kind == "O" else dt.newbyteorder("<"))
+                                     for name, dt in KSERVE_TO_NUMPY.items()}
 
 
 def element_count(shape: Iterable[int]) -> int:
@@ -123,6 +128,37 @@ def deserialize_bytes_tensor(raw: bytes, count: int | None = None, name: str = "
     return arr
 
 
+def utf8_strings(name: str, values: np.ndarray) -> np.ndarray:
+    """A BYTES tensor as the ``str`` object array onnxruntime takes for ``tensor(string)``, byte-exact.
+
+    onnxruntime holds strings as UTF-8 text, and its Python binding turns a ``bytes`` element into the
+    text of its repr (``"b'\\xff'"``), so each element is decoded here as strict UTF-8: valid text reaches
+    the model unchanged (and comes back as the same bytes, encoded once on the way out), anything else is
+    InvalidArgument naming the tensor, the element (flat and per-dimension index) and the offending byte,
+    never a silent replacement.
+    """
+    arr = np.asarray(values, dtype=object)
+    flat = arr.reshape(-1)
+    out = np.empty(flat.shape, dtype=object)
+    for i, v in enumerate(flat):
+        if isinstance(v, str):
+            out[i] = v
+            continue
+        raw = bytes(v) if isinstance(v, (bytes, bytearray, memoryview)) else str(v).encode("utf-8")
+        try:
+            out[i] = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            where = list(np.unravel_index(i, arr.shape)) if arr.ndim > 1 else [i]
+            raise InvalidArgument(
+                f"input '{name}': BYTES element {i} (index {[int(d) for d in where]}) is not valid UTF-8 "
+                f"(byte 0x{raw[e.start]:02x} at offset {e.start} of {len(raw)}: {e.reason}); this model takes "
+                "text (ONNX tensor(string)), which is UTF-8 only: send UTF-8 encoded strings, or encode binary "
+                "data as text first (e.g. base64)",
+                {"tensor": name, "element": str(i)},
+            ) from None
+    return out.reshape(arr.shape)
+
+
 # --- decoding ---------------------------------------------------------------------------------
 
 def _tensor_from_buffer(name: str, datatype: str, shape, buf, size: int, what: str, fix: str = "") -> np.ndarray:
@@ -143,7 +179,11 @@ def _tensor_from_buffer(name: str, datatype: str, shape, buf, size: int, what: s
             f"({n} elements x {dt.itemsize})" + (f"; {fix.format(expected=expected)}" if fix else ""),
             {"tensor": name, "expected_bytes": str(expected), "got_bytes": str(size)},
         )
-    arr = np.frombuffer(buf, dtype=dt, count=n).reshape(dims)
+    try:
+        arr = np.frombuffer(buf, dtype=dt, count=n).reshape(dims)
+    except ValueError as exc:  # e.g. (0, 2**62): no data, but more elements than an array may index
+        raise InvalidArgument(f"input '{name}': shape {list(dims)[:16]} is not a usable shape ({exc})",
+                              {"tensor": name}) from None
     return arr if arr.flags.aligned else arr.copy()
 
 
@@ -170,11 +210,16 @@ def tensor_from_contents(name: str, datatype: str, shape, contents: pb.InferTens
             f"input '{name}': {field} has {len(values)} elements but shape {list(dims)} needs {n}",
             {"tensor": name},
         )
-    if dt.kind == "O":
-        arr = np.empty(n, dtype=object)
-        arr[:] = list(values)
-        return arr.reshape(dims)
-    return np.asarray(values, dtype=dt).reshape(dims)
+    try:
+        if dt.kind == "O":
+            arr = np.empty(n, dtype=object)
+            arr[:] = list(values)
+            return arr.reshape(dims)
+        return np.asarray(values, dtype=dt).reshape(dims)
+    except (OverflowError, ValueError) as exc:  # 300 in int_contents of an INT8 tensor, an unusable shape
+        raise InvalidArgument(
+            f"input '{name}': {field} do not fit {dtype_name} shape {list(dims)[:16]} ({str(exc)[:120]}); send values "
+            f"in the range of {dtype_name}", {"tensor": name}) from None
 
 
 def decode_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
@@ -269,168 +314,3 @@ def make_infer_response(model_name: str, model_version: str, outputs: Mapping[st
         resp.outputs.add(name=name, datatype=datatype, shape=shape)
         resp.raw_output_contents.append(data)
     return resp
-
-
-# --- system shared memory (Triton's extension) -------------------------------------------------
-# A tensor whose ``parameters`` carry ``shared_memory_region`` (string), ``shared_memory_byte_size``
-# (int64) and optionally ``shared_memory_offset`` (int64) lives in a registered region instead of the
-# message, exactly as tritonclient's ``InferInput.set_shared_memory`` / ``InferRequestedOutput.
-# set_shared_memory`` set them. ``raw_input_contents`` then holds only the other inputs, in order.
-
-SHM_REGION = "shared_memory_region"
-SHM_BYTE_SIZE = "shared_memory_byte_size"
-SHM_OFFSET = "shared_memory_offset"
-
-
-@dataclass(frozen=True)
-class ShmRef:
-    """Where a tensor lives in shared memory: region name, byte size and offset inside the region."""
-
-    region: str
-    byte_size: int
-    offset: int = 0
-
-
-def _int_param(tensor, key: str, kind: str) -> int:
-    p = tensor.parameters[key]
-    which = p.WhichOneof("parameter_choice")
-    if which not in ("int64_param", "uint64_param"):
-        raise InvalidArgument(
-            f"{kind} '{tensor.name}': parameter '{key}' must be an int64_param, got {which or 'no value'}; set it "
-            "as tritonclient's set_shared_memory(region_name, byte_size, offset) does",
-            {"tensor": tensor.name, "parameter": key},
-        )
-    value = getattr(p, which)
-    if value < 0:
-        raise InvalidArgument(f"{kind} '{tensor.name}': parameter '{key}' is {value}; it must be >= 0",
-                              {"tensor": tensor.name, "parameter": key})
-    return int(value)
-
-
-def shm_ref(tensor, kind: str = "input") -> ShmRef | None:
-    """The shared-memory reference of a request input or requested output (None when it has none).
-
-    InvalidArgument when the parameters are incomplete or of the wrong type.
-    """
-    params = tensor.parameters
-    if not params:
-        return None
-    if SHM_REGION not in params:
-        stray = [k for k in (SHM_BYTE_SIZE, SHM_OFFSET) if k in params]
-        if stray:
-            raise InvalidArgument(
-                f"{kind} '{tensor.name}': {', '.join(stray)} given without '{SHM_REGION}'; name the registered "
-                "region too, or drop the shared memory parameters",
-                {"tensor": tensor.name},
-            )
-        return None
-    region = params[SHM_REGION]
-    if region.WhichOneof("parameter_choice") != "string_param" or not region.string_param:
-        raise InvalidArgument(
-            f"{kind} '{tensor.name}': parameter '{SHM_REGION}' must be a non-empty string_param naming a "
-            "registered region", {"tensor": tensor.name, "parameter": SHM_REGION})
-    if SHM_BYTE_SIZE not in params:
-        raise InvalidArgument(
-            f"{kind} '{tensor.name}': '{SHM_REGION}' given without '{SHM_BYTE_SIZE}'; send the tensor's byte "
-            "size in the region", {"tensor": tensor.name, "parameter": SHM_BYTE_SIZE})
-    offset = _int_param(tensor, SHM_OFFSET, kind) if SHM_OFFSET in params else 0
-    return ShmRef(region.string_param, _int_param(tensor, SHM_BYTE_SIZE, kind), offset)
-
-
-def set_shm(tensor, ref: ShmRef) -> None:
-    """Point a request input or requested output at shared memory (the parameters tritonclient sets)."""
-    tensor.parameters[SHM_REGION].string_param = ref.region
-    tensor.parameters[SHM_BYTE_SIZE].int64_param = int(ref.byte_size)
-    if ref.offset:
-        tensor.parameters[SHM_OFFSET].int64_param = int(ref.offset)
-
-
-def uses_shm(request: pb.ModelInferRequest) -> bool:
-    """Whether any input or requested output of a request carries parameters (shared memory candidates)."""
-    return any(t.parameters for t in request.inputs) or any(o.parameters for o in request.outputs)
-
-
-def byte_size(datatype: str, shape: Iterable[int]) -> int:
-    """Bytes of a numeric tensor (shape x element size); ValueError for BYTES (size depends on the data)."""
-    dt = numpy_dtype(datatype)
-    if dt.kind == "O":
-        raise ValueError("BYTES tensors have no fixed byte size; serialize them (serialize_bytes_tensor) and "
-                         "use len() of the result")
-    return element_count(shape) * dt.itemsize
-
-
-def tensor_from_shm(name: str, datatype: str, shape, buf, ref: ShmRef) -> np.ndarray:
-    """One input tensor read from a shared-memory view of exactly ``ref.byte_size`` bytes.
-
-    Numeric tensors are zero-copy views (copied only when the offset breaks element alignment); the
-    byte size must equal shape x element size. BYTES use the raw length-prefixed form.
-    """
-    return _tensor_from_buffer(name, datatype, shape, buf, ref.byte_size,
-                               f"shared_memory_byte_size is {ref.byte_size}",
-                               "set shared_memory_byte_size to {expected}")
-
-
-def decode_inputs_shm(request: pb.ModelInferRequest, view) -> dict[str, np.ndarray]:
-    """All inputs of a request some of whose inputs live in shared memory.
-
-    ``view(ref, tensor_name)`` returns the region bytes a ShmRef names (a memoryview of exactly
-    ``ref.byte_size`` bytes). As in Triton, ``raw_input_contents`` holds the non-shared-memory inputs
-    only, in input order.
-    """
-    raws = request.raw_input_contents
-    out: dict[str, np.ndarray] = {}
-    index = 0
-    for t in request.inputs:
-        if t.name in out:
-            raise InvalidArgument(f"input '{t.name}' appears twice in the request", {"tensor": t.name})
-        ref = shm_ref(t, "input")
-        has_contents = t.HasField("contents") and t.contents.ByteSize() > 0
-        if ref is not None:
-            if has_contents:
-                raise InvalidArgument(
-                    f"input '{t.name}': both shared memory parameters and typed contents given; use one",
-                    {"tensor": t.name})
-            out[t.name] = tensor_from_shm(t.name, t.datatype, t.shape, view(ref, t.name), ref)
-        elif has_contents:
-            if raws:
-                raise InvalidArgument(
-                    f"input '{t.name}': typed contents given while the request uses raw_input_contents; use "
-                    "one form for the inputs not in shared memory", {"tensor": t.name})
-            out[t.name] = tensor_from_contents(t.name, t.datatype, t.shape, t.contents)
-        elif index < len(raws):
-            out[t.name] = tensor_from_raw(t.name, t.datatype, t.shape, raws[index])
-            index += 1
-        else:
-            raise InvalidArgument(
-                f"input '{t.name}': no data (not in shared memory, no raw_input_contents entry left, no "
-                "contents); send one raw buffer per input that is not in shared memory, in input order",
-                {"tensor": t.name})
-    if index != len(raws):
-        raise InvalidArgument(
-            f"request has {len(raws)} raw_input_contents but only {index} inputs outside shared memory; send "
-            "one raw buffer per input that is not in shared memory, in input order")
-    return out
-
-
-def make_shm_infer_request(model_name: str, inputs: Mapping[str, tuple[str, Iterable[int], ShmRef]],
-                           outputs: Mapping[str, ShmRef | None] | None = None, model_version: str = "",
-                           request_id: str = "", raw_inputs: Mapping[str, np.ndarray] | None = None,
-                           ) -> pb.ModelInferRequest:
-    """A ModelInferRequest whose inputs (and outputs) live in registered shared-memory regions.
-
-    ``inputs``: name -> (datatype, shape, ShmRef). ``outputs``: name -> ShmRef (written to the
-    region) or None (returned in the message). ``raw_inputs``: further inputs sent in the message.
-    Build it once and reuse it while shapes stay the same: only the region contents change.
-    """
-    req = pb.ModelInferRequest(model_name=model_name, model_version=model_version, id=request_id)
-    for name, (datatype, shape, ref) in inputs.items():
-        set_shm(req.inputs.add(name=name, datatype=datatype, shape=[int(d) for d in shape]), ref)
-    for name, arr in (raw_inputs or {}).items():
-        datatype, shape, data = to_raw(arr)
-        req.inputs.add(name=name, datatype=datatype, shape=shape)
-        req.raw_input_contents.append(data)
-    for name, ref in (outputs or {}).items():
-        o = req.outputs.add(name=name)
-        if ref is not None:
-            set_shm(o, ref)
-    return req

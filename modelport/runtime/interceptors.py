@@ -1,8 +1,10 @@
 """The one place where domain errors become gRPC status codes, plus auth and call metrics.
 
 Every RPC of every service passes through ``ServiceInterceptor``: bearer-token check for
-mutating methods, then the handler, whose ``ModelportError`` becomes its status code and whose
-unexpected exceptions become INTERNAL with a generic message (the trace goes to the log).
+mutating methods (and, for every method, the caller's proof recorded in ``modelport.trust`` so domain
+code can bind resources to token holders), then the handler, whose ``ModelportError`` becomes its
+status code and whose unexpected exceptions become INTERNAL with a generic message (the trace goes to
+the log). Messages and details sent to clients pass ``trust.redact``: no internal paths on the wire.
 """
 
 from __future__ import annotations
@@ -19,10 +21,19 @@ import grpc
 
 from modelport.errors import ModelportError
 from modelport.runtime.metrics import RPC_LATENCY, RPC_REQUESTS
+from modelport.trust import Caller, redact, set_caller
 
 log = logging.getLogger("modelport.rpc")
 
 INTERNAL_MESSAGE = "Internal server error (logged on the server)"
+MAX_MESSAGE = 2000
+"""Longest status message sent: messages quote request values, and a status travels in HTTP/2 trailers."""
+
+
+def client_text(text: str) -> str:
+    """What a client may read of a message: internal paths redacted, length bounded."""
+    text = redact(text)
+    return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE] + "... (truncated)"
 
 
 def status_code(name: str) -> grpc.StatusCode:
@@ -35,21 +46,37 @@ class _Abort(Exception):
         self.code, self.message = code, message
 
 
-def _check_auth(token: str | None, metadata) -> None:
-    if not token:
-        return
+def _authorization(metadata) -> str:
     auth = ""
     for key, value in metadata or ():
         if key == "authorization":
             auth = value
+    return auth if isinstance(auth, str) else ""
+
+
+def _token_matches(token: str, auth: str) -> bool:
+    scheme, _, given = auth.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def _caller(token: str | None, metadata) -> Caller:
+    """What the caller proved: a valid bearer token (or nothing is required)."""
+    if not token:
+        return Caller(token_required=False, authenticated=True)
+    return Caller(token_required=True, authenticated=_token_matches(token, _authorization(metadata)))
+
+
+def _check_auth(token: str | None, metadata) -> None:
+    if not token:
+        return
+    auth = _authorization(metadata)
     if not auth:
         raise _Abort(
             grpc.StatusCode.UNAUTHENTICATED,
             "this RPC changes state and needs 'authorization: Bearer <token>' metadata "
             "(CLI: --auth-token or MODELPORT_AUTH_TOKEN)",
         )
-    scheme, _, given = auth.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+    if not _token_matches(token, auth):
         raise _Abort(
             grpc.StatusCode.PERMISSION_DENIED,
             "the bearer token is not valid for this service; send the token the service was started "
@@ -64,26 +91,45 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         self.service = service
         self.auth_token = auth_token
         self.mutating = frozenset(mutating_methods)
+        # method -> its wrapped handler. A method's handler never changes once the server runs, and
+        # building the wrapper (closures, handler object, metric children) on every call costs more than
+        # a small model's inference.
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails):
-        handler = await continuation(details)
-        if handler is None:
-            return None
-        method = details.method
+        wrapped = self._wrapped.get(details.method)
+        if wrapped is None:
+            handler = await continuation(details)
+            if handler is None:
+                return None
+            wrapped = self._wrapped[details.method] = self.wrap_handler(handler, details.method)
+        return wrapped
+
+    def registering(self, server) -> _WrappingRegistrar:
+        """A stand-in for ``server`` to pass to ``add_*_to_server``: every handler registered through it is
+        wrapped once, at registration, instead of through grpc's per-call interceptor chain (which costs a
+        coroutine, a task and several futures on every call)."""
+        return _WrappingRegistrar(server, self)
+
+    def wrap_handler(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        """``handler`` with auth, error mapping and metrics around it."""
         needs_auth = method in self.mutating and bool(self.auth_token)
         short = method.rsplit("/", 1)[-1]
+        latency = RPC_LATENCY.labels(self.service, short)
+        ok = RPC_REQUESTS.labels(self.service, short, "OK")
 
         def finish(code: str, start: float) -> None:
-            RPC_REQUESTS.labels(self.service, short, code).inc()
-            RPC_LATENCY.labels(self.service, short).observe(time.perf_counter() - start)
+            (ok if code == "OK" else RPC_REQUESTS.labels(self.service, short, code)).inc()
+            latency.observe(time.perf_counter() - start)
 
         async def fail(context, exc: BaseException) -> None:
             if isinstance(exc, _Abort):
                 await context.abort(exc.code, exc.message)
             if isinstance(exc, ModelportError):
                 if exc.details:
-                    context.set_trailing_metadata((("modelport-details", json.dumps(exc.details)),))
-                await context.abort(status_code(exc.status), exc.message)
+                    details = {k[:64]: client_text(str(v))[:200] for k, v in list(exc.details.items())[:16]}
+                    context.set_trailing_metadata((("modelport-details", json.dumps(details)),))
+                await context.abort(status_code(exc.status), client_text(exc.message))
             log.error("unexpected error in %s", method, exc_info=exc)
             await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
 
@@ -97,8 +143,10 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             async def wrapper(request_or_iterator, context):
                 start = time.perf_counter()
                 try:
+                    metadata = context.invocation_metadata()
+                    set_caller(_caller(self.auth_token, metadata))
                     if needs_auth:
-                        _check_auth(self.auth_token, context.invocation_metadata())
+                        _check_auth(self.auth_token, metadata)
                     return await behavior(request_or_iterator, context)
                 except (grpc.aio.AbortError, asyncio.CancelledError):
                     raise
@@ -113,8 +161,10 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             async def wrapper(request_or_iterator, context):
                 start = time.perf_counter()
                 try:
+                    metadata = context.invocation_metadata()
+                    set_caller(_caller(self.auth_token, metadata))
                     if needs_auth:
-                        _check_auth(self.auth_token, context.invocation_metadata())
+                        _check_auth(self.auth_token, metadata)
                     async for item in behavior(request_or_iterator, context):
                         yield item
                 except (grpc.aio.AbortError, asyncio.CancelledError, GeneratorExit):
@@ -156,3 +206,37 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             handler.request_deserializer,
             handler.response_serializer,
         )
+
+
+class _WrappedGenericHandler(grpc.GenericRpcHandler):
+    """A generic handler whose handlers come out wrapped (each method's once)."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, interceptor: ServiceInterceptor):
+        self._inner = inner
+        self._interceptor = interceptor
+        self._wrapped: dict[str, grpc.RpcMethodHandler | None] = {}
+
+    def service(self, handler_call_details):
+        method = handler_call_details.method
+        if method not in self._wrapped:
+            handler = self._inner.service(handler_call_details)
+            self._wrapped[method] = None if handler is None else self._interceptor.wrap_handler(handler, method)
+        return self._wrapped[method]
+
+
+class _WrappingRegistrar:
+    """Forwards registrations to a grpc.aio server with every handler wrapped by the interceptor."""
+
+    def __init__(self, server, interceptor: ServiceInterceptor):
+        self._server = server
+        self._interceptor = interceptor
+
+    def add_generic_rpc_handlers(self, handlers) -> None:
+        self._server.add_generic_rpc_handlers(tuple(_WrappedGenericHandler(h, self._interceptor) for h in handlers))
+
+    def add_registered_method_handlers(self, service_name: str, handlers: dict) -> None:
+        self._server.add_registered_method_handlers(
+            service_name, {m: self._interceptor.wrap_handler(h, f"/{service_name}/{m}") for m, h in handlers.items()})
+
+    def __getattr__(self, name):
+        return getattr(self._server, name)

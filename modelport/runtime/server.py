@@ -18,14 +18,16 @@ from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-from modelport.runtime.artifacts import ArtifactsServicer
+from modelport.runtime.artifacts import ArtifactsServicer, ensure_local
 from modelport.runtime.channels import ClientTLS, make_channel
 from modelport.runtime.interceptors import ServiceInterceptor
 from modelport.runtime.logs import setup_logging
 from modelport.runtime.settings import ServiceSettings, parse_settings
-from modelport.store import ArtifactStore
+from modelport.runtime.workers import scrub_environment
+from modelport.store import ArtifactStore, StoredArtifact
+from modelport.trust import OriginPolicy
 from modelport.v1 import artifacts_pb2, artifacts_pb2_grpc
 
 log = logging.getLogger("modelport.server")
@@ -81,6 +83,16 @@ class Service:
             tls = ClientTLS(ca=s.tls_peer_ca, cert=s.tls_cert, key=s.tls_key) if s.tls_cert and s.tls_key \
                 else ClientTLS(ca=s.tls_peer_ca)
         return make_channel(address, aio=True, tls=tls)
+
+    @property
+    def origin_policy(self) -> OriginPolicy:
+        """The origins this service pulls from: its own addresses and the configured peers."""
+        s = self.settings
+        return OriginPolicy.of([self.address, s.advertise_address, *s.allowed_origins.split(",")])
+
+    async def pull(self, ref: artifacts_pb2.ArtifactRef) -> StoredArtifact:
+        """The artifact of ``ref`` from the local store, pulled once from an allowed origin if absent."""
+        return await ensure_local(self.store, ref, channel_factory=self.channel, origins=self.origin_policy)
 
 
 @dataclass
@@ -140,26 +152,70 @@ def server_credentials(settings: ServiceSettings) -> grpc.ServerCredentials | No
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
 
 
+def metrics_bind(settings: ServiceSettings) -> str:
+    """The interface of the metrics HTTP server: --metrics-host, else the gRPC --host."""
+    host = (settings.metrics_host or settings.host or "0.0.0.0").strip("[]")
+    return "0.0.0.0" if host in ("::", "") else host
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind host reaches this machine only (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    h = host.strip().strip("[]").lower()
+    if h == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
+
+
+def check_auth_posture(settings: ServiceSettings, name: str) -> None:
+    """Fail closed: no token on a non-loopback interface needs an explicit --allow-unauthenticated.
+
+    Loopback without a token (tests, ``modelport up``, offline mode) is logged; an explicit opt-out is
+    logged as a warning, so the log always says whether mutating RPCs are open.
+    """
+    if settings.auth_token:
+        return
+    prefix = str(settings.model_config.get("env_prefix", "MODELPORT_"))
+    if is_loopback(settings.host):
+        log.info("%s: no auth token; mutating RPCs are open to local callers only (bound to %s)", name, settings.host)
+        return
+    if settings.allow_unauthenticated:
+        log.warning("%s: AUTHENTICATION DISABLED (--allow-unauthenticated): every RPC, including uploads, model "
+                    "loads and conversions, is open to anyone who can reach %s", name, settings.host)
+        return
+    raise ValueError(
+        f"{name}: refusing to start without an auth token on {settings.host} (reachable from other machines): "
+        f"set {prefix}AUTH_TOKEN (or --auth-token), bind loopback only (--host 127.0.0.1), or disable "
+        "authentication explicitly with --allow-unauthenticated"
+    )
+
+
 async def start_service(service: Service, *, ready: bool = True) -> RunningServer:
     """Build, bind and start the server; run ``service.startup`` and turn health SERVING.
 
     With ``ready=False`` the caller runs startup itself (health stays NOT_SERVING).
     """
     s = service.settings
+    check_auth_posture(s, service.name)
     mutating = {UPLOAD_METHOD, *service.mutating_methods()}
-    server = grpc.aio.server(
-        options=server_options(s),
-        interceptors=[ServiceInterceptor(service.name, s.auth_token, mutating)],
-    )
+    server = grpc.aio.server(options=server_options(s))
+    # The interceptor wraps every handler once as it is registered (through ``registrar``), not on each call.
+    registrar = ServiceInterceptor(service.name, s.auth_token, mutating).registering(server)
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registrar)
     artifacts = ArtifactsServicer(service.store)
-    artifacts_pb2_grpc.add_ArtifactsServicer_to_server(artifacts, server)
+    artifacts_pb2_grpc.add_ArtifactsServicer_to_server(artifacts, registrar)
     names = [ARTIFACTS_SERVICE]
     for reg in service.registrations():
-        reg.add_to_server(reg.servicer, server)
+        reg.add_to_server(reg.servicer, registrar)
         names.append(reg.full_name)
-    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    # What reflection.enable_server_reflection does for a grpc.aio server (it checks the server's type).
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        reflection.aio.ReflectionServicer([*names, health.SERVICE_NAME, reflection.SERVICE_NAME]), registrar)
     creds = server_credentials(s)
     bind = f"{s.host}:{s.port}"
     try:
@@ -177,6 +233,10 @@ async def start_service(service: Service, *, ready: bool = True) -> RunningServe
     host = "localhost" if s.host in ("[::]", "0.0.0.0", "") else s.host
     service.address = s.advertise_address or f"{host}:{port}"
     artifacts.advertise = service.address
+    swept = service.store.sweep_tmp()
+    if swept:
+        log.info("%s: removed %d stale temp entr%s from the store's tmp/", service.name, swept,
+                 "y" if swept == 1 else "ies")
     running = RunningServer(service, server, port, health_servicer, names)
     await running.set_serving(False)
     await server.start()
@@ -198,7 +258,7 @@ async def serve(service: Service) -> int:
     if s.metrics_port >= 0:
         from modelport.runtime.metrics import start_metrics_server
 
-        running.metrics_port = start_metrics_server(s.metrics_port)
+        running.metrics_port = start_metrics_server(s.metrics_port, metrics_bind(s))
         log.info("metrics on http://%s:%d/metrics", socket.gethostname(), running.metrics_port)
     startup = asyncio.ensure_future(service.startup())
     done, _ = await asyncio.wait({startup, asyncio.ensure_future(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
@@ -222,4 +282,26 @@ def run_service(service_cls: type[Service], settings_cls: type[ServiceSettings],
     """Process entry point for ``modelport-<service>`` and ``python -m <svc>``."""
     settings = parse_settings(settings_cls, argv, prog=prog)
     setup_logging(settings.log_level, settings.log_json)
-    return asyncio.run(serve(service_cls(settings)))
+    # The settings hold what they need: tokens and key paths leave the environment every child
+    # process (workers that may run model code, converter bridges) would inherit.
+    removed = scrub_environment()
+    if removed:
+        log.info("removed %s from the environment children inherit", ", ".join(sorted(removed)))
+    return event_loop_runner(settings.event_loop)(serve(service_cls(settings)))
+
+
+def event_loop_runner(choice: str) -> Callable:
+    """``asyncio.run`` or ``uvloop.run`` for the ``event_loop`` setting (auto: uvloop when installed)."""
+    choice = (choice or "auto").lower()
+    if choice not in ("auto", "uvloop", "asyncio"):
+        raise ValueError(f"unknown event_loop {choice!r}; use auto, uvloop or asyncio")
+    if choice == "asyncio":
+        return asyncio.run
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ValueError("event_loop uvloop: uvloop is not installed; pip install uvloop, or use "
+                             "--event-loop asyncio") from None
+        return asyncio.run
+    return uvloop.run

@@ -26,7 +26,7 @@ from modelport.v1 import artifacts_pb2 as modelport_dot_v1_dot_artifacts__pb2
 from modelport.v1 import jobs_pb2 as modelport_dot_v1_dot_jobs__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmodelport/v1/converter.proto\x12\x0cmodelport.v1\x1a\x1cmodelport/v1/artifacts.proto\x1a\x17modelport/v1/jobs.proto\"\x92\x01\n\rParityOptions\x12*\n\x07samples\x18\x01 \x01(\x0b\x32\x19.modelport.v1.ArtifactRef\x12\x13\n\x0bnum_samples\x18\x02 \x01(\x05\x12\x0c\n\x04rtol\x18\x03 \x01(\x01\x12\x0c\n\x04\x61tol\x18\x04 \x01(\x01\x12\x16\n\x0e\x61llow_mismatch\x18\x05 \x01(\x08\x12\x0c\n\x04seed\x18\x06 \x01(\x03\"\xc3\x01\n\x0e\x43onvertRequest\x12)\n\x06source\x18\x01 \x01(\x0b\x32\x19.modelport.v1.ArtifactRef\x12\x15\n\rtarget_format\x18\x02 \x01(\t\x12\r\n\x05opset\x18\x03 \x01(\x05\x12+\n\x06parity\x18\x04 \x01(\x0b\x32\x1b.modelport.v1.ParityOptions\x12\x19\n\x11trust_remote_code\x18\x05 \x01(\x08\x12\x18\n\x10\x66ixed_batch_size\x18\x06 \x01(\x05\"X\n\x0eInspectRequest\x12+\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x19.modelport.v1.ArtifactRef\x12\x19\n\x11trust_remote_code\x18\x02 \x01(\x08\x32\x90\x01\n\tConverter\x12\x41\n\x07\x43onvert\x12\x1c.modelport.v1.ConvertRequest\x1a\x16.modelport.v1.JobEvent0\x01\x12@\n\x07Inspect\x12\x1c.modelport.v1.InspectRequest\x1a\x17.modelport.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmodelport/v1/converter.proto\x12\x0cmodelport.v1\x1a\x1cmodelport/v1/artifacts.proto\x1a\x17modelport/v1/jobs.proto\"\xf5\x01\n\rParityOptions\x12*\n\x07samples\x18\x01 \x01(\x0b\x32\x19.modelport.v1.ArtifactRef\x12\x13\n\x0bnum_samples\x18\x02 \x01(\x05\x12\x0c\n\x04rtol\x18\x03 \x01(\x01\x12\x0c\n\x04\x61tol\x18\x04 \x01(\x01\x12\x16\n\x0e\x61llow_mismatch\x18\x05 \x01(\x08\x12\x0c\n\x04seed\x18\x06 \x01(\x03\x12\x17\n\x0fquant_max_steps\x18\x07 \x01(\x01\x12\x18\n\x10quant_mean_steps\x18\x08 \x01(\x01\x12\x12\n\nmin_cosine\x18\t \x01(\x01\x12\x1a\n\x12min_topk_agreement\x18\n \x01(\x01\"\xc3\x01\n\x0e\x43onvertRequest\x12)\n\x06source\x18\x01 \x01(\x0b\x32\x19.modelport.v1.ArtifactRef\x12\x15\n\rtarget_format\x18\x02 \x01(\t\x12\r\n\x05opset\x18\x03 \x01(\x05\x12+\n\x06parity\x18\x04 \x01(\x0b\x32\x1b.modelport.v1.ParityOptions\x12\x19\n\x11trust_remote_code\x18\x05 \x01(\x08\x12\x18\n\x10\x66ixed_batch_size\x18\x06 \x01(\x05\"X\n\x0eInspectRequest\x12+\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x19.modelport.v1.ArtifactRef\x12\x19\n\x11trust_remote_code\x18\x02 \x01(\x08\x32\x90\x01\n\tConverter\x12\x41\n\x07\x43onvert\x12\x1c.modelport.v1.ConvertRequest\x1a\x16.modelport.v1.JobEvent0\x01\x12@\n\x07Inspect\x12\x1c.modelport.v1.InspectRequest\x1a\x17.modelport.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,11 +34,11 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'modelport.v1.converter_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PARITYOPTIONS']._serialized_start=102
-  _globals['_PARITYOPTIONS']._serialized_end=248
-  _globals['_CONVERTREQUEST']._serialized_start=251
-  _globals['_CONVERTREQUEST']._serialized_end=446
-  _globals['_INSPECTREQUEST']._serialized_start=448
-  _globals['_INSPECTREQUEST']._serialized_end=536
-  _globals['_CONVERTER']._serialized_start=539
-  _globals['_CONVERTER']._serialized_end=683
+  _globals['_PARITYOPTIONS']._serialized_end=347
+  _globals['_CONVERTREQUEST']._serialized_start=350
+  _globals['_CONVERTREQUEST']._serialized_end=545
+  _globals['_INSPECTREQUEST']._serialized_start=547
+  _globals['_INSPECTREQUEST']._serialized_end=635
+  _globals['_CONVERTER']._serialized_start=638
+  _globals['_CONVERTER']._serialized_end=782
 # @@protoc_insertion_point(module_scope)

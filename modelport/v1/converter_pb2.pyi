@@ -8,20 +8,28 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ParityOptions(_message.Message):
-    __slots__ = ("samples", "num_samples", "rtol", "atol", "allow_mismatch", "seed")
+    __slots__ = ("samples", "num_samples", "rtol", "atol", "allow_mismatch", "seed", "quant_max_steps", "quant_mean_steps", "min_cosine", "min_topk_agreement")
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     RTOL_FIELD_NUMBER: _ClassVar[int]
     ATOL_FIELD_NUMBER: _ClassVar[int]
     ALLOW_MISMATCH_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    QUANT_MAX_STEPS_FIELD_NUMBER: _ClassVar[int]
+    QUANT_MEAN_STEPS_FIELD_NUMBER: _ClassVar[int]
+    MIN_COSINE_FIELD_NUMBER: _ClassVar[int]
+    MIN_TOPK_AGREEMENT_FIELD_NUMBER: _ClassVar[int]
     samples: _artifacts_pb2.ArtifactRef
     num_samples: int
     rtol: float
     atol: float
     allow_mismatch: bool
     seed: int
-    def __init__(self, samples: _Optional[_Union[_artifacts_pb2.ArtifactRef, _Mapping]] = ..., num_samples: _Optional[int] = ..., rtol: _Optional[float] = ..., atol: _Optional[float] = ..., allow_mismatch: _Optional[bool] = ..., seed: _Optional[int] = ...) -> None: ...
+    quant_max_steps: float
+    quant_mean_steps: float
+    min_cosine: float
+    min_topk_agreement: float
+    def __init__(self, samples: _Optional[_Union[_artifacts_pb2.ArtifactRef, _Mapping]] = ..., num_samples: _Optional[int] = ..., rtol: _Optional[float] = ..., atol: _Optional[float] = ..., allow_mismatch: _Optional[bool] = ..., seed: _Optional[int] = ..., quant_max_steps: _Optional[float] = ..., quant_mean_steps: _Optional[float] = ..., min_cosine: _Optional[float] = ..., min_topk_agreement: _Optional[float] = ...) -> None: ...
 
 class ConvertRequest(_message.Message):
     __slots__ = ("source", "target_format", "opset", "parity", "trust_remote_code", "fixed_batch_size")

@@ -45,36 +45,64 @@ class ModelInfo(_message.Message):
     def __init__(self, format: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., opset: _Optional[int] = ..., producer: _Optional[str] = ..., size_bytes: _Optional[int] = ..., parameter_count: _Optional[int] = ..., details: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class OutputParity(_message.Message):
-    __slots__ = ("name", "max_abs_diff", "max_rel_diff", "allclose", "nan_or_inf", "top1_agreement")
+    __slots__ = ("name", "max_abs_diff", "max_rel_diff", "allclose", "nan_or_inf", "top1_agreement", "cosine", "topk_agreement", "top_k", "quant_scale", "quant_zero_point", "max_diff_steps", "mean_diff_steps", "passed", "judged_by", "quant_source")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MAX_ABS_DIFF_FIELD_NUMBER: _ClassVar[int]
     MAX_REL_DIFF_FIELD_NUMBER: _ClassVar[int]
     ALLCLOSE_FIELD_NUMBER: _ClassVar[int]
     NAN_OR_INF_FIELD_NUMBER: _ClassVar[int]
     TOP1_AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    COSINE_FIELD_NUMBER: _ClassVar[int]
+    TOPK_AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    QUANT_SCALE_FIELD_NUMBER: _ClassVar[int]
+    QUANT_ZERO_POINT_FIELD_NUMBER: _ClassVar[int]
+    MAX_DIFF_STEPS_FIELD_NUMBER: _ClassVar[int]
+    MEAN_DIFF_STEPS_FIELD_NUMBER: _ClassVar[int]
+    PASSED_FIELD_NUMBER: _ClassVar[int]
+    JUDGED_BY_FIELD_NUMBER: _ClassVar[int]
+    QUANT_SOURCE_FIELD_NUMBER: _ClassVar[int]
     name: str
     max_abs_diff: float
     max_rel_diff: float
     allclose: bool
     nan_or_inf: bool
     top1_agreement: float
-    def __init__(self, name: _Optional[str] = ..., max_abs_diff: _Optional[float] = ..., max_rel_diff: _Optional[float] = ..., allclose: _Optional[bool] = ..., nan_or_inf: _Optional[bool] = ..., top1_agreement: _Optional[float] = ...) -> None: ...
+    cosine: float
+    topk_agreement: float
+    top_k: int
+    quant_scale: float
+    quant_zero_point: int
+    max_diff_steps: float
+    mean_diff_steps: float
+    passed: bool
+    judged_by: str
+    quant_source: str
+    def __init__(self, name: _Optional[str] = ..., max_abs_diff: _Optional[float] = ..., max_rel_diff: _Optional[float] = ..., allclose: _Optional[bool] = ..., nan_or_inf: _Optional[bool] = ..., top1_agreement: _Optional[float] = ..., cosine: _Optional[float] = ..., topk_agreement: _Optional[float] = ..., top_k: _Optional[int] = ..., quant_scale: _Optional[float] = ..., quant_zero_point: _Optional[int] = ..., max_diff_steps: _Optional[float] = ..., mean_diff_steps: _Optional[float] = ..., passed: _Optional[bool] = ..., judged_by: _Optional[str] = ..., quant_source: _Optional[str] = ...) -> None: ...
 
 class ParityReport(_message.Message):
-    __slots__ = ("outputs", "passed", "rtol", "atol", "samples", "inputs_source")
+    __slots__ = ("outputs", "passed", "rtol", "atol", "samples", "inputs_source", "quant_max_steps", "quant_mean_steps", "min_cosine", "min_topk_agreement")
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     PASSED_FIELD_NUMBER: _ClassVar[int]
     RTOL_FIELD_NUMBER: _ClassVar[int]
     ATOL_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
     INPUTS_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    QUANT_MAX_STEPS_FIELD_NUMBER: _ClassVar[int]
+    QUANT_MEAN_STEPS_FIELD_NUMBER: _ClassVar[int]
+    MIN_COSINE_FIELD_NUMBER: _ClassVar[int]
+    MIN_TOPK_AGREEMENT_FIELD_NUMBER: _ClassVar[int]
     outputs: _containers.RepeatedCompositeFieldContainer[OutputParity]
     passed: bool
     rtol: float
     atol: float
     samples: int
     inputs_source: str
-    def __init__(self, outputs: _Optional[_Iterable[_Union[OutputParity, _Mapping]]] = ..., passed: _Optional[bool] = ..., rtol: _Optional[float] = ..., atol: _Optional[float] = ..., samples: _Optional[int] = ..., inputs_source: _Optional[str] = ...) -> None: ...
+    quant_max_steps: float
+    quant_mean_steps: float
+    min_cosine: float
+    min_topk_agreement: float
+    def __init__(self, outputs: _Optional[_Iterable[_Union[OutputParity, _Mapping]]] = ..., passed: _Optional[bool] = ..., rtol: _Optional[float] = ..., atol: _Optional[float] = ..., samples: _Optional[int] = ..., inputs_source: _Optional[str] = ..., quant_max_steps: _Optional[float] = ..., quant_mean_steps: _Optional[float] = ..., min_cosine: _Optional[float] = ..., min_topk_agreement: _Optional[float] = ...) -> None: ...
 
 class ConvertResult(_message.Message):
     __slots__ = ("artifact", "info", "parity", "source_info", "seconds")

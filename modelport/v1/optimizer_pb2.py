@@ -26,7 +26,7 @@ from modelport.v1 import artifacts_pb2 as modelport_dot_v1_dot_artifacts__pb2
 from modelport.v1 import jobs_pb2 as modelport_dot_v1_dot_jobs__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmodelport/v1/optimizer.proto\x12\x0cmodelport.v1\x1a\x1cmodelport/v1/artifacts.proto\x1a\x17modelport/v1/jobs.proto\"4\n\x0e\x41\x63\x63uracyBudget\x12\x10\n\x08max_drop\x18\x01 \x01(\x01\x12\x10\n\x08relative\x18\x02 \x01(\x08\"\x8e\x04\n\x0fOptimizeRequest\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.modelport.v1.ArtifactRef\x12\x12\n\ntechniques\x18\x02 \x03(\t\x12 \n\x04goal\x18\x03 \x01(\x0e\x32\x12.modelport.v1.Goal\x12,\n\x06\x62udget\x18\x04 \x01(\x0b\x32\x1c.modelport.v1.AccuracyBudget\x12\x33\n\x10\x63\x61libration_data\x18\x05 \x01(\x0b\x32\x19.modelport.v1.ArtifactRef\x12-\n\ntrain_data\x18\x06 \x01(\x0b\x32\x19.modelport.v1.ArtifactRef\x12,\n\teval_data\x18\x07 \x01(\x0b\x32\x19.modelport.v1.ArtifactRef\x12\x1a\n\x12\x65xecution_provider\x18\x08 \x01(\t\x12\x0f\n\x07threads\x18\t \x01(\x05\x12;\n\x07options\x18\n \x03(\x0b\x32*.modelport.v1.OptimizeRequest.OptionsEntry\x12*\n\x07student\x18\x0b \x01(\x0b\x32\x19.modelport.v1.ArtifactRef\x12\x15\n\routput_format\x18\x0c \x01(\t\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*=\n\x04Goal\x12\x14\n\x10GOAL_UNSPECIFIED\x10\x00\x12\x10\n\x0cGOAL_LATENCY\x10\x01\x12\r\n\tGOAL_SIZE\x10\x02\x32P\n\tOptimizer\x12\x43\n\x08Optimize\x12\x1d.modelport.v1.OptimizeRequest\x1a\x16.modelport.v1.JobEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmodelport/v1/optimizer.proto\x12\x0cmodelport.v1\x1a\x1cmodelport/v1/artifacts.proto\x1a\x17modelport/v1/jobs.proto\"4\n\x0e\x41\x63\x63uracyBudget\x12\x10\n\x08max_drop\x18\x01 \x01(\x01\x12\x10\n\x08relative\x18\x02 \x01(\x08\"\xa9\x04\n\x0fOptimizeRequest\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.modelport.v1.ArtifactRef\x12\x12\n\ntechniques\x18\x02 \x03(\t\x12 \n\x04goal\x18\x03 \x01(\x0e\x32\x12.modelport.v1.Goal\x12,\n\x06\x62udget\x18\x04 \x01(\x0b\x32\x1c.modelport.v1.AccuracyBudget\x12\x33\n\x10\x63\x61libration_data\x18\x05 \x01(\x0b\x32\x19.modelport.v1.ArtifactRef\x12-\n\ntrain_data\x18\x06 \x01(\x0b\x32\x19.modelport.v1.ArtifactRef\x12,\n\teval_data\x18\x07 \x01(\x0b\x32\x19.modelport.v1.ArtifactRef\x12\x1a\n\x12\x65xecution_provider\x18\x08 \x01(\t\x12\x0f\n\x07threads\x18\t \x01(\x05\x12;\n\x07options\x18\n \x03(\x0b\x32*.modelport.v1.OptimizeRequest.OptionsEntry\x12*\n\x07student\x18\x0b \x01(\x0b\x32\x19.modelport.v1.ArtifactRef\x12\x15\n\routput_format\x18\x0c \x01(\t\x12\x19\n\x11trust_remote_code\x18\r \x01(\x08\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*=\n\x04Goal\x12\x14\n\x10GOAL_UNSPECIFIED\x10\x00\x12\x10\n\x0cGOAL_LATENCY\x10\x01\x12\r\n\tGOAL_SIZE\x10\x02\x32P\n\tOptimizer\x12\x43\n\x08Optimize\x12\x1d.modelport.v1.OptimizeRequest\x1a\x16.modelport.v1.JobEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,14 +35,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_OPTIMIZEREQUEST_OPTIONSENTRY']._loaded_options = None
   _globals['_OPTIMIZEREQUEST_OPTIONSENTRY']._serialized_options = b'8\001'
-  _globals['_GOAL']._serialized_start=684
-  _globals['_GOAL']._serialized_end=745
+  _globals['_GOAL']._serialized_start=711
+  _globals['_GOAL']._serialized_end=772
   _globals['_ACCURACYBUDGET']._serialized_start=101
   _globals['_ACCURACYBUDGET']._serialized_end=153
   _globals['_OPTIMIZEREQUEST']._serialized_start=156
-  _globals['_OPTIMIZEREQUEST']._serialized_end=682
-  _globals['_OPTIMIZEREQUEST_OPTIONSENTRY']._serialized_start=636
-  _globals['_OPTIMIZEREQUEST_OPTIONSENTRY']._serialized_end=682
-  _globals['_OPTIMIZER']._serialized_start=747
-  _globals['_OPTIMIZER']._serialized_end=827
+  _globals['_OPTIMIZEREQUEST']._serialized_end=709
+  _globals['_OPTIMIZEREQUEST_OPTIONSENTRY']._serialized_start=663
+  _globals['_OPTIMIZEREQUEST_OPTIONSENTRY']._serialized_end=709
+  _globals['_OPTIMIZER']._serialized_start=774
+  _globals['_OPTIMIZER']._serialized_end=854
 # @@protoc_insertion_point(module_scope)

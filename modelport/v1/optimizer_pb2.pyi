@@ -27,7 +27,7 @@ class AccuracyBudget(_message.Message):
     def __init__(self, max_drop: _Optional[float] = ..., relative: _Optional[bool] = ...) -> None: ...
 
 class OptimizeRequest(_message.Message):
-    __slots__ = ("model", "techniques", "goal", "budget", "calibration_data", "train_data", "eval_data", "execution_provider", "threads", "options", "student", "output_format")
+    __slots__ = ("model", "techniques", "goal", "budget", "calibration_data", "train_data", "eval_data", "execution_provider", "threads", "options", "student", "output_format", "trust_remote_code")
     class OptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +47,7 @@ class OptimizeRequest(_message.Message):
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     STUDENT_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    TRUST_REMOTE_CODE_FIELD_NUMBER: _ClassVar[int]
     model: _artifacts_pb2.ArtifactRef
     techniques: _containers.RepeatedScalarFieldContainer[str]
     goal: Goal
@@ -59,4 +60,5 @@ class OptimizeRequest(_message.Message):
     options: _containers.ScalarMap[str, str]
     student: _artifacts_pb2.ArtifactRef
     output_format: str
-    def __init__(self, model: _Optional[_Union[_artifacts_pb2.ArtifactRef, _Mapping]] = ..., techniques: _Optional[_Iterable[str]] = ..., goal: _Optional[_Union[Goal, str]] = ..., budget: _Optional[_Union[AccuracyBudget, _Mapping]] = ..., calibration_data: _Optional[_Union[_artifacts_pb2.ArtifactRef, _Mapping]] = ..., train_data: _Optional[_Union[_artifacts_pb2.ArtifactRef, _Mapping]] = ..., eval_data: _Optional[_Union[_artifacts_pb2.ArtifactRef, _Mapping]] = ..., execution_provider: _Optional[str] = ..., threads: _Optional[int] = ..., options: _Optional[_Mapping[str, str]] = ..., student: _Optional[_Union[_artifacts_pb2.ArtifactRef, _Mapping]] = ..., output_format: _Optional[str] = ...) -> None: ...
+    trust_remote_code: bool
+    def __init__(self, model: _Optional[_Union[_artifacts_pb2.ArtifactRef, _Mapping]] = ..., techniques: _Optional[_Iterable[str]] = ..., goal: _Optional[_Union[Goal, str]] = ..., budget: _Optional[_Union[AccuracyBudget, _Mapping]] = ..., calibration_data: _Optional[_Union[_artifacts_pb2.ArtifactRef, _Mapping]] = ..., train_data: _Optional[_Union[_artifacts_pb2.ArtifactRef, _Mapping]] = ..., eval_data: _Optional[_Union[_artifacts_pb2.ArtifactRef, _Mapping]] = ..., execution_provider: _Optional[str] = ..., threads: _Optional[int] = ..., options: _Optional[_Mapping[str, str]] = ..., student: _Optional[_Union[_artifacts_pb2.ArtifactRef, _Mapping]] = ..., output_format: _Optional[str] = ..., trust_remote_code: _Optional[bool] = ...) -> None: ...

@@ -1,0 +1,105 @@
+"""The base of the services that run jobs in worker processes (converter, optimizer).
+
+A ``JobService`` owns the worker pool, the job cache and the shared job settings; a subclass
+supplies only its plan: how a request becomes a ``Job`` (key, worker function, arguments) and
+which tool versions its results depend on. ``run`` streams the job's ``JobEvent``s (a cached
+result at once), and every ``ArtifactRef`` in the result names this service as its origin.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar
+
+from google.protobuf.message import Message
+from pydantic import model_validator
+
+from modelport.runtime.job_cache import Job, JobCache, tool_versions
+from modelport.runtime.job_events import job_events
+from modelport.runtime.server import Service
+from modelport.runtime.settings import ServiceSettings
+from modelport.runtime.workers import WorkerPool
+from modelport.v1 import artifacts_pb2, jobs_pb2
+
+
+class JobServiceSettings(ServiceSettings):
+    """Settings every job service has (one name per setting across services)."""
+
+    max_concurrent_jobs: int = 1
+    """Jobs running at once (one worker process each); further jobs queue and say so."""
+    job_timeout_s: float = 1800.0
+    """Per-job limit in seconds; a job past it is stopped (DEADLINE_EXCEEDED)."""
+    worker_max_jobs: int = 1
+    """Jobs a worker runs before it exits and a warm spare replaces it (memory goes back); 0 = reuse
+    forever. ``max_jobs_per_worker`` (and its environment name) is the old optimizer name, still accepted."""
+    warm_workers: int = 1
+    """Workers started (their libraries pre-imported) before the service reports SERVING."""
+    allow_remote_code: bool = False
+    """Let requests with trust_remote_code=true run a model's own Python code (Keras Lambda layers, custom
+    objects, SavedModel graphs that read or write files). Off: such requests get PERMISSION_DENIED whatever
+    they ask. Turn it on only for a service that converts models from trusted sources."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data: Any) -> Any:
+        """Accept the old name ``max_jobs_per_worker`` (keyword or ``<PREFIX>MAX_JOBS_PER_WORKER``)."""
+        if not isinstance(data, dict):
+            return data
+        old = data.pop("max_jobs_per_worker", None)
+        if old is None:
+            prefix = str(cls.model_config.get("env_prefix", "")).upper()
+            old = next((v for k, v in os.environ.items() if k.upper() == f"{prefix}MAX_JOBS_PER_WORKER"), None)
+        if old is not None and "worker_max_jobs" not in data:
+            data["worker_max_jobs"] = old
+        return data
+
+
+def stamp_origin(msg: Message, origin: str) -> None:
+    """Set ``origin`` on every ArtifactRef with a digest inside ``msg`` (cached results too)."""
+    for fd, value in msg.ListFields():
+        values = value if fd.is_repeated else [value]
+        if fd.message_type is None:
+            continue
+        for v in values:
+            if isinstance(v, artifacts_pb2.ArtifactRef):
+                if v.digest:
+                    v.origin = origin
+            elif isinstance(v, Message):
+                stamp_origin(v, origin)
+
+
+class JobService(Service):
+    """A service whose work runs as jobs in worker processes; subclasses set the class attributes."""
+
+    settings: JobServiceSettings
+    worker_env: ClassVar[dict[str, str]] = {}
+    """Environment of the worker processes (on top of the scrubbed parent environment)."""
+    worker_preload: ClassVar[tuple[str, ...]] = ()
+    """Modules each worker imports before it reports ready, so jobs start warm."""
+    tool_packages: ClassVar[tuple[str, ...]] = ()
+    """Distributions whose versions are part of every job key."""
+    job_version: ClassVar[str] = "1"
+    """Bump when this service's job code changes its results (invalidates cached jobs)."""
+    result_field: ClassVar[str] = ""
+    """The ``JobEvent`` field the final result travels in."""
+
+    def __init__(self, settings: JobServiceSettings):
+        super().__init__(settings)
+        self.cache = JobCache(self.store.root)
+        self.pool = WorkerPool(size=settings.max_concurrent_jobs, env=dict(self.worker_env),
+                               preload=self.worker_preload, max_jobs_per_worker=settings.worker_max_jobs,
+                               name=f"{self.name}-worker")
+        self.versions = {f"modelport-{self.name}": self.job_version, **tool_versions(self.tool_packages)}
+
+    async def startup(self) -> None:
+        await self.pool.start(warm=self.settings.warm_workers)
+
+    async def shutdown(self) -> None:
+        await self.pool.close()
+
+    def run(self, job: Job) -> AsyncIterator[jobs_pb2.JobEvent]:
+        """The JobEvents of ``job``: queued, progress, then the result (or an error and the RPC fails)."""
+        return job_events(pool=self.pool, cache=self.cache, store=self.store, key=job.key, func=job.func,
+                          kwargs=job.kwargs, result_field=self.result_field, timeout=self.settings.job_timeout_s,
+                          finish_result=lambda result: stamp_origin(result, self.address))
