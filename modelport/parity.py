@@ -105,6 +105,12 @@ def _topk_agreement(r: np.ndarray, c: np.ndarray, k: int) -> float:
     return float(np.mean(c[np.arange(len(c)), top] >= kth))
 
 
+# Outputs larger than this many elements are compared in slices of samples (first axis): the comparison
+# holds several float64 temporaries of the output's size, and a language model's logits for 8 samples of
+# 128 tokens are 33M elements (2 GB of temporaries at once otherwise).
+CHUNK_ELEMENTS = 1 << 21
+
+
 def compare_output(name: str, ref: np.ndarray, cand: np.ndarray, rtol: float, atol: float,
                    quant: Quantization | None = None, tol: QuantTolerances | None = None) -> jobs_pb2.OutputParity:
     """Parity of one output (``cand`` is reshaped to ``ref``'s shape when only the shape differs).
@@ -114,6 +120,44 @@ def compare_output(name: str, ref: np.ndarray, cand: np.ndarray, rtol: float, at
     ref = np.asarray(ref)
     cand = np.asarray(cand)
     tol = tol or QuantTolerances()
+    if ref.ndim >= 2 and ref.shape == cand.shape and ref.size > CHUNK_ELEMENTS and ref.shape[0] > 1 \
+            and ref.dtype.kind in "fiub" and cand.dtype.kind in "fiub":
+        return _compare_in_slices(name, ref, cand, rtol, atol, quant, tol)
+    return _compare_whole(name, ref, cand, rtol, atol, quant, tol)
+
+
+def _compare_in_slices(name: str, ref: np.ndarray, cand: np.ndarray, rtol: float, atol: float,
+                       quant: Quantization | None, tol: QuantTolerances) -> jobs_pb2.OutputParity:
+    """``_compare_whole`` over slices of samples, merged: every figure is a max, min, any, all or an
+    element-weighted mean over samples, so the result is the whole comparison's, with bounded temporaries."""
+    rows = max(1, CHUNK_ELEMENTS // max(1, ref[0].size))
+    starts = range(0, ref.shape[0], rows)
+    parts = [_compare_whole(name, ref[i:i + rows], cand[i:i + rows], rtol, atol, quant, tol) for i in starts]
+    weights = [min(rows, ref.shape[0] - i) for i in starts]
+    total = sum(weights)
+    out = jobs_pb2.OutputParity()
+    out.CopyFrom(parts[0])
+    out.max_abs_diff = max(p.max_abs_diff for p in parts)
+    out.max_rel_diff = max(p.max_rel_diff for p in parts)
+    out.nan_or_inf = any(p.nan_or_inf for p in parts)
+    out.allclose = all(p.allclose for p in parts)
+    out.cosine = min(p.cosine for p in parts)
+    classifier = ref.ndim == 2 and ref.shape[-1] > 1
+    if classifier:
+        out.top1_agreement = sum(p.top1_agreement * w for p, w in zip(parts, weights, strict=True)) / total
+        out.topk_agreement = sum(p.topk_agreement * w for p, w in zip(parts, weights, strict=True)) / total
+    if out.judged_by != "quantized":
+        out.passed = out.allclose
+        return out
+    out.max_diff_steps = max(p.max_diff_steps for p in parts)
+    out.mean_diff_steps = sum(p.mean_diff_steps * w for p, w in zip(parts, weights, strict=True)) / total
+    out.passed = (not out.nan_or_inf and out.max_diff_steps <= tol.max_steps and out.mean_diff_steps <= tol.mean_steps
+                  and out.cosine >= tol.min_cosine and (not classifier or out.topk_agreement >= tol.min_topk_agreement))
+    return out
+
+
+def _compare_whole(name: str, ref: np.ndarray, cand: np.ndarray, rtol: float, atol: float,
+                   quant: Quantization | None, tol: QuantTolerances) -> jobs_pb2.OutputParity:
     out = jobs_pb2.OutputParity(name=name, top1_agreement=-1.0, topk_agreement=-1.0, cosine=1.0, judged_by="allclose")
     if ref.dtype.kind in "OSU" or cand.dtype.kind in "OSU":
         same = ref.shape == cand.shape and bool(np.all(ref == cand))

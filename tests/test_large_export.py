@@ -284,8 +284,9 @@ def test_nested_function_layer_is_inlined(tmp_path):
 
 # ---- the lean .keras loader -------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("ext", ["keras", "h5"])
 @pytest.mark.parametrize("builder", ["conv_net", "attention_net", "recurrent_net", "multi_io"])
-def test_lean_keras_load_equals_keras(builder, tmp_path, monkeypatch):
+def test_lean_keras_load_equals_keras(builder, ext, tmp_path, monkeypatch):
     import keras
 
     from modelport.conversion import keras_lean_load
@@ -293,7 +294,8 @@ def test_lean_keras_load_equals_keras(builder, tmp_path, monkeypatch):
     monkeypatch.setattr(keras_lean_load, "LAZY_MIN_BYTES", 1)  # every array dataset takes the block path
     monkeypatch.setattr(keras_lean_load, "BLOCK_BYTES", 64)  # and several blocks
     model = _randomize(BUILDERS[builder]())
-    path = tf_models.save_keras(model, tmp_path / "m.keras")
+    path = tmp_path / f"m.{ext}"
+    model.save(str(path))
     lean = keras_lean_load.load_keras_lean(str(path), safe_mode=True)
     plain = keras.saving.load_model(str(path), compile=False)
     # Dropout's seed generators are not in the weights file (both loads draw one; it only matters when

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import tarfile
 
+import numpy as np
 import pytest
 
 from modelport import memory
@@ -75,3 +76,41 @@ def test_weight_bytes_of_keras_h5_savedmodel_and_onnx(tmp_path):
     onnx.save_model(proto, str(tmp_path / "one.onnx"))
     assert memory.weight_bytes(tmp_path / "one.onnx", "onnx") == expected
     assert memory.weight_bytes(tmp_path / "missing.keras", "keras") == 0
+
+
+@pytest.mark.parametrize("shape", [(37, 50), (9, 7, 11)])
+def test_parity_in_slices_equals_the_whole_comparison(shape, monkeypatch):
+    from modelport import parity
+
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal(shape).astype("float32")
+    cand = ref + rng.normal(0, 1e-4, ref.shape).astype("float32")
+    cand[5, 3] = ref[5, 3] + 0.5  # one clear outlier, in one slice only
+    whole = parity.compare_output("y", ref, cand, 1e-3, 1e-4)
+    monkeypatch.setattr(parity, "CHUNK_ELEMENTS", 150)  # a few samples per slice
+    sliced = parity.compare_output("y", ref, cand, 1e-3, 1e-4)
+    for field in ("max_abs_diff", "max_rel_diff", "allclose", "nan_or_inf", "cosine", "passed", "judged_by",
+                  "top_k"):
+        assert getattr(sliced, field) == getattr(whole, field), field
+    assert sliced.top1_agreement == pytest.approx(whole.top1_agreement)
+    assert sliced.topk_agreement == pytest.approx(whole.topk_agreement)
+    assert not sliced.passed and sliced.cosine < 1.0
+    cand[7, 1] = np.nan
+    assert parity.compare_output("y", ref, cand, 1e-3, 1e-4).nan_or_inf
+
+
+def test_quantized_parity_in_slices_equals_the_whole_comparison(monkeypatch):
+    from modelport import parity
+
+    rng = np.random.default_rng(1)
+    ref = rng.integers(-128, 128, (40, 10)).astype("int8")
+    cand = np.clip(ref.astype(int) + rng.integers(-2, 3, ref.shape), -128, 127).astype("int8")
+    q = parity.Quantization(scale=0.05, zero_point=3, source="test")
+    whole = parity.compare_output("q", ref, cand, 1e-3, 1e-4, q)
+    monkeypatch.setattr(parity, "CHUNK_ELEMENTS", 60)
+    sliced = parity.compare_output("q", ref, cand, 1e-3, 1e-4, q)
+    assert sliced.judged_by == whole.judged_by == "quantized"
+    for field in ("max_abs_diff", "max_diff_steps", "cosine", "passed", "quant_scale", "quant_zero_point"):
+        assert getattr(sliced, field) == pytest.approx(getattr(whole, field)), field
+    assert sliced.mean_diff_steps == pytest.approx(whole.mean_diff_steps)
+    assert sliced.topk_agreement == pytest.approx(whole.topk_agreement)

@@ -1,4 +1,4 @@
-"""Load a large Keras 3 ``.keras`` file holding about one copy of its weights, not three.
+"""Load a large Keras ``.keras`` or legacy ``.h5`` file holding about one copy of its weights, not three.
 
 ``keras.saving.load_model`` builds the model with every variable randomly initialized, reads each weight
 from HDF5 into a numpy array, converts that to a TensorFlow tensor (which TensorFlow copies twice for a
@@ -8,7 +8,7 @@ one ``load_model`` call:
 
 - the model is built inside a Keras ``StatelessScope``, so its variables are created uninitialized
   (Keras' own deferred initialization) instead of filled with random values;
-- the weights file is extracted to disk rather than read into memory;
+- the weights file is extracted to disk rather than read into memory (``.keras``);
 - a large HDF5 dataset is handed to ``Variable.assign`` as the dataset itself, and read block by block
   (16 MiB at a time) into a buffer that becomes the variable's (see ``_from_dataset``): at most the
   weights plus one extra copy of the largest tensor at once.
@@ -64,9 +64,12 @@ def _patched():
     from keras.src.backend.common import global_state
     from keras.src.backend.common import variables as kvars
     from keras.src.backend.common.stateless_scope import StatelessScope, in_stateless_scope
+    from keras.src.legacy.saving import legacy_h5_format, saving_utils
     from keras.src.saving import saving_lib
 
     orig_from_config = saving_lib._model_from_config
+    orig_legacy_from_config = saving_utils.model_from_config
+    orig_subset = legacy_h5_format.load_subset_weights_from_hdf5_group
     orig_getitem = saving_lib.H5IOStore.__getitem__
     orig_assign = kvars.Variable.assign
     orig_sufficient = saving_lib.is_memory_sufficient
@@ -74,6 +77,20 @@ def _patched():
     def model_from_config(*args, **kwargs):
         with StatelessScope(initialize_variables=False):  # left uninitialized until their weights arrive
             return orig_from_config(*args, **kwargs)
+
+    def legacy_model_from_config(*args, **kwargs):
+        with StatelessScope(initialize_variables=False):
+            return orig_legacy_from_config(*args, **kwargs)
+
+    def legacy_subset(group):  # legacy .h5: the datasets themselves for large weights, arrays otherwise
+        names = legacy_h5_format.load_attributes_from_hdf5_group(group, "weight_names")
+        out = []
+        for name in names:
+            ds = group[name]
+            big = isinstance(ds, h5py.Dataset) and ds.ndim >= 1 and "dtype" not in ds.attrs \
+                and ds.size * ds.dtype.itemsize >= LAZY_MIN_BYTES
+            out.append(ds if big else np.asarray(ds))
+        return out
 
     def getitem(self, key):
         value = saving_lib.safe_get_h5_dataset(self._h5_entry_group, key) \
@@ -101,6 +118,8 @@ def _patched():
         return self._value
 
     saving_lib._model_from_config = model_from_config
+    saving_utils.model_from_config = legacy_model_from_config
+    legacy_h5_format.load_subset_weights_from_hdf5_group = legacy_subset
     saving_lib.H5IOStore.__getitem__ = getitem
     kvars.Variable.assign = assign
     saving_lib.is_memory_sufficient = lambda model: False  # extract the weights file to disk
@@ -108,6 +127,8 @@ def _patched():
         yield
     finally:
         saving_lib._model_from_config = orig_from_config
+        saving_utils.model_from_config = orig_legacy_from_config
+        legacy_h5_format.load_subset_weights_from_hdf5_group = orig_subset
         saving_lib.H5IOStore.__getitem__ = orig_getitem
         kvars.Variable.assign = orig_assign
         saving_lib.is_memory_sufficient = orig_sufficient

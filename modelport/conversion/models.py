@@ -201,15 +201,15 @@ class KerasModel(TFModel):
         return info
 
 
-# From this many weight bytes a .keras file is loaded with one copy of its weights (keras_lean_load).
+# From this many weight bytes a .keras/.h5 file is loaded with one copy of its weights (keras_lean_load).
 KERAS_LEAN_LOAD_MIN = 64 << 20
 
 
 def _load_keras(path: str, fmt: str, weight_bytes: int, safe_mode: bool):
-    """``keras.saving.load_model``; a large ``.keras`` file through the lean loader, plain Keras if that fails."""
+    """``keras.saving.load_model``; a large file through the lean loader, plain Keras if that fails."""
     import keras
 
-    if fmt == formats.KERAS and weight_bytes >= KERAS_LEAN_LOAD_MIN:
+    if fmt in (formats.KERAS, formats.H5) and weight_bytes >= KERAS_LEAN_LOAD_MIN:
         from modelport.conversion.keras_lean_load import load_keras_lean
 
         try:

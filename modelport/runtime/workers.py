@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelport.errors import DeadlineExceeded, Internal, ModelportError, ResourceExhausted, error_for_status
+from modelport.memory import available_bytes, fmt_bytes
 
 log = logging.getLogger("modelport.runtime.workers")
 
@@ -134,8 +135,6 @@ def _death_error(name: str, code: int | None) -> ModelportError:
     (the pool itself only kills workers on timeout or cancel, which never get here): RESOURCE_EXHAUSTED
     with the memory this machine can give, not INTERNAL."""
     if code == -signal.SIGKILL:
-        from modelport.memory import available_bytes, fmt_bytes
-
         budget = available_bytes()
         limit = f"{fmt_bytes(budget.limit)} limit, " if budget.limit else ""
         return ResourceExhausted(
