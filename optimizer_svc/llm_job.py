@@ -119,10 +119,4 @@ def optimize_generation(progress, store: ArtifactStore, req: optimizer_pb2.Optim
     for c in ranked:
         if c.technique in built:
             c.artifact.CopyFrom(_ref(store, built[c.technique], origin))
-    result = jobs_pb2.OptimizeResult()
-    result.baseline.CopyFrom(baseline)
-    result.candidates.extend(ranked)
-    result.chosen_technique = chosen.technique
-    result.artifact.CopyFrom(chosen.artifact)
-    result.reason = reason + f" ({time.monotonic() - t_start:.0f}s)"
-    return result
+    return selection.result(baseline, ranked, chosen, reason + f" ({time.monotonic() - t_start:.0f}s)")

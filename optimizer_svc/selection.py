@@ -129,3 +129,13 @@ def rank(baseline: jobs_pb2.CandidateReport, candidates: list[jobs_pb2.Candidate
 
 def _join(a: str, b: str) -> str:
     return f"{a}; {b}" if a and b else (a or b)
+
+
+def result(baseline: jobs_pb2.CandidateReport, ranked: list[jobs_pb2.CandidateReport],
+           chosen: jobs_pb2.CandidateReport, reason: str) -> jobs_pb2.OptimizeResult:
+    """The OptimizeResult of a ranking: baseline, ranked candidates, the chosen one's artifact and the reason."""
+    out = jobs_pb2.OptimizeResult(chosen_technique=chosen.technique, reason=reason)
+    out.baseline.CopyFrom(baseline)
+    out.candidates.extend(ranked)
+    out.artifact.CopyFrom(chosen.artifact)
+    return out

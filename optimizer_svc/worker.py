@@ -349,13 +349,7 @@ def _optimize(progress, store: ArtifactStore, req: optimizer_pb2.OptimizeRequest
         baseline.artifact.CopyFrom(_ref(store, baseline_path, media.ONNX, origin))
     elif not baseline.artifact.origin:
         baseline.artifact.origin = origin
-    result = jobs_pb2.OptimizeResult()
-    result.baseline.CopyFrom(baseline)
-    result.candidates.extend(ranked)
-    result.chosen_technique = chosen.technique
-    result.artifact.CopyFrom(chosen.artifact)
-    result.reason = reason + f" ({time.monotonic() - t_start:.0f}s)"
-    return result
+    return selection.result(baseline, ranked, chosen, reason + f" ({time.monotonic() - t_start:.0f}s)")
 
 
 def _faster_export(source, keras3_onnx: Path, work: Path, eval_x: dict[str, np.ndarray], providers: list,

@@ -48,7 +48,7 @@ from modelport.conversion.onnx_export import (
     _call_structure,
     _clean_name,
     _unique,
-    keras_input_infos,
+    input_signature,
     keras_output_names,
     name_batch_dims,
 )
@@ -162,15 +162,7 @@ def keras_weights_trace(model: Any, fixed_batch_size: int = 0) -> WeightsTrace:
     if not supports_weights_as_inputs(model):
         raise InvalidArgument(f"the {type(model).__name__} model is not a built Keras 3 model; weights-as-inputs "
                               "export needs Model.stateless_call")
-    if fixed_batch_size < 0:
-        raise InvalidArgument(f"fixed_batch_size must be >= 0 (0 keeps the batch dynamic), got {fixed_batch_size}")
-    infos = keras_input_infos(model)
-    signature = []
-    for info in infos:
-        shape = list(info.shape)
-        if shape:
-            shape[0] = fixed_batch_size or None
-        signature.append(tf.TensorSpec(shape, tf.as_dtype(info.dtype), name=info.name))
+    infos, signature = input_signature(model, fixed_batch_size)
 
     trainable = list(model.trainable_variables)
     non_trainable = list(model.non_trainable_variables)

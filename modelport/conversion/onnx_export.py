@@ -148,6 +148,22 @@ def _call_structure(model: Any, args: list, infos: list[KerasTensorInfo]):
     return list(args)
 
 
+def input_signature(model: Any, fixed_batch_size: int = 0) -> tuple[list[KerasTensorInfo], list]:
+    """The model's inputs and the ``tf.TensorSpec`` signature of a trace (batch dynamic unless fixed)."""
+    import tensorflow as tf
+
+    if fixed_batch_size < 0:
+        raise InvalidArgument(f"fixed_batch_size must be >= 0 (0 keeps the batch dynamic), got {fixed_batch_size}")
+    infos = keras_input_infos(model)
+    signature = []
+    for info in infos:
+        shape = list(info.shape)
+        if shape:
+            shape[0] = fixed_batch_size or None
+        signature.append(tf.TensorSpec(shape, tf.as_dtype(info.dtype), name=info.name))
+    return infos, signature
+
+
 def keras_tf_function(model: Any, fixed_batch_size: int = 0):
     """A ``tf.function`` calling the model in inference mode, returning ``{output_name: tensor}``.
 
@@ -155,15 +171,7 @@ def keras_tf_function(model: Any, fixed_batch_size: int = 0):
     """
     import tensorflow as tf
 
-    infos = keras_input_infos(model)
-    if fixed_batch_size < 0:
-        raise InvalidArgument(f"fixed_batch_size must be >= 0 (0 keeps the batch dynamic), got {fixed_batch_size}")
-    signature = []
-    for info in infos:
-        shape = list(info.shape)
-        if shape:
-            shape[0] = fixed_batch_size or None
-        signature.append(tf.TensorSpec(shape, tf.as_dtype(info.dtype), name=info.name))
+    infos, signature = input_signature(model, fixed_batch_size)
 
     # Probe once symbolically to learn how many outputs there are.
     probe = tf.function(lambda *a: model(_call_structure(model, list(a), infos), training=False))
