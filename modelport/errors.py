@@ -13,11 +13,12 @@ class ModelportError(Exception):
 
     status = "UNKNOWN"
 
-    def __init__(self, message: str, details: dict[str, str] | None = None, payload: bytes | None = None):
+    def __init__(self, message: str, details: dict[str, str] | None = None, payload: object | None = None):
         super().__init__(message)
         self.message = message
         self.details = dict(details or {})
-        # Serialized protobuf that travels with the error (e.g. a failed ParityReport).
+        # A record that travels with the error (a failed ``job_records.ParityReport``); picklable, so it
+        # crosses the worker boundary, and the job event stream translates it (JobError.parity).
         self.payload = payload
 
     def __reduce__(self):  # keep subclasses picklable across worker processes
@@ -104,6 +105,6 @@ _BY_STATUS = {
 
 
 def error_for_status(status: str, message: str, details: dict[str, str] | None = None,
-                     payload: bytes | None = None) -> ModelportError:
+                     payload: object | None = None) -> ModelportError:
     """Rebuild a domain error from a status name (used across process and RPC boundaries)."""
     return _BY_STATUS.get(status, ModelportError)(message, details, payload)

@@ -1,4 +1,4 @@
-"""Output parity between a converted model and its source (numpy only; builds ``ParityReport``).
+"""Output parity between a converted model and its source (numpy only; builds a ``ParityReport`` record).
 
 Every conversion result carries one: per output the max absolute and relative difference,
 whether ``np.allclose`` holds at the requested tolerances, whether the candidate introduced
@@ -18,12 +18,13 @@ they stand for, ``(q - zero_point) * scale``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
 from modelport.errors import FailedPrecondition, InvalidArgument
-from modelport.v1 import jobs_pb2
+from modelport.job_records import OutputParity, ParityReport
 
 DEFAULT_RTOL = 1e-3
 DEFAULT_ATOL = 1e-4
@@ -58,7 +59,8 @@ class QuantTolerances:
 
     @classmethod
     def from_options(cls, options) -> QuantTolerances:
-        """From a ``ParityOptions`` (unset fields take the defaults); InvalidArgument when out of range."""
+        """From ``ParityOptions`` (a record or the message; unset fields take the defaults); InvalidArgument
+        when out of range."""
         t = cls(options.quant_max_steps or DEFAULT_QUANT_MAX_STEPS, options.quant_mean_steps or DEFAULT_QUANT_MEAN_STEPS,
                 options.min_cosine or DEFAULT_MIN_COSINE, options.min_topk_agreement or DEFAULT_MIN_TOPK_AGREEMENT)
         if t.max_steps < 0 or t.mean_steps < 0 or not -1 <= t.min_cosine <= 1 or not 0 <= t.min_topk_agreement <= 1:
@@ -112,7 +114,7 @@ CHUNK_ELEMENTS = 1 << 21
 
 
 def compare_output(name: str, ref: np.ndarray, cand: np.ndarray, rtol: float, atol: float,
-                   quant: Quantization | None = None, tol: QuantTolerances | None = None) -> jobs_pb2.OutputParity:
+                   quant: Quantization | None = None, tol: QuantTolerances | None = None) -> OutputParity:
     """Parity of one output (``cand`` is reshaped to ``ref``'s shape when only the shape differs).
 
     With ``quant`` the output is judged in quantization steps (``tol``, module docstring), else by allclose.
@@ -127,7 +129,7 @@ def compare_output(name: str, ref: np.ndarray, cand: np.ndarray, rtol: float, at
 
 
 def _compare_in_slices(name: str, ref: np.ndarray, cand: np.ndarray, rtol: float, atol: float,
-                       quant: Quantization | None, tol: QuantTolerances) -> jobs_pb2.OutputParity:
+                       quant: Quantization | None, tol: QuantTolerances) -> OutputParity:
     """``_compare_whole`` over slices of samples, merged: every figure is a max, min, any, all or an
     element-weighted mean over samples, so the result is the whole comparison's, with bounded temporaries."""
     rows = max(1, CHUNK_ELEMENTS // max(1, ref[0].size))
@@ -135,8 +137,7 @@ def _compare_in_slices(name: str, ref: np.ndarray, cand: np.ndarray, rtol: float
     parts = [_compare_whole(name, ref[i:i + rows], cand[i:i + rows], rtol, atol, quant, tol) for i in starts]
     weights = [min(rows, ref.shape[0] - i) for i in starts]
     total = sum(weights)
-    out = jobs_pb2.OutputParity()
-    out.CopyFrom(parts[0])
+    out = dataclasses.replace(parts[0])
     out.max_abs_diff = max(p.max_abs_diff for p in parts)
     out.max_rel_diff = max(p.max_rel_diff for p in parts)
     out.nan_or_inf = any(p.nan_or_inf for p in parts)
@@ -157,8 +158,8 @@ def _compare_in_slices(name: str, ref: np.ndarray, cand: np.ndarray, rtol: float
 
 
 def _compare_whole(name: str, ref: np.ndarray, cand: np.ndarray, rtol: float, atol: float,
-                   quant: Quantization | None, tol: QuantTolerances) -> jobs_pb2.OutputParity:
-    out = jobs_pb2.OutputParity(name=name, top1_agreement=-1.0, topk_agreement=-1.0, cosine=1.0, judged_by="allclose")
+                   quant: Quantization | None, tol: QuantTolerances) -> OutputParity:
+    out = OutputParity(name=name, top1_agreement=-1.0, topk_agreement=-1.0, cosine=1.0, judged_by="allclose")
     if ref.dtype.kind in "OSU" or cand.dtype.kind in "OSU":
         same = ref.shape == cand.shape and bool(np.all(ref == cand))
         out.allclose = out.passed = same
@@ -211,7 +212,7 @@ def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.nd
                     rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL, *,
                     inputs_source: str = "", samples: int | None = None,
                     quantization: dict[str, Quantization] | None = None,
-                    quant_tolerances: QuantTolerances | None = None) -> jobs_pb2.ParityReport:
+                    quant_tolerances: QuantTolerances | None = None) -> ParityReport:
     """Compare the candidate's outputs to the reference's; ``passed`` when every output passes.
 
     Outputs pair by name, or by position when the names differ but the counts match. Outputs named in
@@ -219,7 +220,7 @@ def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.nd
     """
     tol = quant_tolerances or QuantTolerances()
     quantization = quantization or {}
-    report = jobs_pb2.ParityReport(rtol=rtol, atol=atol, inputs_source=inputs_source)
+    report = ParityReport(rtol=rtol, atol=atol, inputs_source=inputs_source)
     pairs = _align(reference, candidate)
     for rname, cname in pairs:
         q = quantization.get(rname) or quantization.get(cname)
@@ -235,7 +236,7 @@ def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.nd
     return report
 
 
-def summarize(report: jobs_pb2.ParityReport) -> str:
+def summarize(report: ParityReport) -> str:
     """One line naming each output's differences and the tolerances that judged it."""
     parts = []
     for o in report.outputs:
@@ -259,8 +260,9 @@ def summarize(report: jobs_pb2.ParityReport) -> str:
     return "; ".join(parts) + f" ({tols}, {report.samples} samples)"
 
 
-def enforce(report: jobs_pb2.ParityReport, allow_mismatch: bool) -> None:
-    """Raise FailedPrecondition carrying the report when parity failed and mismatch is not allowed."""
+def enforce(report: ParityReport, allow_mismatch: bool) -> None:
+    """Raise FailedPrecondition carrying the report (its ``payload``) when parity failed and mismatch is not
+    allowed; the job event stream sends it as ``JobError.parity``."""
     if report.passed or allow_mismatch:
         return
     bad = [o.name for o in report.outputs if not o.passed]
@@ -272,5 +274,5 @@ def enforce(report: jobs_pb2.ParityReport, allow_mismatch: bool) -> None:
         f"does not reproduce the source within tolerance; loosen {loosen} or set "
         "allow_mismatch to keep the result anyway",
         details={"outputs": ",".join(bad)},
-        payload=report.SerializeToString(),
+        payload=report,
     )

@@ -11,6 +11,7 @@ and the goal as for every other model. Never imports grpc or TensorFlow.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -19,8 +20,8 @@ from pathlib import Path
 from modelport import media
 from modelport.errors import FailedPrecondition, InvalidArgument, ModelportError
 from modelport.generation_model import CONFIG_FILE, GenerationConfig
+from modelport.job_records import ArtifactRef, CandidateReport, OptimizeJob, OptimizeResult
 from modelport.store import ArtifactStore
-from modelport.v1 import artifacts_pb2, jobs_pb2, optimizer_pb2
 from optimizer_svc import selection
 from optimizer_svc.llm_techniques import (
     BITS,
@@ -34,47 +35,38 @@ from optimizer_svc.technique_options import plan
 
 log = logging.getLogger("modelport.optimizer.llm")
 
-GOALS = {optimizer_pb2.GOAL_UNSPECIFIED: "latency", optimizer_pb2.GOAL_LATENCY: "latency",
-         optimizer_pb2.GOAL_SIZE: "size"}
+def _report(technique: str, m: GenerationMeasurement, details: dict[str, str]) -> CandidateReport:
+    return CandidateReport(technique=technique, format="generation", size_bytes=m.size_bytes,
+                           gzip_size_bytes=m.size_bytes, latency_p50_ms=m.ms_per_token,
+                           latency_p90_ms=m.ms_per_token, accuracy=math.nan, agreement=m.agreement,
+                           max_abs_diff=math.nan, details={**m.details(), **details})
 
 
-def _report(technique: str, m: GenerationMeasurement, details: dict[str, str]) -> jobs_pb2.CandidateReport:
-    c = jobs_pb2.CandidateReport(technique=technique, format="generation", size_bytes=m.size_bytes,
-                                 gzip_size_bytes=m.size_bytes, latency_p50_ms=m.ms_per_token,
-                                 latency_p90_ms=m.ms_per_token, accuracy=math.nan, agreement=m.agreement,
-                                 max_abs_diff=math.nan)
-    c.details.update(m.details())
-    c.details.update(details)
-    return c
+def _failed(technique: str, note: str) -> CandidateReport:
+    return CandidateReport(technique=technique, format="generation", accuracy=math.nan, agreement=math.nan,
+                           max_abs_diff=math.nan, note=note, details={"status": "failed"})
 
 
-def _failed(technique: str, note: str) -> jobs_pb2.CandidateReport:
-    c = jobs_pb2.CandidateReport(technique=technique, format="generation", accuracy=math.nan, agreement=math.nan,
-                                 max_abs_diff=math.nan, note=note)
-    c.details["status"] = "failed"
-    return c
-
-
-def _ref(store: ArtifactStore, folder: Path, origin: str) -> artifacts_pb2.ArtifactRef:
+def _ref(store: ArtifactStore, folder: Path, origin: str) -> ArtifactRef:
     art = store.put_dir(folder, media.GENERATION)
-    return artifacts_pb2.ArtifactRef(digest=art.digest, size=art.size, media_type=art.media_type, origin=origin)
+    return ArtifactRef(digest=art.digest, size=art.size, media_type=art.media_type, origin=origin)
 
 
-def optimize_generation(progress, store: ArtifactStore, req: optimizer_pb2.OptimizeRequest, opts: dict, origin: str,
-                        work: Path) -> optimizer_pb2.OptimizeResult:
+def optimize_generation(progress, store: ArtifactStore, job: OptimizeJob, opts: dict, origin: str,
+                        work: Path) -> OptimizeResult:
     t_start = time.monotonic()
-    if (req.output_format or "onnx").lower() != "onnx":
+    if (job.output_format or "onnx").lower() != "onnx":
         raise InvalidArgument("a generation model is optimized to ONNX only; leave output_format empty or onnx")
-    the_plan = plan(list(req.techniques), "generation", has_train=False, has_inputs=False)
-    goal = GOALS.get(req.goal, "latency")
-    source = generation_root(Path(store.unpacked(req.model.digest)))
+    the_plan = plan(list(job.techniques), "generation", has_train=False, has_inputs=False)
+    goal = job.goal
+    source = generation_root(Path(store.unpacked(job.model.digest)))
     config = GenerationConfig.load(source / CONFIG_FILE)
     tokens = int(opts["generate.tokens"])
     prompts = prompts_for(config, count=int(opts["generate.prompts"]))
     if len(prompts[0]) + tokens > config.context_limit:
         raise InvalidArgument(f"generate.tokens={tokens} plus the 8-token prompts exceed the model's max_context "
                               f"{config.context_limit}")
-    threads = max(0, int(req.threads))
+    threads = max(0, int(job.threads))
 
     progress("measuring", 0.05, f"measuring the baseline: {len(prompts)} prompts x {tokens} greedy tokens")
     base = measure(source, prompts, tokens, threads=threads, repeats=2)
@@ -82,11 +74,9 @@ def optimize_generation(progress, store: ArtifactStore, req: optimizer_pb2.Optim
     base.perplexity = base_own.perplexity
     baseline = _report("baseline", base, {"input_format": "generation", "architecture": config.architecture,
                                           "threads": str(threads or "default")})
-    baseline.artifact.CopyFrom(req.model)
-    if not baseline.artifact.origin:
-        baseline.artifact.origin = origin
+    baseline.artifact = job.model if job.model.origin else dataclasses.replace(job.model, origin=origin)
 
-    candidates: list[jobs_pb2.CandidateReport] = []
+    candidates: list[CandidateReport] = []
     built: dict[str, Path] = {}
     for i, tech in enumerate(the_plan.run):
         frac = 0.1 + 0.8 * i / max(1, len(the_plan.run))
@@ -113,10 +103,10 @@ def optimize_generation(progress, store: ArtifactStore, req: optimizer_pb2.Optim
         raise FailedPrecondition("every requested technique failed: " +
                                  "; ".join(f"{c.technique}: {c.note}" for c in candidates if c.note))
     ranked, chosen, reason = selection.rank(
-        baseline, candidates, goal=goal, max_drop=req.budget.max_drop, relative=req.budget.relative,
+        baseline, candidates, goal=goal, max_drop=job.budget.max_drop, relative=job.budget.relative,
         auto=the_plan.auto, min_gain=float(opts["auto.min_gain"]) if the_plan.auto else 0.0)
     progress("storing", 0.95, "storing the candidates")
     for c in ranked:
         if c.technique in built:
-            c.artifact.CopyFrom(_ref(store, built[c.technique], origin))
+            c.artifact = _ref(store, built[c.technique], origin)
     return selection.result(baseline, ranked, chosen, reason + f" ({time.monotonic() - t_start:.0f}s)")

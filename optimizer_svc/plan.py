@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from modelport.errors import InvalidArgument
 from modelport.runtime.job_cache import Job, job_key
+from modelport.runtime.job_codec import GOALS
 from modelport.trust import remote_code_allowed
 from modelport.v1 import artifacts_pb2, optimizer_pb2
 from optimizer_svc.technique_options import parse_options, plan
-from optimizer_svc.worker import GOALS, sniff_format
+from optimizer_svc.optimize import sniff_format
 
 
 def request_refs(req: optimizer_pb2.OptimizeRequest) -> list[artifacts_pb2.ArtifactRef]:

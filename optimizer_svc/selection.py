@@ -5,28 +5,29 @@ the baseline (the baseline's agreement is 1). The goal metric is latency p50 (la
 the gzip-compressed size (size goal: what ships; pruned and clustered models only shrink
 compressed). Under ``auto`` a candidate must beat the baseline by ``min_gain`` to be chosen, so
 the answer is never slower (or larger) than the baseline; when nothing wins the baseline is
-returned with the reason. This module never imports grpc.
+returned with the reason. Ranking marks the ``CandidateReport`` records in place. This module never
+imports grpc or protobuf.
 """
 
 from __future__ import annotations
 
 import math
 
-from modelport.v1 import jobs_pb2
+from modelport.job_records import CandidateReport, OptimizeResult
 
 DEFAULT_MAX_DROP = 0.01
 
 
-def quality(c: jobs_pb2.CandidateReport) -> float:
+def quality(c: CandidateReport) -> float:
     """Accuracy when measured, else agreement with the baseline."""
     return c.accuracy if not math.isnan(c.accuracy) else c.agreement
 
 
-def goal_metric(c: jobs_pb2.CandidateReport, goal: str) -> float:
+def goal_metric(c: CandidateReport, goal: str) -> float:
     return float(c.gzip_size_bytes if goal == "size" else c.latency_p50_ms)
 
 
-def goal_ratio(c: jobs_pb2.CandidateReport, baseline: jobs_pb2.CandidateReport, goal: str) -> float:
+def goal_ratio(c: CandidateReport, baseline: CandidateReport, goal: str) -> float:
     """Candidate / baseline on the goal metric; for latency the ratio timed interleaved with the
     baseline (``latency_ratio_paired``) when measured, which drift on a busy machine cannot bias."""
     if goal != "size" and "latency_ratio_paired" in c.details:
@@ -35,7 +36,7 @@ def goal_ratio(c: jobs_pb2.CandidateReport, baseline: jobs_pb2.CandidateReport, 
     return goal_metric(c, goal) / base if base else math.nan
 
 
-def consistently_faster(c: jobs_pb2.CandidateReport) -> bool:
+def consistently_faster(c: CandidateReport) -> bool:
     """True unless interleaved timing shows the candidate lost at least one round to the baseline.
 
     A sub-millisecond model's p50 can differ by 10 % from noise alone; requiring every paired
@@ -45,21 +46,20 @@ def consistently_faster(c: jobs_pb2.CandidateReport) -> bool:
     return not total or won == total
 
 
-def allowed_drop(baseline: jobs_pb2.CandidateReport, max_drop: float, relative: bool) -> float:
+def allowed_drop(baseline: CandidateReport, max_drop: float, relative: bool) -> float:
     """Absolute quality drop the budget allows (0 in the request means the default 0.01)."""
     drop = max_drop if max_drop > 0 else DEFAULT_MAX_DROP
     return drop * quality(baseline) if relative else drop
 
 
-def _failed(c: jobs_pb2.CandidateReport) -> bool:
+def _failed(c: CandidateReport) -> bool:
     """Not fully measured: failed, skipped, or stopped after a quick probe showed it slower."""
     return c.details.get("status") in ("failed", "skipped", "stopped")
 
 
-def rank(baseline: jobs_pb2.CandidateReport, candidates: list[jobs_pb2.CandidateReport], *, goal: str,
+def rank(baseline: CandidateReport, candidates: list[CandidateReport], *, goal: str,
          max_drop: float, relative: bool, auto: bool, min_gain: float,
-         output_format: str = "") -> tuple[list[jobs_pb2.CandidateReport],
-                                                                          jobs_pb2.CandidateReport, str]:
+         output_format: str = "") -> tuple[list[CandidateReport], CandidateReport, str]:
     """Mark ``within_budget``/``chosen`` and notes; returns (ranked candidates, chosen, reason).
 
     The chosen report is ``baseline`` when no candidate qualifies.
@@ -131,11 +131,8 @@ def _join(a: str, b: str) -> str:
     return f"{a}; {b}" if a and b else (a or b)
 
 
-def result(baseline: jobs_pb2.CandidateReport, ranked: list[jobs_pb2.CandidateReport],
-           chosen: jobs_pb2.CandidateReport, reason: str) -> jobs_pb2.OptimizeResult:
+def result(baseline: CandidateReport, ranked: list[CandidateReport], chosen: CandidateReport,
+           reason: str) -> OptimizeResult:
     """The OptimizeResult of a ranking: baseline, ranked candidates, the chosen one's artifact and the reason."""
-    out = jobs_pb2.OptimizeResult(chosen_technique=chosen.technique, reason=reason)
-    out.baseline.CopyFrom(baseline)
-    out.candidates.extend(ranked)
-    out.artifact.CopyFrom(chosen.artifact)
-    return out
+    return OptimizeResult(artifact=chosen.artifact, chosen_technique=chosen.technique, baseline=baseline,
+                          candidates=list(ranked), reason=reason)

@@ -1,6 +1,7 @@
 """One conversion job: load, convert, verify parity, store (runs inside a converter worker).
 
-``convert_model(store, request, progress)`` turns a ``ConvertRequest`` into a ``ConvertResult``:
+``convert_model(store, job, progress)`` turns a ``ConvertJob`` into a ``ConvertResult`` (records of
+``modelport.job_records``; the converter's worker entry translates the protobuf request and result):
 the source format comes from the content, the target is produced in a temp folder, source and
 target run on the same samples (a user NPZ or generated inputs), and only a result that passes
 parity (or is allowed to mismatch) is published to the store. ``inspect_model`` answers Inspect.
@@ -12,6 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,8 +24,8 @@ from modelport import formats, media, memory, parity
 from modelport.conversion import quantization
 from modelport.datasets import generate_inputs, load_npz, validate_samples
 from modelport.errors import FailedPrecondition, InvalidArgument, ModelportError, Unimplemented
+from modelport.job_records import ArtifactRef, ConvertJob, ConvertResult, ModelInfo, ParityOptions
 from modelport.store import ArtifactStore
-from modelport.v1 import artifacts_pb2, converter_pb2, jobs_pb2
 
 log = logging.getLogger("modelport.conversion")
 
@@ -60,27 +62,20 @@ def source_path(store: ArtifactStore, digest: str, fmt: str) -> Path:
 # ---- samples ---------------------------------------------------------------------------------
 
 def _batch_free(specs):
-    out = []
-    for s in specs:
-        c = jobs_pb2.TensorSpec()
-        c.CopyFrom(s)
-        if len(c.shape):
-            c.shape[0] = -1
-        out.append(c)
-    return out
+    return [dataclasses.replace(s, shape=(-1, *s.shape[1:])) if len(s.shape) else s for s in specs]
 
 
-def sample_inputs(store: ArtifactStore, options: converter_pb2.ParityOptions, model, fixed_batch: int):
+def sample_inputs(store: ArtifactStore, options: ParityOptions, model, fixed_batch: int):
     """(inputs, description) for parity: the user's NPZ validated, or generated with a fixed seed."""
     specs = _batch_free(model.inputs)
-    if options.samples.digest:
-        arrays = load_npz(store.path(options.samples.digest))
+    if options.samples_digest:
+        arrays = load_npz(store.path(options.samples_digest))
         inputs = validate_samples(arrays, specs)
         n = next(iter(inputs.values())).shape[0] if inputs else 0
         if fixed_batch and n % fixed_batch:
             raise InvalidArgument(f"the samples NPZ has {n} samples; with fixed_batch_size={fixed_batch} give a "
                                   f"multiple of {fixed_batch}")
-        return inputs, options.samples.digest
+        return inputs, options.samples_digest
     n = options.num_samples or DEFAULT_SAMPLES
     if n < 0:
         raise InvalidArgument(f"num_samples must be >= 0, got {n}")
@@ -417,22 +412,21 @@ def admit_conversion(path: Path, fmt: str, target: str) -> None:
 
 # ---- the job -------------------------------------------------------------------------------------
 
-def convert_model(store: ArtifactStore, request: converter_pb2.ConvertRequest,
-                  progress: Progress = _noop, onnx2tf_python: str = "",
-                  onnx2torch_python: str = "") -> jobs_pb2.ConvertResult:
+def convert_model(store: ArtifactStore, job: ConvertJob, progress: Progress = _noop, onnx2tf_python: str = "",
+                  onnx2torch_python: str = "") -> ConvertResult:
     """Run one conversion; returns the result (its artifact already published in ``store``)."""
     from modelport.conversion.models import load_model
 
     t0 = time.perf_counter()
-    digest = request.source.digest
+    digest = job.source_digest
     art = store.stat(digest)
     fmt = formats.detect_format(art.path)
-    target = formats.check_target(fmt, request.target_format)
-    opset = check_opset(request.opset)
-    fixed_batch = int(request.fixed_batch_size)
+    target = formats.check_target(fmt, job.target_format)
+    opset = check_opset(job.opset)
+    fixed_batch = int(job.fixed_batch_size)
     if fixed_batch < 0:
         raise InvalidArgument(f"fixed_batch_size must be >= 0 (0 keeps the batch dynamic), got {fixed_batch}")
-    opts = request.parity
+    opts = job.parity
     rtol = opts.rtol or parity.DEFAULT_RTOL
     atol = opts.atol or parity.DEFAULT_ATOL
     if rtol < 0 or atol < 0:
@@ -442,7 +436,7 @@ def convert_model(store: ArtifactStore, request: converter_pb2.ConvertRequest,
     path = source_path(store, digest, fmt)
     admit_conversion(path, fmt, target)
     progress("loading", 0.05, f"loading the {fmt} model")
-    src = load_model(path, fmt, request.trust_remote_code)
+    src = load_model(path, fmt, job.trust_remote_code)
     source_info = src.info()
     if target == formats.GENERATION:  # a causal LM's KV-cache step; parity is greedy decoding vs generate()
         from modelport.conversion.llm_export import convert_for_generation
@@ -487,14 +481,12 @@ def convert_model(store: ArtifactStore, request: converter_pb2.ConvertRequest,
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
-    result = jobs_pb2.ConvertResult(
-        artifact=artifacts_pb2.ArtifactRef(digest=stored.digest, size=stored.size, media_type=stored.media_type),
-        info=info, parity=report, source_info=source_info, seconds=time.perf_counter() - t0)
-    return result
+    return ConvertResult(artifact=ArtifactRef(digest=stored.digest, size=stored.size, media_type=stored.media_type),
+                         info=info, parity=report, source_info=source_info, seconds=time.perf_counter() - t0)
 
 
 def inspect_model(store: ArtifactStore, digest: str, trust_remote_code: bool = False,
-                  progress: Progress = _noop) -> jobs_pb2.ModelInfo:
+                  progress: Progress = _noop) -> ModelInfo:
     """ModelInfo of a stored model (format from content)."""
     from modelport.conversion.models import load_model
 

@@ -422,7 +422,7 @@ def convert_for_generation(store, src, source_info, opset: int, allow_mismatch: 
     import time
 
     from modelport import media
-    from modelport.v1 import artifacts_pb2, jobs_pb2
+    from modelport.job_records import ArtifactRef, ConvertResult, ModelInfo, OutputParity, ParityReport
 
     model = getattr(src, "model", None)
     if model is None or not is_causal_lm(model):
@@ -435,7 +435,7 @@ def convert_for_generation(store, src, source_info, opset: int, allow_mismatch: 
         progress("converting", 0.2, f"exporting the {type(model).__name__} step with its KV cache (opset {opset})")
         config = export_generation(model, folder, opset=opset)
         progress("verifying", 0.6, f"greedy decoding of {DEFAULT_PARITY_TOKENS} tokens vs keras_hub generate()")
-        report = jobs_pb2.ParityReport(samples=DEFAULT_PARITY_TOKENS)
+        report = ParityReport(samples=DEFAULT_PARITY_TOKENS)
         try:
             result = greedy_parity(model, folder)
             same = True
@@ -445,22 +445,21 @@ def convert_for_generation(store, src, source_info, opset: int, allow_mismatch: 
             result, same = {"agreement": float("nan"), "prompt": []}, False
             report.inputs_source = e.message
         report.passed = same
-        report.outputs.add(name="output_ids", max_abs_diff=0.0 if same else float("inf"), allclose=same,
-                           top1_agreement=result["agreement"])
+        report.outputs.append(OutputParity(name="output_ids", max_abs_diff=0.0 if same else float("inf"),
+                                           allclose=same, top1_agreement=result["agreement"]))
         if same:
             report.samples = len(result["onnx"])
             report.inputs_source = (f"greedy decoding of {len(result['onnx'])} tokens after the prompt "
                                     f"{result['prompt']} vs keras_hub generate()")
         progress("storing", 0.9, "storing the generation model")
         stored = store.put_dir(folder, media.GENERATION)
-        info = jobs_pb2.ModelInfo(format="generation", size_bytes=stored.size, parameter_count=config.parameters,
-                                  producer="modelport llm_export")
+        info = ModelInfo(format="generation", size_bytes=stored.size, parameter_count=config.parameters,
+                         producer="modelport llm_export")
         info.details.update({"architecture": config.architecture, "num_layers": str(config.num_layers),
                              "num_kv_heads": str(config.num_kv_heads), "head_dim": str(config.head_dim),
                              "vocabulary_size": str(config.vocabulary_size), "max_context": str(config.context_limit),
                              "external_data": str(config.external_data).lower()})
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    return jobs_pb2.ConvertResult(
-        artifact=artifacts_pb2.ArtifactRef(digest=stored.digest, size=stored.size, media_type=stored.media_type),
-        info=info, parity=report, source_info=source_info, seconds=time.perf_counter() - t0)
+    return ConvertResult(artifact=ArtifactRef(digest=stored.digest, size=stored.size, media_type=stored.media_type),
+                         info=info, parity=report, source_info=source_info, seconds=time.perf_counter() - t0)

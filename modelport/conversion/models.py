@@ -25,19 +25,19 @@ from modelport import formats
 from modelport.conversion import hub_models
 from modelport.dtypes import ONNX_TO_KSERVE, ORT_TO_KSERVE, to_kserve
 from modelport.errors import FailedPrecondition, InvalidArgument
-from modelport.v1 import jobs_pb2
+from modelport.job_records import ModelInfo, TensorSpec
 
 log = logging.getLogger("modelport.conversion.models")
 
 DEFAULT_INT_HIGH = 10
 
 
-def tensor_spec(name: str, dtype: Any, shape) -> jobs_pb2.TensorSpec:
-    """A TensorSpec proto from a numpy-compatible dtype and a shape (None/-1/str = dynamic)."""
+def tensor_spec(name: str, dtype: Any, shape) -> TensorSpec:
+    """A TensorSpec from a numpy-compatible dtype and a shape (None/-1/str = dynamic)."""
     dims = []
     for d in shape:
         dims.append(int(d) if isinstance(d, (int, np.integer)) and int(d) >= 0 else -1)
-    return jobs_pb2.TensorSpec(name=name, datatype=to_kserve(np.dtype(dtype)), shape=dims)
+    return TensorSpec(name=name, datatype=to_kserve(np.dtype(dtype)), shape=tuple(dims))
 
 
 def _tf_dtype_np(dtype) -> np.dtype:
@@ -50,8 +50,8 @@ class LoadedModel(abc.ABC):
     """A model ready to run in this process."""
 
     format = ""
-    inputs: list[jobs_pb2.TensorSpec]
-    outputs: list[jobs_pb2.TensorSpec]
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -84,16 +84,13 @@ class LoadedModel(abc.ABC):
         in memory (parity runs the source, frees it, then runs the result). Unusable afterwards."""
 
     @abc.abstractmethod
-    def info(self) -> jobs_pb2.ModelInfo:
+    def info(self) -> ModelInfo:
         """Format, size, inputs/outputs and format-specific details."""
 
-    def _base_info(self) -> jobs_pb2.ModelInfo:
+    def _base_info(self) -> ModelInfo:
         size = self.path.stat().st_size if self.path.is_file() else sum(
             p.stat().st_size for p in self.path.rglob("*") if p.is_file())
-        info = jobs_pb2.ModelInfo(format=self.format, size_bytes=size)
-        info.inputs.extend(self.inputs)
-        info.outputs.extend(self.outputs)
-        return info
+        return ModelInfo(format=self.format, size_bytes=size, inputs=list(self.inputs), outputs=list(self.outputs))
 
 
 # ---- TensorFlow-backed sources ----------------------------------------------------------------
@@ -122,7 +119,7 @@ class TFModel(LoadedModel):
         out = fn(*args)
         return {k: np.asarray(v) for k, v in out.items()}
 
-    def _outputs_from(self, fn, signature) -> list[jobs_pb2.TensorSpec]:
+    def _outputs_from(self, fn, signature) -> list[TensorSpec]:
         structured = fn.get_concrete_function(*signature).structured_outputs
         return [tensor_spec(k, _tf_dtype_np(v.dtype), v.shape.as_list()) for k, v in structured.items()]
 
@@ -188,7 +185,7 @@ class KerasModel(TFModel):
         archive.add_endpoint("serving_default", fn)
         archive.write_out(str(folder), verbose=False)
 
-    def info(self) -> jobs_pb2.ModelInfo:
+    def info(self) -> ModelInfo:
         import keras
 
         info = self._base_info()
@@ -347,7 +344,7 @@ class SavedModelModel(TFModel):
         gc.collect()
         _trim_heap()
 
-    def info(self) -> jobs_pb2.ModelInfo:
+    def info(self) -> ModelInfo:
         info = self._base_info()
         info.parameter_count = int(sum(int(np.prod(v.shape)) for v in self.sig.variables))
         info.producer = _saved_model_producer(self.root)
@@ -439,7 +436,7 @@ class TFLiteModel(LoadedModel):
         it.invoke()
         return {n: np.array(it.get_tensor(d["index"])) for n, d in self._out}
 
-    def info(self) -> jobs_pb2.ModelInfo:
+    def info(self) -> ModelInfo:
         info = self._base_info()
         count = 0
         for d in self.interp.get_tensor_details():
@@ -496,11 +493,11 @@ class OnnxModel(LoadedModel):
             self.session = ort.InferenceSession(str(model_file), opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001
             raise InvalidArgument(f"onnxruntime cannot load the ONNX model: {str(e).splitlines()[0][:400]}") from None
-        self.inputs = [jobs_pb2.TensorSpec(name=i.name, datatype=ORT_TO_KSERVE.get(i.type, "FP32"),
-                                           shape=[d if isinstance(d, int) and d >= 0 else -1 for d in i.shape])
+        self.inputs = [TensorSpec(name=i.name, datatype=ORT_TO_KSERVE.get(i.type, "FP32"),
+                                  shape=tuple(d if isinstance(d, int) and d >= 0 else -1 for d in i.shape))
                        for i in self.session.get_inputs()]
-        self.outputs = [jobs_pb2.TensorSpec(name=o.name, datatype=ORT_TO_KSERVE.get(o.type, "FP32"),
-                                            shape=[d if isinstance(d, int) and d >= 0 else -1 for d in (o.shape or [])])
+        self.outputs = [TensorSpec(name=o.name, datatype=ORT_TO_KSERVE.get(o.type, "FP32"),
+                                   shape=tuple(d if isinstance(d, int) and d >= 0 else -1 for d in (o.shape or [])))
                         for o in self.session.get_outputs()]
         self.int_ranges = _onnx_int_ranges(self.proto, self.inputs)
 
@@ -520,7 +517,7 @@ class OnnxModel(LoadedModel):
     def opset(self) -> int:
         return next((o.version for o in self.proto.opset_import if o.domain in ("", "ai.onnx")), 0)
 
-    def info(self) -> jobs_pb2.ModelInfo:
+    def info(self) -> ModelInfo:
         info = self._base_info()
         info.size_bytes = sum((self.path.parent / f).stat().st_size for f in self.data_files) + info.size_bytes
         if self.data_files:
@@ -545,7 +542,7 @@ _INDEX_PASS_THROUGH = {"Cast", "Reshape", "Squeeze", "Unsqueeze", "Identity", "F
                        "Clip", "Max", "Min", "Mod", "Expand", "Transpose"}
 
 
-def _onnx_int_ranges(proto, inputs: list[jobs_pb2.TensorSpec]) -> dict[str, tuple[int, int]]:
+def _onnx_int_ranges(proto, inputs: list[TensorSpec]) -> dict[str, tuple[int, int]]:
     """Integer inputs feeding a Gather over an initializer (an embedding table) get its row count."""
     inits = {t.name: list(t.dims) for t in proto.graph.initializer}
     consumers: dict[str, list] = {}

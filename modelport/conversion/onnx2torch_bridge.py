@@ -22,7 +22,7 @@ import numpy as np
 from modelport import formats
 from modelport.conversion.models import LoadedModel, tensor_spec
 from modelport.errors import FailedPrecondition, InvalidArgument, Unimplemented
-from modelport.v1 import jobs_pb2
+from modelport.job_records import ModelInfo
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PYTHON = REPO_ROOT / ".venv-onnx2torch" / "bin" / "python"
@@ -165,7 +165,7 @@ class TorchModel(LoadedModel):
     def _run_batch(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.run(inputs)
 
-    def info(self) -> jobs_pb2.ModelInfo:
+    def info(self) -> ModelInfo:
         info = self._base_info()
         info.producer = f"torch {self.meta.get('torch', '')}".strip()
         info.details["export"] = str(self.meta.get("export", ""))

@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from modelport.errors import ModelportError
+from modelport.job_records import ParityReport
+from modelport.runtime import job_codec
 from modelport.runtime.job_cache import JobCache
 from modelport.runtime.workers import WorkerPool
 from modelport.store import ArtifactStore
@@ -28,8 +30,8 @@ def error_event(job_id: str, stage: str, err: ModelportError) -> jobs_pb2.JobEve
     ev.error.code = err.status
     ev.error.message = message
     ev.error.details.update({k: redact(str(v)) for k, v in err.details.items()})
-    if err.payload:
-        ev.error.parity.ParseFromString(err.payload)
+    if isinstance(err.payload, ParityReport):
+        ev.error.parity.CopyFrom(job_codec.parity_report(err.payload))
     return ev
 
 
