@@ -11,8 +11,8 @@ TFMOT works; TensorFlow is imported only for Keras inputs. This module never imp
 
 from __future__ import annotations
 
-import logging
 import dataclasses
+import logging
 import math
 import time
 from dataclasses import dataclass

@@ -12,8 +12,8 @@ from modelport.runtime.job_cache import Job, job_key
 from modelport.runtime.job_codec import GOALS
 from modelport.trust import remote_code_allowed
 from modelport.v1 import artifacts_pb2, optimizer_pb2
-from optimizer_svc.technique_options import parse_options, plan
 from optimizer_svc.optimize import sniff_format
+from optimizer_svc.technique_options import parse_options, plan
 
 
 def request_refs(req: optimizer_pb2.OptimizeRequest) -> list[artifacts_pb2.ArtifactRef]:

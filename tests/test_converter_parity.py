@@ -7,12 +7,12 @@ import pytest
 
 from modelport.datasets import generate_inputs, load_npz, save_npz, validate_samples
 from modelport.errors import FailedPrecondition, InvalidArgument
+from modelport.job_records import ParityReport, TensorSpec
 from modelport.parity import compare_outputs, enforce
-from modelport.v1 import jobs_pb2
 
 
 def spec(name, datatype, shape):
-    return jobs_pb2.TensorSpec(name=name, datatype=datatype, shape=shape)
+    return TensorSpec(name=name, datatype=datatype, shape=tuple(shape))
 
 
 def test_identical_outputs_pass_with_zero_diff_and_full_top1():
@@ -35,8 +35,8 @@ def test_diff_over_tolerance_fails_and_reports_values():
     with pytest.raises(FailedPrecondition) as e:
         enforce(rep, allow_mismatch=False)
     assert "parity check failed for output(s) y" in e.value.message and "allow_mismatch" in e.value.message
-    back = jobs_pb2.ParityReport.FromString(e.value.payload)
-    assert back.outputs[0].max_abs_diff == pytest.approx(0.5)
+    back = e.value.payload  # the report travels with the error (JobError.parity on the wire)
+    assert isinstance(back, ParityReport) and back.outputs[0].max_abs_diff == pytest.approx(0.5)
     enforce(rep, allow_mismatch=True)  # no raise
 
 
@@ -173,11 +173,11 @@ def test_quantized_output_fails_when_broken():
 
 
 def test_quant_tolerances_from_options_default_and_validate():
+    from modelport.job_records import ParityOptions
     from modelport.parity import QuantTolerances
-    from modelport.v1 import converter_pb2
 
-    assert QuantTolerances.from_options(converter_pb2.ParityOptions()) == QuantTolerances()
-    t = QuantTolerances.from_options(converter_pb2.ParityOptions(quant_max_steps=2, min_cosine=0.5))
+    assert QuantTolerances.from_options(ParityOptions()) == QuantTolerances()
+    t = QuantTolerances.from_options(ParityOptions(quant_max_steps=2, min_cosine=0.5))
     assert t.max_steps == 2 and t.min_cosine == 0.5 and t.mean_steps == 1.0
     with pytest.raises(InvalidArgument, match="quantized parity tolerances out of range"):
-        QuantTolerances.from_options(converter_pb2.ParityOptions(min_topk_agreement=1.5))
+        QuantTolerances.from_options(ParityOptions(min_topk_agreement=1.5))

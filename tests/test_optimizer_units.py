@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from modelport.errors import InvalidArgument
+from modelport.job_records import CandidateReport
 from modelport.techniques import ALL_TECHNIQUES
-from modelport.v1 import jobs_pb2
 from optimizer_svc import keras_bridge, measure, selection
 from optimizer_svc.technique_options import parse_options, plan
 
@@ -67,8 +67,8 @@ def test_options_defaults_types_and_errors():
 
 
 def _cand(tech, latency, gzip, accuracy=math.nan, agreement=1.0, fmt="onnx"):
-    return jobs_pb2.CandidateReport(technique=tech, latency_p50_ms=latency, gzip_size_bytes=gzip, accuracy=accuracy,
-                                    agreement=agreement, format=fmt)
+    return CandidateReport(technique=tech, latency_p50_ms=latency, gzip_size_bytes=gzip, accuracy=accuracy,
+                           agreement=agreement, format=fmt)
 
 
 def test_auto_picks_the_fastest_within_budget():
@@ -147,8 +147,7 @@ def test_explicit_returns_the_requested_technique_even_if_not_faster():
 
 def test_failed_candidates_rank_last_and_are_never_chosen():
     base = _cand("baseline", 10.0, 1000, accuracy=0.9)
-    failed = jobs_pb2.CandidateReport(technique="qat", note="failed: x")
-    failed.details["status"] = "failed"
+    failed = CandidateReport(technique="qat", note="failed: x", details={"status": "failed"})
     ranked, chosen, _ = selection.rank(base, [failed, _cand("graph", 9.0, 900, 0.9)], goal="latency", max_drop=0.0,
                                     relative=False, auto=True, min_gain=0.03)
     assert [c.technique for c in ranked] == ["graph", "qat"] and chosen.technique == "graph"

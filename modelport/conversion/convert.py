@@ -9,11 +9,11 @@ parity (or is allowed to mismatch) is published to the store. ``inspect_model`` 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
 import tempfile
-import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
