@@ -19,6 +19,8 @@ from inference_svc.repository_loading import resolve_artifact
 from inference_svc.shm import SharedMemoryRegistry
 from modelport import cpuinfo
 from modelport.errors import ModelportError, Unimplemented
+from modelport.kserve import codec
+from modelport.kserve import shm as kshm
 from modelport.kserve.v2 import grpc_service_pb2 as pb
 from modelport.kserve.v2 import grpc_service_pb2_grpc as pb_grpc
 from modelport.trust import check_model_name, redact
@@ -71,14 +73,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(self, request, deadline):
         mv = self.manager.get(request.model_name, request.model_version)
+        requested = [o.name for o in request.outputs]
         # What the request declares is checked against the model (and the request size cap) before any
-        # tensor is decoded or any shared memory is touched.
-        self.manager.precheck(mv, [(t.name, t.datatype, list(t.shape)) for t in request.inputs],
-                                   [o.name for o in request.outputs])
-        # One path for every request: the lease holds the shared memory a request uses (none for most).
+        # tensor is decoded or any shared memory is touched; the decoded tensors are what it declared, so
+        # infer does not check them again.
+        elements = self.manager.precheck(mv, [(t.name, t.datatype, t.shape) for t in request.inputs], requested)
+        if not kshm.uses_shm(request):  # most requests: tensors in the message, no shared memory to hold
+            outputs = await self.manager.infer(mv, codec.decode_inputs(request), requested, deadline,
+                                               elements=elements)
+            return codec.make_infer_response(mv.name, mv.label, outputs, request.id)
+        # The lease holds the shared memory regions the request uses until its response is built.
         with self.shm.lease(request) as lease:
             inputs = lease.decode_inputs()
-            outputs = await self.manager.infer(mv, inputs, [o.name for o in request.outputs], deadline)
+            outputs = await self.manager.infer(mv, inputs, requested, deadline, elements=elements)
             return lease.response(mv.name, mv.label, outputs, request.id)
 
     async def ModelInfer(self, request, context):
