@@ -188,7 +188,8 @@ def main() -> None:
     elapsed, cpu1 = time.perf_counter() - start, os.times()
     sent = state["next"]
     names = {v: k for k, v in codes.items()}
-    counted = {names[int(c)]: int(n) for c, n in zip(*np.unique(outcome[:sent], return_counts=True))
+    counted = {names[int(c)]: int(n) for c, n in zip(*np.unique(outcome[:sent], return_counts=True),
+                                                     strict=True)
                if int(c) != UNSET}
     lost = int((outcome[:sent] == UNSET).sum())
     np.savez(cfg["out"], t_send=t_send[:sent] - start, latency=latency[:sent], lane=lane_of[:sent],
