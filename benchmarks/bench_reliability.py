@@ -343,6 +343,13 @@ def summarize_soak(final: dict, rec: dict, samples: list[dict], swap: dict, befo
         per_mode[key] = {"lanes": m["lanes"], "sent": int(len(idx)), "ok": int(ok[idx].sum()),
                          "p50_s": float(np.percentile(lat, 50)) if len(lat) else None,
                          "p99_s": float(np.percentile(lat, 99)) if len(lat) else None}
+    server_check = {}
+    for model, ver in (("digits", "1"), ("mlp", "2")):
+        client_ok = int(sum(((rec["version"] == int(ver)) & ok & (rec["lane"] == n)).sum()
+                            for n, lane in enumerate(lanes) if lane["model"] == model))
+        b4 = before[model]["versions"].get(ver, {}).get("success", 0)
+        now = after[model]["versions"].get(ver, {}).get("success")
+        server_check[f"{model} v{ver}"] = {"client_ok": client_ok, "server_success": None if now is None else now - b4}
     warm = slices[1]["rss_mb"] if len(slices) > 1 else slices[0]["rss_mb"]
     last = slices[-1]["rss_mb"]
     after_warm = [s for s in samples if sent // 10 <= s["progress"] < sent]
@@ -353,7 +360,7 @@ def summarize_soak(final: dict, rec: dict, samples: list[dict], swap: dict, befo
             "rss_peak_after_warm_mb": max(s["rss"] for s in after_warm) / MiB if after_warm else None,
             "fds_after_warm": [min(s["fds"] for s in after_warm), max(s["fds"] for s in after_warm)]
             if after_warm else None,
-            "server_before": before, "server_after": after, "server_exit": exit_code,
+            "server_before": before, "server_after": after, "server_exit": exit_code, "server_check": server_check,
             "rss_series": [(round(s["t"], 1), s["progress"], s["rss"], s["fds"]) for s in samples]}
 
 
@@ -457,6 +464,7 @@ def jobs_soak(work: Path, real: int, cached: int) -> dict:
     counts = {"real": JobCounts(), "cached": JobCounts()}
     digests: dict[tuple[str, int], str | None] = {}
     checkpoints = []
+    series: dict[str, list[dict]] = {"c": [], "o": []}
 
     def checkpoint(label: str) -> dict:
         c = {"label": label, "converter": tree_stats(conv.pid), "optimizer": tree_stats(opt.pid),
@@ -472,15 +480,15 @@ def jobs_soak(work: Path, real: int, cached: int) -> dict:
         def real_side(kind: str):
             reqs, call, name = (conv_reqs, convert, "convert_result") if kind == "c" else \
                 (opt_reqs, optimize, "optimize_result")
+            pid = conv.pid if kind == "c" else opt.pid
             for k, req in enumerate(reqs):
                 digests[(kind, k)] = run_job(call, req, name, counts["real"], None)
-                if k % 5 == 4:
-                    checkpoint(f"{kind} real {k + 1}")
+                series[kind].append({"jobs": k + 1, **tree_stats(pid)})
 
         with ThreadPoolExecutor(2) as ex:  # both services work at once; each runs its jobs one after another
             list(ex.map(real_side, ["c", "o"]))
         real_s = time.perf_counter() - t0
-        checkpoint("after real jobs")
+        checkpoint("after the real jobs")
         print(f"  jobs: {real} real in {real_s:.0f}s: {counts['real'].to_dict()['errors'] or 'no errors'}", flush=True)
         plan = [("c" if i % 2 == 0 else "o", (i // 2) % (n_conv if i % 2 == 0 else n_opt)) for i in range(cached)]
 
@@ -501,7 +509,8 @@ def jobs_soak(work: Path, real: int, cached: int) -> dict:
         opt_ch.close()
         exits = {"converter": common.stop_service_subprocess(conv), "optimizer": common.stop_service_subprocess(opt)}
     return {"real": counts["real"].to_dict(), "cached": counts["cached"].to_dict(), "real_s": real_s,
-            "cached_s": cached_s, "checkpoints": checkpoints, "exits": exits, "n_conv": n_conv, "n_opt": n_opt}
+            "cached_s": cached_s, "checkpoints": checkpoints, "exits": exits, "n_conv": n_conv, "n_opt": n_opt,
+            "worker_series": series}
 
 
 # --- slow and vanishing clients -------------------------------------------------------------------
@@ -703,15 +712,16 @@ def report(data: dict) -> str:
             f"growth **{s['rss_growth'] * 100:+.1f} %** (goal < {GOAL_RSS_GROWTH * 100:.0f} %: "
             f"{'met' if s['rss_growth'] < GOAL_RSS_GROWTH else 'NOT met'}); peak after warm-up "
             f"{s['rss_peak_after_warm_mb']:.0f} MB; open fds after warm-up between {s['fds_after_warm'][0]} and "
-            f"{s['fds_after_warm'][1]}. Server exit code after SIGTERM: {s['server_exit']}.", ""]
+            f"{s['fds_after_warm'][1]}. Server exit code after SIGTERM: {s['server_exit']}.", "",
+            "The server's own count (ModelStatistics successes during the run) against the client's OK answers: "
+            + "; ".join(f"{k}: server {v['server_success']}, client {v['client_ok']}"
+                        for k, v in s["server_check"].items())
+            + " (version 1 of `mlp` was unloaded by the swap, its statistics with it).", ""]
         if s["first_errors"]:
             lines += ["First error of each kind: " + "; ".join(f"{k}: {v}" for k, v in s["first_errors"].items()), ""]
     j = data.get("jobs")
     if j:
         cp = j["checkpoints"]
-        first_real = next((c for c in cp if "real" in c["label"]), cp[0])
-        after_real = next(c for c in cp if c["label"] == "after real jobs")
-        end = cp[-1]
 
         def row(label, c):
             return [label, mb(c["converter"]["rss"]), mb(c["converter"]["children_rss"]), c["converter"]["fds"],
@@ -736,9 +746,20 @@ def report(data: dict) -> str:
             common.markdown_table(
                 ["when", "converter RSS MB", "its workers RSS MB", "converter fds", "optimizer RSS MB",
                  "its workers RSS MB", "optimizer fds", "stores MB", "tmp entries"],
-                [row("start", cp[0]), row(f"after {first_real['label']}", first_real),
-                 row("after the real jobs", after_real), row(f"after {end['label']}", end)]), "",
+                [row(c["label"].replace("cached", "after cached job"), c) for c in cp]), "",
         ]
+        for kind, label in (("c", "converter"), ("o", "optimizer")):
+            ser = j["worker_series"][kind]
+            if len(ser) >= 2:
+                picks = sorted({0, len(ser) // 10, len(ser) // 2, len(ser) - 1})
+                lines += [f"{label.capitalize()} worker (one process for every job) after real job "
+                          + ", ".join(str(ser[i]["jobs"]) for i in picks) + ": RSS "
+                          + " / ".join(mb(ser[i]["children_rss"]) for i in picks) + " MB, open fds "
+                          + " / ".join(str(ser[i]["children_fds"]) for i in picks) + f"; growth from job "
+                          f"{ser[picks[1]]['jobs']} to the last "
+                          f"{(ser[-1]['children_rss'] / ser[picks[1]]['children_rss'] - 1) * 100:+.1f} %.", ""]
+        lines += [f"Exit codes after SIGTERM: converter {j['exits']['converter']}, optimizer "
+                  f"{j['exits']['optimizer']}.", ""]
         errs = {**j["real"]["first_errors"], **j["cached"]["first_errors"]}
         if errs:
             lines += ["First job error of each kind: " + "; ".join(f"{k}: {v}" for k, v in errs.items()), ""]
