@@ -674,7 +674,7 @@ def mb(b: float) -> str:
 
 def report(data: dict) -> str:
     load = data["loadavg"]
-    lines = ["## Reliability: soak, slow and vanishing clients, every request counted", "",
+    lines = ["## Reliability: soak, slow and vanishing clients, faults — every request counted", "",
              f"Load average (1 min) before/after: {load['before'][0]:.1f} / {load['after'][0]:.1f} on "
              f"{os.cpu_count()} cores; whole run {data['elapsed_s']:.0f} s"
              + (" (**--quick**: a short run, not the figures to quote)" if data["quick"] else "") + ".", ""]
@@ -778,8 +778,9 @@ def report(data: dict) -> str:
                   d["other_request"], f"fds {d['fds_during']} → {d['fds_after']} (before: {d['fds_base']}) in "
                   f"{d['release_s']:.1f} s"],
                  ["stopped reading ModelStreamInfer", f"offered {st['requests_offered']} requests with "
-                  f"{st['answer_kib']} KiB answers ({st['unbounded_mb']:.0f} MB if all were answered); flow control "
-                  f"let {st['sent_by_client']} out, the server ran {st['executed_stalled']}",
+                  f"{st['answer_kib']} KiB answers ({st['unbounded_mb']:.0f} MB if all were answered); its gRPC "
+                  f"sent {st['sent_by_client']} (small requests: they wait in the transport's buffers), the "
+                  f"server ran {st['executed_stalled']} and waited",
                   f"{mb(st['base_rss'])} → {mb(st['peak_rss'])}", st["other_request"],
                   f"runs of the model: {st['executed_after_kill']} after the kill, {st['executed_1s_later']} a "
                   f"second later; fds {st['fds_after']} (before: {st['fds_base']})"],
@@ -791,6 +792,8 @@ def report(data: dict) -> str:
             f"{sc['exit']}.", ""]
     if data.get("faults"):
         lines += data["faults"] + [""]
+    elif data.get("faults_skipped"):
+        lines += ["### Crash and resume, full disk", "", "Not run in this run (`--skip-faults`).", ""]
     lines += [f"Command: `{common.command_line()}`.", "", common.system_info_markdown()]
     return "\n".join(lines)
 
@@ -808,11 +811,12 @@ def main() -> None:
     parts = set(args.only or ["soak", "jobs", "slow", "faults"])
     if args.skip_faults:
         parts.discard("faults")
+    data_skip = "faults" not in parts
     quick = args.quick
     t0 = time.time()
     load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="bench-reliability-"))
-    data: dict = {"quick": quick}
+    data: dict = {"quick": quick, "faults_skipped": data_skip}
     try:
         if "soak" in parts:
             print("inference soak", flush=True)

@@ -35,6 +35,7 @@ TIMEOUTS = {
     "e2e": 420,
     "external_data": 420,
     "llm": 900,
+    "reliability": 900,  # its own bound is 15 minutes on 2 cores (soak, jobs, slow clients, faults)
 }
 DEFAULT_TIMEOUT = 240
 QUICK_TIMEOUT = 120
