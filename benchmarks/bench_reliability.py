@@ -839,7 +839,13 @@ def main() -> None:
             else:
                 fault_dir = work / "faults"
                 fault_dir.mkdir()
-                data["faults"] = reliability_faults.run(fault_dir)
+                try:
+                    data["faults"] = reliability_faults.run(fault_dir)
+                except Exception as e:  # noqa: BLE001 - reported in the section; the run then exits non-zero
+                    failed = f"{type(e).__name__}: {e}"
+                    data["faults"] = ["### Crash and resume, full disk", "",
+                                      f"**Failed**: `reliability_faults.run` raised {failed[:500]}"]
+                    data["faults_error"] = failed
     finally:
         shutil.rmtree(work, ignore_errors=True)
     data["loadavg"] = {"before": load_before, "after": os.getloadavg()}
@@ -847,6 +853,8 @@ def main() -> None:
     md = report(data)
     common.write_section("reliability", md, data)
     print(md)
+    if data.get("faults_error"):
+        sys.exit(f"reliability_faults failed: {data['faults_error']}")
 
 
 def argparse_hidden() -> str:
