@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,7 +163,7 @@ def optimize_job(progress, store_root: str, request: bytes, origin: str = "", in
     req = optimizer_pb2.OptimizeRequest()
     req.ParseFromString(request)
     store = ArtifactStore(store_root)
-    work = Path(tempfile.mkdtemp(prefix="optimize-", dir=store.tmp_dir))
+    work = store.mkdtemp("optimize")
     try:
         return _optimize(progress, store, req, origin, work, int8_search_s).SerializeToString()
     finally:
