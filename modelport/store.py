@@ -49,6 +49,30 @@ def disk_full(exc: OSError, what: str) -> ResourceExhausted:
     )
 
 
+_NO_SPACE_TEXT = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT))
+
+
+def disk_full_error(exc: BaseException, scratch_root: str = "") -> ResourceExhausted | None:
+    """RESOURCE_EXHAUSTED for a job that ran out of disk (an ENOSPC/EDQUOT anywhere in the exception's
+    chain, or a library error quoting it), naming where: the worker's temp folder or the artifact store
+    (job work folders live in the store's tmp/). None for any other error."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            if scratch_root and str(e.filename or "").startswith(scratch_root):
+                return ResourceExhausted(
+                    f"the worker's temp folder is full ({os.strerror(e.errno)}) while running the job; nothing "
+                    "was stored. Free space where TMPDIR points (or point TMPDIR at a larger volume) and retry",
+                    {"reason": "disk_full"})
+            return disk_full(e, "running the job")
+        if any(t in str(e) for t in _NO_SPACE_TEXT):
+            return disk_full(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), "running the job")
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def check_digest(digest: str) -> str:
     """Return the hex part of a well-formed ``sha256:<hex>`` digest or raise InvalidArgument."""
     if not _DIGEST_RE.match(digest or ""):

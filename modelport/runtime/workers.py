@@ -19,7 +19,6 @@ This module never imports grpc.
 from __future__ import annotations
 
 import asyncio
-import errno
 import importlib
 import logging
 import multiprocessing as mp
@@ -37,7 +36,7 @@ from typing import Any
 from modelport import tmpfiles
 from modelport.errors import DeadlineExceeded, Internal, ModelportError, ResourceExhausted, error_for_status
 from modelport.memory import available_bytes, fmt_bytes
-from modelport.store import disk_full
+from modelport.store import disk_full_error
 
 log = logging.getLogger("modelport.runtime.workers")
 
@@ -127,30 +126,6 @@ def _child_main(conn, env: dict[str, str], preload: tuple[str, ...], scratch_roo
         finally:
             os.chdir(home)
             shutil.rmtree(scratch, ignore_errors=True)
-
-
-_NO_SPACE_TEXT = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT))
-
-
-def disk_full_error(exc: BaseException, scratch_root: str = "") -> ResourceExhausted | None:
-    """RESOURCE_EXHAUSTED for a job that ran out of disk (an ENOSPC/EDQUOT anywhere in the exception's
-    chain, or a library error quoting it), naming where: the worker's temp folder or the artifact store
-    (job work folders live in the store's tmp/). None for any other error."""
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            if scratch_root and str(e.filename or "").startswith(scratch_root):
-                return ResourceExhausted(
-                    f"the worker's temp folder is full ({os.strerror(e.errno)}) while running the job; nothing "
-                    "was stored. Free space where TMPDIR points (or point TMPDIR at a larger volume) and retry",
-                    {"reason": "disk_full"})
-            return disk_full(e, "running the job")
-        if any(t in str(e) for t in _NO_SPACE_TEXT):
-            return disk_full(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), "running the job")
-        e = e.__cause__ or e.__context__
-    return None
 
 
 @dataclass(eq=False)
