@@ -51,20 +51,21 @@ class Tally:
     """Requests (or deploys) of one scenario: sent, answered OK, answered with an error code, lost."""
 
     what: str
+    notes: dict = field(default_factory=dict)
     sent: int = 0
     ok: int = 0
     errors: Counter = field(default_factory=Counter)
     wrong: int = 0
-    """Answered OK with a wrong result (counted as lost)."""
+    """Answered OK with a wrong result (not in ``ok``: counted as lost)."""
 
     @property
     def lost(self) -> int:
-        """Sent but never answered: neither OK nor an error code (nor a wrong OK)."""
+        """Sent but neither answered OK with the right result nor with an error code."""
         return self.sent - self.ok - sum(self.errors.values())
 
     def row(self) -> str:
         errs = ", ".join(f"{k} {v}" for k, v in sorted(self.errors.items())) or "none"
-        return f"| {self.what} | {self.sent} | {self.ok} | {errs} | {self.lost + self.wrong} |"
+        return f"| {self.what} | {self.sent} | {self.ok} | {errs} | {self.lost} |"
 
 
 TABLE_HEAD = ["| what | sent | OK | errors by code | lost |", "|---|---:|---:|---|---:|"]
@@ -101,13 +102,16 @@ def mlp_reference(x: np.ndarray, hidden: int = 256, seed: int = 0) -> np.ndarray
 
 
 # ---- processes ---------------------------------------------------------------------------------
-def start(name: str, store: Path, logs: Path, env: dict[str, str] | None = None, args: list[str] | None = None,
-          timeout: float = 300.0):
-    """One service as a real process (the launcher of ``modelport up``, port 0) on ``store``."""
+def start(names: str | tuple[str, ...], store: Path, logs: Path, env: dict[str, str] | None = None,
+          args: list[str] | None = None, timeout: float = 300.0, job_args: list[str] | None = None):
+    """Services as real processes (the launcher of ``modelport up``, port 0, started together) on ``store``;
+    ``job_args``: extra flags of the converter and optimizer only."""
     from gateway.launcher import Launcher
 
-    launcher = Launcher(store, ports={name: 0}, services=(name,), log_dir=logs, env=env,
-                        extra_args={name: list(args or [])})
+    names = (names,) if isinstance(names, str) else names
+    launcher = Launcher(store, ports=dict.fromkeys(names, 0), services=names, log_dir=logs, env=env,
+                        extra_args={n: list(args or []) + (list(job_args or []) if n != "inference" else [])
+                                    for n in names})
     launcher.start(timeout=timeout)
     return launcher
 
@@ -148,11 +152,11 @@ def wait_gone(pids: list[int], timeout: float = 60.0) -> list[int]:
 def kill9(launcher, name: str) -> list[int]:
     """SIGKILL the service process only (its workers are not signalled), reap it, and wait for its workers
     to notice and exit. Returns the worker pids that outlived it (should be none)."""
-    pid = launcher.pids()[name]
-    workers = descendants(pid)
-    os.kill(pid, signal.SIGKILL)
-    codes = launcher.stop(timeout=30)
-    assert codes[name] == -signal.SIGKILL, codes
+    proc = launcher.children[name].proc
+    workers = descendants(proc.pid)
+    os.kill(proc.pid, signal.SIGKILL)
+    code = proc.wait(30)
+    assert code == -signal.SIGKILL, code
     return wait_gone(workers, timeout=30)
 
 
@@ -185,10 +189,14 @@ class CrashResume:
     cached: list[list[str]]
     """Stages from cache, per finished run."""
     seconds: list[float]
+    swept: list[str] = field(default_factory=list)
+    """The services' log lines saying what their start-up sweep removed."""
 
 
-def crash_and_resume(workdir: Path, hidden: int = 256, optimize: tuple[str, ...] = ("graph",)) -> CrashResume:
-    """kill -9 the converter, then the optimizer, mid-deploy; restart each on the same store and rerun."""
+def crash_and_resume(workdir: Path, hidden: int = 256, optimize: tuple[str, ...] = ("graph",),
+                     args: list[str] | None = None) -> CrashResume:
+    """kill -9 the converter, then the optimizer, mid-deploy; restart each on the same store and rerun.
+    ``args``: extra flags of every service (the fast test passes ``--warm-workers 0``)."""
     from modelport import Client
     from modelport.deploy import Progress, StageFailed
 
@@ -197,7 +205,9 @@ def crash_and_resume(workdir: Path, hidden: int = 256, optimize: tuple[str, ...]
     tmpdir.mkdir(exist_ok=True)
     env = {"TMPDIR": str(tmpdir)}
     model = mlp_onnx(workdir / "mlp.onnx", hidden)
-    services = {n: start(n, store, logs, env) for n in ("converter", "optimizer", "inference")}
+    first = start(("converter", "optimizer", "inference"), store, logs, env, job_args=args)
+    services = dict.fromkeys(first.children, first)
+    launchers = [first]
     tally = Tally("deploys (kill -9 converter, then optimizer, mid-job)")
     out = CrashResume(tally, [], [], [], [], [], [], [])
 
@@ -214,7 +224,7 @@ def crash_and_resume(workdir: Path, hidden: int = 256, optimize: tuple[str, ...]
                 self.orphans += kill9(services[name], name)
 
     def deploy(victim: str | None):
-        addrs = {n: next(iter(launcher.addresses().values())) for n, launcher in services.items()}
+        addrs = {n: launcher.addresses()[n] for n, launcher in services.items()}
         progress = KillMidJob(victim)
         tally.sent += 1
         t0 = time.perf_counter()
@@ -237,14 +247,17 @@ def crash_and_resume(workdir: Path, hidden: int = 256, optimize: tuple[str, ...]
         for victim in ("convert", "optimize"):
             deploy(victim)
             name = "converter" if victim == "convert" else "optimizer"
-            services[name] = start(name, store, logs, env)  # same store; the sweep at start runs
+            services[name] = start(name, store, logs, env, job_args=args)  # same store; the sweep at start runs
+            launchers.append(services[name])
             out.leftovers_after_restart += dead_owner_entries(store, tmpdir)
         deploy(None)  # finishes: upload and convert from cache, optimize runs
         deploy(None)  # everything from cache
     finally:
-        for launcher in services.values():
+        for launcher in launchers:
             launcher.stop()
     out.leftovers_at_end = temp_entries(store, tmpdir)
+    out.swept = [line.split(": ", 1)[-1] for log in sorted(logs.glob("*.log"))
+                 for line in log.read_text(errors="replace").splitlines() if "stale temp entr" in line]
     return out
 
 
@@ -300,15 +313,29 @@ def inference_failover(workdir: Path, requests: int = 2000, threads: int = 8, ki
             pool = [threading.Thread(target=client_loop, args=(client,)) for _ in range(threads)]
             for t in pool:
                 t.start()
-            reached.wait()
+            if not reached.wait(600):
+                raise RuntimeError(f"the load never reached {kill_at:.0%} of {requests} requests: {tally}")
             orphans = kill9(replicas[0], "inference")
             for t in pool:
                 t.join()
+        tally.notes["survivor_served"] = inference_count(replicas[1].addresses()["inference"])
     finally:
         for r in replicas:
             r.stop()
     assert not orphans, orphans
     return tally
+
+
+def inference_count(address: str) -> int:
+    """Requests a replica executed for the model (its KServe ModelStatistics)."""
+    import grpc
+
+    from modelport.kserve.v2 import grpc_service_pb2 as kpb
+    from modelport.kserve.v2 import grpc_service_pb2_grpc as kgrpc
+
+    with grpc.insecure_channel(address) as ch:
+        stats = kgrpc.GRPCInferenceServiceStub(ch).ModelStatistics(kpb.ModelStatisticsRequest(name=MODEL), timeout=30)
+    return sum(s.inference_count for s in stats.model_stats)
 
 
 # ---- full disk ---------------------------------------------------------------------------------
@@ -438,7 +465,7 @@ def run(workdir: Path) -> list[str]:
         f"{len(cr.leftovers_after_restart)}; left after the services stopped: {len(cr.leftovers_at_end)}.",
         f"- Inference: one of two replicas `kill -9`-ed under load; the SDK client (`Client(inference=\"IP1:P1,IP2:P2\")`:"
         f" round_robin, grpc.health.v1 checking, retry policy on UNAVAILABLE/CANCELLED, 5 attempts) lost "
-        f"{fo.lost + fo.wrong} of {fo.sent}.",
+        f"{fo.lost} of {fo.sent}; the surviving replica served {fo.notes.get('survivor_served')}.",
         "",
         "### Full disk",
         "",
