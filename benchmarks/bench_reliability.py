@@ -504,13 +504,47 @@ def jobs_soak(work: Path, real: int, cached: int) -> dict:
                 list(ex.map(again, plan[j:j + 100]))
                 checkpoint(f"cached {min(j + 100, cached)}")
         cached_s = time.perf_counter() - t1
+        vanish = job_client_vanishes(opt, opt_addr, opt_store, optimize,
+                                     ArtifactStore(opt_store).put_onnx(mlp_onnx(models / "vanish.onnx", MLP_SIZES,
+                                                                                seed=999)).digest)
+        checkpoint("after the vanished client's job")
     finally:
         conv_ch.close()
         opt_ch.close()
         exits = {"converter": common.stop_service_subprocess(conv), "optimizer": common.stop_service_subprocess(opt)}
     return {"real": counts["real"].to_dict(), "cached": counts["cached"].to_dict(), "real_s": real_s,
             "cached_s": cached_s, "checkpoints": checkpoints, "exits": exits, "n_conv": n_conv, "n_opt": n_opt,
-            "worker_series": series}
+            "worker_series": series, "vanish": vanish}
+
+
+def job_client_vanishes(opt: subprocess.Popen, address: str, store: Path, optimize, digest: str) -> dict:
+    """A client SIGKILLed while its optimize job runs: the job's worker is stopped (work released), nothing is
+    cached or left in tmp/, and the same request then runs for real to the end."""
+    import psutil
+
+    from modelport.v1 import artifacts_pb2, optimizer_pb2
+
+    def workers() -> set[int]:
+        return {c.pid for c in psutil.Process(opt.pid).children(recursive=True)}
+
+    before = workers()
+    p, _ = start_role("job", address, digest)
+    busy = workers()
+    p.kill()
+    p.wait()
+    t0 = time.monotonic()
+    while busy & workers() == busy and time.monotonic() - t0 < 30:
+        time.sleep(0.05)
+    stopped_s = time.monotonic() - t0
+    gone = len(busy - workers())
+    tmp_after_kill = sorted(os.listdir(store / "tmp"))
+    counts = JobCounts()
+    req = optimizer_pb2.OptimizeRequest(model=artifacts_pb2.ArtifactRef(digest=digest), techniques=["auto"])
+    t1 = time.perf_counter()
+    run_job(optimize, req, "optimize_result", counts, None)
+    return {"workers_before": len(before), "workers_stopped": gone, "stopped_s": stopped_s,
+            "tmp_after_kill": tmp_after_kill, "tmp_left": sorted(os.listdir(store / "tmp")), "rerun": counts.to_dict(), "rerun_cached": counts.cached,
+            "rerun_s": time.perf_counter() - t1}
 
 
 # --- slow and vanishing clients -------------------------------------------------------------------
@@ -560,6 +594,16 @@ def client_role(role: str, address: str, arg: str) -> None:
         threading.Thread(target=lambda: artifacts_pb2_grpc.ArtifactsStub(ch).Upload(requests()), daemon=True).start()
         stall.wait()
         time.sleep(1)
+    elif role == "job":
+        from modelport.v1 import optimizer_pb2, optimizer_pb2_grpc
+
+        req = optimizer_pb2.OptimizeRequest(model=artifacts_pb2.ArtifactRef(digest=arg), techniques=["auto"])
+        stages = []
+        for ev in optimizer_pb2_grpc.OptimizerStub(ch).Optimize(req, timeout=600):
+            stages.append(ev.stage)
+            if ev.stage != "queued":  # the worker runs it now
+                break
+        moved[0] = len(stages)
     print(json.dumps({"stalled": True, "moved": moved[0]}), flush=True)
     threading.Event().wait()
 
@@ -758,6 +802,15 @@ def report(data: dict) -> str:
                           + " / ".join(str(ser[i]["children_fds"]) for i in picks) + f"; growth from job "
                           f"{ser[picks[1]]['jobs']} to the last "
                           f"{(ser[-1]['children_rss'] / ser[picks[1]]['children_rss'] - 1) * 100:+.1f} %.", ""]
+        v = j.get("vanish")
+        if v:
+            lines += [f"A client SIGKILLed while its `auto` optimize job ran in the worker: {v['workers_stopped']} "
+                      f"worker process(es) stopped {v['stopped_s']:.2f} s after the kill (work released; a spare "
+                      f"replaces it), store tmp/ entries right after: {len(v['tmp_after_kill'])}, after the rerun: "
+                      f"{len(v['tmp_left'])}; the same request afterwards: "
+                      f"{'OK' if v['rerun']['ok'] else fmt_counts(v['rerun']['errors'])}, "
+                      f"{'from the cache (the killed job had finished)' if v['rerun_cached'] else 'run for real'} "
+                      f"in {v['rerun_s']:.1f} s.", ""]
         lines += [f"Exit codes after SIGTERM: converter {j['exits']['converter']}, optimizer "
                   f"{j['exits']['optimizer']}.", ""]
         errs = {**j["real"]["first_errors"], **j["cached"]["first_errors"]}

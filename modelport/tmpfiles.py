@@ -51,8 +51,32 @@ def tag() -> str:
 
 
 def prefix(kind: str) -> str:
-    """A temp-name prefix ``<kind>-o<pid>h<machine>-`` for ``tempfile.mkstemp``/``mkdtemp``."""
-    return f"{kind}-{tag()}-"
+    """A temp-name prefix ``<kind>-o<pid>h<machine>-`` for ``tempfile.mkstemp``/``mkdtemp``; in a worker
+    (whose owner is its service) ``<kind>-o<pid>h<machine>-w<worker pid>-``, so the service can remove what
+    one killed worker left while the service itself goes on (``remove_worker_entries``)."""
+    worker = f"w{os.getpid()}-" if owner_pid() != os.getpid() else ""
+    return f"{kind}-{tag()}-{worker}"
+
+
+def remove_worker_entries(folder: str | os.PathLike, worker_pid: int) -> int:
+    """Remove the entries of ``folder`` that worker ``worker_pid`` of this service made (call it once that
+    worker is dead: a job it ran was cancelled, timed out or crashed); returns how many went."""
+    mark = f"-{tag()}-w{worker_pid}-"
+    removed = 0
+    try:
+        entries = [e for e in os.scandir(folder) if mark in e.name]
+    except OSError:
+        return 0
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+            removed += 1
+        except OSError:
+            continue
+    return removed
 
 
 def pid_alive(pid: int) -> bool:

@@ -183,7 +183,8 @@ class WorkerPool:
     """Runs jobs in warm subprocesses, at most ``size`` at once; the rest queue."""
 
     def __init__(self, *, size: int = 1, env: dict[str, str] | None = None, preload: tuple[str, ...] = (),
-                 max_jobs_per_worker: int = 1, name: str = "worker"):
+                 max_jobs_per_worker: int = 1, name: str = "worker",
+                 on_worker_lost: Callable[[int], Any] | None = None):
         self.size = max(1, size)
         self.env = dict(env or {})
         self.preload = tuple(preload)
@@ -195,6 +196,9 @@ class WorkerPool:
         self._waiting = 0
         self._closed = False
         self._spares: set[asyncio.Task] = set()
+        self.on_worker_lost = on_worker_lost
+        """Called in a thread with the pid of a worker killed (cancelled, timed-out job) or dead mid-job, before
+        the job's slot frees: the service removes what that job left outside the worker's scratch folder."""
 
     # ---- lifecycle ---------------------------------------------------------------------------
     async def start(self, warm: int = 1) -> None:
@@ -342,10 +346,20 @@ class WorkerPool:
             log.info("job cancelled; killing its %s", self.name)
             raise
         finally:
-            if w is not None:  # crashed, timed out or cancelled: the worker is not reusable
-                w.kill()
-                self._spawn_spare()
-            self._sem.release()
+            try:
+                if w is not None:  # crashed, timed out or cancelled: the worker is not reusable
+                    w.kill()
+                    self._spawn_spare()
+                    if self.on_worker_lost is not None:
+                        await asyncio.shield(asyncio.to_thread(self._lost, w.proc.pid))
+            finally:
+                self._sem.release()
+
+    def _lost(self, pid: int) -> None:
+        try:
+            self.on_worker_lost(pid)
+        except Exception:  # noqa: BLE001 - cleanup is best effort; a restart sweeps the rest
+            log.exception("cleaning up after %s %d failed", self.name, pid)
 
     def _release(self, w: _Worker) -> None:
         if self.max_jobs and w.jobs >= self.max_jobs:
