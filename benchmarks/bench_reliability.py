@@ -685,9 +685,11 @@ def slow_clients(work: Path, download_mb: int, stream_requests: int, upload_mb: 
         # 3. A client that dies half-way through an Upload.
         tmp = store / "tmp"
         base = tree_stats(proc.pid)
-        p, m = start_role("upload", address, str(upload_mb * MiB))
-        temp_files = [(e.name, e.stat().st_size) for e in os.scandir(tmp)]
-        others = infer_once(address, "digits")
+        with Sampler(proc.pid, interval=0.2) as s:
+            p, m = start_role("upload", address, str(upload_mb * MiB))
+            temp_files = [(e.name, e.stat().st_size) for e in os.scandir(tmp)]
+            others = infer_once(address, "digits")
+        peak = max(x["rss"] for x in s.samples)
         p.kill()
         p.wait()
         t0 = time.monotonic()
@@ -696,6 +698,7 @@ def slow_clients(work: Path, download_mb: int, stream_requests: int, upload_mb: 
         left = [e.name for e in os.scandir(tmp)]
         after, _ = settle(proc.pid, "fds", base["fds"])
         out["upload"] = {"size_mb": upload_mb, "sent_before_kill": m["moved"], "temp_during": temp_files,
+                         "base_rss": base["rss"], "peak_rss": peak,
                          "temp_left": left, "release_s": time.monotonic() - t0, "fds_base": base["fds"],
                          "fds_after": after["fds"], "other_request": others,
                          "stored_blobs": len(list((store / "blobs" / "sha256").iterdir()))}
@@ -839,7 +842,7 @@ def report(data: dict) -> str:
                   f"second later; fds {st['fds_after']} (before: {st['fds_base']})"],
                  ["killed mid-Upload", f"sent {up['sent_before_kill'] / MiB:.0f} of {up['size_mb']} MiB; temp "
                   f"blob during the stall: {', '.join(f'{n} ({s / MiB:.0f} MiB)' for n, s in up['temp_during']) or 'none'}",
-                  "—", up["other_request"], f"temp files left: {len(up['temp_left'])} (after {up['release_s']:.2f} s); "
+                  f"{mb(up['base_rss'])} → {mb(up['peak_rss'])}", up["other_request"], f"temp files left: {len(up['temp_left'])} (after {up['release_s']:.2f} s); "
                   f"fds {up['fds_after']} (before: {up['fds_base']})"]]), "",
             f"The server answered a request after all three: {sc['still_serving']}; exit code after SIGTERM: "
             f"{sc['exit']}.", ""]
