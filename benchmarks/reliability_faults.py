@@ -44,6 +44,8 @@ import numpy as np
 
 MODEL = "faulty"
 N_IN, N_OUT = 64, 10
+MEASURE = {"measure.warmup": "1", "measure.repeats": "5"}
+"""Optimizer options of every job here: faults are under test, not latency."""
 
 
 @dataclass
@@ -230,7 +232,8 @@ def crash_and_resume(workdir: Path, hidden: int = 256, optimize: tuple[str, ...]
         t0 = time.perf_counter()
         try:
             with Client(**addrs, timeout=600) as client:
-                report = client.deploy(model, name=MODEL, optimize=list(optimize), progress=progress)
+                report = client.deploy(model, name=MODEL, optimize=list(optimize), options=MEASURE,
+                                       progress=progress)
         except StageFailed as e:
             tally.errors[e.code] += 1
             out.failures.append((e.stage, e.code))
@@ -382,6 +385,7 @@ class DiskFull:
     """grpc.health.v1 status after each failure."""
     blobs_before: int = 0
     blobs_after_failures: int = 0
+    by_operation: dict[str, Tally] = field(default_factory=dict)
 
 
 def store_entries(store: Path) -> set[str]:
@@ -389,8 +393,15 @@ def store_entries(store: Path) -> set[str]:
             if p.is_file()}
 
 
-def full_disk(workdir: Path, disk_mib: int = 8, hidden: int = 1024, upload_mib: int = 6) -> DiskFull:
-    """Upload and optimize job on a store that fills up; then free the space and do both again."""
+def full_disk(workdir: Path, disk_mib: int = 8, hidden: int = 1024, upload_mib: int = 6,
+              convert: bool = False) -> DiskFull:
+    """Upload and jobs on a store that fills up; then free the space and do them again.
+
+    The optimizer (and with ``convert`` the converter, which imports TensorFlow) runs on a store on a
+    ``disk_mib`` MiB tmpfs. Sequence: upload the model (OK); fill the disk to 2 MiB free and upload
+    ``upload_mib`` MiB (RESOURCE_EXHAUSTED); fill to 64 KiB free and run an fp16 optimize job (and an
+    ONNX convert job), whose work files do not fit (RESOURCE_EXHAUSTED); free the space and do all of
+    it again (OK)."""
     from gateway.launcher import health_status
     from modelport import Client
     from modelport.client import ClientError
@@ -401,47 +412,61 @@ def full_disk(workdir: Path, disk_mib: int = 8, hidden: int = 1024, upload_mib: 
     model = mlp_onnx(workdir / "mlp.onnx", hidden)  # 64x1024 + 1024x10 weights: ~300 KiB
     big = workdir / "big.bin"
     big.write_bytes(np.random.default_rng(2).bytes(upload_mib << 20))
-    tally = Tally("upload and optimize job on a full store")
+    tally = Tally("upload and jobs on a full store (all)")
     out = DiskFull(tally, [], [], [])
+    names = ("converter", "optimizer") if convert else ("optimizer",)
     with small_disk(workdir / "disk", disk_mib) as disk:
         store = disk / "store"
-        svc = start("optimizer", store, workdir / "logs", env={"TMPDIR": str(tmpdir)})
+        svc = start(names, store, workdir / "logs", env={"TMPDIR": str(tmpdir)})
         try:
-            address = next(iter(svc.addresses().values()))
-            with Client(optimizer=address, converter=address, timeout=300) as client:
-                def attempt(fn):
-                    tally.sent += 1
+            addrs = svc.addresses()
+            with Client(optimizer=addrs["optimizer"], converter=addrs.get("converter", addrs["optimizer"]),
+                        timeout=300) as client:
+                def attempt(what: str, fn):
+                    op = out.by_operation.setdefault(what, Tally(what))
+                    for t in (tally, op):
+                        t.sent += 1
                     try:
                         res = fn()
                     except ClientError as e:
-                        tally.errors[e.code] += 1
+                        for t in (tally, op):
+                            t.errors[e.code] += 1
                         if e.code == "RESOURCE_EXHAUSTED":
                             out.messages.append(e.message)
                         return None
-                    tally.ok += 1
+                    for t in (tally, op):
+                        t.ok += 1
                     return res
 
-                ref = attempt(lambda: client.upload(model, service="optimizer"))
+                def health() -> str:
+                    return ",".join(health_status(a) for a in addrs.values())
+
+                ref = attempt("upload", lambda: client.upload(model, service="optimizer"))
                 out.blobs_before = len(store_entries(store))
                 # 1. an upload larger than the space left
                 filler = fill(disk, leave_bytes=2 << 20)
                 before = store_entries(store)
-                attempt(lambda: client.upload(big, service="optimizer"))
+                attempt("upload", lambda: client.upload(big, service="optimizer"))
                 out.partial += sorted(store_entries(store) - before)
-                out.serving_while_full.append(health_status(address))
-                # 2. a job whose result does not fit
+                out.serving_while_full.append(health())
+                # 2. jobs whose work files and results do not fit
                 filler.unlink()
                 filler = fill(disk, leave_bytes=64 << 10)
                 before = store_entries(store)
-                job = lambda: client.optimize(ref, ["fp16"], output_format="onnx")  # noqa: E731
-                attempt(job)
+                jobs = {"optimize job (fp16)": lambda: client.optimize(ref, ["fp16"], output_format="onnx",
+                                                                        options=MEASURE)}
+                if convert:
+                    jobs["convert job (onnx)"] = lambda: client.convert(ref, "onnx")
+                for what, job in jobs.items():
+                    attempt(what, job)
+                    out.serving_while_full.append(health())
                 out.partial += sorted(store_entries(store) - before)
-                out.serving_while_full.append(health_status(address))
                 out.blobs_after_failures = len(store_entries(store))
-                # 3. space freed: both work again
+                # 3. space freed: everything works again
                 filler.unlink()
-                attempt(lambda: client.upload(big, service="optimizer"))
-                attempt(job)
+                attempt("upload", lambda: client.upload(big, service="optimizer"))
+                for what, job in jobs.items():
+                    attempt(what, job)
         finally:
             svc.stop()
         out.partial += [e for e in temp_entries(store, tmpdir)]
@@ -451,12 +476,18 @@ def full_disk(workdir: Path, disk_mib: int = 8, hidden: int = 1024, upload_mib: 
 # ---- report ------------------------------------------------------------------------------------
 def run(workdir: Path) -> list[str]:
     """Run every fault scenario under ``workdir``; markdown lines for "Crash and resume" and "Full disk"."""
+    from benchmarks.common import load_average
+
     workdir = Path(workdir)
     lines = ["### Crash and resume", ""]
+    load0, t0 = load_average(), time.perf_counter()
     cr = crash_and_resume(workdir / "crash")
     fo = inference_failover(workdir / "failover")
+    took = time.perf_counter() - t0
     lines += [*TABLE_HEAD, cr.deploys.row(), fo.row(), ""]
     lines += [
+        f"- Real processes (`python -m converter_svc` etc., port 0, one store); {took:.0f} s for both scenarios; "
+        f"load average {load0} before, {load_average()} after. Command: `python -m benchmarks.reliability_faults`.",
         f"- Interrupted deploys failed at (stage, code): {', '.join(f'{s} {c}' for s, c in cr.failures)}; "
         f"workers that outlived their killed service: {len(cr.orphans)}.",
         "- Reruns after the restarts took these stages from the caches: "
@@ -470,17 +501,20 @@ def run(workdir: Path) -> list[str]:
         "### Full disk",
         "",
     ]
+    t0 = time.perf_counter()
     try:
-        fd = full_disk(workdir / "disk")
+        fd = full_disk(workdir / "disk", convert=True)
     except MountError as e:
         return lines + [f"Not measured: {e}"]
-    lines += [*TABLE_HEAD, fd.attempts.row(), ""]
+    took = time.perf_counter() - t0
+    lines += [*TABLE_HEAD, *(t.row() for t in fd.by_operation.values()), ""]
     lines += [
-        "- Sequence: upload OK; disk filled, a 6 MiB upload → RESOURCE_EXHAUSTED; a job whose result does not "
-        "fit → RESOURCE_EXHAUSTED; space freed, the same upload and job → OK.",
-        f"- Message: \"{fd.messages[0] if fd.messages else '-'}\"",
+        "- Store on an 8 MiB tmpfs. Sequence: upload the model → OK; disk filled to 2 MiB free, a 6 MiB upload → "
+        "RESOURCE_EXHAUSTED; filled to 64 KiB free, an optimize job (fp16) and a convert job → RESOURCE_EXHAUSTED; "
+        "space freed, the same upload and jobs → OK.",
+        *(f"- Message: \"{m}\"" for m in dict.fromkeys(fd.messages)),
         f"- Partial entries or temp files left by the failures: {len(fd.partial)}; health while full: "
-        f"{', '.join(fd.serving_while_full)}.",
+        f"{', '.join(fd.serving_while_full)}; {took:.0f} s.",
         "",
     ]
     return lines
@@ -490,6 +524,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workdir", type=Path, default=None, help="where stores, logs and mounts go (default: a temp dir)")
     args = ap.parse_args(argv)
+    from benchmarks.common import system_info_markdown
+
+    print(system_info_markdown() + "\n")
     if args.workdir is not None:
         print("\n".join(run(args.workdir)))
         return 0

@@ -125,6 +125,8 @@ def test_full_disk_upload_and_job_are_resource_exhausted_leave_nothing_and_recov
     fd = rf.full_disk(tmp_path, disk_mib=4, hidden=512, upload_mib=3)
     # upload ok, [disk filled] upload RESOURCE_EXHAUSTED, job RESOURCE_EXHAUSTED, [space freed] upload ok, job ok
     assert (fd.attempts.sent, fd.attempts.ok, dict(fd.attempts.errors)) == (5, 3, {"RESOURCE_EXHAUSTED": 2})
+    assert {k: (t.sent, t.ok, dict(t.errors)) for k, t in fd.by_operation.items()} == {
+        "upload": (3, 2, {"RESOURCE_EXHAUSTED": 1}), "optimize job (fp16)": (2, 1, {"RESOURCE_EXHAUSTED": 1})}
     upload, job = fd.messages
     for msg, what in ((upload, "receiving an artifact"), (job, "running the job")):
         assert msg.startswith(f"the artifact store's disk is full (No space left on device) while {what}")
@@ -143,3 +145,16 @@ def test_small_disk_fails_loudly_when_it_cannot_mount(tmp_path, monkeypatch):
     with pytest.raises(rf.MountError, match="cannot mount a 1 MiB tmpfs .* only root can do that; run as root"):
         with rf.small_disk(tmp_path / "d", 1):
             pass
+
+
+def test_job_cache_on_a_full_disk_keeps_the_answer_and_leaves_no_temp(tmp_path):
+    from modelport.runtime.job_cache import JobCache
+
+    with rf.small_disk(tmp_path / "disk", 1) as disk:
+        cache = JobCache(disk / "store")
+        assert cache.put("a" * 64, b"small") is True
+        filler = rf.fill(disk, leave_bytes=0)
+        assert cache.put("b" * 64, b"x" * (256 << 10)) is False  # not cached; the job's answer stands
+        assert sorted(p.name for p in cache.dir.iterdir()) == ["a" * 64 + ".pb"]
+        filler.unlink()
+        assert cache.put("b" * 64, b"x" * (256 << 10)) is True and cache.get("b" * 64) == b"x" * (256 << 10)
