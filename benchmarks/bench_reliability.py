@@ -352,7 +352,8 @@ def summarize_soak(final: dict, rec: dict, samples: list[dict], swap: dict, befo
         server_check[f"{model} v{ver}"] = {"client_ok": client_ok, "server_success": None if now is None else now - b4}
     warm = slices[1]["rss_mb"] if len(slices) > 1 else slices[0]["rss_mb"]
     last = slices[-1]["rss_mb"]
-    after_warm = [s for s in samples if sent // 10 <= s["progress"] < sent]
+    # After warm-up and before the lanes start closing their connections and regions at the very end.
+    after_warm = [s for s in samples if sent // 10 <= s["progress"] < sent * 99 // 100]
     return {"sent": sent, "outcomes": final["outcomes"], "lost": final["lost"], "elapsed_s": final["elapsed_s"],
             "first_errors": final["first_errors"], "client_cpu_s": final["cpu_s"],
             "rate": sent / final["elapsed_s"], "slices": slices, "modes": per_mode, "swap": swap,
