@@ -22,9 +22,10 @@
 * **Crash and resume, full disk** — ``benchmarks/reliability_faults.py`` (``run(workdir)``), unless
   ``--skip-faults``.
 
-    make triton-venv                                             # once: tritonclient's venv
-    .venv/bin/python -m benchmarks.bench_reliability             # full (< 15 min on 2 cores)
-    .venv/bin/python -m benchmarks.bench_reliability --quick     # 20,000 requests, 66 jobs (~3 min)
+    make bench-reliability                                       # tritonclient's venv, then the full run
+    .venv/bin/python -m benchmarks.bench_reliability             # full (7 min measured with load ~13 on 2 cores)
+    .venv/bin/python -m benchmarks.bench_reliability --quick     # 20,000 requests, 66 jobs, faults (~4 min)
+    .venv/bin/python -m benchmarks.bench_reliability --skip-faults --only soak slow   # parts
 
 The tritonclient venv is found beside the repository (``.venv-triton``) or through MODELPORT_TRITON_PYTHON.
 """
