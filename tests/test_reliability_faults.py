@@ -93,7 +93,7 @@ def test_deploy_report_and_cli_table_name_the_stages_that_came_from_cache():
 
 # ---- real processes ------------------------------------------------------------------------------
 def test_kill9_converter_then_optimizer_mid_deploy_then_rerun_resumes_from_cache(tmp_path):
-    cr = rf.crash_and_resume(tmp_path, hidden=64, args=["--warm-workers", "0"])
+    cr = rf.crash_and_resume(tmp_path, hidden=64, args=["--warm-workers", "0"], source="keras")
     # each kill interrupted its deploy, at the stage whose service died
     assert cr.failures == [("convert", "UNAVAILABLE"), ("optimize", "UNAVAILABLE")]
     assert (cr.deploys.sent, cr.deploys.ok, dict(cr.deploys.errors), cr.deploys.lost) == (4, 2, {"UNAVAILABLE": 2}, 0)
