@@ -31,6 +31,7 @@ log = logging.getLogger("modelport.inference")
 EXTENSIONS = ["model_repository", "model_repository(unload_dependents)", "model_configuration", "statistics",
               "schedule_policy"]
 SHM_EXTENSION = "system_shared_memory"
+_REQUEST_DONE = object()  # ModelStreamInfer: a request's responses are all queued (its in-flight slot frees)
 NO_CUDA = ("CUDA shared memory is not supported: this server has no GPU build; use system shared memory "
            "(register_system_shared_memory) or send tensors in the request")
 
@@ -93,11 +94,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelStreamInfer(self, request_iterator, context):
         # Requests run concurrently; each response carries its request's id. At most max_stream_inflight
-        # requests of a stream are read and not yet answered: the next one is read only when a response
-        # went out, so a client that floods the stream (or never reads) is held back by flow control.
+        # requests of a stream are read and not yet answered: the next one is read only when a request's last
+        # response went out (a generation's final token, not each token), so a client that floods the stream
+        # (or never reads) is held back by flow control. When the stream ends or the client goes away, every
+        # request still running is cancelled (a generation frees its sequence).
         results: asyncio.Queue = asyncio.Queue()
         deadline = _deadline(context)
         slots = asyncio.Semaphore(self.max_stream_inflight)
+        tasks: set[asyncio.Task] = set()
 
         async def one(req):
             try:
@@ -119,11 +123,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 await results.put(pb.ModelStreamInferResponse(
                     error_message="Internal server error (logged on the server)",
                     infer_response=pb.ModelInferResponse(id=req.id)))
-
-        tasks: set[asyncio.Task] = set()
+            finally:  # after this request's last response: its slot goes back once that response went out
+                results.put_nowait(_REQUEST_DONE)
 
         async def reader():
-            tasks: set[asyncio.Task] = set()
             requests = request_iterator.__aiter__()
             while True:
                 await slots.acquire()
@@ -141,8 +144,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         feed = asyncio.create_task(reader())
         try:
             while (item := await results.get()) is not None:
+                if item is _REQUEST_DONE:
+                    slots.release()
+                    continue
                 yield item
-                slots.release()
             await feed
         finally:  # the stream ended or was cancelled: stop every request still running (generations too)
             feed.cancel()
