@@ -25,7 +25,7 @@ from modelport.datasets import load_npz, validate_samples
 from modelport.errors import FailedPrecondition, InvalidArgument, ModelportError
 from modelport.job_records import AccuracyBudget, ArtifactRef, CandidateReport, OptimizeJob, OptimizeResult
 from modelport.model_code import check_model_code
-from modelport.store import ArtifactStore
+from modelport.store import ArtifactStore, disk_full_error
 from modelport.techniques import KERAS_TECHNIQUES, ONNX_TECHNIQUES, TFLITE_TECHNIQUES
 from optimizer_svc import int8_search as IS
 from optimizer_svc import measure as M
@@ -298,8 +298,13 @@ def optimize(progress, store: ArtifactStore, job: OptimizeJob, origin: str, work
             c = _report(tech, cfmt, m, details)
             built[tech] = path
         except ModelportError as e:
+            if e.details.get("reason") == "disk_full":
+                raise
             c = _failed(tech, "failed", f"failed: {e.message}")
         except Exception as e:  # noqa: BLE001 - one technique's failure must not sink the job
+            full = disk_full_error(e)
+            if full is not None:  # a full disk is no property of this technique: no candidate could be stored
+                raise full from None
             log.exception("technique %s failed", tech)
             c = _failed(tech, "failed", f"failed: {type(e).__name__}: {str(e)[:300]}")
         candidates.append(c)

@@ -9,8 +9,6 @@ runs the job on records (``modelport.runtime.job_codec`` translates). This modul
 from __future__ import annotations
 
 import shutil
-import tempfile
-from pathlib import Path
 
 from modelport.runtime import job_codec
 from modelport.store import ArtifactStore
@@ -22,7 +20,7 @@ def optimize_job(progress, store_root: str, request: bytes, origin: str = "", in
     """Run one OptimizeRequest in a scratch folder of the store; ``int8_search_s`` bounds the int8-static search."""
     job = job_codec.optimize_job(optimizer_pb2.OptimizeRequest.FromString(request))
     store = ArtifactStore(store_root)
-    work = Path(tempfile.mkdtemp(prefix="optimize-", dir=store.tmp_dir))
+    work = store.mkdtemp("optimize")
     try:
         return job_codec.optimize_result_bytes(optimize(progress, store, job, origin, work, int8_search_s))
     finally:
