@@ -164,6 +164,8 @@ def write_model(root: str | os.PathLike, name: str, version: int, model: str | o
         target = tmp / fname
         if isinstance(model, (bytes, bytearray)):
             target.write_bytes(model)
+        elif Path(model).is_dir() and (Path(model) / "generation.json").is_file():  # a generation folder, whole
+            shutil.copytree(model, tmp, dirs_exist_ok=True)
         elif fname.endswith(".onnx"):
             from modelport.onnx_files import copy_model
 
