@@ -78,28 +78,39 @@ def test_deploy_recognises_a_causal_lm_and_serves_keras_hub_greedy_tokens(lm_fil
 
 
 @pytest.mark.integration
-def test_deploy_wraps_a_decoder_backbone_and_quantizes_its_weights(lm_files, client):
-    spec = DeploySpec(model=lm_files["gpt2_backbone"], name="gpt2-backbone", optimize=["int8-weight-only"],
+def test_deploy_quantizes_the_generation_step_weight_only(lm_files, client):
+    """The same file again (the converter answers from its job cache), now with int8 weight-only chosen."""
+    spec = DeploySpec(model=lm_files["gpt2_causal_lm"], name="gpt2-int8", optimize=["int8-weight-only"],
                       max_accuracy_drop=1.0, options={"generate.tokens": "8", "generate.prompts": "2"},
                       batching={"max_batch_size": 4})
     report = client.deploy(spec=spec)
     assert report.ok and report.target == "generation"
     stages = {s.stage: s for s in report.stages}
-    assert stages["convert"].data["generation"]["wrapped_backbone"] == "GPT2Backbone"
-    assert "(from GPT2Backbone)" in stages["convert"].detail
     opt = stages["optimize"].data
     assert opt["input"] == "generation step" and opt["chosen"] == "int8-weight-only"
     cand = next(c for c in opt["candidates"] if c["technique"] == "int8-weight-only")
     assert cand["format"] == "generation" and cand["tokens_per_s"] > 0 and 0.0 <= cand["agreement"] <= 1.0
+    assert cand["size_bytes"] < opt["baseline"]["size_bytes"]
     assert any(c.startswith("greedy-token agreement with the FP32 step ") for c in stages["verify"].data["checks"])
     smoke = stages["smoke"]
     assert len(smoke.data["tokens"]) == 32 and all(0 <= t < hub_models.VOCAB for t in smoke.data["tokens"])
     assert smoke.parity.startswith("greedy tokens equal keras_hub generate(): ") and "int8-weight-only" in smoke.parity
     assert any("continuous batching" in w for w in report.warnings)
-    models = {(m.name, m.version): m for m in client.list_models()}
-    assert models[("gpt2-backbone", report.version)].state == "READY"
-    ref = client.stat(stages["load"].data["digest"], service="inference")
-    assert ref.media_type == media.GENERATION
+    assert client.stat(stages["load"].data["digest"], service="inference").media_type == media.GENERATION
+    assert stages["load"].data["digest"] != stages["convert"].data["artifact"]  # the quantized step is served
+
+
+def test_a_decoder_backbone_is_wrapped_in_its_causal_lm_task():
+    """What the converter's generation target does with a GPT2Backbone: its GPT2CausalLM, no new weights."""
+    from modelport.conversion.llm_export import as_causal_lm, is_causal_lm
+
+    backbone = hub_models.gpt2_backbone()
+    lm = as_causal_lm(backbone)
+    assert type(lm).__name__ == "GPT2CausalLM" and is_causal_lm(lm) and lm.backbone is backbone
+    assert lm.count_params() == backbone.count_params()
+    assert as_causal_lm(lm) is lm
+    other = hub_models.bert_backbone()
+    assert as_causal_lm(other) is other and not is_causal_lm(other)
 
 
 @pytest.mark.integration
