@@ -121,3 +121,22 @@ def test_generation_on_refuses_a_model_that_is_not_a_causal_lm(lm_files, client)
     assert e.value.stage == "upload" and e.value.code == "FAILED_PRECONDITION"
     assert "needs a keras_hub causal LM or decoder backbone" in e.value.message
     assert "bert_text_classifier.keras is not one" in e.value.message
+
+
+def test_an_offline_bundle_takes_the_whole_generation_folder(tmp_path):
+    """``deploy --offline`` writes the served generation folder as a repository version: step, data and
+    generation.json together (the inference service loads a version folder with generation.json as a stream)."""
+    from modelport import repository
+    from modelport.kserve.v2 import model_config_pb2 as mc
+
+    folder = tmp_path / "served"
+    folder.mkdir()
+    for name, data in (("model.onnx", b"step"), ("model.onnx.data", b"weights"), ("generation.json", b"{}")):
+        (folder / name).write_bytes(data)
+    cfg = mc.ModelConfig(name="x", backend="onnxruntime")
+    cfg.model_transaction_policy.decoupled = True
+    out = repository.write_model(tmp_path / "repo", "gpt2", 1, folder, cfg)
+    assert out == tmp_path / "repo" / "gpt2" / "1" / "model.onnx"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["generation.json", "model.onnx", "model.onnx.data"]
+    assert (out.parent / "model.onnx.data").read_bytes() == b"weights"
+    assert "decoupled: true" in (tmp_path / "repo" / "gpt2" / "config.pbtxt").read_text()
