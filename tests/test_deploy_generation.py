@@ -35,6 +35,10 @@ def client(gateway_services):
 
 
 def test_causal_lm_of_reads_the_keras_config_without_tensorflow(lm_files, tmp_path):
+    from modelport.conversion import llm_export
+    from modelport.deploy import generation
+
+    assert generation.SUPPORTED == llm_export.SUPPORTED
     assert causal_lm_of(lm_files["gpt2_causal_lm"]) == CausalLM("GPT2CausalLM", "GPT2CausalLM")
     backbone = causal_lm_of(lm_files["gpt2_backbone"])
     assert backbone == CausalLM("GPT2Backbone", "GPT2CausalLM") and backbone.is_backbone

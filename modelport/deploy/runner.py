@@ -2,7 +2,9 @@
 
 ``run_pipeline(client, spec)`` chains the stages over the three services, speaking to them only
 through ``modelport.Client`` (no stubs, no protobuf built here), and returns a ``DeployReport``;
-a failing stage raises ``StageFailed`` carrying the partial report.
+a failing stage raises ``StageFailed`` carrying the partial report. A keras_hub causal LM (or decoder
+backbone) goes the same stages on the generation path (``modelport.deploy.generation``): converted to the
+KV-cache step, weight-only optimized, loaded as a decoupled model, smoke-tested by streaming a generation.
 """
 
 from __future__ import annotations
