@@ -81,13 +81,13 @@ def profile_step(folder: Path, prompt: list[int], new_tokens: int) -> dict:
 
     step = StepModel(folder, session_options=_session_options())
     greedy_decode(step, prompt, 2)
-    run = step.session.run
+    original = {"run": step.session.run}  # cleared below: the bound method holds the session
     inside: list[float] = []
 
     def timed_run(*a, **kw):
         t = time.perf_counter()
         try:
-            return run(*a, **kw)
+            return original["run"](*a, **kw)
         finally:
             inside.append(time.perf_counter() - t)
 
@@ -100,7 +100,8 @@ def profile_step(folder: Path, prompt: list[int], new_tokens: int) -> dict:
         wall = time.perf_counter() - t
         rates.append(new_tokens / wall)
         overheads.append((wall - sum(inside)) / len(inside))  # per step: feeds, cache writes, argmax
-    del step
+    original.clear()
+    del step, timed_run  # free the first session's weights before the profiled one loads
     with tempfile.TemporaryDirectory(prefix="ortprof-") as tmp:
         step = StepModel(folder, session_options=_session_options(os.path.join(tmp, "step")))
         greedy_decode(step, prompt, min(new_tokens, 16))
