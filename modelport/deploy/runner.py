@@ -71,6 +71,7 @@ class _Runner:
         self.refs: dict[str, Any] = {}
         self.eval_arrays: dict[str, np.ndarray] | None = None
         self.lm = None  # a keras_hub causal LM: deployed on the generation path (modelport.deploy.generation)
+        self.cached_jobs: set[str] = set()  # job stages whose result the service returned from its cache
 
     # one stage: time it, report it, turn any error into StageFailed
     def stage(self, name: str, fn: Callable[[StageReport], None]) -> None:
@@ -104,6 +105,8 @@ class _Runner:
 
     def on_job(self, stage: str):
         def cb(ev) -> None:
+            if ev.cached:
+                self.cached_jobs.add(stage)
             self.progress.update(stage, ev.progress, f"{ev.stage}: {ev.message}" if ev.message else ev.stage)
         return cb
 
@@ -128,20 +131,28 @@ class _Runner:
             parity = Path(self.tmp.name) / "parity.npz"
             np.savez(parity, **rows)
             files.append(("parity", parity, media.NPZ))
+        stored = []
         for key, p, mt in files:
             self.progress.update("upload", 0.0, f"{key}: {p.name}")
             label = f"{key}: {p.name}"
-            self.refs[key] = self.client.upload(
-                p, media_type=mt, service="converter",
-                progress=lambda done, total, label=label: self.progress.transfer("upload", done, total, label))
+            # a rerun (after a crash, say) sends nothing the converter's store already holds
+            ref = self.client.find_uploaded(p, media_type=mt, service="converter")
+            if ref is not None:
+                stored.append(key)
+            else:
+                ref = self.client.upload(
+                    p, media_type=mt, service="converter",
+                    progress=lambda done, total, label=label: self.progress.transfer("upload", done, total, label))
+            self.refs[key] = ref
         model = self.refs["model"]
         rep.format = model.media_type.rsplit(".", 1)[-1].removesuffix("+tar")
         rep.size_bytes = model.size
-        rep.detail = f"{model.digest[:19]}… to converter"
+        rep.cached = len(stored) == len(files)
+        rep.detail = f"{model.digest[:19]}… to converter" + (f" ({', '.join(stored)} already stored)" if stored else "")
+        rep.data = {k: {"digest": r.digest, "size": r.size, "media_type": r.media_type} for k, r in self.refs.items()}
         if self.lm is not None:
             rep.detail += f"; {self.lm.describe()}: deployed for generation"
             rep.data["generation"] = {"class": self.lm.class_name, "task": self.lm.task}
-        rep.data = {k: {"digest": r.digest, "size": r.size, "media_type": r.media_type} for k, r in self.refs.items()}
 
     def convert(self, rep: StageReport) -> None:
         spec = self.spec
@@ -153,7 +164,8 @@ class _Runner:
         rep.format = res.info.format or spec.target
         rep.size_bytes = res.artifact.size
         rep.parity = _parity_summary(res.parity)
-        rep.detail = f"from {res.source_info.format or '?'}" + (f", opset {res.info.opset}" if res.info.opset else "")
+        rep.cached = "convert" in self.cached_jobs
+        rep.detail = ("cached result; " if rep.cached else "") + f"from {res.source_info.format or '?'}" + (f", opset {res.info.opset}" if res.info.opset else "")
         rep.data = {
             "artifact": res.artifact.digest,
             "inputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in res.info.inputs],
@@ -166,7 +178,7 @@ class _Runner:
         if self.lm is not None:
             d = res.info.details
             rep.parity = _generation_parity(res.parity)
-            rep.detail = (f"{d.get('architecture', self.lm.task)} KV-cache step: {d.get('num_layers')} layers, "
+            rep.detail = ("cached result; " if rep.cached else "") + (f"{d.get('architecture', self.lm.task)} KV-cache step: {d.get('num_layers')} layers, "
                           f"{d.get('num_kv_heads')} kv heads x {d.get('head_dim')}, context {d.get('max_context')}"
                           + (f" (from {d['wrapped_backbone']})" if d.get("wrapped_backbone") else ""))
             rep.data["generation"] = dict(d)
@@ -197,7 +209,9 @@ class _Runner:
         rep.size_bytes = res.artifact.size or chosen.size_bytes
         rep.latency_ms = _finite(chosen.latency_p50_ms)
         rep.accuracy = _finite(chosen.accuracy)
-        rep.detail = f"chose {res.chosen_technique or 'baseline'}: {res.reason}".strip()
+        rep.cached = "optimize" in self.cached_jobs
+        rep.detail = ("cached result; " if rep.cached else "") + \
+            f"chose {res.chosen_technique or 'baseline'}: {res.reason}".strip()
         base = res.baseline
 
         def row(c) -> dict[str, Any]:
