@@ -53,11 +53,11 @@ def maps_onnx(pid: int) -> bool:
 class ServiceProcess:
     """``python -m <module>`` on a free port with its token in the environment; no warm workers."""
 
-    def __init__(self, module: str, name: str, store: Path):
+    def __init__(self, module: str, name: str, store: Path, *args: str, env: dict[str, str] | None = None):
         env = {**os.environ, f"MODELPORT_{name.upper()}_AUTH_TOKEN": TOKEN, "PYTHONPATH": str(ROOT),
-               "PYTHONUNBUFFERED": "1"}
+               "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = subprocess.Popen([sys.executable, "-m", module, "--host", "127.0.0.1", "--port", "0",
-                                      "--store", str(store), "--warm-workers", "0"], env=env, cwd=ROOT,
+                                      "--store", str(store), "--warm-workers", "0", *args], env=env, cwd=ROOT,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         for line in self.proc.stdout:
             if m := re.match(rf"{name} SERVING on port (\d+)", line):
