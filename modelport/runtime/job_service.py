@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 from google.protobuf.message import Message
 from pydantic import model_validator
 
-from modelport.errors import DeadlineExceeded
+from modelport.errors import DeadlineExceeded, Internal, InvalidArgument
 from modelport.runtime.job_cache import Job, JobCache, tool_versions
 from modelport.runtime.job_events import job_events
 from modelport.runtime.server import Service
@@ -116,6 +116,13 @@ class JobService(Service):
         try:
             return await self.sniffer.run(self.sniff_job, {"store_root": str(self.store.root), "digest": digest},
                                           timeout=self.settings.sniff_timeout_s)
+        except Internal as e:
+            if "exit" not in e.details:  # an unexpected exception in our own sniff code: a real INTERNAL
+                raise
+            raise InvalidArgument(
+                f"reading the model's format crashed the process that reads uploads ({e.details['exit']}); the "
+                "file is malformed or built to crash a parser: re-export the model and upload it again. The "
+                "service is unaffected.", {"exit": e.details["exit"]}) from None
         except DeadlineExceeded:
             raise DeadlineExceeded(
                 f"reading the model's format took longer than {self.settings.sniff_timeout_s:g}s and was stopped; "

@@ -104,3 +104,44 @@ def test_a_protobuf_bomb_is_parsed_in_a_sniffer_not_the_service(service, bomb, t
         assert [c.pid for c in children if maps_onnx(c.pid)], [c.cmdline() for c in children]
     finally:
         srv.stop()
+
+
+@pytest.fixture(scope="module")
+def converter(tmp_path_factory):
+    """An in-process converter with a token; tests point its sniffer at parsers that crash or hang."""
+    from converter_svc.service import ConverterService
+    from converter_svc.settings import ConverterSettings
+    from modelport.runtime.background import BackgroundServer
+
+    service = ConverterService(ConverterSettings(host="127.0.0.1", port=0, store=tmp_path_factory.mktemp("conv"),
+                                                 auth_token=TOKEN, warm_workers=0, sniff_timeout_s=5))
+    srv = BackgroundServer(service).start()
+    yield srv
+    srv.stop(grace=1)
+
+
+@pytest.mark.parametrize(("job", "code", "message"), [
+    ("converter_test_jobs:crash_sniff", grpc.StatusCode.INVALID_ARGUMENT,
+     "reading the model's format crashed the process that reads uploads (killed by SIGSEGV); the file is "
+     "malformed or built to crash a parser"),
+    ("converter_test_jobs:hang_sniff", grpc.StatusCode.DEADLINE_EXCEEDED,
+     "reading the model's format took longer than 5s and was stopped; the file is malformed or built to hang "
+     "a parser"),
+])
+def test_a_parser_that_crashes_or_hangs_costs_only_the_sniffer(converter, bomb, job, code, message):
+    service = converter.service
+    with token_channel(converter.address) as ch:
+        ref = upload(ch, bomb)
+        stub = converter_pb2_grpc.ConverterStub(ch)
+        service.sniff_job = job
+        try:
+            err = rpc_error(lambda: list(stub.Convert(converter_pb2.ConvertRequest(source=ref, target_format="onnx"),
+                                                      timeout=120)))
+        finally:
+            service.sniff_job = type(service).sniff_job
+        assert err.code() == code and message in err.details(), err.details()
+        assert health(ch) == "SERVING"
+        # The next request gets a fresh sniffer, which reads the real file: the bound applies as before.
+        err = rpc_error(lambda: list(stub.Convert(converter_pb2.ConvertRequest(source=ref, target_format="onnx"),
+                                                  timeout=120)))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "reading the model took more than" in err.details()
