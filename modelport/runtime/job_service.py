@@ -94,13 +94,13 @@ class JobService(Service):
 
     def __init__(self, settings: JobServiceSettings):
         super().__init__(settings)
+        # Uploaded bytes are parsed in sniffer processes, never here (modelport.runtime.sniffing).
+        self.sniffer = sniffer_pool(self.name, self.sniff_preload)
         self.cache = JobCache(self.store.root)
         self.pool = WorkerPool(size=settings.max_concurrent_jobs, env=dict(self.worker_env),
                                preload=self.worker_preload, max_jobs_per_worker=settings.worker_max_jobs,
                                name=f"{self.name}-worker")
         self.versions = {f"modelport-{self.name}": self.job_version, **tool_versions(self.tool_packages)}
-        # Uploaded bytes are parsed in sniffer processes, never here (modelport.runtime.sniffing).
-        self.sniffer = sniffer_pool(self.name, self.sniff_preload)
 
     async def startup(self) -> None:
         await self.sniffer.start(warm=0)  # started on the first request
