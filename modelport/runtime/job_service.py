@@ -15,12 +15,11 @@ from typing import Any, ClassVar
 from google.protobuf.message import Message
 from pydantic import model_validator
 
-from modelport.errors import DeadlineExceeded, Internal, InvalidArgument
 from modelport.runtime.job_cache import Job, JobCache, tool_versions
 from modelport.runtime.job_events import job_events
 from modelport.runtime.server import Service
 from modelport.runtime.settings import ServiceSettings
-from modelport.runtime.sniffing import sniffer_pool
+from modelport.runtime.sniffing import sniff_in, sniffer_pool
 from modelport.runtime.workers import WorkerPool
 from modelport.v1 import artifacts_pb2, jobs_pb2
 
@@ -112,22 +111,9 @@ class JobService(Service):
 
     async def sniff(self, digest: str) -> str:
         """The format of a stored (local) artifact, read in a sniffer process under a memory bound; archives
-        are unpacked there. Raises the domain error the client must see (a crashed sniffer: INTERNAL naming it)."""
-        try:
-            return await self.sniffer.run(self.sniff_job, {"store_root": str(self.store.root), "digest": digest},
-                                          timeout=self.settings.sniff_timeout_s)
-        except Internal as e:
-            if "exit" not in e.details:  # an unexpected exception in our own sniff code: a real INTERNAL
-                raise
-            raise InvalidArgument(
-                f"reading the model's format crashed the process that reads uploads ({e.details['exit']}); the "
-                "file is malformed or built to crash a parser: re-export the model and upload it again. The "
-                "service is unaffected.", {"exit": e.details["exit"]}) from None
-        except DeadlineExceeded:
-            raise DeadlineExceeded(
-                f"reading the model's format took longer than {self.settings.sniff_timeout_s:g}s and was stopped; "
-                "the file is malformed or built to hang a parser (raise the service's sniff_timeout_s setting "
-                "for a model that is genuinely this slow to read)") from None
+        are unpacked there. Raises the domain error the client must see (``sniffing.sniff_in``)."""
+        return await sniff_in(self.sniffer, self.sniff_job, {"store_root": str(self.store.root), "digest": digest},
+                              self.settings.sniff_timeout_s)
 
     def run(self, job: Job) -> AsyncIterator[jobs_pb2.JobEvent]:
         """The JobEvents of ``job``: queued, progress, then the result (or an error and the RPC fails)."""

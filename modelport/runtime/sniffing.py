@@ -20,8 +20,9 @@ import contextlib
 import os
 import resource
 from collections.abc import Iterator
+from typing import Any
 
-from modelport.errors import InvalidArgument
+from modelport.errors import DeadlineExceeded, Internal, InvalidArgument
 from modelport.memory import fmt_bytes
 from modelport.runtime.workers import WorkerPool
 
@@ -77,3 +78,23 @@ def bounded_read(path: str | os.PathLike) -> Iterator[None]:
 def sniffer_pool(service_name: str, preload: tuple[str, ...] = ()) -> WorkerPool:
     """The pool of a service's sniffer processes: started on demand, reused, scrubbed like every worker."""
     return WorkerPool(size=SNIFF_WORKERS, preload=preload, max_jobs_per_worker=0, name=f"{service_name}-sniffer")
+
+
+async def sniff_in(pool: WorkerPool, func: str, kwargs: dict[str, Any], timeout: float) -> Any:
+    """Run one sniff in ``pool``; raises the domain error the client must see. A sniffer killed by a signal
+    (a parser crashed on the file) is INVALID_ARGUMENT naming it, one past ``timeout`` DEADLINE_EXCEEDED naming
+    ``sniff_timeout_s``; an unexpected exception in the sniff code itself stays INTERNAL."""
+    try:
+        return await pool.run(func, kwargs, timeout=timeout)
+    except Internal as e:
+        if "exit" not in e.details:  # not a dead process: a real INTERNAL
+            raise
+        raise InvalidArgument(
+            f"reading the model's format crashed the process that reads uploads ({e.details['exit']}); the "
+            "file is malformed or built to crash a parser: re-export the model and upload it again. The "
+            "service is unaffected.", {"exit": e.details["exit"]}) from None
+    except DeadlineExceeded:
+        raise DeadlineExceeded(
+            f"reading the model's format took longer than {timeout:g}s and was stopped; the file is malformed or "
+            "built to hang a parser (raise the service's sniff_timeout_s setting for a model that is genuinely "
+            "this slow to read)") from None

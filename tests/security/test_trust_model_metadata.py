@@ -7,7 +7,9 @@ what a caller sent -- a ``config.pbtxt`` inside an uploaded model-repository arc
 override -- with a size cap (256 KiB) and a nesting cap (32 levels) before the text-format parser
 sees it, and off the event loop. Each test: a caller without the token is refused before anything is
 unpacked; a hostile one gets INVALID_ARGUMENT naming the bound, nothing is loaded, nothing listed,
-and the server keeps serving the model it had.
+and the server keeps serving the model it had. A caller's ONNX file itself is parsed once in a sniffer
+subprocess under a memory bound before onnxruntime loads it in the service: a protobuf bomb (10 MB of
+empty nodes, ~1 GB inside onnxruntime) is refused there.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import grpc
 import numpy as np
 import pytest
 from inference_fixtures import mlp, mlp_expected
+from test_trust_parsing import protobuf_bomb
 from trust_helpers import TOKEN, health, rpc_error, token_channel
 
 from inference_svc.service import InferenceService
@@ -115,3 +118,26 @@ def test_a_json_config_override_is_capped(server, channel_to):
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
     assert f"parameter 'config' is {len(big)} bytes; a model config is at most 262144 bytes" in err.details()
     still_serving(server)
+
+
+def test_a_callers_protobuf_bomb_is_refused_before_onnxruntime(server, tmp_path, channel_to):
+    stored = server.service.store.put_file(protobuf_bomb(tmp_path / "bomb.onnx"), media.ONNX)
+    request = serving_pb2.LoadModelRequest(name="bomb", model=to_ref(stored))
+    err = rpc_error(lambda: serving_pb2_grpc.ModelControlStub(channel_to(server.address)).LoadModel(request,
+                                                                                                     timeout=30))
+    assert err.code() == grpc.StatusCode.UNAUTHENTICATED, err.details()
+    with token_channel(server.address) as ch:
+        err = rpc_error(lambda: serving_pb2_grpc.ModelControlStub(ch).LoadModel(request, timeout=120))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
+    assert "reading the model took more than the 348.4 MB of memory allowed for a 10.0 MB upload" in err.details()
+    still_serving(server)
+    # A real model from a caller still passes the check and serves.
+    stored = server.service.store.put_file(mlp(tmp_path / "ok.onnx", scale=2.0), media.ONNX)
+    with token_channel(server.address) as ch:
+        serving_pb2_grpc.ModelControlStub(ch).LoadModel(serving_pb2.LoadModelRequest(name="ok", model=to_ref(stored)),
+                                                        timeout=120)
+        x = np.ones((1, 4), np.float32)
+        out = codec.decode_outputs(pb_grpc.GRPCInferenceServiceStub(ch).ModelInfer(
+            codec.make_infer_request("ok", {"x": x}), timeout=30))
+        np.testing.assert_allclose(out["y"], mlp_expected(x, 2.0), rtol=1e-5)
+        serving_pb2_grpc.ModelControlStub(ch).UnloadModel(serving_pb2.UnloadModelRequest(name="ok"), timeout=60)
