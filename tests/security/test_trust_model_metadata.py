@@ -141,3 +141,17 @@ def test_a_callers_protobuf_bomb_is_refused_before_onnxruntime(server, tmp_path,
             codec.make_infer_request("ok", {"x": x}), timeout=30))
         np.testing.assert_allclose(out["y"], mlp_expected(x, 2.0), rtol=1e-5)
         serving_pb2_grpc.ModelControlStub(ch).UnloadModel(serving_pb2.UnloadModelRequest(name="ok"), timeout=60)
+
+
+def test_generation_json_is_read_bounded(tmp_path):
+    from modelport.errors import InvalidArgument
+    from modelport.generation_model import MAX_CONFIG_BYTES, GenerationConfig
+
+    f = tmp_path / "generation.json"
+    f.write_text('{"format": "modelport.generation/v1", "pad": "' + "x" * MAX_CONFIG_BYTES + '"}')
+    with pytest.raises(InvalidArgument, match=rf"generation.json is {MAX_CONFIG_BYTES + 48} bytes; a generation "
+                                              rf"config is at most {MAX_CONFIG_BYTES} bytes"):
+        GenerationConfig.load(f)
+    f.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(InvalidArgument, match="generation.json nests deeper than a generation config can"):
+        GenerationConfig.load(f)
