@@ -29,7 +29,7 @@ from modelport.runtime.logs import setup_logging
 from modelport.runtime.settings import ServiceSettings, parse_settings
 from modelport.runtime.workers import scrub_environment
 from modelport.store import ArtifactStore, StoredArtifact
-from modelport.trust import OriginPolicy
+from modelport.trust import OriginPolicy, hide_from_model_code
 from modelport.v1 import artifacts_pb2, artifacts_pb2_grpc
 
 log = logging.getLogger("modelport.server")
@@ -295,6 +295,10 @@ def run_service(service_cls: type[Service], settings_cls: type[ServiceSettings],
     removed = scrub_environment()
     if removed:
         log.info("removed %s from the environment children inherit", ", ".join(sorted(removed)))
+    # Model code may run in this service's workers: they must not read the token from our /proc/<pid>/environ.
+    if getattr(settings, "allow_remote_code", False) and hide_from_model_code():
+        log.info("model code may run in workers (--allow-remote-code): this process is not dumpable, so they "
+                 "cannot read its environment or memory")
     return event_loop_runner(settings.event_loop)(serve(service_cls(settings)))
 
 

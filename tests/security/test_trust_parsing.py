@@ -53,12 +53,14 @@ def maps_onnx(pid: int) -> bool:
 class ServiceProcess:
     """``python -m <module>`` on a free port with its token in the environment; no warm workers."""
 
-    def __init__(self, module: str, name: str, store: Path, *args: str, env: dict[str, str] | None = None):
+    def __init__(self, module: str, name: str, store: Path, *args: str, env: dict[str, str] | None = None,
+                 log: Path | None = None):
         env = {**os.environ, f"MODELPORT_{name.upper()}_AUTH_TOKEN": TOKEN, "PYTHONPATH": str(ROOT),
                "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.log = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen([sys.executable, "-m", module, "--host", "127.0.0.1", "--port", "0",
                                       "--store", str(store), "--warm-workers", "0", *args], env=env, cwd=ROOT,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                                     stdout=subprocess.PIPE, stderr=self.log, text=True)
         for line in self.proc.stdout:
             if m := re.match(rf"{name} SERVING on port (\d+)", line):
                 self.address = f"127.0.0.1:{m.group(1)}"
@@ -70,6 +72,8 @@ class ServiceProcess:
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(timeout=60)
+        if self.log is not subprocess.DEVNULL:
+            self.log.close()
 
 
 @pytest.fixture(scope="module")
