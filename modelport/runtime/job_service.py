@@ -41,7 +41,8 @@ class JobServiceSettings(ServiceSettings):
     allow_remote_code: bool = False
     """Let requests with trust_remote_code=true run a model's own Python code (Keras Lambda layers, custom
     objects, SavedModel graphs that read or write files). Off: such requests get PERMISSION_DENIED whatever
-    they ask. Turn it on only for a service that converts models from trusted sources."""
+    they ask. Turn it on only for a service that converts models from trusted sources (the service process then
+    makes itself non-dumpable: model code in its workers cannot read its environment or memory)."""
 
     @model_validator(mode="before")
     @classmethod
