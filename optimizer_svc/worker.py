@@ -43,8 +43,9 @@ GOALS = {optimizer_pb2.GOAL_UNSPECIFIED: "latency", optimizer_pb2.GOAL_LATENCY: 
 def sniff_format(path: Path, parse: bool = True) -> str:
     """onnx | keras (a .keras zip or an HDF5 file); InvalidArgument for anything else.
 
-    With ``parse=False`` (the service process) an ONNX file is only told apart by its header, so a
-    big model is not parsed on the event loop; the worker parses it fully.
+    Runs in the optimizer's sniffer process before a job is queued (``optimizer_svc.sniff``) and again
+    in the worker; never in the service process. With ``parse=False`` an ONNX file is only told apart by
+    its header.
     """
     if is_generation_archive(path) or (path.name == "model.onnx" and (path.parent / "generation.json").is_file()):
         return "generation"  # the archive, or its model.onnx once unpacked (see _model_path)
@@ -61,7 +62,9 @@ def sniff_format(path: Path, parse: bool = True) -> str:
 
     try:
         onnx.load(str(path), load_external_data=False)
-    except Exception:  # noqa: BLE001 - anything unreadable is the user's input problem
+    except Exception as e:  # noqa: BLE001 - anything unreadable is the user's input problem
+        if isinstance(e, MemoryError) or "alloc failed" in str(e).lower():  # the sniffer's memory bound
+            raise MemoryError(str(e)) from None
         raise InvalidArgument("the model is neither ONNX nor a Keras .keras/.h5 file; convert it to ONNX first "
                               "(Converter.Convert) or upload the Keras model") from None
     return "onnx"
