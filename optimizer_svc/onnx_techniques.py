@@ -135,9 +135,12 @@ def int8_dynamic(src: Path, out: Path, per_channel: bool = False, pre: Path | No
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from optimizer_svc.lean_quantize import lean_value_info_refresh
+
     pre = pre or _preprocess(src, out.with_name(out.stem + ".pre.onnx"))
-    quantize_dynamic(str(pre), str(out), weight_type=QuantType.QInt8, per_channel=per_channel,
-                     use_external_data_format=_external(src))
+    with lean_value_info_refresh():  # no whole-model deep copy inside the quantizer (lean_quantize says why)
+        quantize_dynamic(str(pre), str(out), weight_type=QuantType.QInt8, per_channel=per_channel,
+                         use_external_data_format=_external(src))
     d = int8_facts(out)
     d["per_channel"] = str(per_channel).lower()
     return d
