@@ -84,3 +84,79 @@ def test_skeleton_keeps_small_tensors_whole_and_large_ones_as_shapes(tmp_path):
     inferred = {v.name: v for v in onnx.shape_inference.infer_shapes(sk).graph.value_info}
     dims = [d.dim_value or d.dim_param for d in inferred["flat"].type.tensor_type.shape.dim]
     assert dims[1] == 512  # the Reshape target's values were read
+
+
+# ---- admission ------------------------------------------------------------------------------------
+
+def _matmul_model(path) -> int:
+    """x [N, 1000] -> MatMul(1000 x 1000 weight) -> Relu: 4 MB of weights. Returns the file size."""
+    w = np.random.default_rng(1).standard_normal((1000, 1000)).astype(np.float32) / 30
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
+                              "mm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1000])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1000])],
+                              [numpy_helper.from_array(w, "w")])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save_model(m, str(path))
+    return path.stat().st_size
+
+
+def _optimizer(tmp_path, limit: int):
+    from modelport.runtime.background import BackgroundServer
+    from optimizer_svc.service import OptimizerService
+    from optimizer_svc.settings import OptimizerSettings
+
+    settings = OptimizerSettings(host="127.0.0.1", port=0, store=tmp_path / "store", warm_workers=0,
+                                 job_timeout_s=600, memory_limit_bytes=limit)
+    return BackgroundServer(OptimizerService(settings)).start()
+
+
+def test_named_technique_that_cannot_fit_is_refused_before_a_worker_starts(tmp_path):
+    from modelport import Client
+    from modelport.client import ClientError
+    from optimizer_svc import admission
+
+    size = _matmul_model(tmp_path / "m.onnx")
+    limit = admission.OVERHEAD_BYTES + 4 * size  # the baseline (1.5x) and int8-dynamic (3.5x) fit, fp16 (4.5x) not
+    srv = _optimizer(tmp_path, limit)
+    try:
+        with Client(optimizer=srv.address) as client:
+            ref = client.upload(tmp_path / "m.onnx", service="optimizer")
+            events = []
+            try:
+                client.optimize(ref, ["int8-dynamic", "fp16"], on_event=events.append)
+                raise AssertionError("fp16 was admitted")
+            except ClientError as e:
+                err = e
+    finally:
+        srv.stop()
+    assert err.code == "RESOURCE_EXHAUSTED" and events == []  # refused in the service: no job event at all
+    msg = err.message
+    needed = admission.OVERHEAD_BYTES + int(size * 4.5)
+    assert msg.startswith(f"fp16 on this model needs about {needed / 1e6:.1f} MB of memory ({size / 1e6:.1f} MB of "
+                          "weights x 4.5), but only "), msg
+    assert f"is available (MODELPORT_MEMORY_LIMIT_BYTES={limit})" in msg
+    assert "drop fp16 from the request or ask for 'auto'" in msg and "raise the optimizer's memory_limit_bytes" in msg
+
+
+def test_auto_skips_what_cannot_fit_with_the_reason_and_builds_the_rest(tmp_path):
+    from modelport import Client
+    from optimizer_svc import admission
+
+    size = _matmul_model(tmp_path / "m.onnx")
+    limit = admission.OVERHEAD_BYTES + 4 * size
+    srv = _optimizer(tmp_path, limit)
+    try:
+        with Client(optimizer=srv.address) as client:
+            res = client.optimize(tmp_path / "m.onnx", ["auto"], max_accuracy_drop=1.0)
+    finally:
+        srv.stop()
+    rows = {c.technique: c for c in res.candidates}
+    assert rows["int8-dynamic"].details.get("status", "") == "" and rows["int8-dynamic"].size_bytes > 0
+    for t, factor in (("graph", 4.5), ("fp16", 4.5)):
+        assert rows[t].details["status"] == "skipped"
+        assert rows[t].note.startswith(f"skipped: {t} on this model needs about ") and f"weights x {factor})" in \
+            rows[t].note and f"is available (MODELPORT_MEMORY_LIMIT_BYTES={limit})" in rows[t].note, rows[t].note
+    assert "needs representative inputs" in rows["int8-static"].note  # skipped for its own reason first
+    assert res.baseline.details["weight_bytes"] == str(size)
+    assert res.baseline.details["memory_available_bytes"] == str(limit)

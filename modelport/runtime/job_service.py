@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 from google.protobuf.message import Message
-from pydantic import model_validator
+from pydantic import AliasChoices, Field, model_validator
 
 from modelport.runtime.job_cache import Job, JobCache, tool_versions
 from modelport.runtime.job_events import job_events
@@ -39,6 +39,16 @@ class JobServiceSettings(ServiceSettings):
     """Let requests with trust_remote_code=true run a model's own Python code (Keras Lambda layers, custom
     objects, SavedModel graphs that read or write files). Off: such requests get PERMISSION_DENIED whatever
     they ask. Turn it on only for a service that converts models from trusted sources."""
+    memory_limit_bytes: int = Field(0, ge=0, validation_alias=AliasChoices("memory_limit_bytes",
+                                                                           "MODELPORT_MEMORY_LIMIT_BYTES"))
+    """Most memory one job may use, in bytes (0 = what the machine or container has left: the cgroup limit
+    minus its use, or MemAvailable). Jobs whose estimate (weight bytes x the technique's factor) passes it
+    are refused with RESOURCE_EXHAUSTED before they start, or under ``auto`` skipped. Environment:
+    ``MODELPORT_MEMORY_LIMIT_BYTES`` (one name for every service)."""
+
+    def worker_environment(self) -> dict[str, str]:
+        """Settings the job code in the workers reads from its environment (``modelport.memory``)."""
+        return {"MODELPORT_MEMORY_LIMIT_BYTES": str(self.memory_limit_bytes)} if self.memory_limit_bytes else {}
 
     @model_validator(mode="before")
     @classmethod
@@ -87,7 +97,8 @@ class JobService(Service):
     def __init__(self, settings: JobServiceSettings):
         super().__init__(settings)
         self.cache = JobCache(self.store.root)
-        self.pool = WorkerPool(size=settings.max_concurrent_jobs, env=dict(self.worker_env),
+        self.pool = WorkerPool(size=settings.max_concurrent_jobs, env={**self.worker_env,
+                                                                       **settings.worker_environment()},
                                preload=self.worker_preload, max_jobs_per_worker=settings.worker_max_jobs,
                                name=f"{self.name}-worker")
         self.versions = {f"modelport-{self.name}": self.job_version, **tool_versions(self.tool_packages)}

@@ -1,0 +1,124 @@
+"""Memory admission of Optimize jobs: what each technique needs, from the model's weight bytes, against
+what this machine (cgroup limit, MemAvailable, ``memory_limit_bytes``) can give, decided before any of it
+runs.
+
+- In the service (``check_request``), before a worker is started: a request that names techniques which
+  cannot fit, or a model whose baseline alone cannot be loaded and measured, is refused at once with
+  RESOURCE_EXHAUSTED naming the bytes needed and available and what to try.
+- In the worker (``admit_plan``), once the plan is known: under ``auto`` each technique that cannot fit is
+  moved to the plan's skipped list with that same sentence, so it shows in the candidate table instead of
+  the worker being killed by the kernel halfway through.
+
+The factors are peak memory added to the worker per byte of weights (measured on a 2.15 GB external-data
+model where stated; the others are bounds from what the technique holds: a copy of the whole model, a
+converted copy, a calibration session). No grpc, no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+
+from modelport import memory
+from modelport.errors import ResourceExhausted
+from modelport.techniques import KERAS_TECHNIQUES, TFLITE_TECHNIQUES
+
+OVERHEAD_BYTES = 512 << 20
+"""What a job adds whatever the model: onnxruntime, numpy, the datasets and measurement buffers."""
+
+BASELINE_FACTOR = 1.5
+"""Loading and measuring the input model in onnxruntime (external data is memory-mapped: 0.03x measured
+on 2.15 GB; a model inside one protobuf is parsed whole, then handed to onnxruntime)."""
+KERAS_BASELINE_FACTOR = 4.0
+"""A Keras input: loaded, rebuilt in tf-keras for the Keras techniques and exported to ONNX first."""
+
+FACTORS = {
+    "int8-dynamic": 2.0,  # measured 1.61x (quantizer, optimizer_svc.lean_quantize) on 2.15 GB of weights
+    "graph": 3.0,  # the model loaded by onnx, rewritten, saved, then loaded by onnxruntime to be optimized
+    "fp16": 3.0,  # the float32 model whole plus its float16 copy while it is converted and written
+    "int8-static": 4.0,  # quantize_static: the model, its calibration-augmented copy and that copy's session
+    **{t: 8.0 for t in KERAS_TECHNIQUES + TFLITE_TECHNIQUES},  # TensorFlow fine-tunes / TFLite converter
+}
+DEFAULT_FACTOR = 4.0
+
+
+def model_weight_bytes(path: Path, fmt: str) -> int:
+    """Weight bytes of the model to optimize, read cheaply (no model parse in the service process): an ONNX
+    file's size, the members of an ONNX folder archive (model.onnx + its data), a Keras file's weights."""
+    path = Path(path)
+    if fmt == "keras":
+        with open(path, "rb") as f:
+            hdf5 = f.read(8) == b"\x89HDF\r\n\x1a\n"
+        return memory.weight_bytes(path, "h5" if hdf5 else "keras")
+    try:
+        if path.is_dir():
+            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        from modelport.archive import is_tar
+
+        if is_tar(path):
+            with tarfile.open(path, "r:") as tar:
+                return sum(m.size for m in tar.getmembers() if m.isfile())
+        return path.stat().st_size
+    except (OSError, tarfile.TarError):
+        return 0
+
+
+def estimate(technique: str, weights: int) -> memory.Estimate:
+    """Memory one technique's candidate needs (building and measuring it), with the baseline's session held."""
+    factor = BASELINE_FACTOR + FACTORS.get(technique, DEFAULT_FACTOR)
+    return memory.Estimate(f"{technique} on this model", weights, factor, OVERHEAD_BYTES)
+
+
+def baseline_estimate(fmt: str, weights: int) -> memory.Estimate:
+    factor = KERAS_BASELINE_FACTOR if fmt == "keras" else BASELINE_FACTOR
+    return memory.Estimate(f"loading and measuring this {fmt} model", weights, factor, OVERHEAD_BYTES)
+
+
+def _advice(budget: memory.MemoryBudget, *parts: str) -> str:
+    """What to try: the technique-specific hints, more memory, and the configured cap when it decided."""
+    cap = (f"or raise the optimizer's memory_limit_bytes ({memory.LIMIT_ENV}) if it was set too low"
+           if budget.source.startswith(memory.LIMIT_ENV) else "")
+    return ", ".join(p for p in (*parts, "run it where more memory is free (another machine, a higher container "
+                                          "memory limit, or fewer concurrent jobs)", cap) if p)
+
+
+def admit_baseline(fmt: str, weights: int, budget: memory.MemoryBudget) -> None:
+    """RESOURCE_EXHAUSTED when even the input model cannot be loaded and measured."""
+    hint = ("convert it to ONNX first (Converter.Convert streams the weights to external data) and optimize "
+            "the ONNX result" if fmt == "keras" else "")
+    memory.admit(baseline_estimate(fmt, weights), _advice(budget, hint), budget)
+
+
+def check_request(techniques: list[str], fmt: str, weights: int, auto: bool,
+                  budget: memory.MemoryBudget | None = None) -> None:
+    """The service's check, before a worker starts: the baseline must fit, and so must every technique the
+    request names (under ``auto`` the worker skips what does not fit instead)."""
+    if fmt == "generation" or weights <= 0:
+        return
+    budget = budget or memory.available_bytes()
+    admit_baseline(fmt, weights, budget)
+    if auto:
+        return
+    for t in techniques:
+        memory.admit(estimate(t, weights), _advice(budget, f"drop {t} from the request or ask for 'auto' (which "
+                                                           "skips the techniques that cannot fit)"), budget)
+
+
+def admit_plan(plan, fmt: str, weights: int, budget: memory.MemoryBudget | None = None) -> dict[str, str]:
+    """The worker's check of a plan (``technique_options.Plan``), in place: under ``auto`` a technique that
+    cannot fit moves to ``plan.skipped`` with the reason; named ones raise RESOURCE_EXHAUSTED. Returns the
+    figures for the baseline's details (weight bytes, available bytes and where that figure comes from)."""
+    if fmt == "generation" or weights <= 0:
+        return {}
+    budget = budget or memory.available_bytes()
+    admit_baseline(fmt, weights, budget)
+    for t in list(plan.run):
+        try:
+            memory.admit(estimate(t, weights), _advice(budget, f"drop {t} from the request"), budget)
+        except ResourceExhausted as e:
+            if not plan.auto:
+                raise
+            plan.run.remove(t)
+            plan.skipped.append((t, f"skipped: {e.message.split('; ')[0]}"))
+    return {"weight_bytes": str(weights), "memory_available_bytes": str(budget.available),
+            "memory_available_source": budget.source}
