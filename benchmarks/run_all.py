@@ -35,6 +35,7 @@ TIMEOUTS = {
     "e2e": 420,
     "external_data": 420,
     "llm": 900,
+    "large": 1500,  # multi-GB: builds, converts, quantizes and serves 0.55-2.34 GB models (--quick: VGG-16 only)
 }
 DEFAULT_TIMEOUT = 240
 QUICK_TIMEOUT = 120
