@@ -33,7 +33,7 @@ KERAS_BASELINE_FACTOR = 4.0
 """A Keras input: loaded, rebuilt in tf-keras for the Keras techniques and exported to ONNX first."""
 
 FACTORS = {
-    "int8-dynamic": 2.0,  # from 2 GiB (no quant_pre_process): measured 1.61x (lean_quantize) on 2.15 GB
+    "int8-dynamic": 2.0,  # external data from 256 MiB (no quant_pre_process): measured 1.61x (lean_quantize) on 2.15 GB
     "graph": 3.0,  # the model loaded by onnx, rewritten, saved, then loaded by onnxruntime to be optimized
     "fp16": 3.0,  # the float32 model whole plus its float16 copy while it is converted and written
     "int8-static": 4.0,  # quantize_static: the model, its calibration-augmented copy and that copy's session
@@ -41,15 +41,15 @@ FACTORS = {
 }
 DEFAULT_FACTOR = 4.0
 PREPROCESSED_INT8_DYNAMIC_FACTOR = 5.0
-"""int8-dynamic below 2 GiB, where quant_pre_process (symbolic shape inference, an onnxruntime pass, ONNX shape
+"""int8-dynamic below 256 MiB, where quant_pre_process (symbolic shape inference, an onnxruntime pass, ONNX shape
 inference: each a full load and write) runs first: 5.5x peak of the optimizer's tree measured on 0.73 GB."""
 
 
 def factor(technique: str, weights: int) -> float:
     """Peak memory of building and measuring ``technique``'s candidate, per weight byte."""
-    from modelport.onnx_files import PROTOBUF_LIMIT
+    from optimizer_svc.onnx_techniques import PREPROCESS_MAX_BYTES
 
-    if technique == "int8-dynamic" and weights < PROTOBUF_LIMIT:
+    if technique == "int8-dynamic" and weights < PREPROCESS_MAX_BYTES:
         return PREPROCESSED_INT8_DYNAMIC_FACTOR
     return FACTORS.get(technique, DEFAULT_FACTOR)
 
