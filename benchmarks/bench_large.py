@@ -399,7 +399,8 @@ def main() -> None:
     cap = int(args.cap_gb * GB) if args.cap_gb else int(min(18 * GB, available_bytes().available - 3 * GB))
     results: dict = {"cap_bytes": cap, "models": {}}
     last = common.RESULTS_DIR / "large.json"
-    previous = json.loads(last.read_text()).get("models", {}) if last.is_file() else {}
+    last_results = json.loads(last.read_text()) if last.is_file() else {}
+    previous, last_command = last_results.get("models", {}), last_results.get("command", "")
     me = [sys.executable, "-m", "benchmarks.bench_large"]
     with tempfile.TemporaryDirectory(prefix="bench-large-", dir=os.environ.get("MODELPORT_BENCH_TMP")) as tmp:
         tmp = Path(tmp)
@@ -437,6 +438,10 @@ def main() -> None:
             path.unlink(missing_ok=True)
             results["models"][name] = r
 
+    # Models not re-run keep their last figures (marked), so a partial run does not drop rows of the section.
+    for name, r in previous.items():
+        if name not in results["models"]:
+            results["models"][name] = {**r, "previous_run": r.get("previous_run") or last_command}
     results["command"] = common.command_line()
     md = render(results)
     common.write_section("large", md, results)
@@ -451,6 +456,8 @@ def render(results: dict) -> str:
     cap = results["cap_bytes"]
     rows, stage_rows = [], []
     for name, r in results["models"].items():
+        if r.get("previous_run"):
+            r = {**r, "label": f"{r['label']} [previous run: `{r['previous_run']}`]"}
         rows.append(_row(name, r))
         w, mp = r["weight_bytes"], r["modelport"]
         peaks = mp.get("stage_peaks", {})
