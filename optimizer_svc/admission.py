@@ -27,8 +27,10 @@ OVERHEAD_BYTES = 512 << 20
 """What a job adds whatever the model: onnxruntime, numpy, the datasets and measurement buffers."""
 
 BASELINE_FACTOR = 1.5
-"""Loading and measuring the input model in onnxruntime (external data is memory-mapped: 0.03x measured
-on 2.15 GB; a model inside one protobuf is parsed whole, then handed to onnxruntime)."""
+"""Loading and measuring an input model inside one protobuf in onnxruntime (parsed whole, then handed over)."""
+EXTERNAL_BASELINE_FACTOR = 0.25
+"""The same for a model with external data, which onnxruntime memory-maps: 0.03x resident after loading 2.15 GB
+(measured); the pages inference reads are clean page cache the kernel can take back."""
 KERAS_BASELINE_FACTOR = 4.0
 """A Keras input: loaded, rebuilt in tf-keras for the Keras techniques and exported to ONNX first."""
 
@@ -75,15 +77,32 @@ def model_weight_bytes(path: Path, fmt: str) -> int:
         return 0
 
 
-def estimate(technique: str, weights: int) -> memory.Estimate:
+def _baseline_factor(fmt: str, external: bool) -> float:
+    if fmt == "keras":
+        return KERAS_BASELINE_FACTOR
+    return EXTERNAL_BASELINE_FACTOR if external else BASELINE_FACTOR
+
+
+def estimate(technique: str, weights: int, external: bool = False, fmt: str = "onnx") -> memory.Estimate:
     """Memory one technique's candidate needs (building and measuring it), with the baseline's session held."""
-    return memory.Estimate(f"{technique} on this model", weights, BASELINE_FACTOR + factor(technique, weights),
+    return memory.Estimate(f"{technique} on this model", weights,
+                           _baseline_factor(fmt, external) + factor(technique, weights), OVERHEAD_BYTES)
+
+
+def baseline_estimate(fmt: str, weights: int, external: bool = False) -> memory.Estimate:
+    return memory.Estimate(f"loading and measuring this {fmt} model", weights, _baseline_factor(fmt, external),
                            OVERHEAD_BYTES)
 
 
-def baseline_estimate(fmt: str, weights: int) -> memory.Estimate:
-    factor = KERAS_BASELINE_FACTOR if fmt == "keras" else BASELINE_FACTOR
-    return memory.Estimate(f"loading and measuring this {fmt} model", weights, factor, OVERHEAD_BYTES)
+def _sizes(path: Path, fmt: str) -> tuple[int, bool]:
+    """(weight bytes, whether the weights are external data) of the model artifact at ``path``."""
+    from modelport.archive import is_tar
+
+    try:
+        external = fmt == "onnx" and is_tar(path)
+    except OSError:
+        external = False
+    return model_weight_bytes(path, fmt), external
 
 
 def _advice(budget: memory.MemoryBudget, *parts: str) -> str:
@@ -94,39 +113,45 @@ def _advice(budget: memory.MemoryBudget, *parts: str) -> str:
                                           "memory limit, or fewer concurrent jobs)", cap) if p)
 
 
-def admit_baseline(fmt: str, weights: int, budget: memory.MemoryBudget) -> None:
+def admit_baseline(fmt: str, weights: int, budget: memory.MemoryBudget, external: bool = False) -> None:
     """RESOURCE_EXHAUSTED when even the input model cannot be loaded and measured."""
     hint = ("convert it to ONNX first (Converter.Convert streams the weights to external data) and optimize "
             "the ONNX result" if fmt == "keras" else "")
-    memory.admit(baseline_estimate(fmt, weights), _advice(budget, hint), budget)
+    memory.admit(baseline_estimate(fmt, weights, external), _advice(budget, hint), budget)
 
 
-def check_request(techniques: list[str], fmt: str, weights: int, auto: bool,
+def check_request(techniques: list[str], fmt: str, path: Path, auto: bool,
                   budget: memory.MemoryBudget | None = None) -> None:
-    """The service's check, before a worker starts: the baseline must fit, and so must every technique the
-    request names (under ``auto`` the worker skips what does not fit instead)."""
-    if fmt == "generation" or weights <= 0:
+    """The service's check of the model artifact at ``path``, before a worker starts: the baseline must fit,
+    and so must every technique the request names (under ``auto`` the worker skips what does not fit)."""
+    if fmt == "generation":
+        return
+    weights, external = _sizes(path, fmt)
+    if weights <= 0:
         return
     budget = budget or memory.available_bytes()
-    admit_baseline(fmt, weights, budget)
+    admit_baseline(fmt, weights, budget, external)
     if auto:
         return
     for t in techniques:
-        memory.admit(estimate(t, weights), _advice(budget, f"drop {t} from the request or ask for 'auto' (which "
+        memory.admit(estimate(t, weights, external, fmt), _advice(budget, f"drop {t} from the request or ask for 'auto' (which "
                                                            "skips the techniques that cannot fit)"), budget)
 
 
-def admit_plan(plan, fmt: str, weights: int, budget: memory.MemoryBudget | None = None) -> dict[str, str]:
-    """The worker's check of a plan (``technique_options.Plan``), in place: under ``auto`` a technique that
+def admit_plan(plan, fmt: str, path: Path, budget: memory.MemoryBudget | None = None) -> dict[str, str]:
+    """The worker's check of a plan (``technique_options.Plan``) for the model artifact at ``path``, in place: under ``auto`` a technique that
     cannot fit moves to ``plan.skipped`` with the reason; named ones raise RESOURCE_EXHAUSTED. Returns the
     figures for the baseline's details (weight bytes, available bytes and where that figure comes from)."""
-    if fmt == "generation" or weights <= 0:
+    if fmt == "generation":
+        return {}
+    weights, external = _sizes(path, fmt)
+    if weights <= 0:
         return {}
     budget = budget or memory.available_bytes()
-    admit_baseline(fmt, weights, budget)
+    admit_baseline(fmt, weights, budget, external)
     for t in list(plan.run):
         try:
-            memory.admit(estimate(t, weights), _advice(budget, f"drop {t} from the request"), budget)
+            memory.admit(estimate(t, weights, external, fmt), _advice(budget, f"drop {t} from the request"), budget)
         except ResourceExhausted as e:
             if not plan.auto:
                 raise

@@ -12,7 +12,7 @@ from modelport.memory import available_bytes
 from modelport.runtime.job_cache import Job, job_key
 from modelport.trust import remote_code_allowed
 from modelport.v1 import artifacts_pb2, optimizer_pb2
-from optimizer_svc.admission import check_request, model_weight_bytes
+from optimizer_svc.admission import check_request
 from optimizer_svc.technique_options import parse_options, plan
 from optimizer_svc.worker import GOALS, sniff_format
 
@@ -46,7 +46,7 @@ def plan_optimize(service, req: optimizer_pb2.OptimizeRequest) -> Job:
                     has_inputs=any(r.digest for r in (req.calibration_data, req.train_data, req.eval_data)),
                     has_student=bool(req.student.digest))
     # Refused before a worker starts when the model or a named technique cannot fit in the memory left.
-    check_request(the_plan.run, fmt, model_weight_bytes(store.path(req.model.digest), fmt), the_plan.auto,
+    check_request(the_plan.run, fmt, store.path(req.model.digest), the_plan.auto,
                   available_bytes(service.settings.memory_limit_bytes or None))
     digests = [r.digest for r in (req.model, req.calibration_data, req.train_data, req.eval_data, req.student)]
     norm = {"techniques": [t.strip().lower() for t in req.techniques], "goal": GOALS.get(req.goal, "latency"),

@@ -161,3 +161,25 @@ def test_auto_skips_what_cannot_fit_with_the_reason_and_builds_the_rest(tmp_path
     assert "needs representative inputs" in rows["int8-static"].note  # skipped for its own reason first
     assert res.baseline.details["weight_bytes"] == str(size)
     assert res.baseline.details["memory_available_bytes"] == str(limit)
+
+
+def test_a_folder_artifact_is_estimated_with_its_memory_mapped_baseline(tmp_path):
+    import pytest
+    from extdata_fixtures import embedding_model
+
+    from modelport.archive import pack_dir
+    from modelport.errors import ResourceExhausted
+    from modelport.memory import MemoryBudget
+    from optimizer_svc import admission
+
+    model = embedding_model(tmp_path / "m", 4096, 64, 8)  # model.onnx + model.onnx.data, 1 MB of weights
+    pack_dir(model.parent, tmp_path / "m.tar")
+    weights, external = admission._sizes(tmp_path / "m.tar", "onnx")
+    assert external and 4096 * 64 * 4 <= weights < 4096 * 64 * 4 + 64 * 1024
+    est = admission.estimate("int8-dynamic", weights, external)
+    assert est.factor == admission.EXTERNAL_BASELINE_FACTOR + admission.PREPROCESSED_INT8_DYNAMIC_FACTOR
+    assert admission.estimate("int8-dynamic", weights).factor == admission.BASELINE_FACTOR + 5.0  # one protobuf
+    admission.check_request(["int8-dynamic"], "onnx", tmp_path / "m.tar", False, MemoryBudget(est.needed, "test"))
+    with pytest.raises(ResourceExhausted, match=r"int8-dynamic on this model needs about .* x 5\.25\), but only"):
+        admission.check_request(["int8-dynamic"], "onnx", tmp_path / "m.tar", False,
+                                MemoryBudget(est.needed - 1, "test"))
