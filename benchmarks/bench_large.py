@@ -468,7 +468,8 @@ def main() -> None:
                 for f in tmp.glob(f"{name}-plain.onnx*"):
                     f.unlink()
             elif previous.get(name, {}).get("plain"):  # not re-run: the last run's figures, marked as such
-                r["plain"] = {**previous[name]["plain"], "from_previous_run": True}
+                r["plain"] = {"cap_bytes": last_results.get("cap_bytes", 0), **previous[name]["plain"],
+                              "from_previous_run": True}
             path.unlink(missing_ok=True)
             results["models"][name] = r
 
@@ -488,6 +489,8 @@ STAGES = ["upload", "loading", "source parity run", "converting", "verifying", "
 def render(results: dict) -> str:
     """The BENCHMARKS.md section from a results dict (also: ``--render`` re-renders results/large.json)."""
     cap = results["cap_bytes"]
+    plain_caps = sorted({r["plain"].get("cap_bytes") or cap for r in results["models"].values() if r.get("plain")})
+    plain_cap = " / ".join(f"{c / GB:.1f} GB" for c in plain_caps) or f"{cap / GB:.1f} GB"
     rows, stage_rows = [], []
     for name, r in results["models"].items():
         if r.get("previous_run"):
@@ -514,7 +517,7 @@ def render(results: dict) -> str:
         "freed before the result is loaded; results past 256 MiB of weights are `model.onnx` + `model.onnx.data` "
         "in one folder artifact (`onnx+tar`). Plain tf2onnx = a fresh process calling `keras.saving.load_model` "
         "then `tf2onnx.convert.from_function(..., large_model=True)`, under this benchmark's memory cap of "
-        f"{cap / GB:.1f} GB (the machine is shared by other jobs): \"killed at N GB\" means its RSS passed the "
+        f"{plain_cap} (the machine is shared by other jobs): \"killed at N GB\" means its RSS passed the "
         "cap and the benchmark killed it (on this machine type without a cap the kernel kills it at 24 GB, "
         "FACTS.md). One multi-GB process at a time; wall times are from a shared 2-core machine.",
         "",
@@ -546,7 +549,8 @@ def render(results: dict) -> str:
             "**serving** through an inference service subprocess: `LoadModel` of the FP32 result and of the INT8 "
             f"one, a first inference, then {STEADY_RUNS} more (batch 1, p50). Peak RSS of each service's tree per "
             "stage over the FP32 weight bytes; optimizer and inference service each started fresh (their idle "
-            "RSS is in the peaks).",
+            f"RSS is in the peaks). These stages ran under this run's cap of {cap / GB:.1f} GB: \"killed at\" there "
+            "means the benchmark's cap, not the kernel.",
             "",
             common.markdown_table(
                 ["model", "int8-dynamic peak / weights (s)", "INT8 size / FP32", "INT8 latency / FP32 (paired)",
@@ -569,6 +573,8 @@ def _after_row(r: dict) -> list:
 
     def served(label: str) -> list:
         x = sv.get(label, {})
+        if not x:
+            return ["not run", "-", "-"] + (["-"] if label == "fp32" else [])
         if x.get("error"):
             return [f"failed: {x['error'][:80]}", "-", "-"] + (["-"] if label == "fp32" else [])
         cells = [f"{_x(peaks.get(f'{label} load'), w)} ({x.get('load_s', 0):.1f}s)",
@@ -576,9 +582,11 @@ def _after_row(r: dict) -> list:
                  ms(x.get("steady_p50_s"))]
         return cells + ([_x(x.get("resident_bytes"), w)] if label == "fp32" else [])
 
-    if op.get("error") or op.get("killed_at_bytes"):
-        opt = [f"failed: {op.get('error', '')[:80]}" if op.get("error") else
-               f"killed at {_gb(op['killed_at_bytes'])} (cap)", "-", "-", "-"]
+    if op.get("killed_at_bytes"):
+        opt = [f"killed at {_gb(op['killed_at_bytes'])} ({_x(op['killed_at_bytes'], w)}, the cap) in "
+               f"`{max(op.get('stage_peaks', {'-': 0}).items(), key=lambda kv: kv[1])[0]}`", "-", "-", "-"]
+    elif op.get("error"):
+        opt = [f"failed: {op['error'][:80]}", "-", "-", "-"]
     else:
         opt = [f"{_x(op.get('peak_bytes'), w)} ({op.get('optimize_s', 0):.0f}s)",
                f"{op['size_bytes'] / op['baseline_bytes']:.2f}" if op.get("baseline_bytes") else "-",
