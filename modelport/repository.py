@@ -145,7 +145,8 @@ def write_model(root: str | os.PathLike, name: str, version: int, model: str | o
     """Write ``<root>/<name>/<version>/model.onnx`` (+ config.pbtxt when given); returns the file.
 
     An ONNX ``model`` file with external data brings its data file(s) along, copied beside it in the
-    version folder (ONNX Runtime resolves them there). The version folder appears
+    version folder (ONNX Runtime resolves them there); a generation folder (``model.onnx`` + ``generation.json``)
+    is copied whole. The version folder appears
     atomically (written in a temp folder, then renamed), so a scanning server never sees a
     half-written model.
     """
@@ -164,6 +165,8 @@ def write_model(root: str | os.PathLike, name: str, version: int, model: str | o
         target = tmp / fname
         if isinstance(model, (bytes, bytearray)):
             target.write_bytes(model)
+        elif Path(model).is_dir() and (Path(model) / "generation.json").is_file():  # a generation folder, whole
+            shutil.copytree(model, tmp, dirs_exist_ok=True)
         elif fname.endswith(".onnx"):
             from modelport.onnx_files import copy_model
 

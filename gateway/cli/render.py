@@ -85,7 +85,8 @@ def stage_table(report: DeployReport) -> Table:
                      no_wrap=True)
     colors = {"ok": "green", "failed": "red", "skipped": "dim", "pending": "dim"}
     for s in report.stages:
-        t.add_row(s.stage, f"[{colors.get(s.status, 'white')}]{s.status}[/]", s.format or "-",
+        status = f"{s.status} (cached)" if s.cached and s.status == "ok" else s.status
+        t.add_row(s.stage, f"[{colors.get(s.status, 'white')}]{status}[/]", s.format or "-",
                   human_size(s.size_bytes), fmt_ms(s.latency_ms), fmt_acc(s.accuracy), f"{s.seconds:.1f} s")
     return t
 
@@ -149,6 +150,9 @@ def print_report(console: Console, report: DeployReport) -> None:
     console.print(stage_table(report))
     for line in stage_details(report):
         console.print(line, highlight=False)
+    if report.cached_stages():
+        console.print(f"[dim]from cache (done by an earlier run):[/] {', '.join(report.cached_stages())}",
+                      highlight=False)
     cands = candidates_table(report)
     if cands is not None:
         console.print(cands)
@@ -161,6 +165,9 @@ def print_report(console: Console, report: DeployReport) -> None:
                                   f"`modelport-inference --repository {report.bundle}`)"
         console.print(f"[bold green]deployed[/] {report.name} v{report.version} on "
                       f"{report.execution_provider or '?'} — {where or report.endpoint} in {report.seconds:.1f} s")
+        if report.target == "generation":
+            console.print(f"a generation model: stream tokens with `modelport generate {report.name} --input-ids 1,2,3 "
+                          "--max-tokens 32` (or tritonclient's start_stream, TensorRT-LLM tensor names)", highlight=False)
     elif report.error:
         e = report.error
         console.print(f"[bold red]deploy failed[/] at stage [bold]{e.get('stage')}[/]: {e.get('code')}: "

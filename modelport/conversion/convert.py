@@ -456,7 +456,7 @@ def convert_model(store: ArtifactStore, request: converter_pb2.ConvertRequest,
     progress("loading", 0.15, f"running the {fmt} model on {n} parity samples ({inputs_source})")
     ref_out = run_checked(src, inputs, "source")
 
-    workdir = Path(tempfile.mkdtemp(dir=store.tmp_dir, prefix="convert-"))
+    workdir = store.mkdtemp("convert")
     try:
         progress("converting", 0.2, f"converting {fmt} -> {target}" + (f" (opset {opset})" if target == "onnx" else ""))
         out, notes = produce(src, target, workdir, opset, fixed_batch, onnx2tf_python, onnx2torch_python)
