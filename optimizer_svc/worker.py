@@ -30,6 +30,7 @@ from optimizer_svc import int8_search as IS
 from optimizer_svc import measure as M
 from optimizer_svc import onnx_techniques as OT
 from optimizer_svc import selection
+from optimizer_svc.admission import admit_plan
 from optimizer_svc.llm_job import optimize_generation
 from optimizer_svc.llm_techniques import is_generation_archive
 from optimizer_svc.technique_options import NEEDS_TRAIN, parse_options, plan
@@ -210,6 +211,8 @@ def _optimize(progress, store: ArtifactStore, req: optimizer_pb2.OptimizeRequest
         for t in needs_labels:
             the_plan.run.remove(t)
             the_plan.skipped.append((t, f"{t} fine-tunes on labels and train_data has no 'y' array"))
+    # Memory admission (optimizer_svc.admission): under auto what cannot fit is skipped, with the reason.
+    memory_note = admit_plan(the_plan, fmt, store.path(req.model.digest))
     source = None
     if fmt == "keras":
         from modelport.conversion.onnx_export import keras_model_to_onnx
@@ -270,6 +273,7 @@ def _optimize(progress, store: ArtifactStore, req: optimizer_pb2.OptimizeRequest
     # the inference service's (modelport.cpuinfo.compare).
     baseline.details["cpu_flags"] = cpuinfo.format_flags(cpuinfo.relevant_flags())
     baseline.details.update(export_note)
+    baseline.details.update(memory_note)
     if choice.warnings:
         baseline.note = "; ".join(choice.warnings)
     if export_note.get("baseline_export") == "tf-keras":

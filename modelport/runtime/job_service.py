@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 from google.protobuf.message import Message
-from pydantic import model_validator
+from pydantic import AliasChoices, Field, model_validator
 
 from modelport import tmpfiles
 from modelport.runtime.job_cache import Job, JobCache, tool_versions
@@ -45,8 +45,22 @@ class JobServiceSettings(ServiceSettings):
     allow_remote_code: bool = False
     """Let requests with trust_remote_code=true run a model's own Python code (Keras Lambda layers, custom
     objects, SavedModel graphs that read or write files). Off: such requests get PERMISSION_DENIED whatever
+<<<<<<< HEAD
     they ask. Turn it on only for a service that converts models from trusted sources (the service process then
     makes itself non-dumpable: model code in its workers cannot read its environment or memory)."""
+=======
+    they ask. Turn it on only for a service that converts models from trusted sources."""
+    memory_limit_bytes: int = Field(0, ge=0, validation_alias=AliasChoices("memory_limit_bytes",
+                                                                           "MODELPORT_MEMORY_LIMIT_BYTES"))
+    """Most memory one job may use, in bytes (0 = what the machine or container has left: the cgroup limit
+    minus its use, or MemAvailable). Jobs whose estimate (weight bytes x the technique's factor) passes it
+    are refused with RESOURCE_EXHAUSTED before they start, or under ``auto`` skipped. Environment:
+    ``MODELPORT_MEMORY_LIMIT_BYTES`` (one name for every service)."""
+
+    def worker_environment(self) -> dict[str, str]:
+        """Settings the job code in the workers reads from its environment (``modelport.memory``)."""
+        return {"MODELPORT_MEMORY_LIMIT_BYTES": str(self.memory_limit_bytes)} if self.memory_limit_bytes else {}
+>>>>>>> large
 
     @model_validator(mode="before")
     @classmethod
@@ -101,7 +115,8 @@ class JobService(Service):
         # Uploaded bytes are parsed in sniffer processes, never here (modelport.runtime.sniffing).
         self.sniffer = sniffer_pool(self.name, self.sniff_preload)
         self.cache = JobCache(self.store.root)
-        self.pool = WorkerPool(size=settings.max_concurrent_jobs, env=dict(self.worker_env),
+        self.pool = WorkerPool(size=settings.max_concurrent_jobs, env={**self.worker_env,
+                                                                       **settings.worker_environment()},
                                preload=self.worker_preload, max_jobs_per_worker=settings.worker_max_jobs,
                                name=f"{self.name}-worker", on_worker_lost=self._worker_lost)
         self.versions = {f"modelport-{self.name}": self.job_version, **tool_versions(self.tool_packages)}
