@@ -45,11 +45,8 @@ class JobServiceSettings(ServiceSettings):
     allow_remote_code: bool = False
     """Let requests with trust_remote_code=true run a model's own Python code (Keras Lambda layers, custom
     objects, SavedModel graphs that read or write files). Off: such requests get PERMISSION_DENIED whatever
-<<<<<<< HEAD
     they ask. Turn it on only for a service that converts models from trusted sources (the service process then
     makes itself non-dumpable: model code in its workers cannot read its environment or memory)."""
-=======
-    they ask. Turn it on only for a service that converts models from trusted sources."""
     memory_limit_bytes: int = Field(0, ge=0, validation_alias=AliasChoices("memory_limit_bytes",
                                                                            "MODELPORT_MEMORY_LIMIT_BYTES"))
     """Most memory one job may use, in bytes (0 = what the machine or container has left: the cgroup limit
@@ -60,7 +57,6 @@ class JobServiceSettings(ServiceSettings):
     def worker_environment(self) -> dict[str, str]:
         """Settings the job code in the workers reads from its environment (``modelport.memory``)."""
         return {"MODELPORT_MEMORY_LIMIT_BYTES": str(self.memory_limit_bytes)} if self.memory_limit_bytes else {}
->>>>>>> large
 
     @model_validator(mode="before")
     @classmethod
