@@ -179,7 +179,11 @@ def test_a_folder_artifact_is_estimated_with_its_memory_mapped_baseline(tmp_path
     est = admission.estimate("int8-dynamic", weights, external)
     assert est.factor == admission.EXTERNAL_BASELINE_FACTOR + admission.PREPROCESSED_INT8_DYNAMIC_FACTOR
     assert admission.estimate("int8-dynamic", weights).factor == admission.BASELINE_FACTOR + 5.0  # one protobuf
-    admission.check_request(["int8-dynamic"], "onnx", tmp_path / "m.tar", False, MemoryBudget(est.needed, "test"))
+    # The service reads only the stored file's size (the tar: weights + headers), never lists or parses it.
+    file_weights, file_external = admission._file_sizes(tmp_path / "m.tar", "onnx")
+    assert file_external and file_weights == (tmp_path / "m.tar").stat().st_size >= weights
+    served = admission.estimate("int8-dynamic", file_weights, True)
+    admission.check_request(["int8-dynamic"], "onnx", tmp_path / "m.tar", False, MemoryBudget(served.needed, "test"))
     with pytest.raises(ResourceExhausted, match=r"int8-dynamic on this model needs about .* x 5\.25\), but only"):
         admission.check_request(["int8-dynamic"], "onnx", tmp_path / "m.tar", False,
-                                MemoryBudget(est.needed - 1, "test"))
+                                MemoryBudget(served.needed - 1, "test"))
