@@ -33,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -57,6 +58,9 @@ EXTRA = {
                 "LayerNorm pre-norm -> Dense(10)",
     "conv_lstm": "Conv1D(32) -> LSTM(32) -> attention pooling (Attention layer) -> Dense(10)",
 }
+# The biggest (hundreds of MB of weights whatever the input size): measured last in a fresh matrix.
+BIG = {"ConvNeXtXLarge", "ConvNeXtLarge", "ConvNeXtBase", "EfficientNetV2L", "EfficientNetV2M", "NASNetLarge",
+       "EfficientNetB7", "EfficientNetB6", "ResNet152", "ResNet152V2", "VGG19", "VGG16"}
 QUICK = ["MobileNetV2", "EfficientNetB0", "ConvNeXtTiny", "DenseNet121", "lstm", "transformer_encoder"]
 
 
@@ -236,6 +240,8 @@ def main() -> None:
     p.add_argument("--models", default="", help="comma-separated subset (keras.applications names, " +
                    ", ".join(EXTRA) + ")")
     p.add_argument("--skip-plain", action="store_true", help="modelport only")
+    p.add_argument("--budget", type=float, default=0, help="start no new model after this many seconds (0: none); "
+                   "rows not measured keep their previous figures")
     p.add_argument("--jobs", type=int, default=1, help="models measured at once (each in its own processes)")
     p.add_argument("--timeout", type=float, default=600, help="bound per process, seconds")
     p.add_argument("--cap-gb", type=float, default=0.0, help="memory cap per process (default: (available - 3 GB) / "
@@ -256,31 +262,61 @@ def main() -> None:
 
     from modelport.memory import available_bytes, weight_bytes
 
+    previous = _previous()
     if args.models:
         names = [n for n in args.models.split(",") if n]
     elif args.quick:
         names = QUICK
     else:
         names = application_names_subprocess() + list(EXTRA)
+        # The least recently measured first: a run cut short by --budget (run_all) refreshes the stalest rows.
+        names.sort(key=lambda n: (previous["models"].get(n, {}).get("measured_unix", 0), n in BIG))
     cap = int(args.cap_gb * GB) if args.cap_gb else \
         int(min(16 * GB, (available_bytes().available - 3 * GB) / max(1, args.jobs)))
-    results: dict = {"cap_bytes": cap, "timeout_s": args.timeout, "models": {},
-                     "load_avg_before": common.load_average()}
+    results: dict = {**previous, "cap_bytes": cap, "timeout_s": args.timeout,
+                     "load_avg_before": common.load_average(), "command": common.command_line()}
+    results.setdefault("models", {})
+    t0 = time.time()
+    lock = threading.Lock()
     base = os.environ.get("MODELPORT_BENCH_TMP")
     with tempfile.TemporaryDirectory(prefix="bench-breadth-", dir=base) as tmp:
         from concurrent.futures import ThreadPoolExecutor
 
-        def one(name: str) -> tuple[str, dict]:
-            return name, measure(name, Path(tmp), args, cap, weight_bytes)
+        def one(name: str) -> None:
+            if args.budget and time.time() - t0 > args.budget:
+                return
+            r = measure(name, Path(tmp), args, cap, weight_bytes)
+            r["measured_unix"] = time.time()
+            with lock:  # each finished model is written at once: a run stopped later keeps it
+                results["models"][name] = r
+                results["load_avg_after"] = common.load_average()
+                _write(results)
 
         with ThreadPoolExecutor(max(1, args.jobs)) as pool:  # each model's processes run one after another
-            done = dict(pool.map(one, names))
-        results["models"] = {n: done[n] for n in names}
-    results["load_avg_after"] = common.load_average()
-    results["command"] = common.command_line()
-    md = render(results)
-    common.write_section("breadth", md, results)
-    print(md)
+            list(pool.map(one, names))
+    print(render(results))
+
+
+def _previous() -> dict:
+    """The committed matrix (each run replaces the rows of the models it measured)."""
+    path = common.RESULTS_DIR / "breadth.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {"models": {}}
+    data.pop("system", None)
+    return data
+
+
+def _write(results: dict) -> None:
+    results = {**results, "system": common.system_info()}
+    order = {n: i for i, n in enumerate(sorted(results["models"], key=_row_order))}
+    results["models"] = dict(sorted(results["models"].items(), key=lambda kv: order[kv[0]]))
+    common.write_section("breadth", render(results), results)
+
+
+def _row_order(name: str) -> tuple[int, str]:
+    return (1 if name in EXTRA else 0, name)
 
 
 def measure(name: str, tmp: Path, args, cap: int, weight_bytes) -> dict:
