@@ -276,7 +276,8 @@ def main() -> None:
         names.sort(key=lambda n: (previous["models"].get(n, {}).get("measured_unix", 0), n in BIG))
     cap = int(args.cap_gb * GB) if args.cap_gb else \
         int(min(16 * GB, (available_bytes().available - 3 * GB) / max(1, args.jobs)))
-    results: dict = {**previous, "cap_bytes": cap, "timeout_s": args.timeout,
+    results: dict = {**previous, "names": sorted(set(previous.get("names", [])) | set(names), key=_row_order),
+                     "cap_bytes": cap, "timeout_s": args.timeout,
                      "load_avg_before": common.load_average(), "command": common.command_line()}
     results.setdefault("models", {})
     t0 = time.time()
@@ -389,6 +390,10 @@ def render(results: dict) -> str:
             if x.get("status") not in (None, "ok"):
                 failures.append(f"- {name}, {'modelport' if who == 'modelport' else 'plain tf2onnx'}: "
                                 f"{x['status']}: {x.get('error', '')[:400]}")
+    pending = [n for n in results.get("names", []) if n not in results["models"]]
+    for name in pending:
+        rows.append([name, EXTRA.get(name, f"{MIN_SIZE.get(name, DEFAULT_SIZE)} px"), "-", "not measured yet"]
+                    + ["-"] * 7)
     table = common.markdown_table(
         ["model", "input / structure", "weights", "modelport", "max abs diff", "convert s", "peak RSS / weights",
          "plain tf2onnx", "max abs diff", "convert s", "peak RSS / weights"], rows)
@@ -409,7 +414,7 @@ def render(results: dict) -> str:
         f"`flock {HEAVY_LOCK}`.",
         "",
         f"Converted with parity: **modelport {counts['modelport']}/{counts['total']}**, plain tf2onnx "
-        f"{counts['plain']}/{counts['total']}.",
+        f"{counts['plain']}/{counts['total']}" + (f" ({len(pending)} more not measured yet)." if pending else "."),
         "",
         f"Command: `{results.get('command', common.command_line())}`",
         "",
