@@ -241,6 +241,8 @@ def main() -> None:
     p.add_argument("--models", default="", help="comma-separated subset (keras.applications names, " +
                    ", ".join(EXTRA) + ")")
     p.add_argument("--skip-plain", action="store_true", help="modelport only")
+    p.add_argument("--routes", default="modelport,plain", help="which converters to run (the others keep their rows)")
+    p.add_argument("--keep-models", default="", help="a folder to keep (and reuse) the built .keras files in")
     p.add_argument("--budget", type=float, default=0, help="start no new model after this many seconds (0: none); "
                    "rows not measured keep their previous figures")
     p.add_argument("--jobs", type=int, default=1, help="models measured at once (each in its own processes)")
@@ -292,7 +294,8 @@ def main() -> None:
             r = measure(name, Path(tmp), args, cap, weight_bytes)
             r["measured_unix"] = time.time()
             with lock:  # each finished model is written at once: a run stopped later keeps it
-                results["models"][name] = r
+                old = results["models"].get(name, {})
+                results["models"][name] = {**({} if "build_error" in old else old), **r}  # a route not run keeps its row
                 results["load_avg_after"] = common.load_average()
                 _write(results)
 
@@ -324,23 +327,32 @@ def _row_order(name: str) -> tuple[int, str]:
 
 
 def measure(name: str, tmp: Path, args, cap: int, weight_bytes) -> dict:
-    """Build ``name``, convert it with modelport and with plain tf2onnx, each in its own process."""
-    path = tmp / f"{name}.keras"
+    """Build ``name`` (or reuse its file in ``--keep-models``), convert it with modelport and/or plain tf2onnx,
+    each in its own process."""
+    folder = Path(args.keep_models) if args.keep_models else tmp
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.keras"
     result_file = tmp / f"{name}.result.json"
-    b = _child(["--child", "build", name, str(path)], args.timeout, cap, False, result_file)
     if not path.is_file():
-        print(f"[{name}] build failed: {b.get('error')}", flush=True)
-        return {"build_error": b.get("error", "build failed")}
+        part = path.with_name(path.name + ".part.keras")
+        b = _child(["--child", "build", name, str(part)], args.timeout, cap, False, result_file)
+        if not part.is_file():
+            print(f"[{name}] build failed: {b.get('error')}", flush=True)
+            return {"build_error": b.get("error", "build failed")}
+        part.rename(path)
     w = weight_bytes(path, "keras")
     r: dict = {"weight_bytes": w, "label": EXTRA.get(name, f"{MIN_SIZE.get(name, DEFAULT_SIZE)} px")}
     heavy = w >= HEAVY_BYTES
-    r["modelport"] = _child(["--child", "modelport", str(path), str(result_file)], args.timeout, cap, heavy,
-                            result_file)
-    print(f"[{name}] {w / 1e6:.0f} MB modelport: {_short(r['modelport'])}", flush=True)
-    if not args.skip_plain:
+    routes = [x for x in args.routes.split(",") if x]
+    if "modelport" in routes:
+        r["modelport"] = _child(["--child", "modelport", str(path), str(result_file)], args.timeout, cap, heavy,
+                                result_file)
+        print(f"[{name}] {w / 1e6:.0f} MB modelport: {_short(r['modelport'])}", flush=True)
+    if "plain" in routes and not args.skip_plain:
         r["plain"] = _child(["--child", "plain", str(path), str(result_file)], args.timeout, cap, heavy, result_file)
         print(f"[{name}] plain tf2onnx: {_short(r['plain'])}", flush=True)
-    path.unlink(missing_ok=True)
+    if not args.keep_models:
+        path.unlink(missing_ok=True)
     return r
 
 
@@ -381,10 +393,10 @@ def render(results: dict) -> str:
             continue
         w = r["weight_bytes"]
         counts["total"] += 1
-        counts["modelport"] += r["modelport"]["status"] == "ok"
+        counts["modelport"] += (r.get("modelport") or {}).get("status") == "ok"
         counts["plain"] += (r.get("plain") or {}).get("status") == "ok"
         rows.append([name, r["label"] if name in EXTRA else r["label"], f"{w / 1e6:.1f} MB",
-                     *_cell(r["modelport"], w), *_cell(r.get("plain"), w)[:4]])
+                     *_cell(r.get("modelport"), w), *_cell(r.get("plain"), w)])
         for who in ("modelport", "plain"):
             x = r.get(who) or {}
             if x.get("status") not in (None, "ok"):
