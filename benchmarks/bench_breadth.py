@@ -26,6 +26,7 @@ Models of more than 400 MB of weights run under ``flock /tmp/modelport-heavy.loc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -293,7 +294,11 @@ def main() -> None:
                 return
             r = measure(name, Path(tmp), args, cap, weight_bytes)
             r["measured_unix"] = time.time()
-            with lock:  # each finished model is written at once: a run stopped later keeps it
+            with lock, _file_lock():  # each finished model is written at once: a run stopped later keeps it
+                on_disk = _previous()  # another pass (the other route) may have written rows meanwhile
+                results["models"] = {**on_disk["models"], **{k: v for k, v in results["models"].items()
+                                                              if k not in on_disk["models"]}}
+                results["names"] = sorted(set(results["names"]) | set(on_disk.get("names", [])), key=_row_order)
                 old = results["models"].get(name, {})
                 results["models"][name] = {**({} if "build_error" in old else old), **r}  # a route not run keeps its row
                 results["load_avg_after"] = common.load_average()
@@ -302,6 +307,19 @@ def main() -> None:
         with ThreadPoolExecutor(max(1, args.jobs)) as pool:  # each model's processes run one after another
             list(pool.map(one, names))
     print(render(results))
+
+
+@contextlib.contextmanager
+def _file_lock():
+    """Serialize writers of results/breadth.json (two passes may run at once, one per route)."""
+    import fcntl
+
+    with open(Path(tempfile.gettempdir()) / "modelport-bench-breadth.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _previous() -> dict:
@@ -334,7 +352,7 @@ def measure(name: str, tmp: Path, args, cap: int, weight_bytes) -> dict:
     path = folder / f"{name}.keras"
     result_file = tmp / f"{name}.result.json"
     if not path.is_file():
-        part = path.with_name(path.name + ".part.keras")
+        part = path.with_name(f"{path.stem}.{os.getpid()}.part.keras")
         b = _child(["--child", "build", name, str(part)], args.timeout, cap, False, result_file)
         if not part.is_file():
             print(f"[{name}] build failed: {b.get('error')}", flush=True)
