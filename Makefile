@@ -23,7 +23,7 @@ ONNX2TORCH_VENV  ?= .venv-onnx2torch
 ONNX2TORCH_STAMP := $(ONNX2TORCH_VENV)/.installed
 TORCH_PIP_ARGS   ?=
 
-.PHONY: venv triton-venv onnx2tf-venv onnx2torch-venv peer-venvs bench-serving demo test test-fast protos lint bench up clean
+.PHONY: venv triton-venv onnx2tf-venv onnx2torch-venv peer-venvs bench-serving bench-reliability demo test test-fast protos lint bench up clean
 # The Python serving peers bench_serving compares against (benchmarks/peers/): each in its own venv,
 # they conflict with each other and with tritonclient's protobuf pin (docs/FACTS.md).
 KSERVE_VENV   ?= .venv-kserve
@@ -110,6 +110,10 @@ bench: $(STAMP) $(TRITON_STAMP) peer-venvs
 ## make bench-serving: modelport vs KServe vs MLServer vs the bare grpc.aio floor (BENCHMARKS.md, Serving).
 bench-serving: $(STAMP) $(TRITON_STAMP) peer-venvs
 	$(PY) -m benchmarks.bench_serving
+
+## make bench-reliability: soak, jobs soak, slow/vanishing clients, crash and resume, full disk (BENCHMARKS.md, Reliability).
+bench-reliability: $(STAMP) $(TRITON_STAMP)
+	$(PY) -m benchmarks.bench_reliability
 
 up: $(STAMP)
 	$(VENV)/bin/modelport up

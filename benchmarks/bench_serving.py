@@ -25,6 +25,8 @@ onnxruntime (default session, one thread calling ``run``) is given at concurrenc
     make peer-venvs triton-venv                              # once: the peers' and the client's venvs
     .venv/bin/python -m benchmarks.bench_serving             # full (a few minutes)
     .venv/bin/python -m benchmarks.bench_serving --quick     # short smoke run (MobileNetV2 only if cached)
+    .venv/bin/python -m benchmarks.bench_serving --models mlp --servers floor,modelport --rounds 5
+                                                             # focused: printed, results/ left as they are
 
 The venvs are found beside the repository (``.venv-kserve``, ``.venv-mlserver``, ``.venv-triton``) or
 through MODELPORT_KSERVE_PYTHON, MODELPORT_MLSERVER_PYTHON, MODELPORT_TRITON_PYTHON. A peer whose venv is
@@ -515,16 +517,32 @@ def modelport_event_loop() -> str:
 
 
 def main() -> None:
-    args = common.bench_args("modelport vs KServe vs MLServer vs the bare grpc.aio floor").parse_args()
+    parser = common.bench_args("modelport vs KServe vs MLServer vs the bare grpc.aio floor")
+    parser.add_argument("--models", default="mlp,mobilenetv2",
+                        help="comma-separated subset of mlp,mobilenetv2 (a focused run: printed, not written)")
+    parser.add_argument("--servers", default=",".join(SERVERS),
+                        help=f"comma-separated subset of {','.join(SERVERS)} (a focused run: printed, not written)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3, --quick 1)")
+    parser.add_argument("--seconds", type=float, default=None, help="seconds per cell and round (default 2)")
+    args = parser.parse_args()
     quick = args.quick
     rounds, seconds = (1, 1.0) if quick else (3, 2.0)
+    rounds = args.rounds or rounds
+    seconds = args.seconds or seconds
+    wanted_models = [m for m in args.models.split(",") if m]
+    wanted_servers = [s for s in args.servers.split(",") if s]
+    unknown = set(wanted_models) - {"mlp", "mobilenetv2"} | set(wanted_servers) - set(SERVERS)
+    if unknown:
+        parser.error(f"unknown model or server: {', '.join(sorted(unknown))}")
+    focused = set(wanted_models) != {"mlp", "mobilenetv2"} or set(wanted_servers) != set(SERVERS)
     load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
-    models = {"mlp": build_mlp(work / "mlp.onnx")}
-    mobilenet = ensure_mobilenet(allow_build=not quick)
+    models = {"mlp": build_mlp(work / "mlp.onnx")} if "mlp" in wanted_models else {}
+    mobilenet = ensure_mobilenet(allow_build=not quick) if "mobilenetv2" in wanted_models else None
     if mobilenet is not None:
         models["mobilenetv2"] = mobilenet
     servers, missing = available_servers()
+    servers = [s for s in servers if s in wanted_servers]
     data = {"models": {}, "rounds": rounds, "seconds": seconds, "quick": quick, "missing": missing,
             "concurrency": list(CONCURRENCY), "modelport_event_loop": modelport_event_loop()}
     client = LoadClient()
@@ -535,6 +553,9 @@ def main() -> None:
         client.close()
     data["loadavg"] = {"before": load_before, "after": os.getloadavg()}
     md = report(data, missing, rounds, seconds)
+    if focused:  # a subset is not the section: print it only
+        print(md.replace("## Serving:", "## (focused run, not written) Serving:", 1))
+        return
     common.write_section("serving", md, data)
     plot(data)
     print(md)

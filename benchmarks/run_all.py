@@ -36,12 +36,18 @@ TIMEOUTS = {
     "external_data": 420,
     "llm": 900,
     "breadth": 900,
+    "reliability": 900,  # its own bound is 15 minutes on 2 cores (soak, jobs, slow clients, faults)
 }
 #: Extra arguments of a full run: the breadth matrix (~45 models, two converters each) takes well over an
 #: hour on 2 cores, so a suite run refreshes its stalest rows for 12 minutes and keeps the others.
 FULL_ARGS = {"breadth": ["--budget", "720", "--timeout", "300"]}
 DEFAULT_TIMEOUT = 240
 QUICK_TIMEOUT = 120
+#: ``--quick`` bounds of the benchmarks whose quick mode needs longer than QUICK_TIMEOUT.
+QUICK_TIMEOUTS = {
+    "breadth": 180,  # MobileNetV2 and an LSTM, two converters each, TensorFlow imported per process
+    "reliability": 360,  # short soaks, plus reliability_faults' crash/resume and full-disk runs (about 2.5 min)
+}
 #: The whole suite's bound: a benchmark only gets the time that is left of it.
 SUITE_BUDGET_S = 29 * 60
 #: Run order: cheap and independent first, so a late overrun costs the least.
@@ -171,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     records = []
     for name in names:
         left = args.budget - (time.time() - suite_start)
-        bound = overrides.get(name, QUICK_TIMEOUT if args.quick else TIMEOUTS.get(name, DEFAULT_TIMEOUT))
+        bound = overrides.get(name, QUICK_TIMEOUTS.get(name, QUICK_TIMEOUT) if args.quick
+                              else TIMEOUTS.get(name, DEFAULT_TIMEOUT))
         if left < 30:
             records.append({"name": name, "status": "skipped", "elapsed_s": 0.0,
                             "reason": f"suite budget of {args.budget:.0f}s used up"})

@@ -187,12 +187,15 @@ class Scheduler:
                 "requests waiting); retry later, send fewer concurrent requests or raise max_queue_size",
                 {"model": self.model, "version": self.version},
             )
-        loop = asyncio.get_running_loop()
-        item = Pending(inputs, outputs, elements, batch_key(inputs), deadline, time.perf_counter_ns(),
-                       loop.create_future())
+        enqueued = time.perf_counter_ns()
         if (not self._pending and self._busy < self._instances
                 and (not self.policy.merges or self.policy.eager)):
-            return await self._direct(item)
+            if self.inline:
+                return self._run_inline(inputs, outputs, elements, enqueued)
+            return await self._direct(Pending(inputs, outputs, elements, batch_key(inputs), deadline, enqueued,
+                                              asyncio.get_running_loop().create_future()))
+        item = Pending(inputs, outputs, elements, batch_key(inputs), deadline, enqueued,
+                       asyncio.get_running_loop().create_future())
         item.counted = True
         self._queued += 1
         self._pending.append(item)
@@ -216,6 +219,31 @@ class Scheduler:
         if item.counted:
             item.counted = False
             self._queued -= 1
+
+    def _run_inline(self, inputs: dict[str, np.ndarray], outputs: list[str], elements: int,
+                    enqueued: int) -> tuple[dict[str, np.ndarray], int]:
+        """``_direct`` for an inline model: the run happens right here on the loop (nothing to await), so no
+        Pending, future or batch record is built for it; statistics and metrics are those of ``_execute``."""
+        solo = self._solo_run is not None and self._busy == 0
+        taken = self._instances if solo else 1
+        run = self._solo_run if solo else self._run
+        self._busy += taken
+        self._inflight += 1
+        self._idle.clear()
+        try:
+            start = time.perf_counter_ns()
+            out = run(inputs, outputs)
+            infer_ns = time.perf_counter_ns() - start
+            self._check_inline(infer_ns)
+            queue_ns = start - enqueued
+            self.stats.record_execution(elements, 0, infer_ns, 0, [(elements, queue_ns)])
+            self.metrics.execution(elements, infer_ns / 1e9, [queue_ns / 1e9])
+            return out, queue_ns
+        finally:
+            self._release(taken)
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
 
     async def _direct(self, item: Pending) -> tuple[dict[str, np.ndarray], int]:
         """An idle instance, an empty queue and nothing to wait for: run at once (no worker hand-off)."""

@@ -76,6 +76,14 @@ class ModelVersion:
     generator: GenerationEngine | None = None
     """Set for a generation model (decoupled: answered over ModelStreamInfer, one response per token)."""
 
+    def __post_init__(self):
+        # What every request is checked against, built once (inputs and outputs never change after load).
+        self._specs = {t.name: t for t in self.inputs}
+        self._output_names = [t.name for t in self.outputs]
+        self._itemsizes = {t.name: _itemsize(t.datatype) for t in self.inputs}
+        self.text_inputs = tuple(t.name for t in self.inputs if t.datatype == "BYTES")
+        """Inputs that reach onnxruntime as str arrays (BYTES)."""
+
     @property
     def provider(self) -> str:
         """The execution provider the session mainly runs on."""
@@ -93,6 +101,12 @@ class ModelVersion:
     def output_names(self) -> list[str]:
         """Output names in model order."""
         return [t.name for t in self.outputs]
+
+
+def _itemsize(datatype: str) -> int:
+    """Bytes per element a shape of this datatype claims (BYTES: 1 per element, its length prefix aside)."""
+    dt = KSERVE_TO_NUMPY.get(datatype)
+    return dt.itemsize if dt is not None and dt.kind != "O" else 1
 
 
 class ModelManager(RepositoryLoading):
@@ -179,7 +193,7 @@ class ModelManager(RepositoryLoading):
         shapes claim are capped (``max_request_bytes``): a tiny request claiming a huge shape is refused
         here, at once, before anything is allocated or read.
         """
-        specs = mv.input_map()
+        specs = mv._specs
         seen: set[str] = set()
         for name, _, _ in declared:
             if name not in specs:
@@ -222,9 +236,7 @@ class ModelManager(RepositoryLoading):
                 elements *= max(d, 1)
                 if elements > self.max_request_bytes:  # stop multiplying: the shape is absurd
                     break
-            dt = KSERVE_TO_NUMPY.get(t.datatype)
-            itemsize = dt.itemsize if dt is not None and dt.kind != "O" else 1
-            claimed += elements * itemsize
+            claimed += elements * mv._itemsizes[t.name]
             if claimed > self.max_request_bytes:
                 raise InvalidArgument(
                     f"input '{t.name}': shape {shape[:16]} of {t.datatype} claims more than the "
@@ -250,7 +262,7 @@ class ModelManager(RepositoryLoading):
                 if n == 0:
                     raise InvalidArgument(f"input '{t.name}': batch size is 0; send at least one element",
                                           {"tensor": t.name})
-        outs = mv.output_names()
+        outs = mv._output_names
         for o in requested:
             if o not in outs:
                 raise InvalidArgument(
@@ -260,12 +272,13 @@ class ModelManager(RepositoryLoading):
                 )
         return batch if batch is not None else 1
 
-    def precheck(self, mv: ModelVersion, declared: list[tuple[str, str, list[int]]], requested: list[str]) -> None:
-        """``check_request`` for a request not yet decoded; a refusal counts as a failed request in the
-        version's statistics and metrics, as one refused later in ``infer`` does."""
+    def precheck(self, mv: ModelVersion, declared: list[tuple[str, str, list[int]]], requested: list[str]) -> int:
+        """``check_request`` for a request not yet decoded (returns its batch element count, for ``infer``); a
+        refusal counts as a failed request in the version's statistics and metrics, as one refused later in
+        ``infer`` does."""
         start = time.perf_counter_ns()
         try:
-            self.check_request(mv, declared, requested)
+            return self.check_request(mv, declared, requested)
         except ModelportError as exc:
             total = time.perf_counter_ns() - start
             mv.stats.record_request(False, total)
@@ -277,10 +290,13 @@ class ModelManager(RepositoryLoading):
         return self.check_request(mv, [(n, to_kserve(a.dtype), list(a.shape)) for n, a in inputs.items()], requested)
 
     async def infer(self, mv: ModelVersion, inputs: dict[str, np.ndarray], requested: list[str],
-                    deadline: float | None = None) -> dict[str, np.ndarray]:
+                    deadline: float | None = None, *, elements: int | None = None) -> dict[str, np.ndarray]:
         """Validate and run one request through the version's scheduler; records stats and metrics.
 
-        ``deadline`` is a ``time.monotonic()`` instant after which a queued request is dropped.
+        ``deadline`` is a ``time.monotonic()`` instant after which a queued request is dropped. ``elements``
+        is given when ``inputs`` were decoded from a request that ``precheck`` accepted (its names, datatypes
+        and shapes, which decoding reproduces): the batch element count it returned, and the inputs are not
+        checked a second time.
         """
         if mv.generator is not None:
             raise InvalidArgument(f"model '{mv.name}' is a decoupled generation model: ModelInfer does not serve "
@@ -292,13 +308,13 @@ class ModelManager(RepositoryLoading):
             if mv.state != READY:
                 raise Unavailable(f"model '{mv.name}' version {mv.version} is {mv.state}; retry shortly",
                                   {"model": mv.name})
-            elements = self.validate(mv, inputs, requested)
-            feeds = {}
-            for t in mv.inputs:
-                a = inputs[t.name]
-                if t.datatype == "BYTES":  # ORT takes str arrays for tensor(string): strict UTF-8, or the error
-                    a = utf8_strings(t.name, a)
-                feeds[t.name] = a
+            if elements is None:
+                elements = self.validate(mv, inputs, requested)
+            feeds = inputs
+            if mv.text_inputs:  # ORT takes str arrays for tensor(string): strict UTF-8, or the error
+                feeds = dict(inputs)
+                for name in mv.text_inputs:
+                    feeds[name] = utf8_strings(name, inputs[name])
             out, _queue_ns = await mv.scheduler.submit(feeds, list(requested), elements, deadline)
             return out
         except ModelportError as exc:

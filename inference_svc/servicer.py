@@ -19,6 +19,8 @@ from inference_svc.repository_loading import resolve_artifact
 from inference_svc.shm import SharedMemoryRegistry
 from modelport import cpuinfo
 from modelport.errors import ModelportError, Unimplemented
+from modelport.kserve import codec
+from modelport.kserve import shm as kshm
 from modelport.kserve.v2 import grpc_service_pb2 as pb
 from modelport.kserve.v2 import grpc_service_pb2_grpc as pb_grpc
 from modelport.trust import check_model_name, redact
@@ -29,6 +31,7 @@ log = logging.getLogger("modelport.inference")
 EXTENSIONS = ["model_repository", "model_repository(unload_dependents)", "model_configuration", "statistics",
               "schedule_policy"]
 SHM_EXTENSION = "system_shared_memory"
+_REQUEST_DONE = object()  # ModelStreamInfer: a request's responses are all queued (its in-flight slot frees)
 NO_CUDA = ("CUDA shared memory is not supported: this server has no GPU build; use system shared memory "
            "(register_system_shared_memory) or send tensors in the request")
 
@@ -71,14 +74,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(self, request, deadline):
         mv = self.manager.get(request.model_name, request.model_version)
+        requested = [o.name for o in request.outputs]
         # What the request declares is checked against the model (and the request size cap) before any
-        # tensor is decoded or any shared memory is touched.
-        self.manager.precheck(mv, [(t.name, t.datatype, list(t.shape)) for t in request.inputs],
-                                   [o.name for o in request.outputs])
-        # One path for every request: the lease holds the shared memory a request uses (none for most).
+        # tensor is decoded or any shared memory is touched; the decoded tensors are what it declared, so
+        # infer does not check them again.
+        elements = self.manager.precheck(mv, [(t.name, t.datatype, t.shape) for t in request.inputs], requested)
+        if not kshm.uses_shm(request):  # most requests: tensors in the message, no shared memory to hold
+            outputs = await self.manager.infer(mv, codec.decode_inputs(request), requested, deadline,
+                                               elements=elements)
+            return codec.make_infer_response(mv.name, mv.label, outputs, request.id)
+        # The lease holds the shared memory regions the request uses until its response is built.
         with self.shm.lease(request) as lease:
             inputs = lease.decode_inputs()
-            outputs = await self.manager.infer(mv, inputs, [o.name for o in request.outputs], deadline)
+            outputs = await self.manager.infer(mv, inputs, requested, deadline, elements=elements)
             return lease.response(mv.name, mv.label, outputs, request.id)
 
     async def ModelInfer(self, request, context):
@@ -86,11 +94,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelStreamInfer(self, request_iterator, context):
         # Requests run concurrently; each response carries its request's id. At most max_stream_inflight
-        # requests of a stream are read and not yet answered: the next one is read only when a response
-        # went out, so a client that floods the stream (or never reads) is held back by flow control.
+        # requests of a stream are read and not yet answered: the next one is read only when a request's last
+        # response went out (a generation's final token, not each token), so a client that floods the stream
+        # (or never reads) is held back by flow control. When the stream ends or the client goes away, every
+        # request still running is cancelled (a generation frees its sequence).
         results: asyncio.Queue = asyncio.Queue()
         deadline = _deadline(context)
         slots = asyncio.Semaphore(self.max_stream_inflight)
+        tasks: set[asyncio.Task] = set()
 
         async def one(req):
             try:
@@ -112,11 +123,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 await results.put(pb.ModelStreamInferResponse(
                     error_message="Internal server error (logged on the server)",
                     infer_response=pb.ModelInferResponse(id=req.id)))
-
-        tasks: set[asyncio.Task] = set()
+            finally:  # after this request's last response: its slot goes back once that response went out
+                results.put_nowait(_REQUEST_DONE)
 
         async def reader():
-            tasks: set[asyncio.Task] = set()
             requests = request_iterator.__aiter__()
             while True:
                 await slots.acquire()
@@ -134,8 +144,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         feed = asyncio.create_task(reader())
         try:
             while (item := await results.get()) is not None:
+                if item is _REQUEST_DONE:
+                    slots.release()
+                    continue
                 yield item
-                slots.release()
             await feed
         finally:  # the stream ended or was cancelled: stop every request still running (generations too)
             feed.cancel()

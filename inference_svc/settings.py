@@ -67,7 +67,8 @@ class InferenceSettings(ServiceSettings):
     or in shared memory); a request claiming more is refused with INVALID_ARGUMENT before anything is read."""
     max_stream_inflight: int = 64
     """Requests of one ModelStreamInfer stream being processed at once; the server reads no further request
-    from that stream until one finishes (gRPC flow control then holds the client back)."""
+    from that stream until one finishes, i.e. its last response went out (a generation counts once, until its
+    final token); gRPC flow control then holds the client back."""
     max_shm_regions: int = 256
     """Most shared memory regions registered at once (each holds a file descriptor and a mapping); one more
     is refused with RESOURCE_EXHAUSTED."""

@@ -52,7 +52,9 @@ class VersionStats:
                          requests: list[tuple[int, int]]) -> None:
         """One model execution of ``batch_size`` elements serving ``requests`` = [(elements, queue_ns)]."""
         self.execution_count += 1
-        b = self.batches.setdefault(batch_size, BatchStats())
+        b = self.batches.get(batch_size)
+        if b is None:  # not setdefault: that would build a BatchStats on every execution
+            b = self.batches[batch_size] = BatchStats()
         b.compute_input.add(input_ns)
         b.compute_infer.add(infer_ns)
         b.compute_output.add(output_ns)

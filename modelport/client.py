@@ -12,6 +12,7 @@ with the gRPC status code name and the server's message.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import time
@@ -31,7 +32,7 @@ from modelport.kserve.v2 import grpc_service_pb2 as kpb
 from modelport.kserve.v2 import grpc_service_pb2_grpc as kgrpc
 from modelport.kserve.v2 import model_config_pb2
 from modelport.runtime.artifacts import ByteProgress, download_to_file, file_chunks, stream_requests
-from modelport.runtime.channels import ClientTLS, make_channel
+from modelport.runtime.channels import ClientTLS, balanced_options, balanced_target, make_channel
 from modelport.v1 import (
     artifacts_pb2,
     artifacts_pb2_grpc,
@@ -169,7 +170,8 @@ class ServiceStatus:
 class Client:
     """Typed client of the converter, optimizer and inference services.
 
-    Addresses default to the ports ``modelport up`` uses. ``tls`` (a ``ClientTLS``) and ``token``
+    Addresses default to the ports ``modelport up`` uses; ``inference`` may list several replicas,
+    comma-separated, for failover (see ``channel``). ``tls`` (a ``ClientTLS``) and ``token``
     (bearer token for mutating RPCs) apply to every service. ``timeout`` bounds each RPC (jobs
     included), in seconds.
     """
@@ -190,9 +192,21 @@ class Client:
         return getattr(self, service)
 
     def channel(self, service: str) -> grpc.Channel:
-        """The (cached) sync channel to one service."""
+        """The (cached) sync channel to one service.
+
+        Several inference replicas (``inference="10.0.0.5:8001,10.0.0.6:8001"``, or one DNS name whose
+        records list them) get one balanced channel: round_robin over the replicas that report SERVING on
+        grpc.health.v1, and gRPC's retry policy for the KServe service (up to 5 attempts, backoff
+        0.05 s doubling to 1 s, on UNAVAILABLE and CANCELLED: a replica killed or restarting mid-call),
+        so inference calls fail over to another replica. ``modelport.runtime.channels.balanced_options``.
+        """
         if service not in self._channels:
-            self._channels[service] = make_channel(self.address(service), tls=self.tls, token=self.token)
+            address = self.address(service)
+            if service == "inference" and "," in address:
+                self._channels[service] = make_channel(balanced_target(address), tls=self.tls, token=self.token,
+                                                       options=balanced_options())
+            else:
+                self._channels[service] = make_channel(address, tls=self.tls, token=self.token)
         return self._channels[service]
 
     def close(self) -> None:
@@ -264,6 +278,30 @@ class Client:
             raise ClientError("INVALID_ARGUMENT", e.message, service=service) from None
         stub = artifacts_pb2_grpc.ArtifactsStub(self.channel(service))
         ref = self._call(service, stub.Upload, stream_requests(src.chunks, src.size, src.media_type, progress=progress))
+        if not ref.origin:
+            ref.origin = self.address(service)
+        return ref
+
+    def find_uploaded(self, path: str | os.PathLike, media_type: str | None = None,
+                      service: str = "converter") -> artifacts_pb2.ArtifactRef | None:
+        """The ref of ``path``'s bytes when ``service``'s store already holds them, else None.
+
+        The bytes ``upload`` would send are hashed here (read once, nothing sent) and looked up with
+        ``Stat``: a rerun after a crash skips what is already stored.
+        """
+        try:
+            src = upload_source(path, media_type)
+        except InvalidArgument as e:
+            raise ClientError("INVALID_ARGUMENT", e.message, service=service) from None
+        h = hashlib.sha256()
+        for chunk in src.chunks:
+            h.update(chunk)
+        try:
+            ref = self.stat("sha256:" + h.hexdigest(), service)
+        except ClientError as e:
+            if e.code == "NOT_FOUND":
+                return None
+            raise
         if not ref.origin:
             ref.origin = self.address(service)
         return ref

@@ -5,7 +5,9 @@ Layout under ``root``::
     blobs/sha256/<hex>        the bytes, immutable, visible only once verified
     meta/sha256/<hex>.json    media type and size
     unpacked/sha256/<hex>/    archives unpacked once, on demand
-    tmp/                      in-flight writes (temp file + fsync + rename)
+    tmp/                      in-flight writes (temp file + fsync + rename), job work folders; names
+                              carry their owner process (``modelport.tmpfiles``) so a restart sweeps
+                              what a killed process left
 
 Several processes (a service and its workers, or services sharing a volume) may use one
 root at once: every publish is an atomic rename, and identical content lands on one name.
@@ -27,7 +29,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelport import media
+from modelport import media, tmpfiles
 from modelport.errors import InvalidArgument, NotFound, ResourceExhausted
 
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -42,9 +44,33 @@ def disk_full(exc: OSError, what: str) -> ResourceExhausted:
     """RESOURCE_EXHAUSTED for a write the store's disk (or quota) has no room for."""
     return ResourceExhausted(
         f"the artifact store's disk is full ({os.strerror(exc.errno)}) while {what}; nothing was stored. "
-        "Free space on the store's volume (or make it larger) and retry",
+        "Free space on the store's volume (or make it larger, or move the store: setting store) and retry",
         {"reason": "disk_full"},
     )
+
+
+_NO_SPACE_TEXT = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT))
+
+
+def disk_full_error(exc: BaseException, scratch_root: str = "") -> ResourceExhausted | None:
+    """RESOURCE_EXHAUSTED for a job that ran out of disk (an ENOSPC/EDQUOT anywhere in the exception's
+    chain, or a library error quoting it), naming where: the worker's temp folder or the artifact store
+    (job work folders live in the store's tmp/). None for any other error."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            if scratch_root and str(e.filename or "").startswith(scratch_root):
+                return ResourceExhausted(
+                    f"the worker's temp folder is full ({os.strerror(e.errno)}) while running the job; nothing "
+                    "was stored. Free space where TMPDIR points (or point TMPDIR at a larger volume) and retry",
+                    {"reason": "disk_full"})
+            return disk_full(e, "running the job")
+        if any(t in str(e) for t in _NO_SPACE_TEXT):
+            return disk_full(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), "running the job")
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def check_digest(digest: str) -> str:
@@ -110,7 +136,7 @@ class ArtifactWriter:
         self.expected_size = expected_size
         self._hash = hashlib.sha256()
         self.size = 0
-        fd, tmp = tempfile.mkstemp(dir=store.tmp_dir, prefix="upload-")
+        fd, tmp = tempfile.mkstemp(dir=store.tmp_dir, prefix=tmpfiles.prefix("upload"))
         self._tmp = Path(tmp)
         self._file = os.fdopen(fd, "wb")
         self._done = False
@@ -236,11 +262,17 @@ class ArtifactStore:
             while block := f.read(chunk_size):
                 yield block
 
-    def sweep_tmp(self, max_age_s: float = TMP_MAX_AGE_S) -> int:
-        """Remove tmp/ entries (temp blobs, unpack staging folders) not modified for ``max_age_s``.
+    def mkdtemp(self, kind: str) -> Path:
+        """A new work folder under tmp/ named for its owner process (swept once that process is gone)."""
+        return Path(tempfile.mkdtemp(dir=self.tmp_dir, prefix=tmpfiles.prefix(kind)))
 
-        Run at service start: what a killed process left behind goes, while the in-flight writes of
-        the other processes sharing this store (recently modified) stay. Returns how many went.
+    def sweep_tmp(self, max_age_s: float = TMP_MAX_AGE_S) -> int:
+        """Remove what killed processes left in tmp/ (temp blobs, unpack staging, job work folders).
+
+        Run at service start. An entry goes when its name says its owner was a process of this machine
+        that no longer runs (``modelport.tmpfiles``), or when it was not modified for ``max_age_s``
+        (entries of other machines sharing the volume, or untagged). The in-flight writes of live
+        processes sharing this store stay. Returns how many went.
         """
         cutoff = time.time() - max_age_s
         removed = 0
@@ -250,7 +282,7 @@ class ArtifactStore:
             return 0
         for entry in entries:
             try:
-                if entry.stat(follow_symlinks=False).st_mtime > cutoff:
+                if not tmpfiles.stale(entry.name) and entry.stat(follow_symlinks=False).st_mtime > cutoff:
                     continue
                 if entry.is_dir(follow_symlinks=False):
                     shutil.rmtree(entry.path)
@@ -309,7 +341,7 @@ class ArtifactStore:
         dest = self.unpacked_dir / check_digest(digest)
         if dest.is_dir():
             return dest
-        staging = Path(tempfile.mkdtemp(dir=self.tmp_dir, prefix="unpack-"))
+        staging = self.mkdtemp("unpack")
         try:
             safe_unpack(art.path, staging, max_bytes=max_bytes, max_files=max_files)
             try:
@@ -336,7 +368,7 @@ class ArtifactStore:
         final = self.blob_dir / hexd
         meta = self.meta_dir / f"{hexd}.json"
         if not meta.exists():
-            mtmp = self.tmp_dir / f"meta-{uuid.uuid4().hex}"
+            mtmp = self.tmp_dir / f"{tmpfiles.prefix('meta')}{uuid.uuid4().hex}"
             try:
                 mtmp.write_text(json.dumps({"media_type": media_type, "size": size}))
                 os.replace(mtmp, meta)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from modelport import cpuinfo, media
 from modelport.datasets import load_npz, validate_samples
 from modelport.errors import FailedPrecondition, InvalidArgument, ModelportError
 from modelport.model_code import check_model_code
-from modelport.store import ArtifactStore
+from modelport.store import ArtifactStore, disk_full_error
 from modelport.techniques import KERAS_TECHNIQUES, ONNX_TECHNIQUES, TFLITE_TECHNIQUES
 from modelport.v1 import artifacts_pb2, jobs_pb2, optimizer_pb2
 from optimizer_svc import int8_search as IS
@@ -164,7 +163,7 @@ def optimize_job(progress, store_root: str, request: bytes, origin: str = "", in
     req = optimizer_pb2.OptimizeRequest()
     req.ParseFromString(request)
     store = ArtifactStore(store_root)
-    work = Path(tempfile.mkdtemp(prefix="optimize-", dir=store.tmp_dir))
+    work = store.mkdtemp("optimize")
     try:
         return _optimize(progress, store, req, origin, work, int8_search_s).SerializeToString()
     finally:
@@ -316,8 +315,13 @@ def _optimize(progress, store: ArtifactStore, req: optimizer_pb2.OptimizeRequest
             c = _report(tech, cfmt, m, details)
             built[tech] = path
         except ModelportError as e:
+            if e.details.get("reason") == "disk_full":
+                raise
             c = _failed(tech, "failed", f"failed: {e.message}")
         except Exception as e:  # noqa: BLE001 - one technique's failure must not sink the job
+            full = disk_full_error(e)
+            if full is not None:  # a full disk is no property of this technique: no candidate could be stored
+                raise full from None
             log.exception("technique %s failed", tech)
             c = _failed(tech, "failed", f"failed: {type(e).__name__}: {str(e)[:300]}")
         candidates.append(c)

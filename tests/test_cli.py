@@ -118,7 +118,7 @@ def test_load_via_origin_then_infer_models_and_bench_cli(client, gateway_args, t
 
 REPORT_KEYS = {"name", "model", "target", "ok", "version", "execution_provider", "endpoint", "failed_stage",
                "error", "warnings", "bundle", "seconds", "stages"}
-STAGE_KEYS = {"stage", "status", "seconds", "format", "size_bytes", "latency_ms", "accuracy", "parity", "detail",
+STAGE_KEYS = {"stage", "status", "seconds", "format", "size_bytes", "latency_ms", "accuracy", "parity", "detail", "cached",
               "data"}
 
 

@@ -252,3 +252,44 @@ def test_cli_generate_prints_the_tokens(llm, server):
     assert data["output_ids"] == reference[:8] and data["tokens_per_s"] > 0
     bad = CliRunner().invoke(app, ["--inference", server.address, "generate", "llama", "--input-ids", "a,b"])
     assert bad.exit_code == 2 and "--input-ids must be integers" in bad.output
+
+
+def test_a_vanished_client_whose_stream_stayed_open_stops_the_generation(server, stub):
+    """Like tritonclient's streams, the client never half-closes its side: it reads three tokens and goes away
+    (cancel). The request's task must be cancelled with the stream, not left generating for nobody."""
+    import threading
+
+    engine = engine_of(server)
+    before = engine.batch_tokens
+    hold = threading.Event()
+
+    def requests():
+        yield request(PROMPT, LONG)
+        hold.wait(120)  # the send side stays open, as a client that will send more later
+
+    call = stub.ModelStreamInfer(requests(), timeout=120)
+    received = [next(call) for _ in range(3)]
+    call.cancel()
+    try:
+        assert tokens_of(received) and engine.wait_idle(timeout=60)
+        assert engine.batch_tokens - before < LONG // 4, "the generation went on after its client was gone"
+    finally:
+        hold.set()
+
+
+def test_stream_inflight_bound_counts_generations_not_tokens(llm, tmp_path):
+    """max_stream_inflight bounds the requests of a stream read and not yet answered: with a bound of 1, a second
+    generation is read only once the first one's last token went out, however many tokens it streams."""
+    repo, _, reference = llm
+    settings = InferenceSettings(port=0, host="127.0.0.1", store=tmp_path / "store", repository=repo,
+                                 max_stream_inflight=1, warmup=False)
+    with BackgroundServer(InferenceService(settings)) as srv:
+        channel = grpc.insecure_channel(srv.address, options=channel_options())
+        try:
+            responses = list(pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(
+                iter([request(PROMPT, 12, request_id="a"), request(PROMPT, 12, request_id="b")]), timeout=60))
+        finally:
+            channel.close()
+    ids = [r.infer_response.id for r in responses]
+    assert ids == ["a"] * 12 + ["b"] * 12, ids
+    assert tokens_of(responses) == reference[:12] * 2

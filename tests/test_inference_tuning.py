@@ -140,6 +140,45 @@ def test_inline_model_moves_to_the_executor_after_three_over_long_runs():
     run(scenario())
 
 
+def test_an_idle_inline_run_records_what_an_execution_records_and_a_failure_frees_the_instance():
+    async def scenario():
+        from prometheus_client import REGISTRY
+
+        failing = [False]
+
+        def model(inputs, outputs):
+            if failing[0]:
+                raise RuntimeError("the graph cannot take this input")
+            return {"y": inputs["x"] + 1}
+
+        stats = VersionStats()
+        sched = Scheduler("inline-direct", "1", model, BatchPolicy(), stats, inline=True)
+        sched.start()
+        x = np.ones((2, 3), np.float32)
+        for _ in range(3):  # idle, empty queue: each runs at once on the loop (no queue entry, no future)
+            out, queue_ns = await sched.submit({"x": x}, [], 2)
+            np.testing.assert_array_equal(out["y"], x + 1)
+            assert queue_ns >= 0
+        assert (stats.execution_count, stats.inference_count, stats.queue.count, stats.compute_infer.count) == (3, 6, 3, 3)
+        assert stats.batches[2].compute_infer.count == 3 and stats.compute_input.count == 3
+        labels = {"model": "inline-direct", "version": "1"}
+        assert REGISTRY.get_sample_value("modelport_inference_compute_seconds_count", labels) == 3
+        assert REGISTRY.get_sample_value("modelport_inference_batch_size_sum", labels) == 6
+        assert REGISTRY.get_sample_value("modelport_inference_queue_seconds_count", labels) == 3
+        failing[0] = True
+        with pytest.raises(RuntimeError, match="cannot take this input"):
+            await sched.submit({"x": x}, [], 2)
+        assert stats.execution_count == 3  # a failed run is no execution
+        assert sched.inflight == 0 and sched.queued == 0
+        failing[0] = False
+        out, _ = await sched.submit({"x": x}, [], 2)  # the instance was given back
+        np.testing.assert_array_equal(out["y"], x + 1)
+        await sched.drain(5)
+        await sched.stop()
+
+    run(scenario())
+
+
 # --- automatic (eager) batching ------------------------------------------------------------------------
 
 class Gated:

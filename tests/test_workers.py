@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 
 import pytest
 
@@ -194,3 +195,44 @@ def test_jobs_run_in_a_scratch_folder_that_is_removed():
     assert cwd != os.getcwd() and "modelport-job-" in cwd
     assert not os.path.exists(cwd)
     assert not os.path.exists("stray.tmp")
+
+
+def test_a_cancelled_jobs_work_folder_in_the_store_goes_with_its_worker(tmp_path):
+    """A job killed with its worker (the client went away) leaves nothing in the store's tmp/: the pool hands the
+    dead worker's pid to ``on_worker_lost`` before the job's slot frees, and the service removes that worker's
+    entries; those of the service itself and of other workers stay."""
+    from modelport import tmpfiles
+    from modelport.store import ArtifactStore
+
+    store = ArtifactStore(tmp_path / "store")
+    marker = tmp_path / "pid"
+    other_worker = store.tmp_dir / f"optimize-{tmpfiles.tag()}-w{os.getpid() + 1}-busy"
+    other_worker.mkdir()
+    service_upload = store.tmp_dir / f"{tmpfiles.prefix('upload')}live"
+    service_upload.write_bytes(b"in flight")
+    lost: list[int] = []
+
+    def on_lost(pid: int) -> None:
+        lost.append(pid)
+        tmpfiles.remove_worker_entries(store.tmp_dir, pid)
+
+    async def main():
+        pool = await _pool(size=1, max_jobs_per_worker=0, on_worker_lost=on_lost)
+        try:
+            job = asyncio.ensure_future(pool.run("worker_jobs:hang_in_store",
+                                                 {"store_root": str(store.root), "marker": str(marker)}, timeout=600))
+            while not marker.exists() or len(marker.read_text().splitlines()) < 2:
+                await asyncio.sleep(0.01)
+            job.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await job
+            return await pool.run("worker_jobs:echo", {"value": 3}, timeout=60)
+        finally:
+            await pool.close()
+
+    after = run(main())
+    pid, work = marker.read_text().splitlines()
+    assert f"-w{pid}-" in Path(work).name and lost == [int(pid)]
+    assert not Path(work).exists()
+    assert sorted(p.name for p in store.tmp_dir.iterdir()) == sorted([other_worker.name, service_upload.name])
+    assert after["value"] == 3

@@ -58,3 +58,14 @@ def hang_in_tmp(progress, marker):
     with open(marker, "w") as f:
         f.write(f"{os.getpid()}\n{path}")
     threading.Event().wait()
+
+
+def hang_in_store(progress, store_root, marker):
+    """Make a job work folder in the store's tmp/ (as the optimizer does), report pid and its path, then hang."""
+    from modelport.store import ArtifactStore
+
+    work = ArtifactStore(store_root).mkdtemp("optimize")
+    (work / "candidate.onnx").write_bytes(b"x" * 1024)
+    with open(marker, "w") as f:
+        f.write(f"{os.getpid()}\n{work}")
+    threading.Event().wait()

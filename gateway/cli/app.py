@@ -45,7 +45,9 @@ def root(
     ctx: typer.Context,
     converter: str = typer.Option(None, envvar="MODELPORT_CONVERTER_ADDR", help="Converter address host:port."),
     optimizer: str = typer.Option(None, envvar="MODELPORT_OPTIMIZER_ADDR", help="Optimizer address host:port."),
-    inference: str = typer.Option(None, envvar="MODELPORT_INFERENCE_ADDR", help="Inference address host:port."),
+    inference: str = typer.Option(None, envvar="MODELPORT_INFERENCE_ADDR",
+                                  help="Inference address host:port (several IP:port, comma-separated: "
+                                       "balanced, with failover across the replicas)."),
     config: Path = typer.Option(None, envvar="MODELPORT_CONFIG",
                                 help="YAML with converter/optimizer/inference/tls_*/auth_token/timeout "
                                      "(default ~/.config/modelport/config.yaml)."),

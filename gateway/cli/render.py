@@ -85,7 +85,8 @@ def stage_table(report: DeployReport) -> Table:
                      no_wrap=True)
     colors = {"ok": "green", "failed": "red", "skipped": "dim", "pending": "dim"}
     for s in report.stages:
-        t.add_row(s.stage, f"[{colors.get(s.status, 'white')}]{s.status}[/]", s.format or "-",
+        status = f"{s.status} (cached)" if s.cached and s.status == "ok" else s.status
+        t.add_row(s.stage, f"[{colors.get(s.status, 'white')}]{status}[/]", s.format or "-",
                   human_size(s.size_bytes), fmt_ms(s.latency_ms), fmt_acc(s.accuracy), f"{s.seconds:.1f} s")
     return t
 
@@ -149,6 +150,9 @@ def print_report(console: Console, report: DeployReport) -> None:
     console.print(stage_table(report))
     for line in stage_details(report):
         console.print(line, highlight=False)
+    if report.cached_stages():
+        console.print(f"[dim]from cache (done by an earlier run):[/] {', '.join(report.cached_stages())}",
+                      highlight=False)
     cands = candidates_table(report)
     if cands is not None:
         console.print(cands)

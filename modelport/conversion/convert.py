@@ -491,7 +491,7 @@ def convert_model(store: ArtifactStore, request: converter_pb2.ConvertRequest,
     from modelport.conversion import diagnose
 
     layers = diagnose.layer_index(src)  # kept for error messages: the source is freed before the result runs
-    workdir = Path(tempfile.mkdtemp(dir=store.tmp_dir, prefix="convert-"))
+    workdir = store.mkdtemp("convert")
     try:
         progress("converting", 0.2, f"converting {fmt} -> {target}" + (f" (opset {opset})" if target == "onnx" else ""))
         out, notes = produce(src, target, workdir, opset, fixed_batch, onnx2tf_python, onnx2torch_python)

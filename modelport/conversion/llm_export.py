@@ -418,7 +418,6 @@ def convert_for_generation(store, src, source_info, opset: int, allow_mismatch: 
     """ConvertResult of a Keras causal LM exported for generation (a tar artifact of the folder); parity is
     greedy decoding from the step against keras_hub ``generate()`` (reported as output ``output_ids``)."""
     import shutil
-    import tempfile
     import time
 
     from modelport import media
@@ -429,7 +428,7 @@ def convert_for_generation(store, src, source_info, opset: int, allow_mismatch: 
         raise InvalidArgument(
             f"the generation target takes a keras_hub causal LM (.keras of e.g. GPT2CausalLM, LlamaCausalLM); this "
             f"model is a {source_info.details.get('model_class', src.format)}; convert it to onnx instead")
-    workdir = Path(tempfile.mkdtemp(dir=store.tmp_dir, prefix="generation-"))
+    workdir = store.mkdtemp("generation")
     try:
         folder = workdir / "generation"
         progress("converting", 0.2, f"exporting the {type(model).__name__} step with its KV cache (opset {opset})")

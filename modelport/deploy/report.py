@@ -24,6 +24,8 @@ class StageReport:
     accuracy: float | None = None
     parity: str = ""
     detail: str = ""
+    cached: bool = False
+    """The stage's work was already done (e.g. before a crash): its result came from a store or job cache."""
     data: dict[str, Any] = field(default_factory=dict)
 
 
@@ -52,6 +54,10 @@ class DeployReport:
         s = StageReport(name)
         self.stages.append(s)
         return s
+
+    def cached_stages(self) -> list[str]:
+        """The stages whose result came from a cache (a rerun after a crash resumes from them)."""
+        return [s.stage for s in self.stages if s.cached]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (NaN/Inf become null)."""

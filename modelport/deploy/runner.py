@@ -51,6 +51,7 @@ class _Runner:
         self.tmp = tempfile.TemporaryDirectory(prefix="modelport-deploy-")
         self.refs: dict[str, Any] = {}
         self.eval_arrays: dict[str, np.ndarray] | None = None
+        self.cached_jobs: set[str] = set()  # job stages whose result the service returned from its cache
 
     # one stage: time it, report it, turn any error into StageFailed
     def stage(self, name: str, fn: Callable[[StageReport], None]) -> None:
@@ -84,6 +85,8 @@ class _Runner:
 
     def on_job(self, stage: str):
         def cb(ev) -> None:
+            if ev.cached:
+                self.cached_jobs.add(stage)
             self.progress.update(stage, ev.progress, f"{ev.stage}: {ev.message}" if ev.message else ev.stage)
         return cb
 
@@ -102,16 +105,24 @@ class _Runner:
             parity = Path(self.tmp.name) / "parity.npz"
             np.savez(parity, **rows)
             files.append(("parity", parity, media.NPZ))
+        stored = []
         for key, p, mt in files:
             self.progress.update("upload", 0.0, f"{key}: {p.name}")
             label = f"{key}: {p.name}"
-            self.refs[key] = self.client.upload(
-                p, media_type=mt, service="converter",
-                progress=lambda done, total, label=label: self.progress.transfer("upload", done, total, label))
+            # a rerun (after a crash, say) sends nothing the converter's store already holds
+            ref = self.client.find_uploaded(p, media_type=mt, service="converter")
+            if ref is not None:
+                stored.append(key)
+            else:
+                ref = self.client.upload(
+                    p, media_type=mt, service="converter",
+                    progress=lambda done, total, label=label: self.progress.transfer("upload", done, total, label))
+            self.refs[key] = ref
         model = self.refs["model"]
         rep.format = model.media_type.rsplit(".", 1)[-1].removesuffix("+tar")
         rep.size_bytes = model.size
-        rep.detail = f"{model.digest[:19]}… to converter"
+        rep.cached = len(stored) == len(files)
+        rep.detail = f"{model.digest[:19]}… to converter" + (f" ({', '.join(stored)} already stored)" if stored else "")
         rep.data = {k: {"digest": r.digest, "size": r.size, "media_type": r.media_type} for k, r in self.refs.items()}
 
     def convert(self, rep: StageReport) -> None:
@@ -124,7 +135,8 @@ class _Runner:
         rep.format = res.info.format or spec.target
         rep.size_bytes = res.artifact.size
         rep.parity = _parity_summary(res.parity)
-        rep.detail = f"from {res.source_info.format or '?'}" + (f", opset {res.info.opset}" if res.info.opset else "")
+        rep.cached = "convert" in self.cached_jobs
+        rep.detail = ("cached result; " if rep.cached else "") + f"from {res.source_info.format or '?'}" + (f", opset {res.info.opset}" if res.info.opset else "")
         rep.data = {
             "artifact": res.artifact.digest,
             "inputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in res.info.inputs],
@@ -161,7 +173,9 @@ class _Runner:
         rep.size_bytes = res.artifact.size or chosen.size_bytes
         rep.latency_ms = _finite(chosen.latency_p50_ms)
         rep.accuracy = _finite(chosen.accuracy)
-        rep.detail = f"chose {res.chosen_technique or 'baseline'}: {res.reason}".strip()
+        rep.cached = "optimize" in self.cached_jobs
+        rep.detail = ("cached result; " if rep.cached else "") + \
+            f"chose {res.chosen_technique or 'baseline'}: {res.reason}".strip()
         base = res.baseline
 
         def row(c) -> dict[str, Any]:

@@ -13,7 +13,9 @@ Tensors that live in Triton's system shared memory are handled in ``modelport.ks
 
 from __future__ import annotations
 
+import math
 import struct
+import sys
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -56,6 +58,11 @@ def numpy_dtype(datatype: str, tensor: str = "") -> np.dtype:
 
 _WIRE_DTYPES: dict[str, np.dtype] = {name: (dt if dt.kind == "O" else dt.newbyteorder("<"))
                                      for name, dt in KSERVE_TO_NUMPY.items()}
+
+
+# Numeric dtypes in native byte order -> datatype, on little-endian hosts (the wire order): the encoder's fast path.
+_NATIVE_DATATYPES: dict[np.dtype, str] = {dt: name for name, dt in KSERVE_TO_NUMPY.items()
+                                          if dt.kind not in "OSU" and dt.isnative and sys.byteorder == "little"}
 
 
 def element_count(shape: Iterable[int]) -> int:
@@ -167,6 +174,17 @@ def _tensor_from_buffer(name: str, datatype: str, shape, buf, size: int, what: s
     Numeric tensors are zero-copy views (copied only when ``buf`` breaks element alignment); BYTES use
     the length-prefixed form.
     """
+    dt = _WIRE_DTYPES.get(datatype)
+    if dt is not None and dt.kind != "O":  # the common case first: a numeric tensor whose bytes fit its shape
+        dims = tuple(map(int, shape))
+        n = math.prod(dims)
+        if n * dt.itemsize == size and (not dims or min(dims) >= 0):
+            try:
+                arr = np.frombuffer(buf, dtype=dt, count=n).reshape(dims)
+            except ValueError:
+                pass  # an unusable shape: the checks below word the error
+            else:
+                return arr if arr.flags.aligned else arr.copy()
     dims = _check_shape(name, shape)
     dt = numpy_dtype(datatype, name)
     n = element_count(dims)
@@ -262,13 +280,16 @@ def decode_outputs(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
 
 def to_raw(arr: np.ndarray) -> tuple[str, list[int], bytes]:
     """(datatype, shape, raw little-endian bytes) of a numpy array; str/bytes arrays are BYTES."""
-    a = np.asarray(arr)
+    a = arr if type(arr) is np.ndarray else np.asarray(arr)
+    datatype = _NATIVE_DATATYPES.get(a.dtype)
+    if datatype is not None:  # a native little-endian numeric array, as onnxruntime returns them
+        return datatype, list(a.shape), a.tobytes()  # tobytes: C order, one copy, whatever the strides
     datatype = to_kserve(a.dtype)
     if datatype == "BYTES":
         return datatype, list(a.shape), serialize_bytes_tensor(a)
     if a.dtype.byteorder == ">":
         a = a.astype(a.dtype.newbyteorder("<"))
-    return datatype, list(a.shape), np.ascontiguousarray(a).tobytes()
+    return datatype, list(a.shape), a.tobytes()
 
 
 def make_infer_request(model_name: str, inputs: Mapping[str, np.ndarray], outputs: Iterable[str] | None = None,
@@ -303,14 +324,15 @@ def make_infer_response(model_name: str, model_version: str, outputs: Mapping[st
     ``outputs`` entry (name, datatype, shape) and an empty ``raw_output_contents`` entry, so the two
     lists stay aligned.
     """
-    in_shm = frozenset(in_shm)
+    in_shm = frozenset(in_shm) if in_shm else ()
     resp = pb.ModelInferResponse(model_name=model_name, model_version=model_version, id=request_id)
+    add, raws = resp.outputs.add, resp.raw_output_contents
     for name, arr in outputs.items():
         if name in in_shm:
             a = np.asarray(arr)
             datatype, shape, data = to_kserve(a.dtype), list(a.shape), b""
         else:
             datatype, shape, data = to_raw(arr)
-        resp.outputs.add(name=name, datatype=datatype, shape=shape)
-        resp.raw_output_contents.append(data)
+        add(name=name, datatype=datatype, shape=shape)
+        raws.append(data)
     return resp

@@ -59,10 +59,14 @@ def _token_matches(token: str, auth: str) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
+OPEN_CALLER = Caller(token_required=False, authenticated=True)
+"""Every caller of a service without a token (frozen: one instance serves every call)."""
+
+
 def _caller(token: str | None, metadata) -> Caller:
     """What the caller proved: a valid bearer token (or nothing is required)."""
     if not token:
-        return Caller(token_required=False, authenticated=True)
+        return OPEN_CALLER
     return Caller(token_required=True, authenticated=_token_matches(token, _authorization(metadata)))
 
 
@@ -113,7 +117,8 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
     def wrap_handler(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         """``handler`` with auth, error mapping and metrics around it."""
-        needs_auth = method in self.mutating and bool(self.auth_token)
+        token = self.auth_token
+        needs_auth = method in self.mutating and bool(token)
         short = method.rsplit("/", 1)[-1]
         latency = RPC_LATENCY.labels(self.service, short)
         ok = RPC_REQUESTS.labels(self.service, short, "OK")
@@ -143,10 +148,13 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             async def wrapper(request_or_iterator, context):
                 start = time.perf_counter()
                 try:
-                    metadata = context.invocation_metadata()
-                    set_caller(_caller(self.auth_token, metadata))
-                    if needs_auth:
-                        _check_auth(self.auth_token, metadata)
+                    if token:
+                        metadata = context.invocation_metadata()
+                        set_caller(_caller(token, metadata))
+                        if needs_auth:
+                            _check_auth(token, metadata)
+                    else:  # nothing to prove: the metadata is not read
+                        set_caller(OPEN_CALLER)
                     return await behavior(request_or_iterator, context)
                 except (grpc.aio.AbortError, asyncio.CancelledError):
                     raise
@@ -161,10 +169,13 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             async def wrapper(request_or_iterator, context):
                 start = time.perf_counter()
                 try:
-                    metadata = context.invocation_metadata()
-                    set_caller(_caller(self.auth_token, metadata))
-                    if needs_auth:
-                        _check_auth(self.auth_token, metadata)
+                    if token:
+                        metadata = context.invocation_metadata()
+                        set_caller(_caller(token, metadata))
+                        if needs_auth:
+                            _check_auth(token, metadata)
+                    else:
+                        set_caller(OPEN_CALLER)
                     async for item in behavior(request_or_iterator, context):
                         yield item
                 except (grpc.aio.AbortError, asyncio.CancelledError, GeneratorExit):

@@ -6,14 +6,18 @@ to any of them is a new job. This module never imports grpc.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import os
 import uuid
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("modelport.runtime.job_cache")
 
 
 @dataclass(frozen=True)
@@ -48,10 +52,20 @@ class JobCache:
         p = self.dir / f"{key}.pb"
         return p.read_bytes() if p.is_file() else None
 
-    def put(self, key: str, result: bytes) -> None:
+    def put(self, key: str, result: bytes) -> bool:
+        """Remember a finished job's result; False (nothing written, a warning logged) when the disk is full:
+        the job's answer stands, a rerun only does the work again."""
         tmp = self.dir / f".{key}.{uuid.uuid4().hex}"
-        tmp.write_bytes(result)
-        os.replace(tmp, self.dir / f"{key}.pb")
+        try:
+            tmp.write_bytes(result)
+            os.replace(tmp, self.dir / f"{key}.pb")
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            log.warning("job %s not cached: %s (free space on the store's volume)", key[:16], os.strerror(e.errno))
+            return False
+        return True
 
 
 def tool_versions(packages: tuple[str, ...] | list[str], absent: str = "absent") -> dict[str, str]:

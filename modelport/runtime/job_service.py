@@ -8,6 +8,7 @@ result at once), and every ``ArtifactRef`` in the result names this service as i
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
@@ -15,12 +16,15 @@ from typing import Any, ClassVar
 from google.protobuf.message import Message
 from pydantic import model_validator
 
+from modelport import tmpfiles
 from modelport.runtime.job_cache import Job, JobCache, tool_versions
 from modelport.runtime.job_events import job_events
 from modelport.runtime.server import Service
 from modelport.runtime.settings import ServiceSettings
 from modelport.runtime.workers import WorkerPool
 from modelport.v1 import artifacts_pb2, jobs_pb2
+
+log = logging.getLogger("modelport.runtime.job_service")
 
 
 class JobServiceSettings(ServiceSettings):
@@ -89,8 +93,15 @@ class JobService(Service):
         self.cache = JobCache(self.store.root)
         self.pool = WorkerPool(size=settings.max_concurrent_jobs, env=dict(self.worker_env),
                                preload=self.worker_preload, max_jobs_per_worker=settings.worker_max_jobs,
-                               name=f"{self.name}-worker")
+                               name=f"{self.name}-worker", on_worker_lost=self._worker_lost)
         self.versions = {f"modelport-{self.name}": self.job_version, **tool_versions(self.tool_packages)}
+
+    def _worker_lost(self, pid: int) -> None:
+        """A worker was killed mid-job (the client went away, the job timed out) or died: its job's work folder in
+        the store's tmp/ goes now, not at the next restart."""
+        removed = tmpfiles.remove_worker_entries(self.store.tmp_dir, pid)
+        if removed:
+            log.info("removed %d temp entr%s of %s worker %d", removed, "y" if removed == 1 else "ies", self.name, pid)
 
     async def startup(self) -> None:
         await self.pool.start(warm=self.settings.warm_workers)

@@ -9,7 +9,9 @@ worker exits so its memory goes back to the system, and a warm spare takes its p
 
 Workers may run untrusted model code, so they start with a scrubbed environment (no tokens, no
 TLS key paths: ``scrub_environment``) and keep every temp file under one scratch folder per worker,
-which the pool removes when the worker exits or is killed.
+which the pool removes when the worker exits or is killed. A worker whose service dies (even by
+SIGKILL) removes its scratch folder and exits at once; the scratch and store temp names carry the
+service's pid (``modelport.tmpfiles``), so a restarted service sweeps what was left anyway.
 
 This module never imports grpc.
 """
@@ -25,13 +27,16 @@ import re
 import shutil
 import signal
 import tempfile
+import threading
 import traceback
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelport import tmpfiles
 from modelport.errors import DeadlineExceeded, Internal, ModelportError, ResourceExhausted, error_for_status
 from modelport.memory import available_bytes, fmt_bytes
+from modelport.store import disk_full_error
 
 log = logging.getLogger("modelport.runtime.workers")
 
@@ -60,9 +65,26 @@ def scrub_environment(environ: MutableMapping[str, str] | None = None) -> list[s
     return names
 
 
-def _child_main(conn, env: dict[str, str], preload: tuple[str, ...], scratch_root: str = "") -> None:
+def _die_with_service(alive, scratch_root: str) -> None:
+    """Block until the service's end of ``alive`` closes (the service exited, even by SIGKILL), then drop
+    this worker's scratch folder and exit at once: a killed service leaves no worker running on, nor
+    its temp files."""
+    try:
+        alive.recv()
+    except (EOFError, OSError):
+        pass
+    if scratch_root:
+        shutil.rmtree(scratch_root, ignore_errors=True)
+    os._exit(70)
+
+
+def _child_main(conn, env: dict[str, str], preload: tuple[str, ...], scratch_root: str = "", alive=None) -> None:
     scrub_environment()
     os.environ.update(env)
+    tmpfiles.set_owner(os.getppid())  # temp names in a store carry the service's pid (swept once it is gone)
+    if alive is not None:
+        threading.Thread(target=_die_with_service, args=(alive, scratch_root), daemon=True,
+                         name="die-with-service").start()
     if scratch_root:  # every temp file of this worker (its jobs, the libraries) lives here
         os.environ["TMPDIR"] = scratch_root
         tempfile.tempdir = scratch_root
@@ -94,7 +116,11 @@ def _child_main(conn, env: dict[str, str], preload: tuple[str, ...], scratch_roo
             conn.send(("result", result))
         except ModelportError as e:
             conn.send(("error", e.status, e.message, e.details, e.payload))
-        except BaseException:  # noqa: BLE001 - reported, never leaked to the client
+        except BaseException as e:  # noqa: BLE001 - reported, never leaked to the client
+            full = disk_full_error(e, scratch_root)
+            if full is not None:
+                conn.send(("error", full.status, full.message, full.details, None))
+                continue
             traceback.print_exc()
             conn.send(("error", "INTERNAL", _INTERNAL, {}, None))
         finally:
@@ -109,12 +135,16 @@ class _Worker:
     jobs: int = 0
     ready: asyncio.Future | None = field(default=None)
     scratch: str = ""
+    alive: Any = None
+    """Our end of the pipe whose closing tells the worker the service is gone."""
 
     def kill(self) -> None:
         if self.proc.is_alive():
             self.proc.kill()
         self.proc.join(timeout=10)
         self.conn.close()
+        if self.alive is not None:
+            self.alive.close()
         if self.scratch:  # what a killed job left in its temp folders goes with it
             shutil.rmtree(self.scratch, ignore_errors=True)
 
@@ -153,7 +183,8 @@ class WorkerPool:
     """Runs jobs in warm subprocesses, at most ``size`` at once; the rest queue."""
 
     def __init__(self, *, size: int = 1, env: dict[str, str] | None = None, preload: tuple[str, ...] = (),
-                 max_jobs_per_worker: int = 1, name: str = "worker"):
+                 max_jobs_per_worker: int = 1, name: str = "worker",
+                 on_worker_lost: Callable[[int], Any] | None = None):
         self.size = max(1, size)
         self.env = dict(env or {})
         self.preload = tuple(preload)
@@ -165,11 +196,17 @@ class WorkerPool:
         self._waiting = 0
         self._closed = False
         self._spares: set[asyncio.Task] = set()
+        self.on_worker_lost = on_worker_lost
+        """Called in a thread with the pid of a worker killed (cancelled, timed-out job) or dead mid-job, before
+        the job's slot frees: the service removes what that job left outside the worker's scratch folder."""
 
     # ---- lifecycle ---------------------------------------------------------------------------
     async def start(self, warm: int = 1) -> None:
         """Spawn ``warm`` workers and wait until they have pre-imported their modules."""
         self._sem = asyncio.Semaphore(self.size)
+        swept = tmpfiles.sweep_stale(tempfile.gettempdir(), f"modelport-{self.name}-")
+        if swept:
+            log.info("removed %d scratch folder(s) of killed %s processes", swept, self.name)
         workers = await asyncio.gather(*[self._spawn() for _ in range(min(warm, self.size))])
         self._idle.extend(workers)
 
@@ -192,16 +229,20 @@ class WorkerPool:
 
     async def _spawn(self) -> _Worker:
         parent, child = self._ctx.Pipe()
-        scratch = tempfile.mkdtemp(prefix=f"modelport-{self.name}-")
-        proc = self._ctx.Process(target=_child_main, args=(child, self.env, self.preload, scratch), name=self.name,
-                                 daemon=True)
+        alive_r, alive_w = self._ctx.Pipe(duplex=False)  # the worker sees EOF on alive_r once we are gone
+        scratch = tempfile.mkdtemp(prefix=tmpfiles.prefix(f"modelport-{self.name}"))
+        proc = self._ctx.Process(target=_child_main, args=(child, self.env, self.preload, scratch, alive_r),
+                                 name=self.name, daemon=True)
         try:
             await asyncio.to_thread(proc.start)
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
+            alive_w.close()
             raise
-        child.close()
-        w = _Worker(proc, parent, scratch=scratch)
+        finally:
+            child.close()
+            alive_r.close()
+        w = _Worker(proc, parent, scratch=scratch, alive=alive_w)
         try:
             msg = await self._recv(w, timeout=600)
         except BaseException:  # cancelled while starting (the pool is closing): leave no process behind
@@ -305,10 +346,20 @@ class WorkerPool:
             log.info("job cancelled; killing its %s", self.name)
             raise
         finally:
-            if w is not None:  # crashed, timed out or cancelled: the worker is not reusable
-                w.kill()
-                self._spawn_spare()
-            self._sem.release()
+            try:
+                if w is not None:  # crashed, timed out or cancelled: the worker is not reusable
+                    w.kill()
+                    self._spawn_spare()
+                    if self.on_worker_lost is not None:
+                        await asyncio.shield(asyncio.to_thread(self._lost, w.proc.pid))
+            finally:
+                self._sem.release()
+
+    def _lost(self, pid: int) -> None:
+        try:
+            self.on_worker_lost(pid)
+        except Exception:  # noqa: BLE001 - cleanup is best effort; a restart sweeps the rest
+            log.exception("cleaning up after %s %d failed", self.name, pid)
 
     def _release(self, w: _Worker) -> None:
         if self.max_jobs and w.jobs >= self.max_jobs:

@@ -252,12 +252,13 @@ def test_a_failed_commit_leaves_no_temp_blob(tmp_path):
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 2 MiB tmpfs: a real full disk (needs root or CAP_SYS_ADMIN, else the test is skipped)."""
+    """A 2 MiB tmpfs: a real full disk (needs root or CAP_SYS_ADMIN; without them the test fails, saying so)."""
     mnt = tmp_path / "disk"
     mnt.mkdir()
     proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True)
     if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.decode().strip()})")
+        pytest.fail(f"cannot mount a tmpfs here ({proc.stderr.decode().strip()}): run the suite as root "
+                    "or with CAP_SYS_ADMIN")
     yield mnt
     subprocess.run(["umount", "-l", str(mnt)], check=False)
 
