@@ -448,6 +448,7 @@ def render(results: dict) -> str:
         "",
         f"Command: `{results.get('command', common.command_line())}`",
         "",
+        *([results["note"], ""] if results.get("note") else []),
         common.system_info_markdown(results.get("system")),
         f"- Load average before/after the matrix: {results.get('load_avg_before')} / {results.get('load_avg_after')}",
         "",
