@@ -410,9 +410,10 @@ def render(results: dict) -> str:
             rows.append([name, "-", "-", "build failed: " + r["build_error"][:100]] + ["-"] * 7)
             continue
         w = r["weight_bytes"]
-        counts["total"] += 1
-        counts["modelport"] += (r.get("modelport") or {}).get("status") == "ok"
-        counts["plain"] += (r.get("plain") or {}).get("status") == "ok"
+        for who in ("modelport", "plain"):
+            if r.get(who):
+                counts[who] += r[who]["status"] == "ok"
+                counts[f"{who}_run"] = counts.get(f"{who}_run", 0) + 1
         rows.append([name, r["label"] if name in EXTRA else r["label"], f"{w / 1e6:.1f} MB",
                      *_cell(r.get("modelport"), w), *_cell(r.get("plain"), w)])
         for who in ("modelport", "plain"):
@@ -443,8 +444,9 @@ def render(results: dict) -> str:
         f"bound {results.get('timeout_s', 0):.0f}s; models from {HEAVY_BYTES >> 20} MiB of weights under "
         f"`flock {HEAVY_LOCK}`.",
         "",
-        f"Converted with parity: **modelport {counts['modelport']}/{counts['total']}**, plain tf2onnx "
-        f"{counts['plain']}/{counts['total']}" + (f" ({len(pending)} more not measured yet)." if pending else "."),
+        f"Converted with parity, of the models each ran on: **modelport {counts['modelport']}/"
+        f"{counts.get('modelport_run', 0)}**, plain tf2onnx {counts['plain']}/{counts.get('plain_run', 0)}"
+        + (f" ({len(pending)} architectures not measured yet)." if pending else "."),
         "",
         f"Command: `{results.get('command', common.command_line())}`",
         "",
