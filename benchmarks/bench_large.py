@@ -14,11 +14,16 @@ protobuf's 2 GiB). Each model is built and saved in its own process, then:
   memory cap enforced by this benchmark (the machine is shared): when its RSS passes the cap it is
   killed and reported as "killed at N GB".
 
-One multi-GB process at a time. Target: modelport's peak <= 2.5x the weight bytes.
+- **then** on the converted artifact (same store): int8-dynamic through an optimizer service subprocess, and
+  LoadModel + first inference + steady-state inference of the FP32 and INT8 results through an inference
+  service subprocess, each stage with the peak RSS of that service's tree over the weight bytes.
+
+One multi-GB process at a time. Targets: conversion peak <= 2.5x the weight bytes, served <= 1.5x.
 
     .venv/bin/python -m benchmarks.bench_large            # VGG-16, 4-block and 9-block transformers
     .venv/bin/python -m benchmarks.bench_large --quick    # VGG-16 only, no plain tf2onnx
     .venv/bin/python -m benchmarks.bench_large --models t4 --cap-gb 14
+    .venv/bin/python -m benchmarks.bench_large --models t4,t9 --skip-plain   # plain figures kept from the last run
 """
 
 from __future__ import annotations
@@ -218,6 +223,8 @@ def modelport_convert(path: Path, store: Path, cap_bytes: int) -> dict:
                         out["artifact_bytes"] = res.artifact.size
                         out["media_type"] = res.artifact.media_type
                         out["details"] = dict(res.info.details)
+                        out["artifact"] = {"digest": res.artifact.digest, "size": res.artifact.size,
+                                           "media_type": res.artifact.media_type}
             except Exception as e:  # noqa: BLE001 - reported in the table
                 error = (e.details() if callable(getattr(e, "details", None)) else "") or str(e)
             out["convert_s"] = time.perf_counter() - t0
@@ -227,6 +234,161 @@ def modelport_convert(path: Path, store: Path, cap_bytes: int) -> dict:
         out["peak_bytes"] = sampler.result.peak_bytes
         out["killed_at_bytes"] = sampler.result.killed_at_bytes
         out["stage_peaks"] = sampler.stage_peaks
+    finally:
+        common.stop_service_subprocess(proc)
+    return out
+
+
+def _ref(art: dict):
+    from modelport.v1 import artifacts_pb2
+
+    return artifacts_pb2.ArtifactRef(digest=art["digest"], size=art["size"], media_type=art["media_type"])
+
+
+# Few timed runs: the optimizer's latency figures are not what this benchmark is about (bench_optimize is).
+OPTIMIZE_OPTIONS = {"measure.warmup": "1", "measure.repeats": "3"}
+# Evaluation samples given to the optimizer (without eval data it generates 64, and holds the baseline's and the
+# candidate's outputs for all of them: 1 GB each for a 32000-way logits output over 128 tokens).
+EVAL_SAMPLES = 8
+
+
+def _eval_npz(store: Path, artifact: dict, out: Path) -> Path:
+    """EVAL_SAMPLES generated inputs of the converted model (read from model.onnx inside its folder artifact)."""
+    import tarfile
+
+    import numpy as np
+    import onnx
+
+    from modelport.store import ArtifactStore
+
+    with tarfile.open(ArtifactStore(store).path(artifact["digest"])) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith(".onnx"))
+        graph = onnx.load_model_from_string(tar.extractfile(member).read()).graph
+    inits = {t.name for t in graph.initializer}
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for vi in graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
+        shape = [EVAL_SAMPLES] + [d.dim_value or 1 for d in tt.shape.dim][1:]
+        arrays[vi.name] = (rng.integers(0, 1000, shape).astype(dtype) if np.issubdtype(dtype, np.integer)
+                           else rng.standard_normal(shape).astype(dtype))
+    np.savez(out, **arrays)
+    return out
+
+
+def modelport_optimize(store: Path, artifact: dict, cap_bytes: int) -> dict:
+    """Optimize int8-dynamic on the converted artifact (same store) through an optimizer service subprocess;
+    peak RSS of its tree per job stage."""
+    from modelport import Client
+
+    proc, address = common.start_service_subprocess("optimizer_svc", store=store, timeout=300)
+    out: dict = {}
+    try:
+        with TreeSampler(proc.pid, cap_bytes) as sampler:
+            time.sleep(1.0)
+            out["idle_bytes"] = sampler.rss()
+            stages: dict[str, float] = {}
+            last, t_last = "queued", time.perf_counter()
+
+            def on_event(ev) -> None:
+                nonlocal last, t_last
+                now = time.perf_counter()
+                stages[last] = stages.get(last, 0.0) + now - t_last
+                last, t_last = ev.stage.split(":")[0], now
+                sampler.mark(last)
+
+            t0 = time.perf_counter()
+            try:
+                with Client(optimizer=address, timeout=7200) as client:
+                    from modelport import media
+
+                    evals = client.upload(_eval_npz(store, artifact, store.parent / "eval.npz"), media.NPZ,
+                                          service="optimizer")
+                    res = client.optimize(_ref(artifact), ["int8-dynamic"], max_accuracy_drop=1.0, eval_data=evals,
+                                          options=OPTIMIZE_OPTIONS, on_event=on_event)
+                q = next(c for c in res.candidates if c.technique == "int8-dynamic")
+                out.update(chosen=res.chosen_technique, note=q.note, size_bytes=q.size_bytes,
+                           baseline_bytes=res.baseline.size_bytes, max_abs_diff=q.max_abs_diff,
+                           cosine=q.details.get("cosine", ""), latency_ratio=q.details.get("latency_ratio_paired", ""),
+                           build_s=q.details.get("build_seconds", ""))
+                if res.chosen_technique == "int8-dynamic":
+                    out["artifact"] = {"digest": res.artifact.digest, "size": res.artifact.size,
+                                       "media_type": res.artifact.media_type}
+                out["error"] = ""
+            except Exception as e:  # noqa: BLE001 - reported in the table
+                out["error"] = str(e)[:300]
+            out["optimize_s"] = time.perf_counter() - t0
+            out["stages_s"] = stages
+        out.update(peak_bytes=sampler.result.peak_bytes, killed_at_bytes=sampler.result.killed_at_bytes,
+                   stage_peaks=sampler.stage_peaks)
+    finally:
+        common.stop_service_subprocess(proc)
+    return out
+
+
+STEADY_RUNS = 10
+
+
+def _feed(meta) -> dict:
+    """One sample for each input of the served model (batch 1; token ids for integer inputs)."""
+    import numpy as np
+
+    from modelport.kserve.codec import numpy_dtype
+
+    rng = np.random.default_rng(0)
+    feed = {}
+    for t in meta.inputs:
+        shape = [d if d > 0 else 1 for d in t.shape]
+        dtype = numpy_dtype(t.datatype)
+        feed[t.name] = (rng.integers(0, 1000, shape).astype(dtype) if np.issubdtype(dtype, np.integer)
+                        else rng.standard_normal(shape).astype(dtype))
+    return feed
+
+
+def modelport_serve(store: Path, artifacts: dict[str, dict], cap_bytes: int) -> dict:
+    """LoadModel each artifact (FP32, INT8) into an inference service subprocess from the shared store, then
+    one first inference and STEADY_RUNS more (batch 1); peak RSS of the service per stage; then unload."""
+    import statistics
+
+    from modelport import Client
+
+    proc, address = common.start_service_subprocess("inference_svc", store=store, timeout=300)
+    out: dict = {}
+    try:
+        with TreeSampler(proc.pid, cap_bytes) as sampler, Client(inference=address, timeout=3600) as client:
+            time.sleep(1.0)
+            out["idle_bytes"] = sampler.rss()
+            for label, art in artifacts.items():
+                r: dict = {}
+                try:
+                    sampler.mark(f"{label} load")
+                    t0 = time.perf_counter()
+                    client.load_model(label, _ref(art))
+                    r["load_s"] = time.perf_counter() - t0
+                    feed = _feed(client.model_metadata(label))
+                    sampler.mark(f"{label} first inference")
+                    t0 = time.perf_counter()
+                    client.infer(label, feed)
+                    r["first_s"] = time.perf_counter() - t0
+                    sampler.mark(f"{label} steady")
+                    times = []
+                    for _ in range(STEADY_RUNS):
+                        t0 = time.perf_counter()
+                        client.infer(label, feed)
+                        times.append(time.perf_counter() - t0)
+                    r["steady_p50_s"] = statistics.median(times)
+                    sampler.mark("")
+                    r["resident_bytes"] = sampler.rss()
+                    client.unload_model(label)
+                    r["error"] = ""
+                except Exception as e:  # noqa: BLE001 - reported in the table
+                    r["error"] = str(e)[:300]
+                out[label] = r
+        out.update(peak_bytes=sampler.result.peak_bytes, killed_at_bytes=sampler.result.killed_at_bytes,
+                   stage_peaks=sampler.stage_peaks)
     finally:
         common.stop_service_subprocess(proc)
     return out
@@ -247,7 +409,9 @@ def main() -> None:
     p.add_argument("--models", default="", help="comma-separated subset of: " + ", ".join(MODELS))
     p.add_argument("--cap-gb", type=float, default=0.0,
                    help="memory cap per measured process tree (default: MemAvailable minus 3 GB, at most 18 GB)")
-    p.add_argument("--skip-plain", action="store_true", help="do not run plain tf2onnx")
+    p.add_argument("--skip-plain", action="store_true",
+                   help="do not run plain tf2onnx (its figures from the last results/large.json are kept, marked)")
+    p.add_argument("--skip-serving", action="store_true", help="convert only: no int8-dynamic, load or inference")
     p.add_argument("--render", action="store_true", help="re-render the section from results/large.json")
     p.add_argument("--build", nargs=2, metavar=("MODEL", "OUT"), help=argparse.SUPPRESS)
     p.add_argument("--plain", nargs=2, metavar=("KERAS", "OUT"), help=argparse.SUPPRESS)
@@ -268,6 +432,9 @@ def main() -> None:
     names = [n for n in (args.models.split(",") if args.models else default) if n]
     cap = int(args.cap_gb * GB) if args.cap_gb else int(min(18 * GB, available_bytes().available - 3 * GB))
     results: dict = {"cap_bytes": cap, "models": {}}
+    last = common.RESULTS_DIR / "large.json"
+    last_results = json.loads(last.read_text()) if last.is_file() else {}
+    previous, last_command = last_results.get("models", {}), last_results.get("command", "")
     me = [sys.executable, "-m", "benchmarks.bench_large"]
     with tempfile.TemporaryDirectory(prefix="bench-large-", dir=os.environ.get("MODELPORT_BENCH_TMP")) as tmp:
         tmp = Path(tmp)
@@ -284,6 +451,14 @@ def main() -> None:
             mp = r["modelport"]
             print(f"[{name}] modelport: peak {_gb(mp['peak_bytes'])} ({_x(mp['peak_bytes'], w)}), "
                   f"convert {mp['convert_s']:.1f}s {mp.get('error', '')}", flush=True)
+            if mp.get("artifact") and not args.skip_serving:
+                path.unlink()  # the store holds the converted model: one copy of the weights on disk less
+                r["optimize"] = op = modelport_optimize(store, mp["artifact"], cap)
+                print(f"[{name}] int8-dynamic: peak {_gb(op['peak_bytes'])} ({_x(op['peak_bytes'], w)}), "
+                      f"{op['optimize_s']:.0f}s {op.get('error', '')}", flush=True)
+                served = {"fp32": mp["artifact"], **({"int8": op["artifact"]} if op.get("artifact") else {})}
+                r["serve"] = sv = modelport_serve(store, served, cap)
+                print(f"[{name}] served: peak {_gb(sv['peak_bytes'])} ({_x(sv['peak_bytes'], w)})", flush=True)
             subprocess.run(["rm", "-rf", str(store)], check=False)
             if not args.skip_plain and not args.quick:
                 rc, mem, secs, tail = run_capped([*me, "--plain", str(path), str(tmp / f"{name}-plain.onnx")], cap, 3600)
@@ -292,9 +467,16 @@ def main() -> None:
                       f"killed at {_gb(mem.killed_at_bytes)}, {secs:.0f}s", flush=True)
                 for f in tmp.glob(f"{name}-plain.onnx*"):
                     f.unlink()
-            path.unlink()
+            elif previous.get(name, {}).get("plain"):  # not re-run: the last run's figures, marked as such
+                r["plain"] = {"cap_bytes": last_results.get("cap_bytes", 0), **previous[name]["plain"],
+                              "from_previous_run": True}
+            path.unlink(missing_ok=True)
             results["models"][name] = r
 
+    # Models not re-run keep their last figures (marked), so a partial run does not drop rows of the section.
+    for name, r in previous.items():
+        if name not in results["models"]:
+            results["models"][name] = {**r, "previous_run": r.get("previous_run") or last_command}
     results["command"] = common.command_line()
     md = render(results)
     common.write_section("large", md, results)
@@ -307,8 +489,12 @@ STAGES = ["upload", "loading", "source parity run", "converting", "verifying", "
 def render(results: dict) -> str:
     """The BENCHMARKS.md section from a results dict (also: ``--render`` re-renders results/large.json)."""
     cap = results["cap_bytes"]
+    plain_caps = sorted({r["plain"].get("cap_bytes") or cap for r in results["models"].values() if r.get("plain")})
+    plain_cap = " / ".join(f"{c / GB:.1f} GB" for c in plain_caps) or f"{cap / GB:.1f} GB"
     rows, stage_rows = [], []
     for name, r in results["models"].items():
+        if r.get("previous_run"):
+            r = {**r, "label": f"{r['label']} [previous run: `{r['previous_run']}`]"}
         rows.append(_row(name, r))
         w, mp = r["weight_bytes"], r["modelport"]
         peaks = mp.get("stage_peaks", {})
@@ -316,6 +502,7 @@ def render(results: dict) -> str:
         stage_rows.append([r["label"].split(" (")[0]] + [
             f"{_x(peaks.get(st), w)} / {times.get(st, mp.get('upload_s') if st == 'upload' else 0) or 0:.0f}s"
             for st in STAGES])
+    after = [_after_row(r) for r in results["models"].values() if r.get("optimize") or r.get("serve")]
     table = common.markdown_table(
         ["model", "weights", "modelport peak RSS (service + worker)", "/ weights", "(peak - idle) / weights",
          "idle service + worker", "Convert s", "parity max abs diff", "result", "plain tf2onnx"], rows)
@@ -330,7 +517,7 @@ def render(results: dict) -> str:
         "freed before the result is loaded; results past 256 MiB of weights are `model.onnx` + `model.onnx.data` "
         "in one folder artifact (`onnx+tar`). Plain tf2onnx = a fresh process calling `keras.saving.load_model` "
         "then `tf2onnx.convert.from_function(..., large_model=True)`, under this benchmark's memory cap of "
-        f"{cap / GB:.1f} GB (the machine is shared by other jobs): \"killed at N GB\" means its RSS passed the "
+        f"{plain_cap} (the machine is shared by other jobs): \"killed at N GB\" means its RSS passed the "
         "cap and the benchmark killed it (on this machine type without a cap the kernel kills it at 24 GB, "
         "FACTS.md). One multi-GB process at a time; wall times are from a shared 2-core machine.",
         "",
@@ -355,7 +542,56 @@ def render(results: dict) -> str:
         "+ 0.5 GB over what the worker holds before the job (`convert.FACTOR_WEIGHTS_ROUTE`), above every "
         "measured (peak - idle) / weights here.",
         "",
+        *([
+            "After the conversion, on the same store: **int8-dynamic** through an optimizer service subprocess "
+            f"(`Optimize` with {EVAL_SAMPLES} generated eval samples, options {OPTIMIZE_OPTIONS}: few timed runs, "
+            "the latency ratio is indicative only) and "
+            "**serving** through an inference service subprocess: `LoadModel` of the FP32 result and of the INT8 "
+            f"one, a first inference, then {STEADY_RUNS} more (batch 1, p50). Peak RSS of each service's tree per "
+            "stage over the FP32 weight bytes; optimizer and inference service each started fresh (their idle "
+            f"RSS is in the peaks). These stages ran under this run's cap of {cap / GB:.1f} GB: \"killed at\" there "
+            "means the benchmark's cap, not the kernel.",
+            "",
+            common.markdown_table(
+                ["model", "int8-dynamic peak / weights (s)", "INT8 size / FP32", "INT8 latency / FP32 (paired)",
+                 "INT8 cosine", "FP32 load peak / weights (s)", "FP32 first inference (s)", "FP32 steady p50",
+                 "FP32 resident / weights", "INT8 load peak / weights (s)", "INT8 first inference (s)",
+                 "INT8 steady p50"], after),
+            "",
+        ] if after else []),
     ])
+
+
+def _after_row(r: dict) -> list:
+    """One row of the optimize + serve table."""
+    w = r["weight_bytes"]
+    op, sv = r.get("optimize", {}), r.get("serve", {})
+    peaks = sv.get("stage_peaks", {})
+
+    def ms(x) -> str:
+        return f"{x * 1e3:.0f} ms" if isinstance(x, (int, float)) else "-"
+
+    def served(label: str) -> list:
+        x = sv.get(label, {})
+        if not x:
+            return ["not run", "-", "-"] + (["-"] if label == "fp32" else [])
+        if x.get("error"):
+            return [f"failed: {x['error'][:80]}", "-", "-"] + (["-"] if label == "fp32" else [])
+        cells = [f"{_x(peaks.get(f'{label} load'), w)} ({x.get('load_s', 0):.1f}s)",
+                 f"{_x(peaks.get(f'{label} first inference'), w)} ({x.get('first_s', 0):.2f}s)",
+                 ms(x.get("steady_p50_s"))]
+        return cells + ([_x(x.get("resident_bytes"), w)] if label == "fp32" else [])
+
+    if op.get("killed_at_bytes"):
+        opt = [f"killed at {_gb(op['killed_at_bytes'])} ({_x(op['killed_at_bytes'], w)}, the cap) in "
+               f"`{max(op.get('stage_peaks', {'-': 0}).items(), key=lambda kv: kv[1])[0]}`", "-", "-", "-"]
+    elif op.get("error"):
+        opt = [f"failed: {op['error'][:80]}", "-", "-", "-"]
+    else:
+        opt = [f"{_x(op.get('peak_bytes'), w)} ({op.get('optimize_s', 0):.0f}s)",
+               f"{op['size_bytes'] / op['baseline_bytes']:.2f}" if op.get("baseline_bytes") else "-",
+               op.get("latency_ratio") or "-", op.get("cosine") or "-"]
+    return [r["label"].split(" (")[0], *opt, *served("fp32"), *served("int8")]
 
 
 def _row(name: str, r: dict) -> list:
@@ -371,7 +607,8 @@ def _row(name: str, r: dict) -> list:
     if plain is None:
         plain_cell = "not run"
     elif plain["killed_at_bytes"]:
-        plain_cell = f"killed at {_gb(plain['killed_at_bytes'])} after {plain['seconds']:.0f}s"
+        plain_cell = f"killed at {_gb(plain['killed_at_bytes'])} after {plain['seconds']:.0f}s" + (
+            " (previous run)" if plain.get("from_previous_run") else "")
     elif plain["exit_code"] != 0:
         plain_cell = f"failed after {plain['seconds']:.0f}s (exit {plain['exit_code']}, peak {_gb(plain['peak_bytes'])}): " \
                      f"{plain['stderr_tail'][-120:]}"

@@ -260,6 +260,7 @@ def bench_model(name: str, work: Path, new_tokens: int, quant: bool) -> dict:
     folder, ps, ref = Path(k["folder"]), k["prompts"], k["reference"]
     o = run_stage("onnx", {"folder": str(folder), "prompts": ps, "new_tokens": new_tokens, "reference": ref})
     res = {"name": name, "keras": k, "onnx": o, "quant": []}
+    res["roofline"] = run_stage("roofline", {"folder": str(folder), "prompts": ps, "new_tokens": new_tokens})
     served = [name]
     if quant:
         base = run_stage("quant", {"folder": str(folder), "out": str(folder), "technique": "fp32", "prompts": ps,
@@ -280,7 +281,7 @@ def bench_model(name: str, work: Path, new_tokens: int, quant: bool) -> dict:
 
 
 def markdown(results: list[dict], cpu: dict) -> str:
-    rows, goals, quant_rows, mem_rows = [], [], [], []
+    rows, goals, quant_rows, mem_rows, roof_rows = [], [], [], [], []
     for r in results:
         k, o, sv = r["keras"], r["onnx"], r["served"]
         label = f"{r['name']} ({k['parameters'] / 1e6:.0f}M)"
@@ -306,6 +307,16 @@ def markdown(results: list[dict], cpu: dict) -> str:
                       f"{o['no_cache_tokens_per_s']:.1f} / {o['cached_tokens_per_s']:.1f} "
                       f"({common.fmt_ratio(o['cached_tokens_per_s'] / o['no_cache_tokens_per_s'])})",
                       "yes" if o["greedy_equal_keras"] and fp["served_1_equal_keras"] else "NO"])
+        rf = r.get("roofline")
+        if rf:
+            top = ", ".join(f"{op} {share * 100:.1f} %" for op, share in rf["top_ops"][:4])
+            roof_rows.append([label, f"{rf['weight_bytes'] / 2**20:.0f}", f"{rf['step_tokens_per_s']:.1f}",
+                              f"{rf['step_gb_s']:.1f}", f"{rf['gemv_gb_s_best']:.1f}",
+                              f"{rf['roofline_tokens_per_s']:.1f}", f"{rf['step_vs_roofline'] * 100:.0f} %",
+                              common.fmt_ratio(rf["roofline_tokens_per_s"] / kr),
+                              f"{rf['matmul_share'] * 100:.1f} % ({top})",
+                              f"{rf['outside_run_ms_per_step']:.2f} ms "
+                              f"({rf['outside_run_ms_per_step'] * rf['step_tokens_per_s'] / 10:.1f} %)"])
         mem_rows.append([label, f"{k['peak_rss_mib']:.0f}", f"{o['peak_rss_mib']:.0f}",
                          f"{sv['server_rss_peak_mib']:.0f}", f"{k['export_s']:.0f}"])
         for q in r["quant"]:
@@ -343,6 +354,21 @@ def markdown(results: list[dict], cpu: dict) -> str:
         common.markdown_table(["model", "keras build + export + generate()", "ONNX step in-process",
                                "inference service (all variants loaded, serving)", "export seconds"], mem_rows),
     ]
+    if roof_rows:
+        parts += ["", "### Where the FP32 step's time goes, and this machine's ceiling", "",
+                  "One decode step streams every weight from memory once for one token per sequence (each MatMul is "
+                  "a matrix-vector product), so one sequence's tokens/s can not pass *memory bandwidth / weight "
+                  "bytes*. Measured in the same run (`benchmarks/llm_roofline.py`): the step in-process "
+                  "(`StepModel`, onnxruntime's default threads, no spinning) and the bandwidth it implies; "
+                  "onnxruntime's own FP32 MatMul on matrix-vector products over 512 MiB of weights (far past the "
+                  "caches) with the same session settings: the ceiling; onnxruntime's profile of the decode steps "
+                  "(share of kernel time per op type); the time per step spent outside `session.run` (building "
+                  "feeds, writing the new keys/values into the preallocated cache, argmax): the most IO binding "
+                  "could remove, since the cache is already fed as zero-copy views of preallocated arrays.", "",
+                  common.markdown_table(["model", "weights MiB", "step tok/s", "step GB/s", "MatMul GEMV GB/s "
+                                         "(ceiling)", "ceiling tok/s", "step / ceiling", "ceiling vs keras generate()",
+                                         "MatMul share of kernel time (top ops)",
+                                         "outside session.run per step (share)"], roof_rows)]
     if quant_rows:
         parts += ["", "### Weight-only quantization of the step, in-process (one sequence)", "",
                   "Agreement: the candidate predicts each next token of the FP32 model's greedy continuations "
@@ -376,6 +402,10 @@ def main(argv: list[str] | None = None) -> int:
         elif stage == "quant":
             r = stage_quant(Path(p["folder"]), Path(p["out"]), p["technique"], p["prompts"], p["new_tokens"],
                             p["reference"])
+        elif stage == "roofline":
+            from benchmarks.llm_roofline import roofline
+
+            r = {**roofline(Path(p["folder"]), p["prompts"][0], p["new_tokens"]), "peak_rss_mib": peak_rss_mib()}
         else:
             r = stage_agreement(Path(p["folder"]), p["prompts"], p["sequences"])
         Path(out).write_text(json.dumps(r))

@@ -36,6 +36,7 @@ TIMEOUTS = {
     "external_data": 420,
     "llm": 900,
     "breadth": 900,
+    "large": 1500,  # multi-GB: builds, converts, quantizes and serves 0.55-2.34 GB models (--quick: VGG-16 only)
     "reliability": 900,  # its own bound is 15 minutes on 2 cores (soak, jobs, slow clients, faults)
 }
 #: Extra arguments of a full run: the breadth matrix (~45 models, two converters each) takes well over an

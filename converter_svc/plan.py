@@ -1,20 +1,20 @@
-"""Request checks and job keys for the converter, done in the service process (no TensorFlow).
+"""Request checks and job keys for the converter, done before a job is queued (no TensorFlow).
 
-Everything that can be decided without loading a model happens here, before a job is queued:
-the source is present, its format is detected from content, the target is supported, options
-are in range, a SavedModel archive unpacks safely. The job key covers input digests,
-normalized options and tool versions.
+Everything that can be decided without loading a model happens here: the source is present, its
+format is detected from content and an archive (SavedModel, ONNX with external data) unpacks safely
+-- both in a sniffer subprocess (``converter_svc.sniff``), since they parse uploaded bytes -- the
+target is supported, options are in range. The job key covers input digests, normalized options
+and tool versions.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from dataclasses import dataclass
 
 from modelport import formats
 from modelport.conversion import onnx2tf_bridge, onnx2torch_bridge
-from modelport.conversion.convert import DEFAULT_SAMPLES, check_opset, source_path
+from modelport.conversion.convert import DEFAULT_SAMPLES, check_opset
 from modelport.errors import InvalidArgument
 from modelport.parity import DEFAULT_ATOL, DEFAULT_RTOL, QuantTolerances
 from modelport.runtime.job_cache import Job, job_key
@@ -39,8 +39,7 @@ async def plan_convert(service, request: converter_pb2.ConvertRequest) -> Conver
     onnx2tf_python = service.settings.onnx2tf_python
     # The one rule (modelport.trust): the request's flag counts only on a server that allows remote code.
     trusted = remote_code_allowed(request.trust_remote_code, service.settings.allow_remote_code, service.name)
-    path = store.path(request.source.digest)
-    fmt = await asyncio.to_thread(formats.detect_format, path)
+    fmt = await service.sniff(request.source.digest)  # in a sniffer process; archives unpacked there
     target = formats.check_target(fmt, request.target_format)
     versions = dict(service.versions)
     onnx2torch_python = service.settings.onnx2torch_python
@@ -61,8 +60,6 @@ async def plan_convert(service, request: converter_pb2.ConvertRequest) -> Conver
     p = request.parity
     if p.rtol < 0 or p.atol < 0 or p.num_samples < 0:
         raise InvalidArgument("parity rtol, atol and num_samples must be >= 0")
-    if formats.is_archive(path):  # SavedModel, ONNX with external data: traversal/size checks, once
-        await asyncio.to_thread(source_path, store, request.source.digest, fmt)
     options = {
         "target": target,
         "opset": opset if target == formats.ONNX or target == formats.PYTORCH and fmt != formats.ONNX else 0,

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from converter_svc.settings import ConverterSettings
-from modelport import formats
 from modelport.runtime.job_service import JobService
 from modelport.runtime.server import Registration
 from modelport.trust import remote_code_allowed
@@ -29,6 +26,8 @@ class ConverterService(JobService):
     result_field = "convert_result"
     # Worker function run per Convert job ("module:function"); tests may point it elsewhere.
     convert_job = "converter_svc.worker:convert"
+    sniff_job = "converter_svc.sniff:sniff"
+    sniff_preload = ("onnx", "converter_svc.sniff")
 
     def registrations(self) -> list[Registration]:
         from converter_svc.servicer import ConverterServicer
@@ -43,12 +42,10 @@ class ConverterService(JobService):
 
     async def inspect(self, digest: str, trust_remote_code: bool) -> jobs_pb2.ModelInfo:
         """ModelInfo of a local artifact, read in a worker: the model is untrusted input (an ONNX file is
-        parsed and handed to onnxruntime, a Keras model built), so the service process never parses it."""
+        parsed and handed to onnxruntime, a Keras model built), so the service process never parses it
+        (its format is sniffed in a sniffer process, the model read in a converter worker)."""
         trusted = remote_code_allowed(trust_remote_code, self.settings.allow_remote_code, self.name)
-        path = self.store.path(digest)
-        fmt = await asyncio.to_thread(formats.detect_format, path)
-        if fmt == formats.SAVEDMODEL:
-            await asyncio.to_thread(self.store.unpacked, digest)
+        await self.sniff(digest)  # the format, and an archive unpacked, in a sniffer process: errors before a job
         data = await self.pool.run("converter_svc.worker:inspect",
                                    {"store_root": str(self.store.root), "digest": digest,
                                     "trust_remote_code": trusted},

@@ -200,6 +200,7 @@ def config_override(request: pb.RepositoryModelLoadRequest) -> mc.ModelConfig | 
     if p is None:
         return None
     text = p.string_param or p.bytes_param.decode("utf-8", "replace")
+    repository.check_config_size(len(text.encode("utf-8", "surrogatepass")), "parameter 'config'")
     cfg = mc.ModelConfig()
     try:
         json_format.Parse(text, cfg, ignore_unknown_fields=True)

@@ -11,6 +11,7 @@ from inference_svc.shm import SharedMemoryRegistry
 from modelport import providers as eps
 from modelport.kserve.v2 import grpc_service_pb2, grpc_service_pb2_grpc
 from modelport.runtime.server import Registration, Service
+from modelport.runtime.sniffing import sniff_in, sniffer_pool
 from modelport.v1 import serving_pb2, serving_pb2_grpc
 
 log = logging.getLogger("modelport.inference")
@@ -49,6 +50,8 @@ class InferenceService(Service):
             inline_max_us=settings.inline_max_us,
         )
         self.shm = SharedMemoryRegistry(enabled=settings.shared_memory, max_regions=settings.max_shm_regions)
+        # A caller's model is parsed once in a sniffer process before onnxruntime sees it (model_check).
+        self.sniffer = sniffer_pool(self.name, ("onnx", "inference_svc.model_check"))
         self.ready = False
 
     def registrations(self) -> list[Registration]:
@@ -80,8 +83,14 @@ class InferenceService(Service):
             f"/{KSERVE}/CudaSharedMemoryUnregister",
         }
 
+    async def check_caller_model(self, path) -> None:
+        """Parse a caller's ONNX file in the sniffer under its memory bound (INVALID_ARGUMENT past it)."""
+        await sniff_in(self.sniffer, "inference_svc.model_check:check_onnx", {"path": str(path)},
+                       self.settings.sniff_timeout_s)
+
     async def startup(self) -> None:
         """Load and warm up every repository model before health turns SERVING."""
+        await self.sniffer.start(warm=0)  # started on the first LoadModel
         if self.settings.repository is not None:
             loaded = await self.manager.load_repository()
             log.info("repository %s: loaded %s", self.settings.repository, ", ".join(loaded) or "no models")
@@ -97,3 +106,4 @@ class InferenceService(Service):
         self.ready = False
         await self.manager.close()
         self.shm.close()
+        await self.sniffer.close()

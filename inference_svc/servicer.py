@@ -204,7 +204,9 @@ class ModelControlServicer(serving_pb2_grpc.ModelControlServicer):
         opts = protocol.load_options(request, self.manager.defaults)
         version = protocol.parse_version(request.version)
         stored = await self.service.pull(request.model)
-        path, config = resolve_artifact(self.service.store, stored, request.name)
+        # Off the event loop: unpacking and reading a caller's config.pbtxt (bounded) never stall inference.
+        path, config = await asyncio.to_thread(resolve_artifact, self.service.store, stored, request.name)
+        await self.service.check_caller_model(path)  # the caller's bytes: parsed in a sniffer first, bounded
         mv = await self.manager.load(request.name, path, version, config=config, options=opts,
                                      keep_versions=request.keep_versions, artifact=request.model)
         return serving_pb2.LoadModelResponse(model=protocol.served_model(mv), warnings=mv.warnings)

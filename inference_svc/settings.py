@@ -72,3 +72,6 @@ class InferenceSettings(ServiceSettings):
     max_shm_regions: int = 256
     """Most shared memory regions registered at once (each holds a file descriptor and a mapping); one more
     is refused with RESOURCE_EXHAUSTED."""
+    sniff_timeout_s: float = 120.0
+    """Limit in seconds for parsing a caller's ONNX model in the sniffer process before onnxruntime loads it
+    (LoadModel of an uploaded or pulled artifact; DEADLINE_EXCEEDED past it)."""

@@ -2,7 +2,8 @@
 
 Knows the five formats modelport converts from — Keras 3 ``.keras`` zip, HDF5, SavedModel tar
 archive, TFLite flatbuffer, ONNX protobuf — and which targets each converts to. Imports no
-TensorFlow (``onnx`` only, for the protobuf parse).
+TensorFlow (``onnx`` only, for the protobuf parse). Services call it in a sniffer subprocess
+(``modelport.runtime.sniffing``), never in their own process: uploaded bytes are untrusted.
 """
 
 from __future__ import annotations
@@ -91,7 +92,11 @@ def _is_onnx(path: Path) -> bool:
 
     try:
         model = onnx.load_model(str(path), load_external_data=False)
-    except Exception:  # noqa: BLE001 - any parse failure means "not ONNX"
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any other parse failure means "not ONNX"
+        if "alloc failed" in str(e).lower():  # upb's arena hit the sniffer's memory bound (runtime.sniffing)
+            raise MemoryError(str(e)) from None
         return False
     return model.ir_version > 0 and len(model.graph.node) > 0 and len(model.graph.output) > 0
 

@@ -29,6 +29,7 @@ DATA_FILE = "model.onnx.data"
 FORMAT = "modelport.generation/v1"
 DEFAULT_MAX_CONTEXT = 1024
 DEFAULT_MAX_BATCH = 8
+MAX_CONFIG_BYTES = 1 << 20  # generation.json is a few hundred bytes; it may come from a caller's upload
 INITIAL_CACHE = 64
 
 
@@ -64,9 +65,14 @@ class GenerationConfig:
     def load(cls, path: str | os.PathLike) -> GenerationConfig:
         path = Path(path)
         try:
+            if (size := path.stat().st_size) > MAX_CONFIG_BYTES:  # it may come from a caller's upload
+                raise InvalidArgument(f"{path.name} is {size} bytes; a generation config is at most "
+                                      f"{MAX_CONFIG_BYTES} bytes")
             raw = json.loads(path.read_text())
         except (OSError, ValueError) as e:
             raise InvalidArgument(f"{path.name} cannot be read as JSON: {e}") from None
+        except RecursionError:
+            raise InvalidArgument(f"{path.name} nests deeper than a generation config can") from None
         if not isinstance(raw, dict) or raw.get("format") != FORMAT:
             raise InvalidArgument(f"{path.name} is not a modelport generation config (format {FORMAT!r} expected)")
         known = {f.name for f in fields(cls)}

@@ -7,8 +7,9 @@ SavedModel variable shards, ONNX initializers and external data) without TensorF
 ``memory.max``, v1 ``memory.limit_in_bytes``), or MemAvailable when there is no limit, whichever is
 smaller. ``admit(...)`` raises ``ResourceExhausted`` naming both figures and what to try.
 
-The environment variable ``MODELPORT_MEMORY_LIMIT_BYTES`` caps what one job may use (an operator's
-budget on a shared machine, and what tests use). No grpc, no TensorFlow.
+The job services' setting ``memory_limit_bytes`` (environment ``MODELPORT_MEMORY_LIMIT_BYTES``, which the
+services also pass to their workers) caps what one job may use: an operator's budget on a shared machine,
+and what tests use. No grpc, no TensorFlow.
 """
 
 from __future__ import annotations
@@ -110,17 +111,17 @@ def cgroup_limit() -> tuple[int, int, str]:
     return 0, 0, ""
 
 
-def available_bytes() -> MemoryBudget:
+def available_bytes(limit: int | None = None) -> MemoryBudget:
     """Memory a new job can still take: cgroup headroom, MemAvailable, and the configured per-job cap
-    (``MODELPORT_MEMORY_LIMIT_BYTES``), whichever is smallest."""
+    (``limit``; when None, ``MODELPORT_MEMORY_LIMIT_BYTES``), whichever is smallest."""
     candidates: list[tuple[int, str, int]] = []
     info = _meminfo()
     if "MemAvailable" in info:
         candidates.append((info["MemAvailable"], "MemAvailable", 0))
-    limit, usage, what = cgroup_limit()
-    if limit:
-        candidates.append((max(0, limit - usage), f"{what} {fmt_bytes(limit)} minus {fmt_bytes(usage)} in use", limit))
-    configured = os.environ.get(LIMIT_ENV, "").strip()
+    group, usage, what = cgroup_limit()
+    if group:
+        candidates.append((max(0, group - usage), f"{what} {fmt_bytes(group)} minus {fmt_bytes(usage)} in use", group))
+    configured = os.environ.get(LIMIT_ENV, "").strip() if limit is None else str(limit)
     if configured:
         try:
             cap = int(float(configured))

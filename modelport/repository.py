@@ -49,8 +49,55 @@ class RepositoryModel:
         return select_versions(self.config.version_policy, list(self.versions))
 
 
+# Bounds on a model config read from a file or a request. A config may come from a caller (inside an
+# uploaded model-repository archive, or RepositoryModelLoad's 'config' parameter): Triton configs are a
+# few KB and nest about 5 levels, while the text-format parser takes seconds per MB and recurses per level.
+MAX_CONFIG_BYTES = 256 << 10
+MAX_CONFIG_DEPTH = 32
+
+
+def check_config_size(size: int, source: str) -> None:
+    """InvalidArgument for a model config larger than MAX_CONFIG_BYTES."""
+    if size > MAX_CONFIG_BYTES:
+        raise InvalidArgument(f"{source} is {size} bytes; a model config is at most {MAX_CONFIG_BYTES} bytes "
+                              "(Triton configs are a few KB): remove what is not configuration",
+                              {"file": source, "limit": str(MAX_CONFIG_BYTES)})
+
+
+def _nesting(text: str) -> int:
+    """The deepest ``{``/``<`` nesting of protobuf text outside strings and comments."""
+    depth = deepest = 0
+    quote = ""
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if quote:
+            if c == "\\":
+                i += 1
+            elif c == quote:
+                quote = ""
+        elif c in "\"'":
+            quote = c
+        elif c == "#":
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+        elif c in "{<":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in "}>":
+            depth -= 1
+        i += 1
+    return deepest
+
+
 def parse_config(text: str, source: str = "config.pbtxt") -> mc.ModelConfig:
-    """Parse config.pbtxt text (unknown Triton fields are skipped); InvalidArgument on syntax errors."""
+    """Parse config.pbtxt text (unknown Triton fields are skipped); InvalidArgument on syntax errors and
+    on text past the bounds (MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH levels of nesting)."""
+    check_config_size(len(text.encode("utf-8", "surrogatepass")), source)
+    if (depth := _nesting(text)) > MAX_CONFIG_DEPTH:
+        raise InvalidArgument(f"{source} nests {depth} levels deep; a model config nests at most "
+                              f"{MAX_CONFIG_DEPTH} (Triton configs use about 5): fix the braces",
+                              {"file": source, "limit": str(MAX_CONFIG_DEPTH)})
     cfg = mc.ModelConfig()
     try:
         text_format.Parse(text, cfg, allow_unknown_field=True)
@@ -61,9 +108,16 @@ def parse_config(text: str, source: str = "config.pbtxt") -> mc.ModelConfig:
 
 
 def read_config(path: str | os.PathLike) -> mc.ModelConfig:
-    """Read a config.pbtxt file."""
+    """Read a config.pbtxt file (its size checked before it is read)."""
     p = Path(path)
-    return parse_config(p.read_text(encoding="utf-8"), f"{p.parent.name}/{p.name}")  # relative: no internal paths
+    source = f"{p.parent.name}/{p.name}"  # relative: no internal paths
+    check_config_size(p.stat().st_size, source)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidArgument(f"{source} is not UTF-8 text ({exc.reason} at byte {exc.start}); save the model "
+                              "config as UTF-8", {"file": source}) from None
+    return parse_config(text, source)
 
 
 def format_config(config: mc.ModelConfig) -> str:
@@ -145,7 +199,8 @@ def write_model(root: str | os.PathLike, name: str, version: int, model: str | o
     """Write ``<root>/<name>/<version>/model.onnx`` (+ config.pbtxt when given); returns the file.
 
     An ONNX ``model`` file with external data brings its data file(s) along, copied beside it in the
-    version folder (ONNX Runtime resolves them there). The version folder appears
+    version folder (ONNX Runtime resolves them there); a generation folder (``model.onnx`` + ``generation.json``)
+    is copied whole. The version folder appears
     atomically (written in a temp folder, then renamed), so a scanning server never sees a
     half-written model.
     """
@@ -164,6 +219,8 @@ def write_model(root: str | os.PathLike, name: str, version: int, model: str | o
         target = tmp / fname
         if isinstance(model, (bytes, bytearray)):
             target.write_bytes(model)
+        elif Path(model).is_dir() and (Path(model) / "generation.json").is_file():  # a generation folder, whole
+            shutil.copytree(model, tmp, dirs_exist_ok=True)
         elif fname.endswith(".onnx"):
             from modelport.onnx_files import copy_model
 

@@ -91,6 +91,19 @@ def remote_code_allowed(requested: bool, allowed: bool, service: str) -> bool:
     return True
 
 
+def hide_from_model_code() -> bool:
+    """Make this (service) process non-dumpable (Linux ``PR_SET_DUMPABLE`` 0): processes of the same user --
+    its workers, where a model's own code runs under --allow-remote-code -- can then no longer read its
+    ``/proc/<pid>/environ`` (the token a Deployment passes in the environment), its memory, or ptrace it.
+    Workers are exec'd, so they stay ordinary processes. Returns whether it took effect."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0) == 0  # PR_SET_DUMPABLE
+    except (OSError, AttributeError):  # not Linux
+        return False
+
+
 # ---- names from requests ------------------------------------------------------------------------
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from modelport.errors import FailedPrecondition, InvalidArgument
+from modelport.formats import MAX_SNIFF_MEMBERS
 from modelport.generation_model import (
     CONFIG_FILE,
     DATA_FILE,
@@ -52,8 +53,13 @@ def is_generation_archive(path: Path) -> bool:
             head = f.read(262)
         if len(head) < 262 or head[257:262] != b"ustar":
             return False
-        with tarfile.open(path, "r:*") as tar:
-            names = {Path(m.name).name for m in tar.getmembers()}
+        names: set[str] = set()
+        with tarfile.open(path, "r:*") as tar:  # header by header, at most MAX_SNIFF_MEMBERS (no header bomb)
+            for _ in range(MAX_SNIFF_MEMBERS):
+                if (m := tar.next()) is None:
+                    break
+                names.add(Path(m.name).name)
+                tar.members = []
         return CONFIG_FILE in names and MODEL_FILE in names
     except (OSError, tarfile.TarError):
         return False

@@ -20,6 +20,8 @@ class OptimizerService(JobService):
     tool_packages = ("onnxruntime", "onnx", "tensorflow", "tf-keras", "tensorflow-model-optimization", "tf2onnx")
     job_version = "2"  # bump when optimizer code changes results (invalidates cached jobs)
     result_field = "optimize_result"
+    sniff_job = "optimizer_svc.sniff:sniff"
+    sniff_preload = ("onnx", "optimizer_svc.sniff")
 
     def registrations(self) -> list[Registration]:
         return [Registration(optimizer_pb2_grpc.add_OptimizerServicer_to_server, OptimizerServicer(self),

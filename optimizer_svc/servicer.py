@@ -19,5 +19,5 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServicer):
         remote_code_allowed(request.trust_remote_code, svc.settings.allow_remote_code, svc.name)
         for ref in request_refs(request):
             await svc.pull(ref)
-        async for event in svc.run(plan_optimize(svc, request)):
+        async for event in svc.run(await plan_optimize(svc, request)):
             yield event

@@ -30,6 +30,7 @@ from optimizer_svc import int8_search as IS
 from optimizer_svc import measure as M
 from optimizer_svc import onnx_techniques as OT
 from optimizer_svc import selection
+from optimizer_svc.admission import admit_plan
 from optimizer_svc.llm_job import optimize_generation
 from optimizer_svc.llm_techniques import is_generation_archive
 from optimizer_svc.technique_options import NEEDS_TRAIN, parse_options, plan
@@ -43,8 +44,9 @@ GOALS = {optimizer_pb2.GOAL_UNSPECIFIED: "latency", optimizer_pb2.GOAL_LATENCY: 
 def sniff_format(path: Path, parse: bool = True) -> str:
     """onnx | keras (a .keras zip or an HDF5 file); InvalidArgument for anything else.
 
-    With ``parse=False`` (the service process) an ONNX file is only told apart by its header, so a
-    big model is not parsed on the event loop; the worker parses it fully.
+    Runs in the optimizer's sniffer process before a job is queued (``optimizer_svc.sniff``) and again
+    in the worker; never in the service process. With ``parse=False`` an ONNX file is only told apart by
+    its header.
     """
     if is_generation_archive(path) or (path.name == "model.onnx" and (path.parent / "generation.json").is_file()):
         return "generation"  # the archive, or its model.onnx once unpacked (see _model_path)
@@ -61,7 +63,9 @@ def sniff_format(path: Path, parse: bool = True) -> str:
 
     try:
         onnx.load(str(path), load_external_data=False)
-    except Exception:  # noqa: BLE001 - anything unreadable is the user's input problem
+    except Exception as e:  # noqa: BLE001 - anything unreadable is the user's input problem
+        if isinstance(e, MemoryError) or "alloc failed" in str(e).lower():  # the sniffer's memory bound
+            raise MemoryError(str(e)) from None
         raise InvalidArgument("the model is neither ONNX nor a Keras .keras/.h5 file; convert it to ONNX first "
                               "(Converter.Convert) or upload the Keras model") from None
     return "onnx"
@@ -207,6 +211,8 @@ def _optimize(progress, store: ArtifactStore, req: optimizer_pb2.OptimizeRequest
         for t in needs_labels:
             the_plan.run.remove(t)
             the_plan.skipped.append((t, f"{t} fine-tunes on labels and train_data has no 'y' array"))
+    # Memory admission (optimizer_svc.admission): under auto what cannot fit is skipped, with the reason.
+    memory_note = admit_plan(the_plan, fmt, store.path(req.model.digest))
     source = None
     if fmt == "keras":
         from modelport.conversion.onnx_export import keras_model_to_onnx
@@ -267,6 +273,7 @@ def _optimize(progress, store: ArtifactStore, req: optimizer_pb2.OptimizeRequest
     # the inference service's (modelport.cpuinfo.compare).
     baseline.details["cpu_flags"] = cpuinfo.format_flags(cpuinfo.relevant_flags())
     baseline.details.update(export_note)
+    baseline.details.update(memory_note)
     if choice.warnings:
         baseline.note = "; ".join(choice.warnings)
     if export_note.get("baseline_export") == "tf-keras":

@@ -57,9 +57,20 @@ def root(
     tls_server_name: str = typer.Option(None, envvar="MODELPORT_TLS_SERVER_NAME",
                                         help="Override the TLS server name checked."),
     auth_token: str = typer.Option(None, envvar="MODELPORT_AUTH_TOKEN", help="Bearer token for mutating RPCs."),
+    auth_token_file: Path = typer.Option(None, envvar="MODELPORT_AUTH_TOKEN_FILE",
+                                         help="File holding the bearer token (one line), instead of --auth-token "
+                                              "(the file `modelport up --token-file` gives the services)."),
     timeout: float = typer.Option(None, envvar="MODELPORT_TIMEOUT", help="Per-RPC timeout in seconds."),
 ) -> None:
     """modelport gateway: one command from a Keras file to a verified, served model."""
+    if auth_token_file is not None and not auth_token:
+        try:
+            auth_token = auth_token_file.expanduser().read_text(encoding="utf-8").strip().split("\n")[0].strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise fail(f"cannot read --auth-token-file {auth_token_file}: {getattr(e, 'strerror', None) or e}",
+                       2) from None
+        if not auth_token:
+            raise fail(f"--auth-token-file {auth_token_file} is empty; write the token into it (one line)", 2)
     overrides = dict(converter=converter, optimizer=optimizer, inference=inference, tls_ca=tls_ca, tls_cert=tls_cert,
                      tls_key=tls_key, tls_server_name=tls_server_name, auth_token=auth_token, timeout=timeout)
     try:

@@ -42,6 +42,9 @@ def deploy(
     offline: bool = typer.Option(None, "--offline/--online",
                                  help="Run in-process without services; write a model-repository bundle."),
     output: Path = typer.Option(None, "--output", "-o", help="Offline bundle folder (default ./<name>-repository)."),
+    generation: str = typer.Option(None, help="auto (default): a keras_hub causal LM or decoder backbone .keras deploys "
+                                                "for generation (KV-cache step, streamed tokens); on: require it; off: "
+                                                "plain ONNX."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
     """Upload → convert → optimize → verify → load → smoke test → report."""
@@ -50,7 +53,8 @@ def deploy(
 
     overrides = dict(model=str(model) if model else None, name=name, target=target, optimize=optimize or None,
                      calib=calib, eval=eval_data, train=train, max_accuracy_drop=max_accuracy_drop, goal=goal, ep=ep,
-                     opset=opset, version=version, options=parse_options(option), offline=offline, output=output)
+                     opset=opset, version=version, options=parse_options(option), offline=offline, output=output,
+                     generation=generation)
     if model is None and spec_file is None:
         raise fail("give a MODEL file or a pipeline spec with -f pipeline.yaml", 2)
     try:

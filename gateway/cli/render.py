@@ -165,6 +165,9 @@ def print_report(console: Console, report: DeployReport) -> None:
                                   f"`modelport-inference --repository {report.bundle}`)"
         console.print(f"[bold green]deployed[/] {report.name} v{report.version} on "
                       f"{report.execution_provider or '?'} — {where or report.endpoint} in {report.seconds:.1f} s")
+        if report.target == "generation":
+            console.print(f"a generation model: stream tokens with `modelport generate {report.name} --input-ids 1,2,3 "
+                          "--max-tokens 32` (or tritonclient's start_stream, TensorRT-LLM tensor names)", highlight=False)
     elif report.error:
         e = report.error
         console.print(f"[bold red]deploy failed[/] at stage [bold]{e.get('stage')}[/]: {e.get('code')}: "

@@ -72,6 +72,29 @@ def is_causal_lm(model: Any) -> bool:
         and hasattr(getattr(model, "backbone", None), "token_embedding")
 
 
+def as_causal_lm(model: Any) -> Any:
+    """A keras_hub causal LM as it is; a decoder backbone (e.g. ``GPT2Backbone``) wrapped in its ``CausalLM`` task
+    (``preprocessor=None``; the LM head is the backbone's own reversible token embedding, no new weights); anything
+    else unchanged (``is_causal_lm`` then refuses it)."""
+    if is_causal_lm(model) or not hasattr(model, "token_embedding"):
+        return model
+    try:
+        from keras_hub.src.models.causal_lm import CausalLM
+    except ImportError:
+        return model
+
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+
+    tasks = [c for c in subclasses(CausalLM) if getattr(c, "backbone_cls", None) is type(model)]
+    tasks.sort(key=lambda c: (c.__name__ not in SUPPORTED, c.__name__))  # the plain task before e.g. assistants
+    if not tasks:
+        return model
+    return tasks[0](backbone=model, preprocessor=None)
+
+
 def _backbone_call(backbone, token_ids):
     import tensorflow as tf
 
@@ -424,9 +447,12 @@ def convert_for_generation(store, src, source_info, opset: int, allow_mismatch: 
     from modelport.v1 import artifacts_pb2, jobs_pb2
 
     model = getattr(src, "model", None)
+    wrapped_from = type(model).__name__ if model is not None and not is_causal_lm(model) else ""
+    model = as_causal_lm(model) if model is not None else None
     if model is None or not is_causal_lm(model):
         raise InvalidArgument(
-            f"the generation target takes a keras_hub causal LM (.keras of e.g. GPT2CausalLM, LlamaCausalLM); this "
+            f"the generation target takes a keras_hub causal LM or its decoder backbone (.keras of e.g. GPT2CausalLM, "
+            f"LlamaCausalLM, GPT2Backbone); this "
             f"model is a {source_info.details.get('model_class', src.format)}; convert it to onnx instead")
     workdir = store.mkdtemp("generation")
     try:
@@ -458,6 +484,11 @@ def convert_for_generation(store, src, source_info, opset: int, allow_mismatch: 
                              "num_kv_heads": str(config.num_kv_heads), "head_dim": str(config.head_dim),
                              "vocabulary_size": str(config.vocabulary_size), "max_context": str(config.context_limit),
                              "external_data": str(config.external_data).lower()})
+        if wrapped_from:
+            info.details["wrapped_backbone"] = wrapped_from
+        if same:  # what a served FP32 step must reproduce (the deploy smoke test generates it again)
+            info.details["parity_prompt"] = ",".join(str(t) for t in result["prompt"])
+            info.details["parity_tokens"] = ",".join(str(t) for t in result["keras"])
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return jobs_pb2.ConvertResult(

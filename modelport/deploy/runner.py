@@ -2,7 +2,9 @@
 
 ``run_pipeline(client, spec)`` chains the stages over the three services, speaking to them only
 through ``modelport.Client`` (no stubs, no protobuf built here), and returns a ``DeployReport``;
-a failing stage raises ``StageFailed`` carrying the partial report.
+a failing stage raises ``StageFailed`` carrying the partial report. A keras_hub causal LM (or decoder
+backbone) goes the same stages on the generation path (``modelport.deploy.generation``): converted to the
+KV-cache step, weight-only optimized, loaded as a decoupled model, smoke-tested by streaming a generation.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from modelport import media
+from modelport.deploy.generation import causal_lm_of, parse_ids, smoke_generation
 from modelport.deploy.report import DeployReport, Progress, StageFailed, StageReport
 from modelport.deploy.spec import DeploySpec, read_npz
 from modelport.dtypes import to_numpy_dtype
@@ -42,6 +45,22 @@ def _parity_summary(p) -> str:
     return s
 
 
+def _generation_parity(p) -> str:
+    out = p.outputs[0] if p.outputs else None
+    if out is None or not p.samples:
+        return ""
+    if not p.passed:
+        return f"FAILED: {p.inputs_source}"
+    return f"greedy tokens equal keras_hub generate(): {p.samples} of {p.samples}"
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(text) if text else None
+    except ValueError:
+        return None
+
+
 class _Runner:
     def __init__(self, client, spec: DeploySpec, progress: Progress | None):
         self.client = client
@@ -51,6 +70,7 @@ class _Runner:
         self.tmp = tempfile.TemporaryDirectory(prefix="modelport-deploy-")
         self.refs: dict[str, Any] = {}
         self.eval_arrays: dict[str, np.ndarray] | None = None
+        self.lm = None  # a keras_hub causal LM: deployed on the generation path (modelport.deploy.generation)
         self.cached_jobs: set[str] = set()  # job stages whose result the service returned from its cache
 
     # one stage: time it, report it, turn any error into StageFailed
@@ -93,7 +113,13 @@ class _Runner:
     # ---- stages ----
     def upload(self, rep: StageReport) -> None:
         spec = self.spec
-        self.eval_arrays = read_npz(spec.eval) if spec.eval else None
+        self.lm = causal_lm_of(spec.model) if spec.generation != "off" else None
+        if spec.generation == "on" and self.lm is None:
+            raise FailedPrecondition(f"generation: on needs a keras_hub causal LM or decoder backbone saved as .keras "
+                                     f"(e.g. GPT2CausalLM, LlamaCausalLM, GPT2Backbone); {spec.model.name} is not one")
+        if self.lm is not None:
+            self.report.target = "generation"
+        self.eval_arrays = read_npz(spec.eval) if spec.eval and self.lm is None else None
         # a SavedModel folder or an ONNX model with external data travels as one archive artifact (streamed)
         files = [("model", spec.model, None)]
         for key in ("calib", "eval", "train"):
@@ -124,10 +150,13 @@ class _Runner:
         rep.cached = len(stored) == len(files)
         rep.detail = f"{model.digest[:19]}… to converter" + (f" ({', '.join(stored)} already stored)" if stored else "")
         rep.data = {k: {"digest": r.digest, "size": r.size, "media_type": r.media_type} for k, r in self.refs.items()}
+        if self.lm is not None:
+            rep.detail += f"; {self.lm.describe()}: deployed for generation"
+            rep.data["generation"] = {"class": self.lm.class_name, "task": self.lm.task}
 
     def convert(self, rep: StageReport) -> None:
         spec = self.spec
-        res = self.client.convert(self.refs["model"], spec.target, opset=spec.opset,
+        res = self.client.convert(self.refs["model"], "generation" if self.lm else spec.target, opset=spec.opset,
                                   parity_samples=self.refs.get("parity"), num_samples=spec.parity_samples,
                                   trust_remote_code=spec.trust_remote_code, on_event=self.on_job("convert"))
         self.convert_result = res
@@ -146,6 +175,13 @@ class _Runner:
             "parity_passed": res.parity.passed,
             "source_format": res.source_info.format,
         }
+        if self.lm is not None:
+            d = res.info.details
+            rep.parity = _generation_parity(res.parity)
+            rep.detail = ("cached result; " if rep.cached else "") + (f"{d.get('architecture', self.lm.task)} KV-cache step: {d.get('num_layers')} layers, "
+                          f"{d.get('num_kv_heads')} kv heads x {d.get('head_dim')}, context {d.get('max_context')}"
+                          + (f" (from {d['wrapped_backbone']})" if d.get("wrapped_backbone") else ""))
+            rep.data["generation"] = dict(d)
 
     def optimize(self, rep: StageReport) -> None:
         spec = self.spec
@@ -157,7 +193,7 @@ class _Runner:
             rep.format = self.report.stage("convert").format
             rep.size_bytes = self.final_ref.size
             return
-        keras_source = self.convert_result.source_info.format in ("keras", "h5", "savedmodel")
+        keras_source = self.convert_result.source_info.format in ("keras", "h5", "savedmodel") and self.lm is None
         # auto on a Keras source gets the original, so TFMOT/TFLite candidates compete too
         use_source = keras_source and (techniques == ["auto"] or bool(KERAS_TECHNIQUES & set(techniques)))
         model = self.refs["model"] if use_source else self.final_ref
@@ -183,9 +219,10 @@ class _Runner:
                     "gzip_size_bytes": c.gzip_size_bytes, "latency_p50_ms": c.latency_p50_ms,
                     "latency_p90_ms": c.latency_p90_ms, "accuracy": c.accuracy, "agreement": c.agreement,
                     "max_abs_diff": c.max_abs_diff, "within_budget": c.within_budget, "chosen": c.chosen,
-                    "note": c.note}
+                    "note": c.note, **({"tokens_per_s": _number(c.details.get("tokens_per_s")),
+                                        "ms_per_token": _number(c.details.get("ms_per_token"))} if self.lm else {})}
 
-        rep.data = {"input": "original model" if use_source else "converted onnx",
+        rep.data = {"input": "original model" if use_source else ("generation step" if self.lm else "converted onnx"),
                     "chosen": res.chosen_technique, "reason": res.reason, "baseline": row(base),
                     "candidates": [row(c) for c in res.candidates]}
         if base.latency_p50_ms and chosen.latency_p50_ms:
@@ -197,7 +234,12 @@ class _Runner:
         spec = self.spec
         cr = self.convert_result
         checks = []
-        if cr.parity.samples:
+        if cr.parity.samples and self.lm is not None:
+            if not cr.parity.passed:
+                raise FailedPrecondition(f"greedy decoding from the exported step differs from keras_hub generate() "
+                                         f"({cr.parity.inputs_source})")
+            checks.append(_generation_parity(cr.parity))
+        elif cr.parity.samples:
             if not cr.parity.passed:
                 raise FailedPrecondition(f"the converted model disagrees with the original "
                                          f"({_parity_summary(cr.parity)})")
@@ -217,22 +259,29 @@ class _Runner:
                     raise FailedPrecondition(f"{res.chosen_technique} drops accuracy by {drop:.4f} > budget {limit:.4f}; "
                                              "raise --max-accuracy-drop or choose other techniques")
             elif chosen.technique != "baseline" and chosen.agreement > 0:
-                checks.append(f"top-1 agreement with baseline {chosen.agreement * 100:.1f}%")
+                what = "greedy-token agreement with the FP32 step" if self.lm else "top-1 agreement with baseline"
+                checks.append(f"{what} {chosen.agreement * 100:.1f}%")
                 if 1.0 - chosen.agreement > spec.max_accuracy_drop + 1e-9:
                     raise FailedPrecondition(f"{res.chosen_technique} agrees with the baseline on only "
                                              f"{chosen.agreement * 100:.1f}% of samples (budget {spec.max_accuracy_drop})")
             rep.latency_ms = _finite(chosen.latency_p50_ms)
-        if self.final_ref.media_type and not media.is_onnx(self.final_ref.media_type):
+        served = media.GENERATION if self.lm is not None else None
+        if self.final_ref.media_type and not media.is_onnx(self.final_ref.media_type) \
+                and self.final_ref.media_type != served:
             raise FailedPrecondition(f"the chosen model is {self.final_ref.media_type}, but the "
                                      "inference service serves ONNX; choose ONNX techniques or --optimize none")
         rep.parity = "; ".join(checks) or "no samples"
-        rep.format = "onnx"
+        rep.format = "generation" if self.lm else "onnx"
         rep.size_bytes = self.final_ref.size
         rep.data = {"checks": checks}
 
     def load(self, rep: StageReport) -> None:
         spec = self.spec
         batching = spec.batching.model_dump() if spec.batching is not None else None
+        if self.lm is not None and batching is not None:  # the generation engine batches decode steps itself
+            self.report.warnings.append("batching settings do not apply to a generation model: concurrent generations "
+                                        "share decode steps (continuous batching, up to generation.json max_batch)")
+            batching = None
         resp = self.client.load_model(spec.name, self.final_ref, version=spec.version, execution_provider=spec.ep,
                                       batching=batching, keep_versions=spec.keep_versions)
         m = resp.model
@@ -246,13 +295,17 @@ class _Runner:
             warning = cpuinfo.serving_warning(self.optimize_result.baseline.details.get("cpu_flags"),
                                               self.client.server_metadata().extensions)
             self.report.warnings += [warning] if warning else []
-        rep.format = "onnx"
+        rep.format = "generation" if self.lm else "onnx"
         rep.size_bytes = self.final_ref.size
         rep.detail = f"{m.name} v{m.version} {m.state} on {m.execution_provider}"
+        if self.lm is not None:
+            rep.detail += "; decoupled: tokens stream over ModelStreamInfer (modelport generate, tritonclient)"
         rep.data = {"name": m.name, "version": m.version, "state": m.state, "digest": self.final_ref.digest,
                     "execution_provider": m.execution_provider, "warnings": list(resp.warnings)}
 
     def smoke(self, rep: StageReport) -> None:
+        if self.lm is not None:
+            return self.smoke_generation(rep)
         spec = self.spec
         meta = self.client.model_metadata(spec.name, self.report.version)
         labels = None
@@ -304,6 +357,24 @@ class _Runner:
                 if opt_acc is not None and abs(opt_acc - acc) > 0.02:
                     self.report.warnings.append(
                         f"served accuracy {acc:.4f} differs from the optimizer's measurement {opt_acc:.4f}")
+
+    def smoke_generation(self, rep: StageReport) -> None:
+        """Generate over ModelStreamInfer after the converter's parity prompt; the FP32 step must reproduce
+        keras_hub's greedy tokens, a quantized one reports how many it shares."""
+        d = self.convert_result.info.details
+        fp32 = self.final_ref.digest == self.convert_result.artifact.digest
+        r = smoke_generation(self.client, self.spec.name, self.report.version, parse_ids(d.get("parity_prompt", "")),
+                             parse_ids(d.get("parity_tokens", "")), int(d.get("vocabulary_size", "0") or 0),
+                             must_equal=fp32)
+        n, ref = len(r["tokens"]), r["reference"]
+        rep.format = "generation"
+        rep.latency_ms = r["ttft_ms"]
+        rep.detail = (f"{n} tokens streamed after a {len(r['prompt'])}-token prompt, first after {r['ttft_ms']:.0f} ms, "
+                      f"{r['tokens_per_s']:.1f} tokens/s")
+        if ref:
+            rep.parity = (f"greedy tokens equal keras_hub generate(): {r['equal_to_keras']} of {len(ref)}"
+                          + ("" if fp32 else f" (served {self.optimize_result.chosen_technique})"))
+        rep.data = {"samples": 1, "requests": 1, **r}
 
     def run(self) -> DeployReport:
         t0 = time.perf_counter()

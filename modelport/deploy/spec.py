@@ -68,6 +68,9 @@ class DeploySpec(BaseModel):
     """Technique parameters, e.g. prune.sparsity: '0.8'."""
     batching: BatchingSpec | None = None
     trust_remote_code: bool = False
+    generation: Literal["auto", "on", "off"] = "auto"
+    """auto: a keras_hub causal LM (or decoder backbone) .keras deploys on the generation path (KV-cache step,
+    weight-only quantization, streamed tokens); on: require that; off: plain ONNX (logits/hidden states)."""
     parity_samples: int = Field(16, ge=1, le=4096)
     """How many eval rows the converter's parity check uses."""
     keep_versions: int = Field(0, ge=0)

@@ -14,13 +14,14 @@ from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 from google.protobuf.message import Message
-from pydantic import model_validator
+from pydantic import AliasChoices, Field, model_validator
 
 from modelport import tmpfiles
 from modelport.runtime.job_cache import Job, JobCache, tool_versions
 from modelport.runtime.job_events import job_events
 from modelport.runtime.server import Service
 from modelport.runtime.settings import ServiceSettings
+from modelport.runtime.sniffing import sniff_in, sniffer_pool
 from modelport.runtime.workers import WorkerPool
 from modelport.v1 import artifacts_pb2, jobs_pb2
 
@@ -39,10 +40,23 @@ class JobServiceSettings(ServiceSettings):
     forever. ``max_jobs_per_worker`` (and its environment name) is the old optimizer name, still accepted."""
     warm_workers: int = 1
     """Workers started (their libraries pre-imported) before the service reports SERVING."""
+    sniff_timeout_s: float = 120.0
+    """Limit in seconds for reading an upload's format in a sniffer process before a job is queued."""
     allow_remote_code: bool = False
     """Let requests with trust_remote_code=true run a model's own Python code (Keras Lambda layers, custom
     objects, SavedModel graphs that read or write files). Off: such requests get PERMISSION_DENIED whatever
-    they ask. Turn it on only for a service that converts models from trusted sources."""
+    they ask. Turn it on only for a service that converts models from trusted sources (the service process then
+    makes itself non-dumpable: model code in its workers cannot read its environment or memory)."""
+    memory_limit_bytes: int = Field(0, ge=0, validation_alias=AliasChoices("memory_limit_bytes",
+                                                                           "MODELPORT_MEMORY_LIMIT_BYTES"))
+    """Most memory one job may use, in bytes (0 = what the machine or container has left: the cgroup limit
+    minus its use, or MemAvailable). Jobs whose estimate (weight bytes x the technique's factor) passes it
+    are refused with RESOURCE_EXHAUSTED before they start, or under ``auto`` skipped. Environment:
+    ``MODELPORT_MEMORY_LIMIT_BYTES`` (one name for every service)."""
+
+    def worker_environment(self) -> dict[str, str]:
+        """Settings the job code in the workers reads from its environment (``modelport.memory``)."""
+        return {"MODELPORT_MEMORY_LIMIT_BYTES": str(self.memory_limit_bytes)} if self.memory_limit_bytes else {}
 
     @model_validator(mode="before")
     @classmethod
@@ -87,11 +101,18 @@ class JobService(Service):
     """Bump when this service's job code changes its results (invalidates cached jobs)."""
     result_field: ClassVar[str] = ""
     """The ``JobEvent`` field the final result travels in."""
+    sniff_job: ClassVar[str] = ""
+    """Sniffer function ("module:function", args ``store_root``, ``digest``) returning a model's format."""
+    sniff_preload: ClassVar[tuple[str, ...]] = ()
+    """Modules a sniffer process imports when it starts."""
 
     def __init__(self, settings: JobServiceSettings):
         super().__init__(settings)
+        # Uploaded bytes are parsed in sniffer processes, never here (modelport.runtime.sniffing).
+        self.sniffer = sniffer_pool(self.name, self.sniff_preload)
         self.cache = JobCache(self.store.root)
-        self.pool = WorkerPool(size=settings.max_concurrent_jobs, env=dict(self.worker_env),
+        self.pool = WorkerPool(size=settings.max_concurrent_jobs, env={**self.worker_env,
+                                                                       **settings.worker_environment()},
                                preload=self.worker_preload, max_jobs_per_worker=settings.worker_max_jobs,
                                name=f"{self.name}-worker", on_worker_lost=self._worker_lost)
         self.versions = {f"modelport-{self.name}": self.job_version, **tool_versions(self.tool_packages)}
@@ -104,10 +125,18 @@ class JobService(Service):
             log.info("removed %d temp entr%s of %s worker %d", removed, "y" if removed == 1 else "ies", self.name, pid)
 
     async def startup(self) -> None:
+        await self.sniffer.start(warm=0)  # started on the first request
         await self.pool.start(warm=self.settings.warm_workers)
 
     async def shutdown(self) -> None:
+        await self.sniffer.close()
         await self.pool.close()
+
+    async def sniff(self, digest: str) -> str:
+        """The format of a stored (local) artifact, read in a sniffer process under a memory bound; archives
+        are unpacked there. Raises the domain error the client must see (``sniffing.sniff_in``)."""
+        return await sniff_in(self.sniffer, self.sniff_job, {"store_root": str(self.store.root), "digest": digest},
+                              self.settings.sniff_timeout_s)
 
     def run(self, job: Job) -> AsyncIterator[jobs_pb2.JobEvent]:
         """The JobEvents of ``job``: queued, progress, then the result (or an error and the RPC fails)."""

@@ -13,12 +13,14 @@ import asyncio
 import logging
 import signal
 import socket
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from pydantic import ValidationError
 
 from modelport.runtime.artifacts import ArtifactsServicer, ensure_local
 from modelport.runtime.channels import ClientTLS, make_channel
@@ -27,7 +29,7 @@ from modelport.runtime.logs import setup_logging
 from modelport.runtime.settings import ServiceSettings, parse_settings
 from modelport.runtime.workers import scrub_environment
 from modelport.store import ArtifactStore, StoredArtifact
-from modelport.trust import OriginPolicy
+from modelport.trust import OriginPolicy, hide_from_model_code
 from modelport.v1 import artifacts_pb2, artifacts_pb2_grpc
 
 log = logging.getLogger("modelport.server")
@@ -280,13 +282,23 @@ async def serve(service: Service) -> int:
 def run_service(service_cls: type[Service], settings_cls: type[ServiceSettings], argv: list[str] | None = None,
                 prog: str | None = None) -> int:
     """Process entry point for ``modelport-<service>`` and ``python -m <svc>``."""
-    settings = parse_settings(settings_cls, argv, prog=prog)
+    try:
+        settings = parse_settings(settings_cls, argv, prog=prog)
+    except ValidationError as e:  # the messages only: pydantic's repr of the input would show the token
+        for err in e.errors(include_input=False, include_url=False):
+            where = ".".join(str(x) for x in err.get("loc", ())) or "settings"
+            print(f"{prog or settings_cls.__name__}: {where}: {err['msg']}", file=sys.stderr)
+        return 2
     setup_logging(settings.log_level, settings.log_json)
     # The settings hold what they need: tokens and key paths leave the environment every child
     # process (workers that may run model code, converter bridges) would inherit.
     removed = scrub_environment()
     if removed:
         log.info("removed %s from the environment children inherit", ", ".join(sorted(removed)))
+    # Model code may run in this service's workers: they must not read the token from our /proc/<pid>/environ.
+    if getattr(settings, "allow_remote_code", False) and hide_from_model_code():
+        log.info("model code may run in workers (--allow-remote-code): this process is not dumpable, so they "
+                 "cannot read its environment or memory")
     return event_loop_runner(settings.event_loop)(serve(service_cls(settings)))
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -58,6 +58,9 @@ class ServiceSettings(BaseSettings):
     auth_token: str | None = Field(default=None, repr=False)
     """Bearer token required on every RPC that writes to the store, pulls from an origin, loads a model or
     runs model code (upload, convert, inspect, optimize, load, unload, shared-memory registration)."""
+    auth_token_file: Path | None = None
+    """File holding auth_token (its first line; a mounted Secret, say): the token stays out of the command line
+    and the environment, where other processes of the host could read it. Give auth_token or this, not both."""
     allow_unauthenticated: bool = False
     """Run without a token on an interface other than loopback (every mutating RPC open to anyone who can
     reach the port). Without it such a service refuses to start; on loopback no token is needed."""
@@ -68,6 +71,26 @@ class ServiceSettings(BaseSettings):
     its own address is always allowed. Any other origin is refused with PERMISSION_DENIED."""
     metrics_host: str = ""
     """Interface the Prometheus metrics HTTP server binds (default: the gRPC --host)."""
+
+    @model_validator(mode="after")
+    def _token_from_file(self) -> ServiceSettings:
+        """auth_token from auth_token_file; a missing, unreadable or empty file refuses to start (fail closed)."""
+        if self.auth_token_file is None:
+            return self
+        path = self.auth_token_file
+        if self.auth_token:
+            raise ValueError("give the auth token once: auth_token (--auth-token) or auth_token_file "
+                             "(--auth-token-file), not both")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"cannot read auth_token_file {path}: {getattr(e, 'strerror', None) or e}; "
+                             "point it at the file holding the token") from None
+        token = text.strip().splitlines()[0].strip() if text.strip() else ""
+        if not token:
+            raise ValueError(f"auth_token_file {path} is empty; write the token into it (one line)")
+        self.auth_token = token
+        return self
 
 
 def parse_settings(cls: type[ServiceSettings], argv: list[str] | None = None, prog: str | None = None):

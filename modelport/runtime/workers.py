@@ -175,7 +175,8 @@ def _death_error(name: str, code: int | None) -> ModelportError:
             details={"exit": "SIGKILL", "available_bytes": str(budget.available)})
     return Internal(
         f"the {name} process died ({_describe_exit(code)}) while running this job; "
-        "the model may crash TensorFlow or need more memory. The service is unaffected."
+        "the model may crash TensorFlow or need more memory. The service is unaffected.",
+        details={"exit": _describe_exit(code)},
     )
 
 
