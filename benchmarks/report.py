@@ -19,7 +19,7 @@ from benchmarks import common
 
 #: Sections appear in this order (a section ``X`` or ``X_<anything>`` belongs to ``X``);
 #: unknown sections follow alphabetically.
-SECTION_ORDER = ["e2e", "serving", "optimize", "convert", "artifacts", "reliability"]
+SECTION_ORDER = ["e2e", "serving", "optimize", "convert", "breadth", "artifacts", "reliability"]
 
 INTRO = """\
 # modelport benchmarks

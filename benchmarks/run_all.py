@@ -35,13 +35,18 @@ TIMEOUTS = {
     "e2e": 420,
     "external_data": 420,
     "llm": 900,
+    "breadth": 900,
     "large": 1500,  # multi-GB: builds, converts, quantizes and serves 0.55-2.34 GB models (--quick: VGG-16 only)
     "reliability": 900,  # its own bound is 15 minutes on 2 cores (soak, jobs, slow clients, faults)
 }
+#: Extra arguments of a full run: the breadth matrix (~45 models, two converters each) takes well over an
+#: hour on 2 cores, so a suite run refreshes its stalest rows for 12 minutes and keeps the others.
+FULL_ARGS = {"breadth": ["--budget", "720", "--timeout", "300"]}
 DEFAULT_TIMEOUT = 240
 QUICK_TIMEOUT = 120
 #: ``--quick`` bounds of the benchmarks whose quick mode needs longer than QUICK_TIMEOUT.
 QUICK_TIMEOUTS = {
+    "breadth": 180,  # MobileNetV2 and an LSTM, two converters each, TensorFlow imported per process
     "reliability": 360,  # short soaks, plus reliability_faults' crash/resume and full-disk runs (about 2.5 min)
 }
 #: The whole suite's bound: a benchmark only gets the time that is left of it.
@@ -61,7 +66,8 @@ def run_one(name: str, quick: bool, timeout: float, log_dir: Path, package: str 
             cwd: Path | None = None) -> dict:
     """Run ``python -m benchmarks.bench_<name> [--quick]`` in its own process group; kill the
     group (the benchmark and any service it started) on timeout. Returns a status record."""
-    cmd = [sys.executable, "-m", f"{package}.bench_{name}"] + (["--quick"] if quick else [])
+    extra = ["--quick"] if quick else FULL_ARGS.get(name, [])
+    cmd = [sys.executable, "-m", f"{package}.bench_{name}", *extra]
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     start = time.time()
@@ -84,7 +90,7 @@ def run_one(name: str, quick: bool, timeout: float, log_dir: Path, package: str 
     ) if common.RESULTS_DIR.is_dir() else []
     rec = {
         "name": name,
-        "command": common.command_line([str(BENCH_DIR / f"bench_{name}.py")] + (["--quick"] if quick else [])),
+        "command": common.command_line([str(BENCH_DIR / f"bench_{name}.py"), *extra]),
         "status": status,
         "returncode": rc,
         "elapsed_s": round(elapsed, 1),

@@ -85,8 +85,10 @@ def sample_inputs(store: ArtifactStore, options: ParityOptions, model, fixed_bat
     return inputs, f"generated(seed={int(options.seed)}, n={n})"
 
 
-def run_checked(model, inputs: dict[str, np.ndarray], role: str) -> dict[str, np.ndarray]:
-    """Run a model for parity; failures become errors that name the role and the fix."""
+def run_checked(model, inputs: dict[str, np.ndarray], role: str,
+                explain: Callable[[str], str] | None = None) -> dict[str, np.ndarray]:
+    """Run a model for parity; failures become errors that name the role and the fix (``explain`` turns
+    the converted model's first error line into the whole message: the layer and op at fault)."""
     try:
         return model.run(inputs)
     except ModelportError:
@@ -97,31 +99,39 @@ def run_checked(model, inputs: dict[str, np.ndarray], role: str) -> dict[str, np
             raise InvalidArgument(
                 f"the source model failed on the parity inputs: {first}; supply valid sample inputs as an NPZ "
                 "artifact (ParityOptions.samples)") from None
+        if explain is not None:
+            raise FailedPrecondition(explain(first)) from None
         raise FailedPrecondition(f"the converted model failed to run on the parity inputs: {first}") from None
 
 
 # ---- producing targets -------------------------------------------------------------------------
 
-def _check_onnx(path: Path) -> None:
-    """Fail clearly when tf2onnx left ops it could not convert (it continues on error)."""
+def _check_onnx(path: Path, layers: dict[str, str] | None = None, opset: int = DEFAULT_OPSET) -> None:
+    """Fail clearly when tf2onnx left ops it could not convert (it continues on error, and writes them
+    with ONNX's own domain): the error names each op and the Keras layer it belongs to (``layers``)."""
     import onnx
 
+    from modelport.conversion import diagnose
     from modelport.conversion.models import onnx_model_file
 
     path = onnx_model_file(path)
     proto = onnx.load_model(str(path), load_external_data=False)
-    unknown = sorted({n.op_type for n in proto.graph.node if n.domain not in ("", "ai.onnx", "ai.onnx.ml",
-                                                                               "com.microsoft")})
+    unknown = diagnose.unsupported_nodes(proto)
     if unknown:
+        layers = layers or {}
         raise FailedPrecondition(
-            f"tf2onnx could not convert these TensorFlow ops to ONNX: {', '.join(unknown)}; the model uses "
-            "operations without an ONNX equivalent (replace them, or convert to tflite instead)",
-            details={"unsupported_ops": ",".join(unknown)},
+            diagnose.unsupported_message(unknown, layers, opset),
+            details={"unsupported_ops": ",".join(sorted({n.op_type for n in unknown})),
+                     "layers": ",".join(sorted({diagnose.layer_of(n.name, layers) for n in unknown} - {""}))},
         )
     try:
         onnx.checker.check_model(str(path))  # by path: external data is checked beside the model file
     except Exception as e:  # noqa: BLE001
-        raise FailedPrecondition(f"the converted ONNX model is invalid: {str(e).splitlines()[0][:400]}") from None
+        first = str(e).splitlines()[0][:400]
+        node = diagnose.node_in_error(first, proto)
+        at = f" at {diagnose.where(node.name, node.op_type, layers or {})}" if node is not None else ""
+        raise FailedPrecondition(f"the converted ONNX model is invalid{at}: {first}; "
+                                 f"{diagnose.advice(opset)}") from None
 
 
 def _rename_onnx_io(path: Path, inputs: dict[str, str], outputs: dict[str, str]) -> None:
@@ -262,7 +272,9 @@ def produce(src, target: str, workdir: Path, opset: int, fixed_batch: int,
             copy_data_beside(src.path, out)  # the graph still points at the source's external data
         else:  # pragma: no cover - guarded by formats.TARGETS
             raise InvalidArgument(f"cannot convert {src.format} to onnx")
-        _check_onnx(out)
+        from modelport.conversion.diagnose import layer_index
+
+        _check_onnx(out, layer_index(src), opset)
         return out, notes
     if isinstance(src, OnnxModel) and target in (formats.TFLITE, formats.SAVEDMODEL):
         from modelport.conversion import onnx2tf_bridge
@@ -309,6 +321,18 @@ def _to_pytorch(src, workdir: Path, opset: int, fixed_batch: int, onnx2torch_pyt
     out = workdir / "model.pt2"
     notes.update(onnx2torch_bridge.run_onnx2torch(python, onnx_file, out, fixed_batch))
     return out, notes
+
+
+def _onnx_graph(out: Path):
+    """The converted ONNX graph without its weights (for error messages), or None."""
+    import onnx
+
+    from modelport.conversion.models import onnx_model_file
+
+    try:
+        return onnx.load_model(str(onnx_model_file(out)), load_external_data=False)
+    except Exception:  # noqa: BLE001 - the message then has no layer
+        return None
 
 
 def _load_result(out: Path, target: str, onnx2torch_python: str = ""):
@@ -365,7 +389,15 @@ def _tf_to_onnx(src, workdir: Path, opset: int, fixed_batch: int, notes: dict[st
             return path  # the model file; its data file (if any) beside it
     out = workdir / "model.onnx"
     fn, signature, _ = src.tf_function(fixed_batch)
-    function_to_onnx(fn, signature, out, opset)
+    try:
+        function_to_onnx(fn, signature, out, opset)
+    except ModelportError:
+        raise
+    except Exception as e:  # noqa: BLE001 - tf2onnx's own error names graph nodes: name the layer
+        from modelport.conversion import diagnose
+
+        first = str(e).strip().splitlines()[0][:400] if str(e).strip() else type(e).__name__
+        raise FailedPrecondition(diagnose.conversion_message(first, diagnose.layer_index(src), opset)) from None
     notes.setdefault("export", "classic (tf2onnx, frozen weights)")
     return out
 
@@ -450,6 +482,9 @@ def convert_model(store: ArtifactStore, job: ConvertJob, progress: Progress = _n
     progress("loading", 0.15, f"running the {fmt} model on {n} parity samples ({inputs_source})")
     ref_out = run_checked(src, inputs, "source")
 
+    from modelport.conversion import diagnose
+
+    layers = diagnose.layer_index(src)  # kept for error messages: the source is freed before the result runs
     workdir = store.mkdtemp("convert")
     try:
         progress("converting", 0.2, f"converting {fmt} -> {target}" + (f" (opset {opset})" if target == "onnx" else ""))
@@ -458,10 +493,19 @@ def convert_model(store: ArtifactStore, job: ConvertJob, progress: Progress = _n
         del src
 
         progress("verifying", 0.7, f"comparing source and {target} outputs on {n} samples ({inputs_source})")
-        cand = _load_result(out, target, onnx2torch_python)
+        explain = None
+        if target == formats.ONNX:
+            def explain(first: str) -> str:
+                return diagnose.runtime_message(first, _onnx_graph(out), layers, opset)
+        try:
+            cand = _load_result(out, target, onnx2torch_python)
+        except InvalidArgument as e:  # the converted model does not load: name where, when it is ONNX
+            if explain is None:
+                raise
+            raise FailedPrecondition(explain(e.message.split(": ", 1)[-1])) from None
         # Before running: TFLite's XNNPACK delegate hides the DEQUANTIZE ops once tensors are allocated.
         quant = {**quantization.output_quantization(cand, "target"), **quant}  # the source's scale wins
-        cand_out = run_checked(cand, inputs, "converted")
+        cand_out = run_checked(cand, inputs, "converted", explain)
         report = parity.compare_outputs(ref_out, cand_out, rtol, atol, inputs_source=inputs_source, samples=n,
                                         quantization=quant, quant_tolerances=quant_tolerances)
         parity.enforce(report, opts.allow_mismatch)
