@@ -284,13 +284,9 @@ class ArtifactStore:
             try:
                 if not tmpfiles.stale(entry.name) and entry.stat(follow_symlinks=False).st_mtime > cutoff:
                     continue
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path)
-                else:
-                    os.unlink(entry.path)
-                removed += 1
             except OSError:
-                continue  # gone meanwhile, or busy: the next start tries again
+                continue  # gone meanwhile: nothing to sweep
+            removed += tmpfiles.remove_entry(entry)
         return removed
 
     # ---- writing -------------------------------------------------------------------------

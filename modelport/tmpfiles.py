@@ -62,21 +62,24 @@ def remove_worker_entries(folder: str | os.PathLike, worker_pid: int) -> int:
     """Remove the entries of ``folder`` that worker ``worker_pid`` of this service made (call it once that
     worker is dead: a job it ran was cancelled, timed out or crashed); returns how many went."""
     mark = f"-{tag()}-w{worker_pid}-"
-    removed = 0
     try:
         entries = [e for e in os.scandir(folder) if mark in e.name]
     except OSError:
         return 0
-    for entry in entries:
-        try:
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path)
-            else:
-                os.unlink(entry.path)
-            removed += 1
-        except OSError:
-            continue
-    return removed
+    return sum(remove_entry(entry) for entry in entries)
+
+
+def remove_entry(entry: os.DirEntry) -> bool:
+    """Remove one temp entry (a folder with what it holds, or a file); False when it is gone meanwhile or busy
+    (the next sweep tries again)."""
+    try:
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)
+    except OSError:
+        return False
+    return True
 
 
 def pid_alive(pid: int) -> bool:
@@ -106,20 +109,9 @@ def stale(name: str) -> bool:
 
 def sweep_stale(folder: str | os.PathLike, startswith: str = "") -> int:
     """Remove the entries of ``folder`` (named ``startswith``…) whose owner process is gone; returns how many."""
-    removed = 0
     try:
         entries = list(os.scandir(folder))
     except OSError:
         return 0
-    for entry in entries:
-        if not entry.name.startswith(startswith) or not stale(entry.name):
-            continue
-        try:
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path)
-            else:
-                os.unlink(entry.path)
-            removed += 1
-        except OSError:
-            continue
-    return removed
+    return sum(remove_entry(entry) for entry in entries
+               if entry.name.startswith(startswith) and stale(entry.name))

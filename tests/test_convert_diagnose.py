@@ -77,8 +77,8 @@ def test_convert_job_names_the_layer_and_op_onnx_lacks(tmp_path):
 
     from modelport import media
     from modelport.conversion.convert import convert_model
+    from modelport.job_records import ConvertJob
     from modelport.store import ArtifactStore
-    from modelport.v1 import artifacts_pb2, converter_pb2
 
     @keras.saving.register_keras_serializable(package="modelport_test_diagnose")
     class OddLayer(keras.layers.Layer):
@@ -92,9 +92,8 @@ def test_convert_job_names_the_layer_and_op_onnx_lacks(tmp_path):
 
     store = ArtifactStore(tmp_path / "store")
     ref = store.put_file(path, media.KERAS)
-    request = converter_pb2.ConvertRequest(source=artifacts_pb2.ArtifactRef(digest=ref.digest), target_format="onnx")
     with pytest.raises(FailedPrecondition) as err:
-        convert_model(store, request)
+        convert_model(store, ConvertJob(source_digest=ref.digest, target_format="onnx"))
     msg = err.value.message
     assert "op Lgamma in layer 'odd_layer' (OddLayer)" in msg
     assert "--opset 18" in msg and "savedmodel" in msg
