@@ -116,8 +116,9 @@ def test_kill9_one_of_two_inference_replicas_under_load_loses_no_request(tmp_pat
     requests = 600
     tally = rf.inference_failover(tmp_path, requests=requests, threads=8, kill_at=0.3, hidden=64)
     assert (tally.sent, tally.ok, dict(tally.errors), tally.wrong, tally.lost) == (requests, requests, {}, 0, 0)
-    # round robin shared the load before the kill; after it the survivor took everything
-    assert requests // 2 < tally.notes["survivor_served"] < requests
+    # after the kill the survivor took everything (the requests in flight at the kill may have run on either);
+    # before it round robin shares the load only once both subchannels are connected, so no split is asserted
+    assert requests * 0.7 - 8 <= tally.notes["survivor_served"] <= requests
 
 
 def test_full_disk_upload_and_job_are_resource_exhausted_leave_nothing_and_recover(tmp_path):
