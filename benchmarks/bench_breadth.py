@@ -134,8 +134,8 @@ def run_modelport(path: Path, result_file: Path) -> None:
     from modelport import media
     from modelport.conversion.convert import convert_model
     from modelport.errors import ModelportError
+    from modelport.job_records import ConvertJob
     from modelport.store import ArtifactStore
-    from modelport.v1 import artifacts_pb2, converter_pb2
 
     marks: dict[str, float] = {}
 
@@ -146,11 +146,10 @@ def run_modelport(path: Path, result_file: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="breadth-store-", dir=path.parent) as tmp:
         store = ArtifactStore(tmp)
         ref = store.put_file(path, media.KERAS)
-        request = converter_pb2.ConvertRequest(source=artifacts_pb2.ArtifactRef(digest=ref.digest),
-                                               target_format="onnx")
+        job = ConvertJob(source_digest=ref.digest, target_format="onnx")
         t0 = time.perf_counter()
         try:
-            res = convert_model(store, request, progress)
+            res = convert_model(store, job, progress)
             out["status"] = "ok"
             out["max_abs_diff"] = max(o.max_abs_diff for o in res.parity.outputs)
             out["export"] = res.info.details.get("export", "")
@@ -166,12 +165,10 @@ def run_modelport(path: Path, result_file: Path) -> None:
 
 
 def _parity_diff(err) -> float | None:
-    """The max abs diff of a failed parity check (its report travels as the error's payload)."""
-    if not err.payload:
+    """The max abs diff of a failed parity check (its ``ParityReport`` record travels as the error's payload)."""
+    report = err.payload
+    if report is None or not hasattr(report, "outputs"):
         return None
-    from modelport.v1 import jobs_pb2
-
-    report = jobs_pb2.ParityReport.FromString(err.payload)
     return max((o.max_abs_diff for o in report.outputs), default=None)
 
 
