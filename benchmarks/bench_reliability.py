@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import common
+from benchmarks.models import mlp_onnx
 
 PEERS_DIR = Path(__file__).resolve().parent / "peers"
 MLP_SIZES = (64, 256, 256, 10)
@@ -61,29 +62,6 @@ GOAL_RSS_GROWTH = 0.05
 
 
 # --- models ---------------------------------------------------------------------------------------
-
-def mlp_onnx(path: Path, sizes: tuple[int, ...], seed: int) -> Path:
-    """An MLP (Gemm + Relu, random weights from ``seed``) with a dynamic batch dimension, input x, output y."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(seed)
-    nodes, inits, prev = [], [], "x"
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        w = (rng.standard_normal((n_in, n_out)) / np.sqrt(n_in)).astype(np.float32)
-        inits += [numpy_helper.from_array(w, f"W{i}"), numpy_helper.from_array(np.zeros(n_out, np.float32), f"B{i}")]
-        last = i == len(sizes) - 2
-        nodes.append(helper.make_node("Gemm", [prev, f"W{i}", f"B{i}"], ["y" if last else f"g{i}"]))
-        if not last:
-            nodes.append(helper.make_node("Relu", [f"g{i}"], [f"h{i}"]))
-            prev = f"h{i}"
-    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", sizes[0]])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", sizes[-1]])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, path)
-    return path
 
 
 def big_onnx(path: Path) -> Path:

@@ -76,30 +76,10 @@ keras_model_to_onnx(model, sys.argv[1])
 # --- models ---------------------------------------------------------------------------------------
 
 def build_mlp(path: Path, sizes=MLP_SIZES) -> Path:
-    """An MLP (Gemm + Relu layers, random weights) with a dynamic batch dimension."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    """An MLP (Gemm + Relu layers, random weights from seed 0) with a dynamic batch dimension."""
+    from benchmarks.models import mlp_onnx
 
-    rng = np.random.default_rng(0)
-    nodes, inits = [], []
-    prev = "x"
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        w = (rng.standard_normal((n_in, n_out)) / np.sqrt(n_in)).astype(np.float32)
-        b = np.zeros(n_out, np.float32)
-        inits += [numpy_helper.from_array(w, f"W{i}"), numpy_helper.from_array(b, f"B{i}")]
-        out = "y" if i == len(sizes) - 2 else f"h{i}"
-        gemm_out = out if out == "y" else f"g{i}"
-        nodes.append(helper.make_node("Gemm", [prev, f"W{i}", f"B{i}"], [gemm_out]))
-        if out != "y":
-            nodes.append(helper.make_node("Relu", [gemm_out], [out]))
-        prev = out
-    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", sizes[0]])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", sizes[-1]])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, path)
-    return path
+    return mlp_onnx(path, sizes, seed=0)
 
 
 def ensure_mobilenet(allow_build: bool) -> Path | None:

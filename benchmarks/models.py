@@ -60,3 +60,29 @@ def photo_crops(rng, n: int, size: int):
         crop = im[y:y + size, x:x + size].astype("float32") / 127.5 - 1.0
         out[i] = crop[:, ::-1] if rng.random() < 0.5 else crop
     return out
+
+
+def mlp_onnx(path, sizes: tuple[int, ...], seed: int):
+    """An MLP (Gemm + Relu, random weights from ``seed``) with a dynamic batch dimension, input x, output y
+    (bench_serving's and bench_reliability's model)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    nodes, inits, prev = [], [], "x"
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        w = (rng.standard_normal((n_in, n_out)) / np.sqrt(n_in)).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"W{i}"), numpy_helper.from_array(np.zeros(n_out, np.float32), f"B{i}")]
+        last = i == len(sizes) - 2
+        nodes.append(helper.make_node("Gemm", [prev, f"W{i}", f"B{i}"], ["y" if last else f"g{i}"]))
+        if not last:
+            nodes.append(helper.make_node("Relu", [f"g{i}"], [f"h{i}"]))
+            prev = f"h{i}"
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", sizes[0]])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", sizes[-1]])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, path)
+    return path
