@@ -246,6 +246,8 @@ def summarize(report: ParityReport) -> str:
                  f"cosine {o.cosine:.4f}")
         else:
             s = f"{o.name}: max abs diff {o.max_abs_diff:.3g}, max rel diff {o.max_rel_diff:.3g}"
+        if o.judged_by == "source noise":
+            s += ", within the source's own float32 noise (passed against the source run in float64)"
         if o.nan_or_inf:
             s += ", NaN/Inf introduced"
         if o.top1_agreement >= 0:
@@ -260,9 +262,10 @@ def summarize(report: ParityReport) -> str:
     return "; ".join(parts) + f" ({tols}, {report.samples} samples)"
 
 
-def enforce(report: ParityReport, allow_mismatch: bool) -> None:
+def enforce(report: ParityReport, allow_mismatch: bool, note: str = "") -> None:
     """Raise FailedPrecondition carrying the report (its ``payload``) when parity failed and mismatch is not
-    allowed; the job event stream sends it as ``JobError.parity``."""
+    allowed; the job event stream sends it as ``JobError.parity``. ``note`` (the source's own numeric noise,
+    ``conversion.source_noise``) is added to the message."""
     if report.passed or allow_mismatch:
         return
     bad = [o.name for o in report.outputs if not o.passed]
@@ -272,7 +275,7 @@ def enforce(report: ParityReport, allow_mismatch: bool) -> None:
     raise FailedPrecondition(
         f"parity check failed for output(s) {', '.join(bad)}: {summarize(report)}. The converted model "
         f"does not reproduce the source within tolerance; loosen {loosen} or set "
-        "allow_mismatch to keep the result anyway",
+        "allow_mismatch to keep the result anyway" + (f". Note: {note}" if note else ""),
         details={"outputs": ",".join(bad)},
         payload=report,
     )
