@@ -50,7 +50,7 @@ def main(path: str) -> None:
     del m, multi
     gc.collect()
     r64 = [np.asarray(t) for t in twin(x.astype(np.float64), training=False)]
-    print(f"| layer | depth | max abs (float64) | TF float32 vs float64 | ONNX vs float64 | ONNX vs TF float32 |")
+    print("| layer | depth | max abs (float64) | TF float32 vs float64 | ONNX vs float64 | ONNX vs TF float32 |")
     print("|---|---|---|---|---|---|")
     for layer, a, o, e in zip(pick, r32, got, r64, strict=True):
         scale = float(np.abs(e).max()) or 1.0
