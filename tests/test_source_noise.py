@@ -55,6 +55,11 @@ def test_a_stable_source_keeps_the_tolerance_verdict():
     rep = compare_outputs(ref, cand)
     note = source_noise.rejudge(rep, ref, cand, {"y": ref["y"].astype(np.float64)}, 1e-3, 1e-4)
     assert note == "" and not rep.passed and rep.outputs[0].judged_by == "allclose"
+    # Tolerances asked far below float32 do not make a source that is stable at the defaults "unstable".
+    exact = {"y": ref["y"] + 1e-7}
+    cand = {"y": ref["y"] + 2e-7}
+    rep = compare_outputs(ref, cand, rtol=1e-15, atol=1e-15)
+    assert source_noise.rejudge(rep, ref, cand, exact, 1e-15, 1e-15) == "" and not rep.passed
 
 
 def test_a_candidate_farther_than_the_source_noise_fails_and_the_message_says_why():

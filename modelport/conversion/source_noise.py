@@ -9,7 +9,9 @@ rtol 1e-3.
 
 When a conversion fails the tolerances, ``rejudge`` runs the source once more in float64 (the same layers and
 weights under a float64 dtype policy) as the exact reference. An output whose source float32 result is itself
-outside the tolerances of that reference (the source is numerically unstable on these inputs) passes when the
+outside the tolerances of that reference — the requested ones and the defaults (rtol 1e-3, atol 1e-4): tighter
+tolerances asked for explicitly never make a stable source count as unstable — (the source is numerically
+unstable on these inputs) passes when the
 converted result is no farther from the float64 reference than ``NOISE_FACTOR`` times the source's own float32
 result is; it is then ``judged_by="source noise"`` and the figures are reported (``ModelInfo.details`` key
 ``DETAIL_KEY``, and the parity summary). A stable source never takes this path: its outputs are judged by the
@@ -70,7 +72,7 @@ def rejudge(report: ParityReport, reference: dict[str, np.ndarray], candidate: d
             exact: dict[str, np.ndarray], rtol: float, atol: float) -> str:
     """Judge the failed float outputs of ``report`` against ``exact`` (the source in float64): updates the
     report in place and returns one line of figures (empty when no output is unstable in the source)."""
-    from modelport.parity import _align
+    from modelport.parity import DEFAULT_ATOL, DEFAULT_RTOL, _align
 
     notes = []
     cand_by_ref = dict(_align(reference, candidate))
@@ -82,7 +84,7 @@ def rejudge(report: ParityReport, reference: dict[str, np.ndarray], candidate: d
         c = np.asarray(candidate[cand_by_ref[o.name]], np.float64).reshape(r32.shape)
         if r64.shape != r32.shape or r32.dtype.kind != "f" or not np.all(np.isfinite(r64)):
             continue
-        if np.allclose(r32, r64, rtol=rtol, atol=atol):
+        if np.allclose(r32, r64, rtol=max(rtol, DEFAULT_RTOL), atol=max(atol, DEFAULT_ATOL)):
             continue  # the source is stable on this output: the tolerances alone judge it
         src_err = float(np.max(np.abs(r32 - r64)))
         cand_err = float(np.max(np.abs(c - r64))) if np.all(np.isfinite(c)) else float("inf")
