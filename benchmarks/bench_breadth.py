@@ -2,8 +2,9 @@
 Keras -> ONNX with modelport and with plain tf2onnx side by side (issue 18).
 
 Each model is built with random weights (``weights=None``, 10 classes, the smallest input the
-architecture accepts from 32 px up) and saved as ``.keras`` in its own process; then, each in a fresh
-process with a time bound and a memory cap:
+architecture accepts from 32 px up, ``classifier_activation=None``: logits, since a random-weight softmax is
+near-uniform or one-hot and a diff on it proves little) and saved as ``.keras`` in its own process; then,
+each in a fresh process with a time bound and a memory cap:
 
 - **modelport**: the converter's job function (``modelport.conversion.convert.convert_model``, what
   ``modelport convert model.keras --to onnx --offline`` runs in its worker) at defaults: opset 17, 8
@@ -14,7 +15,8 @@ process with a time bound and a memory cap:
   (what a user would write), its ONNX run with onnxruntime on the same kind of inputs; conversion time
   is ``from_function``'s.
 
-Peak RSS is the process's own high-water mark (``ru_maxrss``: TensorFlow import, load, conversion and
+Max abs diff is shown with the largest |output| of the source on the parity samples (random-weight logits can
+be as small as 1e-20, far below the default atol). Peak RSS is the process's own high-water mark (``ru_maxrss``: TensorFlow import, load, conversion and
 the parity run), divided by the model's weight bytes. A process past the cap is killed and reported so.
 Models of more than 400 MB of weights (plain tf2onnx: 64 MB) run under ``flock /tmp/modelport-heavy.lock``.
 
