@@ -1,6 +1,7 @@
 """keras_hub models that are not causal LMs through `modelport deploy` against the session's real services:
 convert to ONNX with named INT32 inputs, an optimizer technique (int8-dynamic), LoadModel, then requests with
-those named inputs answered like Keras. Tiny random models of hub_models (2 layers, hidden 64)."""
+those named inputs answered like Keras; without eval data, generated samples stay inside keras_hub's input ranges.
+Tiny random models of hub_models (2 layers, hidden 64)."""
 
 from __future__ import annotations
 
@@ -75,3 +76,26 @@ def test_deploy_quantizes_a_keras_hub_text_classifier_and_serves_its_named_input
     assert 1e-6 < diff < 5e-3, (got, want)  # int8 weights, not the FP32 model (measured 4.5e-4; logits ~3e-2)
     assert np.mean(np.argmax(got, 1) == np.argmax(want, 1)) >= 0.75
     assert stages["smoke"].accuracy is not None and stages["smoke"].accuracy >= 0.75  # vs Keras's own labels
+
+
+def test_deploy_without_eval_data_samples_a_masked_lm_inside_its_ranges(tmp_path, client):
+    """No eval data: the optimizer measures on generated samples and the smoke stage sends generated requests, both
+    with mask_positions inside the sequence and 0/1 padding masks (from 0..9 they hit ONNX Gather's bounds check)."""
+    import keras
+
+    path = hub_models.save(hub_models.bert_masked_lm(), tmp_path / "bert_masked_lm.keras")
+    spec = DeploySpec(model=path, name="bert-mlm", optimize=["int8-dynamic"], goal="size", max_accuracy_drop=0.2)
+    report = client.deploy(spec=spec)
+    assert report.ok, report.error
+    stages = {s.stage: s for s in report.stages}
+    assert stages["optimize"].data["chosen"] == "int8-dynamic", stages["optimize"].data
+    assert stages["smoke"].status == "ok" and stages["smoke"].data["outputs"] == {"logits": [4, 1, hub_models.VOCAB]}
+
+    x = {**text_batch(4, 12, seed=5), "mask_positions": np.array([[0, 5, 11]] * 4, "int32")}
+    meta = client.model_metadata("bert-mlm", report.version)
+    assert {(t.name, t.datatype) for t in meta.inputs} == {(n, "INT32") for n in {*TEXT_INPUTS, "mask_positions"}}
+    got = client.infer("bert-mlm", x, version=report.version)["logits"]
+    want = np.asarray(keras.saving.load_model(path)(dict(x), training=False))
+    assert got.shape == want.shape == (4, 3, hub_models.VOCAB)
+    # int8 weights, not the FP32 model (measured 5e-3 on logits up to 0.49)
+    assert 1e-6 < float(np.max(np.abs(got - want))) < 2e-2, float(np.max(np.abs(got - want)))

@@ -116,6 +116,20 @@ def input_ranges(model: Any) -> dict[str, tuple[int, int]]:
     return ranges
 
 
+def named_input_ranges(shapes: dict[str, list[int]]) -> dict[str, tuple[int, int]]:
+    """Ranges for inputs named like keras_hub's, in a graph without its Keras model (an ONNX export):
+    ``padding_mask`` 0/1 and ``mask_positions`` inside the sequence (``token_ids``' length, or the
+    DEFAULT_DYNAMIC_DIM a dynamic one is generated with). {} unless the inputs include ``token_ids``."""
+    from modelport.datasets import DEFAULT_DYNAMIC_DIM
+
+    if "token_ids" not in shapes:
+        return {}
+    dims = list(shapes["token_ids"])
+    seq = dims[1] if len(dims) > 1 and dims[1] and dims[1] > 0 else DEFAULT_DYNAMIC_DIM
+    ranges = {"padding_mask": (0, 2), "mask_positions": (0, int(seq))}
+    return {k: v for k, v in ranges.items() if k in shapes}
+
+
 def _sequence_length(model: Any) -> int:
     from modelport.datasets import DEFAULT_DYNAMIC_DIM
 
