@@ -94,6 +94,13 @@ def test_keras_hub_model_converts_to_onnx_with_named_inputs_and_parity(conv, hub
     if "mask_positions" in feeds:  # logits at the 3 masked positions only
         assert next(iter(got.values())).shape == (2, 3, hub_models.VOCAB)
 
+    # Read back as ONNX (what the optimizer gets): generated samples stay inside the valid ranges. A dynamic
+    # sequence is generated 4 long, so masked positions are below 4.
+    from modelport.conversion.models import load_model
+
+    ranges = {"token_ids": (0, hub_models.VOCAB), "padding_mask": (0, 2), "segment_ids": (0, 2), "mask_positions": (0, 4)}
+    assert load_model(onnx_path, "onnx").int_ranges == {k: v for k, v in ranges.items() if k in inputs}
+
 
 def test_model_of_a_missing_package_is_failed_precondition_naming_it(conv, hub_files, tmp_path):
     """A .keras file of keras_cv classes (Keras imports keras, keras_hub, keras_cv, keras_nlp modules
