@@ -146,3 +146,17 @@ def test_bytes_that_are_not_a_request_are_invalid_argument(server):
 
 def _ref(srv, path):
     return to_ref(srv.service.store.put_file(path, media.ONNX), srv.address)
+
+
+def test_record_single_counts_what_record_execution_counts():
+    from dataclasses import asdict
+
+    from inference_svc.stats import VersionStats
+
+    a, b = VersionStats(), VersionStats()
+    for elements, infer_ns, queue_ns in ((1, 1500, 20), (3, 7000, 0), (1, 900, 55)):
+        a.record_execution(elements, 0, infer_ns, 0, [(elements, queue_ns)])
+        b.record_single(elements, infer_ns, queue_ns)
+    da, db = asdict(a), asdict(b)
+    assert abs(da.pop("last_inference_ms") - db.pop("last_inference_ms")) < 60_000
+    assert da == db and db["compute_infer"] == {"count": 3, "ns": 9400} and db["inference_count"] == 5
