@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from inference_svc.fast_infer import add_inference_servicer
+from inference_svc.fast_infer import HotMethodsOnly, add_inference_servicer
 from inference_svc.manager import LoadOptions, ModelManager
 from inference_svc.servicer import InferenceServicer, ModelControlServicer
 from inference_svc.settings import InferenceSettings
@@ -61,7 +61,8 @@ class InferenceService(Service):
             Registration(add_inference_servicer,
                          InferenceServicer(self.manager, self.is_ready, self.shm,
                                            max_stream_inflight=self.settings.max_stream_inflight), KSERVE),
-            Registration(serving_pb2_grpc.add_ModelControlServicer_to_server,
+            Registration(lambda servicer, server: serving_pb2_grpc.add_ModelControlServicer_to_server(
+                servicer, HotMethodsOnly(server)),
                          ModelControlServicer(self.manager, self), CONTROL),
         ]
 
