@@ -133,12 +133,13 @@ class RequestMemo:
 
 
 def views(data: bytes, r: Remembered) -> dict[str, np.ndarray]:
-    """The inputs of a request ``r`` matched: zero-copy views into ``data`` (a copy where alignment needs it)."""
-    out = {}
-    for name, dt, n, offset, shape in r.inputs:
-        arr = np.frombuffer(data, dtype=dt, count=n, offset=offset).reshape(shape)
-        out[name] = arr if arr.flags.aligned else arr.copy()
-    return out
+    """The inputs of a request ``r`` matched: zero-copy views into ``data``.
+
+    A view may not be aligned to its element size (where the tensor starts in the message depends on the header's
+    length); onnxruntime reads such arrays correctly (tested: same outputs as from an aligned copy), so no copy is
+    made (a 224x224x3 FP32 image is 602 KB)."""
+    return {name: np.frombuffer(data, dtype=dt, count=n, offset=offset).reshape(shape)
+            for name, dt, n, offset, shape in r.inputs}
 
 
 class ResponseEncoder:

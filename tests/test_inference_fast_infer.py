@@ -66,7 +66,7 @@ def test_memo_recognises_the_same_request_with_other_values_only():
     assert list(got) == ["a", "b"]
     np.testing.assert_array_equal(got["a"], a * -1.5)
     np.testing.assert_array_equal(got["b"], b + 7)
-    assert got["b"].dtype == np.int64 and got["a"].flags.aligned and got["b"].flags.aligned
+    assert got["b"].dtype == np.int64 and not got["a"].flags.writeable  # views into the request bytes
     # Anything else about the request differs: not the remembered one.
     for changed in (codec.make_infer_request("multi", {"a": a[:1], "b": b[:1]}, ["sum"], "3"),
                     codec.make_infer_request("multi", {"a": a, "b": b}, ["prod"], "3"),
@@ -160,3 +160,14 @@ def test_record_single_counts_what_record_execution_counts():
     da, db = asdict(a), asdict(b)
     assert abs(da.pop("last_inference_ms") - db.pop("last_inference_ms")) < 60_000
     assert da == db and db["compute_infer"] == {"count": 3, "ns": 9400} and db["inference_count"] == 5
+
+
+def test_onnxruntime_reads_unaligned_views_like_aligned_arrays(tmp_path):
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(mlp(tmp_path / "m.onnx")), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).random((5, 4), dtype=np.float32)
+    unaligned = np.frombuffer(b"\x00" + x.tobytes(), dtype=np.float32, count=x.size, offset=1).reshape(x.shape)
+    assert not unaligned.flags.aligned
+    np.testing.assert_array_equal(sess.run(None, {"x": unaligned})[0], sess.run(None, {"x": x})[0])
+    np.testing.assert_allclose(sess.run(None, {"x": unaligned})[0], mlp_expected(x), rtol=1e-6)
