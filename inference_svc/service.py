@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from inference_svc.fast_infer import HotMethodsOnly, add_inference_servicer
+from inference_svc.fast_infer import MODEL_INFER, add_inference_servicer
 from inference_svc.manager import LoadOptions, ModelManager
 from inference_svc.servicer import InferenceServicer, ModelControlServicer
 from inference_svc.settings import InferenceSettings
@@ -61,10 +61,13 @@ class InferenceService(Service):
             Registration(add_inference_servicer,
                          InferenceServicer(self.manager, self.is_ready, self.shm,
                                            max_stream_inflight=self.settings.max_stream_inflight), KSERVE),
-            Registration(lambda servicer, server: serving_pb2_grpc.add_ModelControlServicer_to_server(
-                servicer, HotMethodsOnly(server)),
+            Registration(serving_pb2_grpc.add_ModelControlServicer_to_server,
                          ModelControlServicer(self.manager, self), CONTROL),
         ]
+
+    def hot_methods(self) -> set[str]:
+        """ModelInfer alone is a registered method (``Service.hot_methods``)."""
+        return {f"/{KSERVE}/{MODEL_INFER}"}
 
     def is_ready(self) -> bool:
         """KServe ServerReady: started, and with strict readiness also no model unavailable (failed to load)."""
