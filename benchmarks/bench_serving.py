@@ -178,29 +178,6 @@ class Server:
         return common._terminate(self.proc, timeout=20)
 
 
-def wait_ready(proc: subprocess.Popen, address: str, model: str, log: Path, timeout: float = 180.0) -> None:
-    """Poll KServe ModelReady until the model answers ready; RuntimeError with the log tail otherwise."""
-    import grpc
-
-    from modelport.kserve.v2 import grpc_service_pb2 as pb
-    from modelport.kserve.v2 import grpc_service_pb2_grpc as pb_grpc
-
-    end = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as ch:
-        stub = pb_grpc.GRPCInferenceServiceStub(ch)
-        while time.monotonic() < end:
-            if proc.poll() is not None:
-                break
-            try:
-                if stub.ModelReady(pb.ModelReadyRequest(name=model), timeout=2).ready:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.3)
-    raise RuntimeError(f"{proc.args} did not serve {model} on {address} (exit {proc.poll()}); log tail:\n"
-                       + common._tail(log))
-
-
 def start_server(kind: str, model: str, path: Path, io: ModelIO, work: Path,
                  variants: dict[str, dict[str, str]] | None = None) -> Server:
     """Start one server for one model and wait until the model is ready.
@@ -218,7 +195,7 @@ def start_server(kind: str, model: str, path: Path, io: ModelIO, work: Path,
         proc, address = common.start_service_subprocess("inference_svc", "--repository", str(repo),
                                                         log_dir=work, env=env)
         server = Server(kind, proc, address, common.service_info(proc).log_path)
-        wait_ready(proc, address, model, server.log)
+        common.wait_model_ready(address, model, proc=proc, log=server.log)
         return server
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # a peer imports only its own venv
@@ -246,7 +223,7 @@ def start_server(kind: str, model: str, path: Path, io: ModelIO, work: Path,
     address = f"127.0.0.1:{port}"
     server = Server(kind, proc, address, log)
     try:
-        wait_ready(proc, address, model, log)
+        common.wait_model_ready(address, model, proc=proc, log=log)
     except BaseException:
         server.stop()
         raise
