@@ -349,20 +349,21 @@ def _feed(meta) -> dict:
 
 
 def modelport_serve(store: Path, artifacts: dict[str, dict], cap_bytes: int) -> dict:
-    """LoadModel each artifact (FP32, INT8) into an inference service subprocess from the shared store, then
-    one first inference and STEADY_RUNS more (batch 1); peak RSS of the service per stage; then unload."""
+    """LoadModel each artifact (FP32, INT8) from the shared store into a fresh inference service subprocess of
+    its own, then one first inference and STEADY_RUNS more (batch 1); peak RSS of that service per stage; then
+    unload (and the RSS left)."""
     import statistics
 
     from modelport import Client
 
-    proc, address = common.start_service_subprocess("inference_svc", store=store, timeout=300)
-    out: dict = {}
-    try:
-        with TreeSampler(proc.pid, cap_bytes) as sampler, Client(inference=address, timeout=3600) as client:
-            time.sleep(1.0)
-            out["idle_bytes"] = sampler.rss()
-            for label, art in artifacts.items():
-                r: dict = {}
+    out: dict = {"stage_peaks": {}, "peak_bytes": 0, "killed_at_bytes": 0}
+    for label, art in artifacts.items():
+        proc, address = common.start_service_subprocess("inference_svc", store=store, timeout=300)
+        r: dict = {}
+        try:
+            with TreeSampler(proc.pid, cap_bytes) as sampler, Client(inference=address, timeout=3600) as client:
+                time.sleep(1.0)
+                r["idle_bytes"] = sampler.rss()
                 try:
                     sampler.mark(f"{label} load")
                     t0 = time.perf_counter()
@@ -383,14 +384,16 @@ def modelport_serve(store: Path, artifacts: dict[str, dict], cap_bytes: int) -> 
                     sampler.mark("")
                     r["resident_bytes"] = sampler.rss()
                     client.unload_model(label)
+                    r["unloaded_bytes"] = sampler.rss()
                     r["error"] = ""
                 except Exception as e:  # noqa: BLE001 - reported in the table
                     r["error"] = str(e)[:300]
-                out[label] = r
-        out.update(peak_bytes=sampler.result.peak_bytes, killed_at_bytes=sampler.result.killed_at_bytes,
-                   stage_peaks=sampler.stage_peaks)
-    finally:
-        common.stop_service_subprocess(proc)
+            out["stage_peaks"].update(sampler.stage_peaks)
+            out["peak_bytes"] = max(out["peak_bytes"], sampler.result.peak_bytes)
+            out["killed_at_bytes"] = out["killed_at_bytes"] or sampler.result.killed_at_bytes
+        finally:
+            common.stop_service_subprocess(proc)
+        out[label] = r
     return out
 
 
