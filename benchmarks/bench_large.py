@@ -486,6 +486,29 @@ def main() -> None:
     print(md)
 
 
+CONVERT_MEMORY_NOTE = [
+    "Where VGG-16's conversion peak comes from (measured for issue 13 with `/tmp` scripts not kept, bare "
+    "processes, VGG-16 0.55 GB): the floor column is the idle tree plus one copy of the weights; for VGG-16 "
+    "it is 2.43x, so 2.5x would leave 0.04 GB for the ONNX session, activations and tf2onnx: not reachable "
+    "for a model this small next to TensorFlow's fixed 0.67 GB (a worker with TensorFlow imported) and the "
+    "service. (1) The verify session: onnxruntime prepacks MatMul/Gemm weights at load while the whole "
+    "external data file is mapped, and its arena keeps the run's activations: a bare session peaked at "
+    "1.02 GB for 8 samples; without prepacking and arena 0.71 GB, and load + one run took the same time "
+    "(interleaved: VGG 1.08x, 1-block LM 0.66x, on a loaded machine). The converter's parity/inspect "
+    "sessions (`models.OnnxModel`) now run that way. (2) The source is freed before the result is loaded "
+    "(`convert.py`), but with oneDNN on (TensorFlow's default here) TensorFlow's CPU allocator keeps the "
+    "freed memory: lean load, source run, `release()` of VGG-16 in one process: 0.67 -> 1.69 -> 1.72 -> "
+    "1.69 GB, then ONNX load + run 2.34 GB; with `TF_ENABLE_ONEDNN_OPTS=0` 0.67 -> 1.34 -> 1.44 -> 0.70 GB, "
+    "then 1.42 GB (the peak moves to the Keras load, 1.63 GB). A plain `tf.Variable` of 0.41 GB deleted: "
+    "1.10 GB stays with oneDNN on, 0.68 GB with it off. Turning oneDNN off in the converter worker (an "
+    "environment setting read when TensorFlow is imported, so for every conversion, and it changes "
+    "TensorFlow's kernels for the source run) is not done here: left to a decision on the worker's "
+    "environment. (3) The lean Keras load holds the weights about 1.9x after loading with oneDNN on "
+    "(+1.02 GB for 0.55 GB: the scratch variable it fills block by block is freed into that pool), 1.2x "
+    "with it off.",
+    "",
+]
+
 SERVED_MEMORY_NOTE = [
     "Served memory (measured for issue 13 on the 1-block transformer LM, 0.73 GB FP32, 0.18 GB INT8, with "
     "`/tmp` scripts not kept: a bare session, then `python -m inference_svc` fed through `Client`): a bare "
@@ -558,6 +581,7 @@ def render(results: dict) -> str:
         "",
         stages,
         "",
+        *CONVERT_MEMORY_NOTE,
         "The graph: on the small models of `tests/test_large_export.py` (transformer blocks, MLP, multi-input, "
         "Conv1D) the ONNX graph has the classic route's op types node for node (weight-only nodes folded while "
         "the weights stream, LayerNorm and attention fused): 72 nodes for both routes on a 2-block d=128 "
