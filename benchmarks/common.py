@@ -606,6 +606,30 @@ def _terminate(proc: subprocess.Popen, timeout: float = 30.0) -> int:
     return proc.wait()
 
 
+def wait_model_ready(address: str, model: str, timeout: float = 180.0, proc: subprocess.Popen | None = None,
+                     log: Path | None = None) -> None:
+    """Poll KServe ModelReady on ``address`` until ``model`` answers ready; RuntimeError otherwise (at once when
+    ``proc``, the server process, exits; with ``log``'s tail when given)."""
+    import grpc
+
+    from modelport.kserve.v2 import grpc_service_pb2 as pb
+    from modelport.kserve.v2 import grpc_service_pb2_grpc as pb_grpc
+
+    end = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as ch:
+        stub = pb_grpc.GRPCInferenceServiceStub(ch)
+        while time.monotonic() < end and (proc is None or proc.poll() is None):
+            try:
+                if stub.ModelReady(pb.ModelReadyRequest(name=model), timeout=2).ready:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    who = f"{proc.args} (exit {proc.poll()})" if proc is not None else "the server"
+    raise RuntimeError(f"{who} did not serve {model} on {address} within {timeout:.0f}s"
+                       + (f"; log tail:\n{_tail(log)}" if log is not None else ""))
+
+
 def _tail(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

@@ -575,7 +575,19 @@ def _onnx_int_ranges(proto, inputs: list[TensorSpec]) -> dict[str, tuple[int, in
                 elif node.op_type in _INDEX_PASS_THROUGH:
                     frontier.append(node.output[0])
         ranges[spec.name] = (0, high or DEFAULT_INT_HIGH)
+    # a keras_hub export: 0/1 padding masks, masked LM positions inside the sequence
+    ranges.update(hub_models.named_input_ranges({s.name: list(s.shape) for s in inputs if s.name in ranges}))
     return ranges
+
+
+def onnx_int_ranges(path: str | os.PathLike, inputs: list) -> dict[str, tuple[int, int]]:
+    """Valid ``[low, high)`` ranges for generated samples of the ONNX model's integer ``inputs`` (objects with
+    ``name``, numpy ``dtype`` and ``shape``): embedding rows, keras_hub's named inputs."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    specs = [tensor_spec(i.name, i.dtype, i.shape) for i in inputs]
+    return _onnx_int_ranges(proto, specs)
 
 
 def load_model(path: str | os.PathLike, fmt: str, trust_remote_code: bool = False) -> LoadedModel:
