@@ -16,6 +16,7 @@ import modelport
 from inference_svc import fast_infer, generation_protocol, protocol
 from inference_svc.manager import ModelManager
 from inference_svc.repository_loading import resolve_artifact
+from inference_svc.sessions import release_freed_memory
 from inference_svc.shm import SharedMemoryRegistry
 from modelport import cpuinfo
 from modelport.errors import InvalidArgument, ModelportError, Unimplemented
@@ -193,10 +194,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def RepositoryModelLoad(self, request, context):
         await self.manager.load_from_repository(request.model_name, protocol.config_override(request))
+        await asyncio.to_thread(release_freed_memory)
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(self, request, context):
         await self.manager.unload(request.model_name)
+        await asyncio.to_thread(release_freed_memory)
         return pb.RepositoryModelUnloadResponse()
 
     async def SystemSharedMemoryStatus(self, request, context):
@@ -237,10 +240,12 @@ class ModelControlServicer(serving_pb2_grpc.ModelControlServicer):
         await self.service.check_caller_model(path)  # the caller's bytes: parsed in a sniffer first, bounded
         mv = await self.manager.load(request.name, path, version, config=config, options=opts,
                                      keep_versions=request.keep_versions, artifact=request.model)
+        await asyncio.to_thread(release_freed_memory)  # the load probe's sessions, a replaced version
         return serving_pb2.LoadModelResponse(model=protocol.served_model(mv), warnings=mv.warnings)
 
     async def UnloadModel(self, request, context):
         await self.manager.unload(request.name, request.version)
+        await asyncio.to_thread(release_freed_memory)
         return serving_pb2.UnloadModelResponse()
 
     async def ListModels(self, request, context):

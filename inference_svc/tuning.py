@@ -17,7 +17,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from inference_svc.sessions import LoadOptions, TensorSpec, build_session, tensor_specs, warmup_inputs
+from inference_svc.sessions import (
+    LoadOptions,
+    TensorSpec,
+    build_session,
+    release_arena,
+    tensor_specs,
+    warmup_inputs,
+)
 
 # A run at least this long on every core is compute-bound: one intra-op thread would make it slower.
 NARROW_TRY_MAX_S = 2e-3
@@ -197,6 +204,8 @@ def plan_execution(path: Path, opts: LoadOptions, available: list[str] | None, *
         if (narrow is not None and narrow is not plan.session and may_add_instances and not plan.auto_batching
                 and not plan.inline and concurrent_runs_pay(one, t_narrow, cores())):
             plan.concurrent_session, plan.instances = narrow, cores()
+        for kept in {id(s): s for s in (plan.session, plan.concurrent_session) if s is not None}.values():
+            release_arena(kept, feeds)  # the batch probe's activations are not kept resident
     except Exception as exc:  # noqa: BLE001 - a model may need real-looking data; serve it untuned
         plan.warnings.append(f"could not time the model on zero inputs ({exc}); serving it with the configured "
                              "threads, on the executor, without automatic batching")
