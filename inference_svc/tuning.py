@@ -42,6 +42,8 @@ CONCURRENT_MAX_BYTES = 512 * 2**20
 CONCURRENT_GAIN = 0.95
 # A model that batching helps runs inline only when its run is at most this share of the inline budget.
 INLINE_BATCH_SHARE = 10
+# A warm-up run longer than this makes the load-time measurements one round each (interleaved_medians_s).
+SLOW_RUN_S = 0.5
 # Largest merged batch of an automatically batched model (requests larger than this still run, alone).
 AUTO_MAX_BATCH = 32
 
@@ -86,13 +88,23 @@ def median_run_s(session, feeds: dict, budget_s: float = 0.25, max_runs: int = 2
 
 def interleaved_medians_s(runs: list[tuple[object, dict]], budget_s: float = 0.3, max_rounds: int = 200) -> list[float]:
     """Median seconds of each ``(session, feeds)``, timed in alternation (A B A B ...) so that load from other
-    processes, which drifts, weighs on all of them alike; at least 5 rounds, then until ``budget_s``."""
+    processes, which drifts, weighs on all of them alike; at least 5 rounds, then until ``budget_s``.
+
+    A run that takes longer than SLOW_RUN_S (a multi-GB model, a batch probe of a large one) gets one warm-up
+    and one timed round: at that scale the choices differ by far more than the noise of one run, and five
+    rounds of a 14 s batch probe made a 1.3 GB transformer's load take minutes."""
+    slow = False
     for session, feeds in runs:
-        for _ in range(2):
+        t0 = time.perf_counter()
+        session.run(None, feeds)
+        slow = slow or time.perf_counter() - t0 > SLOW_RUN_S
+    if not slow:
+        for session, feeds in runs:
             session.run(None, feeds)
+    min_rounds = 1 if slow else 5
     times: list[list[float]] = [[] for _ in runs]
     end = time.perf_counter() + budget_s
-    while len(times[0]) < max_rounds and (len(times[0]) < 5 or time.perf_counter() < end):
+    while len(times[0]) < max_rounds and (len(times[0]) < min_rounds or time.perf_counter() < end):
         for i, (session, feeds) in enumerate(runs):
             t0 = time.perf_counter()
             session.run(None, feeds)
