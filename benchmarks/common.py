@@ -26,6 +26,7 @@ import os
 import platform
 import re
 import shlex
+import shutil
 import signal
 import statistics
 import subprocess
@@ -528,6 +529,8 @@ class ServiceProcess:
     store: Path
     log_path: Path
     stdout_lines: list[str] = field(default_factory=list)
+    owned: list[Path] = field(default_factory=list)
+    """Temp folders made for this service (its store, its log folder), removed when it is stopped."""
 
 
 _PROCS: dict[int, ServiceProcess] = {}
@@ -559,7 +562,8 @@ def start_service_subprocess(
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=log_file, env=child_env,
                             text=True, bufsize=1)
     log_file.close()
-    info = ServiceProcess(module, proc, "", store_path, log_path)
+    info = ServiceProcess(module, proc, "", store_path, log_path,
+                          owned=[p for p, given in ((store_path, store), (log_root, log_dir)) if given is None])
     found = threading.Event()
 
     def pump() -> None:  # keeps reading stdout for the process's lifetime so it never blocks
@@ -578,6 +582,8 @@ def start_service_subprocess(
         if rc is None:
             _terminate(proc)
         tail = _tail(log_path)
+        for p in info.owned:
+            shutil.rmtree(p, ignore_errors=True)
         state = f"exited with code {rc}" if rc is not None else f"did not print SERVING within {timeout:.0f}s"
         raise RuntimeError(f"{shlex.join(cmd)} {state}; log tail:\n{tail}")
     _PROCS[proc.pid] = info
@@ -590,9 +596,15 @@ def service_info(proc: subprocess.Popen) -> ServiceProcess:
 
 
 def stop_service_subprocess(proc: subprocess.Popen, timeout: float = 30.0) -> int:
-    """SIGTERM (graceful drain), then SIGKILL after ``timeout``. Returns the exit code."""
+    """SIGTERM (graceful drain), then SIGKILL after ``timeout``; the temp store and log folder made for it are
+    removed (a benchmark reads what it needs before stopping the service). Returns the exit code."""
     rc = _terminate(proc, timeout)
-    _PROCS.pop(proc.pid, None)
+    info = _PROCS.pop(proc.pid, None)
+    for p in info.owned if info is not None else ():
+        if rc != 0 and p == info.log_path.parent:  # a service that did not exit cleanly keeps its log
+            print(f"{info.module} exited with {rc}; its log: {info.log_path}", file=sys.stderr)
+            continue
+        shutil.rmtree(p, ignore_errors=True)
     return rc
 
 
