@@ -14,6 +14,16 @@ its peak RSS.
     .venv/bin/python -m benchmarks.bench_llm                # GPT-2-small-shaped (124M)
     .venv/bin/python -m benchmarks.bench_llm --models gpt2-124m llama-1b
     .venv/bin/python -m benchmarks.bench_llm --quick        # a tiny GPT-2, seconds
+    .venv/bin/python -m benchmarks.bench_llm --trained      # weight-only quality on a trained model (~1-2 min)
+
+``--trained`` answers what random weights cannot: a random model's next-token logits are nearly flat,
+so quantization noise flips its argmax far more often than in a trained model. It trains a small
+GPT-2 (keras_hub, in TensorFlow, a few hundred steps) on a synthetic corpus with a known entropy
+(a Markov chain: each token has 3 successors, probabilities 0.7 / 0.2 / 0.1), exports its KV-cache
+step, quantizes it weight-only (INT8, INT4) and measures, on held-out sequences of the same chain,
+perplexity, next-token accuracy and top-1 agreement with FP32, and greedy agreement with FP32's
+greedy continuations; the same architecture untrained (random weights) side by side. Its own
+section (``results/llm_trained.md``).
 """
 
 from __future__ import annotations
@@ -233,6 +243,201 @@ def stage_agreement(folder: Path, ps: list[list[int]], sequences: list[list[int]
     return {"agreement": hits / total, "perplexity": math.exp(nll / total), "peak_rss_mib": peak_rss_mib()}
 
 
+# ---- weight-only quality on a trained model (--trained) -------------------------------------------
+
+# A small GPT-2: 2 layers, 4 heads, hidden 128 (0.5M parameters; every MatMul's K is a multiple of 32).
+TRAINED_MODEL = {"vocabulary_size": 256, "num_layers": 2, "num_heads": 4, "hidden_dim": 128,
+                 "intermediate_dim": 512, "max_sequence_length": 128}
+SUCCESSOR_PROBS = (0.7, 0.2, 0.1)  # each token's 3 successors in the synthetic corpus
+TRAIN_SEQ = 64  # tokens per training / held-out sequence
+HELD_OUT = 48  # held-out sequences
+PROMPT_LEN = 8  # held-out: the first PROMPT_LEN tokens prompt, the rest are scored
+GREEDY_TOKENS = 32
+GREEDY_PROMPTS = 8
+
+
+def markov_corpus(count: int, length: int, seed: int, vocab: int = TRAINED_MODEL["vocabulary_size"]):
+    """``count`` sequences of a fixed Markov chain (the chain is the same for every seed): token t is followed
+    by successors[t, j] with probability SUCCESSOR_PROBS[j]. Its entropy bounds the achievable perplexity."""
+    import numpy as np
+
+    table = np.stack([np.random.default_rng([1000, t]).permutation(vocab)[:len(SUCCESSOR_PROBS)]
+                      for t in range(vocab)])
+    rng = np.random.default_rng(seed)
+    seqs = np.zeros((count, length), np.int32)
+    seqs[:, 0] = rng.integers(0, vocab, count)
+    choice = rng.choice(len(SUCCESSOR_PROBS), size=(count, length), p=SUCCESSOR_PROBS)
+    for i in range(1, length):
+        seqs[:, i] = table[seqs[:, i - 1], choice[:, i]]
+    return seqs
+
+
+def chain_perplexity() -> float:
+    import math
+
+    return math.exp(-sum(p * math.log(p) for p in SUCCESSOR_PROBS))
+
+
+def stage_train(work: Path, steps: int, batch: int) -> dict:
+    """Build the GPT-2, export it untrained, train it on the chain, export it trained; keras_hub greedy refs."""
+    import keras
+    import keras_hub
+    import numpy as np
+
+    from modelport.conversion.llm_export import export_generation, keras_greedy
+
+    keras.utils.set_random_seed(0)
+    lm = keras_hub.models.GPT2CausalLM(backbone=keras_hub.models.GPT2Backbone(**TRAINED_MODEL), preprocessor=None)
+    export_generation(lm, work / "random" / "1")
+    held = markov_corpus(HELD_OUT, TRAIN_SEQ, seed=2)
+    prompts_ = [[int(t) for t in row[:PROMPT_LEN]] for row in held[:GREEDY_PROMPTS]]
+    random_ref = [keras_greedy(lm, p, GREEDY_TOKENS) for p in prompts_]
+
+    data = markov_corpus(steps * batch, TRAIN_SEQ + 1, seed=1)
+    x = {"token_ids": data[:, :-1], "padding_mask": np.ones((len(data), TRAIN_SEQ), bool)}
+    lm.compile(optimizer=keras.optimizers.Adam(learning_rate=2e-3),
+               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), weighted_metrics=[])
+    t0 = time.perf_counter()
+    hist = lm.fit(x, data[:, 1:], batch_size=batch, epochs=1, verbose=0, shuffle=False)
+    train_s = time.perf_counter() - t0
+    ev = lm.evaluate({"token_ids": held[:, :-1], "padding_mask": np.ones((len(held), TRAIN_SEQ - 1), bool)},
+                     held[:, 1:], verbose=0, return_dict=True)
+    export_generation(lm, work / "trained" / "1")
+    trained_ref = [keras_greedy(lm, p, GREEDY_TOKENS) for p in prompts_]
+    return {"parameters": int(lm.count_params()), "steps": steps, "batch": batch, "train_s": train_s,
+            "train_loss_last": float(hist.history["loss"][-1]), "keras_held_out_loss": float(ev["loss"]),
+            "held_out": held.tolist(), "prompts": prompts_,
+            "keras_greedy": {"random": random_ref, "trained": trained_ref}, "peak_rss_mib": peak_rss_mib()}
+
+
+def _scores(step, seq: list[int]):
+    """Teacher-forced over ``seq[PROMPT_LEN:]``: (argmax ids, log-probs of the true tokens, top-1 minus top-2 logit)."""
+    import numpy as np
+
+    from optimizer_svc.llm_techniques import _log_softmax
+
+    prompt, rest = seq[:PROMPT_LEN], seq[PROMPT_LEN:]
+    cache = step.new_cache(max_batch=1, max_context=len(seq))
+    logits = step.step(np.asarray([prompt]), np.zeros(1, np.int32), cache)[0]
+    top, logp, gaps, length = [], [], [], len(prompt)
+    for i, token in enumerate(rest):
+        top.append(int(np.argmax(logits)))
+        logp.append(float(_log_softmax(logits)[token]))
+        two = np.partition(logits, -2)[-2:]
+        gaps.append(float(two[1] - two[0]))
+        if i + 1 < len(rest):
+            logits = step.step(np.asarray([[token]]), np.asarray([length], np.int32), cache)[0]
+            length += 1
+    return top, logp, gaps
+
+
+def stage_quality(folder: Path, out: Path, technique: str, held_out: list[list[int]], prompts_: list[list[int]],
+                  fp32: dict | None) -> dict:
+    """Quantize (unless fp32) and score the step on the held-out sequences; vs the FP32 step's results if given."""
+    import math
+
+    import numpy as np
+
+    from modelport.generation_model import StepModel, greedy_decode
+    from optimizer_svc.llm_techniques import BITS, folder_bytes, teacher_forced, weight_only
+
+    if technique != "fp32":
+        weight_only(folder, out, BITS[technique])
+        folder = out
+    step = StepModel(folder)
+    tops, logps, gaps = [], [], []
+    for seq in held_out:
+        t, lp, g = _scores(step, seq)
+        tops.append(t)
+        logps += lp
+        gaps += g
+    truth = [seq[PROMPT_LEN:] for seq in held_out]
+    greedy = [greedy_decode(step, p, GREEDY_TOKENS) for p in prompts_]
+    r = {"technique": technique, "size_bytes": folder_bytes(folder), "tops": tops, "greedy": greedy,
+         "perplexity": math.exp(-float(np.mean(logps))),
+         "accuracy": float(np.mean([a == b for t, s in zip(tops, truth, strict=True) for a, b in zip(t, s, strict=True)])),
+         "gap_median": float(np.median(gaps)), "peak_rss_mib": peak_rss_mib()}
+    if fp32 is not None:
+        pairs = [(a, b) for t, f in zip(tops, fp32["tops"], strict=True) for a, b in zip(t, f, strict=True)]
+        r["top1_agreement"] = float(np.mean([a == b for a, b in pairs]))
+        hits = sum(teacher_forced(step, p, ref)[0] for p, ref in zip(prompts_, fp32["greedy"], strict=True))
+        r["greedy_agreement"] = hits / sum(len(ref) for ref in fp32["greedy"])
+        r["greedy_identical"] = sum(g == f for g, f in zip(greedy, fp32["greedy"], strict=True))
+    return r
+
+
+def bench_trained(work: Path, steps: int, batch: int) -> dict:
+    print(f"trained GPT-2 ({steps} steps of {batch} sequences):", flush=True)
+    t = run_stage("train", {"work": str(work), "steps": steps, "batch": batch})
+    variants = {}
+    for model in ("random", "trained"):
+        folder = work / model / "1"
+        fp = run_stage("quality", {"folder": str(folder), "out": str(folder), "technique": "fp32",
+                                   "held_out": t["held_out"], "prompts": t["prompts"], "fp32": None})
+        fp["greedy_equal_keras"] = fp["greedy"] == t["keras_greedy"][model]
+        rows = [fp]
+        for tech in ("int8-weight-only", "int4-weight-only"):
+            rows.append(run_stage("quality", {"folder": str(folder), "out": str(work / f"{model}-{tech}" / "1"),
+                                              "technique": tech, "held_out": t["held_out"], "prompts": t["prompts"],
+                                              "fp32": fp}))
+        for r in rows:
+            r.pop("tops", None)
+        variants[model] = rows
+    t.pop("held_out")
+    return {"train": t, "variants": variants}
+
+
+def markdown_trained(res: dict, cpu: dict, command: str, load) -> str:
+    t = res["train"]
+    rows = []
+    for model, variants in res["variants"].items():
+        fp = variants[0]
+        for r in variants:
+            q = r["technique"] != "fp32"
+            rows.append([model, r["technique"], f"{r['size_bytes'] / 1024:.0f}", f"{r['perplexity']:.3f}",
+                         f"{r['accuracy']:.3f}", f"{r['top1_agreement']:.3f}" if q else "—",
+                         f"{r['greedy_agreement']:.3f}" if q else "—",
+                         f"{r['greedy_identical']} / {len(r['greedy'])}" if q else
+                         ("= keras_hub generate()" if fp["greedy_equal_keras"] else "≠ keras_hub generate() (!)"),
+                         f"{r['gap_median']:.2f}"])
+    return "\n".join([
+        "## LLM weight-only quantization on a trained model",
+        "",
+        f"The LLM section's weight-only agreements come from random weights, whose next-token logits are nearly flat. "
+        f"Here the same question on a model with peaked logits: a GPT-2 ({t['parameters'] / 1e6:.2f}M parameters: "
+        f"{TRAINED_MODEL['num_layers']} layers, {TRAINED_MODEL['num_heads']} heads, hidden {TRAINED_MODEL['hidden_dim']}, "
+        f"vocabulary {TRAINED_MODEL['vocabulary_size']}) built with keras_hub and trained in TensorFlow for "
+        f"{t['steps']} steps of {t['batch']} sequences ({t['train_s']:.0f} s) on a synthetic corpus: a fixed Markov "
+        f"chain where each token has {len(SUCCESSOR_PROBS)} successors with probabilities "
+        f"{' / '.join(str(p) for p in SUCCESSOR_PROBS)}, so the best achievable perplexity is "
+        f"{chain_perplexity():.3f} (uniform guessing: {TRAINED_MODEL['vocabulary_size']}). Training loss "
+        f"{t['train_loss_last']:.3f} (mean over the run); Keras's own held-out loss {t['keras_held_out_loss']:.3f} "
+        f"(perplexity {__import__('math').exp(t['keras_held_out_loss']):.3f}). The *random* rows are the same "
+        "architecture untrained (its initial weights). Each is exported as the KV-cache step "
+        "(`modelport.conversion.llm_export`) and quantized with the optimizer's `int8-weight-only` / "
+        "`int4-weight-only` (MatMulNBits, block 32, symmetric, int8 compute).",
+        "",
+        f"Scored on {HELD_OUT} held-out sequences of the chain ({TRAIN_SEQ} tokens: {PROMPT_LEN} prompt, "
+        f"{TRAIN_SEQ - PROMPT_LEN} scored teacher-forced): *perplexity* and *next-token accuracy* against the data; "
+        "*top-1 agreement* = the candidate's argmax equals FP32's at each position. On FP32's greedy continuations "
+        f"({GREEDY_TOKENS} tokens after {len(t['prompts'])} prompts): *greedy agreement* (teacher-forced top-1, as in "
+        "the LLM section's table) and how many of the candidate's own greedy continuations are identical to FP32's. "
+        "*Logit gap*: the median difference between the step's top two logits at the scored positions (how peaked "
+        "the predictions are).",
+        "",
+        common.markdown_table(["weights", "step", "size KiB", "held-out perplexity", "next-token accuracy",
+                               "top-1 agreement with FP32", "greedy agreement with FP32",
+                               "greedy continuations identical to FP32's", "median top-1 − top-2 logit"], rows),
+        "",
+        f"CPU: {cpu['model']}, {cpu['usable_cores']} usable cores; SIMD flags: {', '.join(cpu['simd_flags'])}. "
+        f"Load average (1/5/15 min) at the end: {load}.",
+        "",
+        "Command:",
+        "",
+        f"    {command}",
+    ])
+
+
 # ---- the driver -----------------------------------------------------------------------------------
 
 def run_stage(stage: str, payload: dict, timeout: float = 3600) -> dict:
@@ -375,7 +580,8 @@ def markdown(results: list[dict], cpu: dict) -> str:
                   "(teacher-forced top-1); perplexity on those continuations. The weights are random: a random "
                   "model's next-token logits are nearly flat (tiny gaps between the top ids), so the quantization "
                   "noise flips the argmax far more often than in a trained model; these agreements are a pessimistic "
-                  "bound and say nothing about a trained model's quality. Stage peak RSS includes the quantization "
+                  "bound and say nothing about a trained model's quality (a trained model's are in *LLM weight-only "
+                  "quantization on a trained model* below: `--trained`). Stage peak RSS includes the quantization "
                   "itself (it holds the FP32 weights).", "",
                   common.markdown_table(["model", "technique", "size MiB", "tok/s", "vs FP32", "stage peak RSS MiB",
                                          "greedy agreement", "perplexity"], quant_rows)]
@@ -402,6 +608,11 @@ def main(argv: list[str] | None = None) -> int:
         elif stage == "quant":
             r = stage_quant(Path(p["folder"]), Path(p["out"]), p["technique"], p["prompts"], p["new_tokens"],
                             p["reference"])
+        elif stage == "train":
+            r = stage_train(Path(p["work"]), p["steps"], p["batch"])
+        elif stage == "quality":
+            r = stage_quality(Path(p["folder"]), Path(p["out"]), p["technique"], p["held_out"], p["prompts"],
+                              p["fp32"])
         elif stage == "roofline":
             from benchmarks.llm_roofline import roofline
 
@@ -415,7 +626,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-quant", action="store_true", help="skip the weight-only quantization stages")
     parser.add_argument("--tokens", type=int, default=NEW_TOKENS, help="new tokens per generation")
     parser.add_argument("--rebuild", action="store_true", help="rewrite results/llm.md from results/llm.json")
+    parser.add_argument("--trained", action="store_true",
+                        help="only the weight-only quality of a trained small GPT-2 (its own section, llm_trained)")
+    parser.add_argument("--train-steps", type=int, default=400, help="training steps for --trained")
     args = parser.parse_args(argv)
+    if args.trained:
+        with tempfile.TemporaryDirectory(prefix="bench-llm-trained-") as work:
+            res = bench_trained(Path(work), args.train_steps, batch=32)
+        load, cpu = common.load_average(), common.cpu_info()
+        command = common.command_line()
+        common.write_section("llm_trained", markdown_trained(res, cpu, command, load),
+                             {**res, "command": command, "load_average": load})
+        for model, rows in res["variants"].items():
+            for r in rows:
+                print(f"{model} {r['technique']}: perplexity {r['perplexity']:.3f}, accuracy {r['accuracy']:.3f}, "
+                      f"top-1 agreement {r.get('top1_agreement', 1.0):.3f}, greedy agreement "
+                      f"{r.get('greedy_agreement', 1.0):.3f}", flush=True)
+        return 0
     if args.rebuild:
         data = json.loads((common.RESULTS_DIR / "llm.json").read_text())
         common.write_section("llm", markdown(data["results"], data["system"]["cpu"]), data)

@@ -153,26 +153,6 @@ def kserve_stub(address: str):
     return ch, pb_grpc.GRPCInferenceServiceStub(ch)
 
 
-def wait_model_ready(address: str, model: str, timeout: float = 120.0) -> None:
-    import grpc
-
-    from modelport.kserve.v2 import grpc_service_pb2 as pb
-
-    ch, stub = kserve_stub(address)
-    end = time.monotonic() + timeout
-    try:
-        while time.monotonic() < end:
-            try:
-                if stub.ModelReady(pb.ModelReadyRequest(name=model), timeout=2).ready:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    finally:
-        ch.close()
-    raise RuntimeError(f"model {model} not ready on {address} after {timeout:.0f}s")
-
-
 def model_summary(address: str, model: str) -> dict:
     from modelport.kserve.v2 import grpc_service_pb2 as pb
 
@@ -238,8 +218,8 @@ def inference_soak(work: Path, total: int, max_seconds: float) -> dict:
     swap: dict = {}
     final: dict = {}
     try:
-        wait_model_ready(address, "mlp")
-        wait_model_ready(address, "digits")
+        common.wait_model_ready(address, "mlp")
+        common.wait_model_ready(address, "digits")
         before = {m: model_summary(address, m) for m in ("mlp", "digits")}
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         client = subprocess.Popen([str(triton_python()), str(PEERS_DIR / "soak_client.py"), str(work / "soak.json")],
@@ -626,7 +606,7 @@ def slow_clients(work: Path, download_mb: int, stream_requests: int, upload_mb: 
                                                     store=store)
     out: dict = {}
     try:
-        wait_model_ready(address, "big")
+        common.wait_model_ready(address, "big")
         infer_once(address, "big")
         base = tree_stats(proc.pid)
         # 1. Four clients that each read one chunk of a Download and stop reading.

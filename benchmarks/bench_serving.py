@@ -173,47 +173,29 @@ class Server:
         return total
 
     def stop(self) -> int:
-        if self.kind == "modelport":
+        if self.kind.partition(":")[0] == "modelport":
             return common.stop_service_subprocess(self.proc)
         return common._terminate(self.proc, timeout=20)
 
 
-def wait_ready(proc: subprocess.Popen, address: str, model: str, log: Path, timeout: float = 180.0) -> None:
-    """Poll KServe ModelReady until the model answers ready; RuntimeError with the log tail otherwise."""
-    import grpc
+def start_server(kind: str, model: str, path: Path, io: ModelIO, work: Path,
+                 variants: dict[str, dict[str, str]] | None = None) -> Server:
+    """Start one server for one model and wait until the model is ready.
 
-    from modelport.kserve.v2 import grpc_service_pb2 as pb
-    from modelport.kserve.v2 import grpc_service_pb2_grpc as pb_grpc
-
-    end = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as ch:
-        stub = pb_grpc.GRPCInferenceServiceStub(ch)
-        while time.monotonic() < end:
-            if proc.poll() is not None:
-                break
-            try:
-                if stub.ModelReady(pb.ModelReadyRequest(name=model), timeout=2).ready:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.3)
-    raise RuntimeError(f"{proc.args} did not serve {model} on {address} (exit {proc.poll()}); log tail:\n"
-                       + common._tail(log))
-
-
-def start_server(kind: str, model: str, path: Path, io: ModelIO, work: Path) -> Server:
-    """Start one server for one model and wait until the model is ready."""
+    ``kind`` ``modelport:NAME`` is modelport started with the environment of ``variants[NAME]`` added (an A/B
+    of a setting against the defaults, in the same interleaved rounds)."""
     log = work / f"{kind}-{model}.log"
-    if kind == "modelport":
+    if kind == "modelport" or kind.startswith("modelport:"):
         repo = work / f"repo-{model}"
         (repo / model / "1").mkdir(parents=True, exist_ok=True)
         target = repo / model / "1" / "model.onnx"
         if not target.exists():
             os.symlink(path, target)
+        env = (variants or {}).get(kind.partition(":")[2], {})
         proc, address = common.start_service_subprocess("inference_svc", "--repository", str(repo),
-                                                        log_dir=work)
+                                                        log_dir=work, env=env)
         server = Server(kind, proc, address, common.service_info(proc).log_path)
-        wait_ready(proc, address, model, server.log)
+        common.wait_model_ready(address, model, proc=proc, log=server.log)
         return server
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # a peer imports only its own venv
@@ -241,7 +223,7 @@ def start_server(kind: str, model: str, path: Path, io: ModelIO, work: Path) -> 
     address = f"127.0.0.1:{port}"
     server = Server(kind, proc, address, log)
     try:
-        wait_ready(proc, address, model, log)
+        common.wait_model_ready(address, model, proc=proc, log=log)
     except BaseException:
         server.stop()
         raise
@@ -338,18 +320,19 @@ def modelport_stats(address: str, model: str) -> dict:
 
 
 def measure_model(model: str, path: Path, servers: list[str], client: LoadClient, rounds: int, seconds: float,
-                  work: Path) -> dict:
+                  work: Path, variants: dict[str, dict[str, str]] | None = None,
+                  concurrency: tuple[int, ...] = CONCURRENCY) -> dict:
     """Every server at every concurrency for one model, rounds interleaved."""
     io = model_io(path)
     running: dict[str, Server] = {}
-    cells = {s: {c: Cell() for c in CONCURRENCY} for s in servers}
+    cells = {s: {c: Cell() for c in concurrency} for s in servers}
     ref = []
     try:
         for s in servers:
-            running[s] = start_server(s, model, path, io, work)
+            running[s] = start_server(s, model, path, io, work, variants)
         for r in range(rounds):
             order = servers[r % len(servers):] + servers[:r % len(servers)]
-            for c in CONCURRENCY:
+            for c in concurrency:
                 for s in order:
                     srv = running[s]
                     cpu0 = srv.cpu_seconds()
@@ -380,9 +363,26 @@ def best_peer(runs: dict, c: int) -> tuple[str | None, float | None]:
     return peer, rate
 
 
+def c1_bound(d: dict) -> float | None:
+    """Requests/s no server can exceed at concurrency 1: one request at a time costs at least the floor's transport
+    (the do-nothing server's time per request) plus one in-process onnxruntime run, one after the other."""
+    floor = d["runs"].get("floor", {}).get("1")
+    run = d["in_process_c1"]["calls_per_s"]
+    if not floor or not floor["calls_per_s"] or not run:
+        return None
+    bound = 1.0 / (1.0 / floor["calls_per_s"] + 1.0 / run)
+    # Under load from other processes the in-process run (all cores, between the rounds) suffers most, and a server
+    # whose gRPC path costs less than the floor server's (fewer registered methods, uvloop) can beat the floor
+    # itself: a server measured above the bound shows it did not hold in this run, and it is not reported.
+    if any(r.get("1", {}).get("calls_per_s", 0) > bound * 1.02 for r in d["runs"].values()):
+        return None
+    return bound
+
+
 def report(data: dict, missing: dict[str, str], rounds: int, seconds: float) -> str:
     titles = {"mlp": f"MLP {'-'.join(map(str, MLP_SIZES))} (onnx.helper, random weights; overhead-bound)",
               "mobilenetv2": "MobileNetV2 224x224 (keras.applications, weights=None, via tf2onnx; compute-bound)"}
+    conc = tuple(data["concurrency"])
     load = data["loadavg"]
     loaded = max(load["before"][0], load["after"][0]) >= 1.5
     lines = [
@@ -416,7 +416,7 @@ def report(data: dict, missing: dict[str, str], rounds: int, seconds: float) -> 
         runs = d["runs"]
         lines += [f"### {titles.get(model, model)}", ""]
         rows = []
-        for c in CONCURRENCY:
+        for c in conc:
             peer, peer_rate = best_peer(runs, c)
             mp = runs.get("modelport", {}).get(str(c))
             fl = runs.get("floor", {}).get(str(c))
@@ -427,25 +427,48 @@ def report(data: dict, missing: dict[str, str], rounds: int, seconds: float) -> 
             row += [common.fmt_ratio(r_peer) + (f" ({LABELS[peer]})" if peer else ""), common.fmt_ratio(r_floor),
                     f"{mp['errors']}" if mp else "—", errors]
             rows.append(row)
-            goal_rows.append([f"{model}, c={c}: modelport / best peer", r_peer, GOAL_PEER_RATIO])
+            bound = c1_bound(d) if c == 1 else None
+            goal_rows.append([f"{model}, c={c}: modelport / best peer", r_peer, GOAL_PEER_RATIO,
+                              common.ratio(bound, peer_rate)])
             if model == "mlp" and c == 1:
-                goal_rows.append([f"{model}, c={c}: modelport / floor", r_floor, GOAL_FLOOR_RATIO])
+                goal_rows.append([f"{model}, c={c}: modelport / floor", r_floor, GOAL_FLOOR_RATIO,
+                                  common.ratio(bound, fl["calls_per_s"]) if fl else None])
         lines += [common.markdown_table(
             ["concurrency", *(f"{LABELS[s]} req/s" for s in SERVERS), "modelport / best peer", "modelport / floor",
              "modelport errors", "errors (all servers)"], rows), ""]
         detail = []
-        for s in SERVERS:
-            for c in CONCURRENCY:
+        variants = [s for s in runs if s not in SERVERS]  # modelport:NAME (focused A/B runs)
+        for s in [*SERVERS, *variants]:
+            for c in conc:
                 r = runs.get(s, {}).get(str(c))
                 if r:
-                    detail.append([LABELS[s], c, f"{r['calls_per_s']:.0f}", common.fmt_ms(r["p50_s"] or 0),
+                    detail.append([LABELS.get(s, s), c, f"{r['calls_per_s']:.0f}", common.fmt_ms(r["p50_s"] or 0),
                                    common.fmt_ms(r["p99_s"] or 0), f"{r['server_cpu_ms_per_call']:.3f}",
                                    f"{r['client_cpu_ms_per_call']:.3f}", r["errors"]])
         ip = d["in_process_c1"]
         lines += [f"In-process onnxruntime (default session, one thread): {ip['calls_per_s']:.0f} runs/s "
-                  f"(p50 {common.fmt_ms(ip['p50_s'])} ms), measured between the rounds.", "",
+                  f"(p50 {common.fmt_ms(ip['p50_s'])} ms), measured between the rounds.", ""]
+        bound = c1_bound(d)
+        if bound is None and 1 in conc and "floor" in runs:
+            lines += ["Bound at concurrency 1: not valid in this run (a server answered faster than the floor's "
+                      "transport plus the in-process run measured between the rounds: other work slowed the "
+                      "in-process run, or a server's transport costs less than the floor server's own).", ""]
+        if bound is not None and 1 in conc:
+            peer, peer_rate = best_peer(runs, 1)
+            lines += [f"Bound at concurrency 1: with one request at a time, a request costs at least the floor's "
+                      f"transport (1 / {runs['floor']['1']['calls_per_s']:.0f} req/s) plus one in-process run "
+                      f"(1 / {ip['calls_per_s']:.0f} runs/s), so no server here can exceed **{bound:.0f} req/s** = "
+                      f"{common.fmt_ratio(common.ratio(bound, peer_rate))} the best peer"
+                      + (f" ({LABELS[peer]})" if peer else "") + ".", ""]
+        lines += [
                   common.markdown_table(["server", "concurrency", "req/s", "p50 ms", "p99 ms",
                                          "server CPU ms/req", "client CPU ms/req", "errors"], detail), ""]
+        for v in variants:
+            lines += [f"{v} / best peer: " + ", ".join(
+                f"c={c} {common.fmt_ratio(common.ratio(runs[v][str(c)]['calls_per_s'], best_peer(runs, c)[1]))}"
+                for c in conc) + "; / modelport: " + ", ".join(
+                f"c={c} {common.fmt_ratio(common.ratio(runs[v][str(c)]['calls_per_s'], runs[m][str(c)]['calls_per_s']))}"
+                for c in conc for m in ["modelport"] if m in runs), ""]
         st = d.get("modelport_stats")
         if st:
             params = st["parameters"]
@@ -455,11 +478,16 @@ def report(data: dict, missing: dict[str, str], rounds: int, seconds: float) -> 
                                   if k in ("intra_op_thread_count", "execution", "auto_batching", "tuning"))
                       + f"; over the whole run {st['inference_count']} requests ran in {st['execution_count']} "
                       f"executions (mean batch {st['mean_batch']:.2f}).", ""]
-    data["goals"] = {g: {"value": v, "target": t, "met": v is not None and v >= t} for g, v, t in goal_rows}
-    lines += ["Goals (issue #15, default settings):", "",
-              common.markdown_table(["goal", "measured", "target", "met"],
-                                    [[g, common.fmt_ratio(v), f"≥ {t}×",
-                                      "n/a" if v is None else ("yes" if v >= t else "NO")] for g, v, t in goal_rows]),
+    data["goals"] = {g: {"value": v, "target": t, "met": v is not None and v >= t, "bound": b}
+                     for g, v, t, b in goal_rows}
+    lines += ["Goals (issue #15, default settings). *Bound*: the most any server can reach at concurrency 1 (the "
+              "floor's transport + an in-process run, see each model's section), as the same ratio; a target above it "
+              "cannot be met on this machine by any server.", "",
+              common.markdown_table(["goal", "measured", "target", "bound (c=1)", "met"],
+                                    [[g, common.fmt_ratio(v), f"≥ {t}×", common.fmt_ratio(b) if b else "—",
+                                      "n/a" if v is None else ("yes" if v >= t else
+                                                               "NO (target above the bound)" if b and b < t else "NO")]
+                                     for g, v, t, b in goal_rows]),
               "", "![serving throughput](benchmarks/results/serving_peers.png)", "",
               f"Command: `{common.command_line()}` (from a checkout: `make bench-serving` builds the venvs of the "
               "peers and of tritonclient, then runs it; on a quiet machine the figures are the ones to quote).", "",
@@ -502,6 +530,11 @@ def main() -> None:
                         help="comma-separated subset of mlp,mobilenetv2 (a focused run: printed, not written)")
     parser.add_argument("--servers", default=",".join(SERVERS),
                         help=f"comma-separated subset of {','.join(SERVERS)} (a focused run: printed, not written)")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:ENV=VALUE[,ENV=VALUE]",
+                        help="also run modelport with these environment variables as server modelport:NAME "
+                             "(an A/B of settings in the same interleaved rounds; a focused run)")
+    parser.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)),
+                        help="comma-separated client concurrencies (a subset: a focused run)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3, --quick 1)")
     parser.add_argument("--seconds", type=float, default=None, help="seconds per cell and round (default 2)")
     args = parser.parse_args()
@@ -514,7 +547,13 @@ def main() -> None:
     unknown = set(wanted_models) - {"mlp", "mobilenetv2"} | set(wanted_servers) - set(SERVERS)
     if unknown:
         parser.error(f"unknown model or server: {', '.join(sorted(unknown))}")
-    focused = set(wanted_models) != {"mlp", "mobilenetv2"} or set(wanted_servers) != set(SERVERS)
+    concurrency = tuple(int(c) for c in args.concurrency.split(",") if c)
+    variants = {}
+    for v in args.variant:
+        name, _, assignments = v.partition(":")
+        variants[name] = dict(a.split("=", 1) for a in assignments.split(",") if a)
+    focused = (set(wanted_models) != {"mlp", "mobilenetv2"} or set(wanted_servers) != set(SERVERS)
+               or bool(variants) or concurrency != CONCURRENCY)
     load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     models = {"mlp": build_mlp(work / "mlp.onnx")} if "mlp" in wanted_models else {}
@@ -522,13 +561,14 @@ def main() -> None:
     if mobilenet is not None:
         models["mobilenetv2"] = mobilenet
     servers, missing = available_servers()
-    servers = [s for s in servers if s in wanted_servers]
+    servers = [s for s in servers if s in wanted_servers] + [f"modelport:{name}" for name in variants]
     data = {"models": {}, "rounds": rounds, "seconds": seconds, "quick": quick, "missing": missing,
-            "concurrency": list(CONCURRENCY), "modelport_event_loop": modelport_event_loop()}
+            "concurrency": list(concurrency), "modelport_event_loop": modelport_event_loop()}
     client = LoadClient()
     try:
         for model, path in models.items():
-            data["models"][model] = measure_model(model, path, servers, client, rounds, seconds, work)
+            data["models"][model] = measure_model(model, path, servers, client, rounds, seconds, work, variants,
+                                                  concurrency)
     finally:
         client.close()
     data["loadavg"] = {"before": load_before, "after": os.getloadavg()}

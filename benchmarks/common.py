@@ -26,6 +26,7 @@ import os
 import platform
 import re
 import shlex
+import shutil
 import signal
 import statistics
 import subprocess
@@ -528,6 +529,8 @@ class ServiceProcess:
     store: Path
     log_path: Path
     stdout_lines: list[str] = field(default_factory=list)
+    owned: list[Path] = field(default_factory=list)
+    """Temp folders made for this service (its store, its log folder), removed when it is stopped."""
 
 
 _PROCS: dict[int, ServiceProcess] = {}
@@ -559,7 +562,8 @@ def start_service_subprocess(
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=log_file, env=child_env,
                             text=True, bufsize=1)
     log_file.close()
-    info = ServiceProcess(module, proc, "", store_path, log_path)
+    info = ServiceProcess(module, proc, "", store_path, log_path,
+                          owned=[p for p, given in ((store_path, store), (log_root, log_dir)) if given is None])
     found = threading.Event()
 
     def pump() -> None:  # keeps reading stdout for the process's lifetime so it never blocks
@@ -578,6 +582,8 @@ def start_service_subprocess(
         if rc is None:
             _terminate(proc)
         tail = _tail(log_path)
+        for p in info.owned:
+            shutil.rmtree(p, ignore_errors=True)
         state = f"exited with code {rc}" if rc is not None else f"did not print SERVING within {timeout:.0f}s"
         raise RuntimeError(f"{shlex.join(cmd)} {state}; log tail:\n{tail}")
     _PROCS[proc.pid] = info
@@ -590,9 +596,15 @@ def service_info(proc: subprocess.Popen) -> ServiceProcess:
 
 
 def stop_service_subprocess(proc: subprocess.Popen, timeout: float = 30.0) -> int:
-    """SIGTERM (graceful drain), then SIGKILL after ``timeout``. Returns the exit code."""
+    """SIGTERM (graceful drain), then SIGKILL after ``timeout``; the temp store and log folder made for it are
+    removed (a benchmark reads what it needs before stopping the service). Returns the exit code."""
     rc = _terminate(proc, timeout)
-    _PROCS.pop(proc.pid, None)
+    info = _PROCS.pop(proc.pid, None)
+    for p in info.owned if info is not None else ():
+        if rc != 0 and p == info.log_path.parent:  # a service that did not exit cleanly keeps its log
+            print(f"{info.module} exited with {rc}; its log: {info.log_path}", file=sys.stderr)
+            continue
+        shutil.rmtree(p, ignore_errors=True)
     return rc
 
 
@@ -604,6 +616,30 @@ def _terminate(proc: subprocess.Popen, timeout: float = 30.0) -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
     return proc.wait()
+
+
+def wait_model_ready(address: str, model: str, timeout: float = 180.0, proc: subprocess.Popen | None = None,
+                     log: Path | None = None) -> None:
+    """Poll KServe ModelReady on ``address`` until ``model`` answers ready; RuntimeError otherwise (at once when
+    ``proc``, the server process, exits; with ``log``'s tail when given)."""
+    import grpc
+
+    from modelport.kserve.v2 import grpc_service_pb2 as pb
+    from modelport.kserve.v2 import grpc_service_pb2_grpc as pb_grpc
+
+    end = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as ch:
+        stub = pb_grpc.GRPCInferenceServiceStub(ch)
+        while time.monotonic() < end and (proc is None or proc.poll() is None):
+            try:
+                if stub.ModelReady(pb.ModelReadyRequest(name=model), timeout=2).ready:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    who = f"{proc.args} (exit {proc.poll()})" if proc is not None else "the server"
+    raise RuntimeError(f"{who} did not serve {model} on {address} within {timeout:.0f}s"
+                       + (f"; log tail:\n{_tail(log)}" if log is not None else ""))
 
 
 def _tail(path: Path, lines: int = 30) -> str:

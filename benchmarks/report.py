@@ -70,13 +70,12 @@ def rewrite_links(markdown: str, prefix: str) -> tuple[str, set[str]]:
 def build_report(run: dict | None, results_dir: Path | None = None, info: dict | None = None) -> str:
     """The full BENCHMARKS.md text. ``run`` is run_all's record (commands, statuses) or None."""
     results_dir = Path(results_dir or common.RESULTS_DIR)
-    try:
-        prefix = results_dir.resolve().relative_to(common.REPO_ROOT).as_posix()
-    except ValueError:
-        prefix = results_dir.as_posix()
+    prefix = _results_prefix(results_dir)
     parts = [INTRO]
 
-    parts.append("## Machine and libraries\n\n" + common.system_info_markdown(info))
+    parts.append("## Machine and libraries\n\nOf the last full suite run. A section re-run since on its own carries its "
+                 "own machine, commit and load lines, which are the ones that apply to its figures.\n\n"
+                 + common.system_info_markdown(info))
 
     if run:
         cmds = [f"    {run['command']}"]
@@ -155,6 +154,18 @@ def _anchor(title: str) -> str:
     return a.replace(" ", "-")
 
 
+def _results_prefix(results_dir: Path | None = None) -> str:
+    """How BENCHMARKS.md links into ``results_dir`` (repo-relative when inside the repo)."""
+    results_dir = Path(results_dir or common.RESULTS_DIR)
+    try:
+        return results_dir.resolve().relative_to(common.REPO_ROOT).as_posix()
+    except ValueError:
+        return results_dir.as_posix()
+
+
+REPORT_PATH = common.REPO_ROOT / "BENCHMARKS.md"
+
+
 def write_report(run: dict | None = None, out: Path | None = None) -> Path:
     """Write BENCHMARKS.md at the repo root (or ``out``) and return its path."""
     out = Path(out or common.REPO_ROOT / "BENCHMARKS.md")
@@ -162,7 +173,52 @@ def write_report(run: dict | None = None, out: Path | None = None) -> Path:
     return out
 
 
-def main() -> int:
+def splice_section(report_text: str, section_text: str) -> str:
+    """``report_text`` with the section titled like ``section_text`` (its ``## `` heading) replaced by it, up to
+    the next ``## `` heading; appended, with a contents line, when the report has no such section. The rest of
+    the report (hand-written notes in the header, other sections) is left as it is."""
+    title = _title_of(section_text)
+    lines = report_text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("## ") and line[3:].strip() == title), None)
+    body = section_text.strip().splitlines()
+    if start is None:
+        toc = next((i for i, line in enumerate(lines) if line.strip() == "## Contents"), None)
+        if toc is not None:
+            end_toc = toc + 1
+            while end_toc < len(lines) and (not lines[end_toc].strip() or lines[end_toc].startswith("- [")):
+                end_toc += 1
+            while lines[end_toc - 1].strip() == "":
+                end_toc -= 1
+            lines.insert(end_toc, f"- [{title}](#{_anchor(title)})")
+        return "\n".join(lines).rstrip() + "\n\n" + "\n".join(body) + "\n"
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    tail = [""] + lines[end:] if end < len(lines) else []
+    return "\n".join(lines[:start] + body + tail).rstrip() + "\n"
+
+
+def _title_of(section_text: str) -> str:
+    first = section_text.lstrip().splitlines()[0]
+    if not first.startswith("## "):
+        raise ValueError("a results section must start with a '## ' heading")
+    return first[3:].strip()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(description="Rebuild BENCHMARKS.md from results/, or splice sections into it.")
+    p.add_argument("--splice", nargs="+", metavar="NAME",
+                   help="replace (or append) only these sections (results/NAME.md) in the existing BENCHMARKS.md, "
+                        "keeping everything else, hand-written notes included")
+    args = p.parse_args(argv)
+    if args.splice:
+        text = REPORT_PATH.read_text()
+        for name in args.splice:
+            section = (common.RESULTS_DIR / f"{name}.md").read_text()
+            text = splice_section(text, rewrite_links(section, _results_prefix())[0])
+        REPORT_PATH.write_text(text)
+        print(f"spliced {', '.join(args.splice)} into {REPORT_PATH}")
+        return 0
     run_path = common.RESULTS_DIR / "run_all.json"
     run = json.loads(run_path.read_text()) if run_path.is_file() else None
     path = write_report(run)

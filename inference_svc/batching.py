@@ -236,8 +236,8 @@ class Scheduler:
             infer_ns = time.perf_counter_ns() - start
             self._check_inline(infer_ns)
             queue_ns = start - enqueued
-            self.stats.record_execution(elements, 0, infer_ns, 0, [(elements, queue_ns)])
-            self.metrics.execution(elements, infer_ns / 1e9, [queue_ns / 1e9])
+            self.stats.record_single(elements, infer_ns, queue_ns)
+            self.metrics.single(elements, infer_ns / 1e9, queue_ns / 1e9)
             return out, queue_ns
         finally:
             self._release(taken)

@@ -88,6 +88,13 @@ class VersionMetrics:
             self._queue.observe(s)
 
 
+    def single(self, batch_size: int, compute_s: float, queue_s: float) -> None:
+        """``execution`` of one request run alone."""
+        self._batch.observe(batch_size)
+        self._compute.observe(compute_s)
+        self._queue.observe(queue_s)
+
+
 def observe_request(model: str, version: str, status: str, seconds: float) -> None:
     """Count one finished request and its total time."""
     REQUESTS.labels(model, version, status).inc()

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 
+from inference_svc.fast_infer import MODEL_INFER, add_inference_servicer
 from inference_svc.manager import LoadOptions, ModelManager
 from inference_svc.servicer import InferenceServicer, ModelControlServicer
 from inference_svc.settings import InferenceSettings
 from inference_svc.shm import SharedMemoryRegistry
 from modelport import providers as eps
-from modelport.kserve.v2 import grpc_service_pb2, grpc_service_pb2_grpc
+from modelport.kserve.v2 import grpc_service_pb2
 from modelport.runtime.server import Registration, Service
 from modelport.runtime.sniffing import sniff_in, sniffer_pool
 from modelport.v1 import serving_pb2, serving_pb2_grpc
@@ -57,12 +58,16 @@ class InferenceService(Service):
     def registrations(self) -> list[Registration]:
         """GRPCInferenceService and ModelControl."""
         return [
-            Registration(grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
+            Registration(add_inference_servicer,
                          InferenceServicer(self.manager, self.is_ready, self.shm,
                                            max_stream_inflight=self.settings.max_stream_inflight), KSERVE),
             Registration(serving_pb2_grpc.add_ModelControlServicer_to_server,
                          ModelControlServicer(self.manager, self), CONTROL),
         ]
+
+    def hot_methods(self) -> set[str]:
+        """ModelInfer alone is a registered method (``Service.hot_methods``)."""
+        return {f"/{KSERVE}/{MODEL_INFER}"}
 
     def is_ready(self) -> bool:
         """KServe ServerReady: started, and with strict readiness also no model unavailable (failed to load)."""

@@ -13,12 +13,13 @@ import logging
 import time
 
 import modelport
-from inference_svc import generation_protocol, protocol
+from inference_svc import fast_infer, generation_protocol, protocol
 from inference_svc.manager import ModelManager
 from inference_svc.repository_loading import resolve_artifact
+from inference_svc.sessions import release_freed_memory
 from inference_svc.shm import SharedMemoryRegistry
 from modelport import cpuinfo
-from modelport.errors import ModelportError, Unimplemented
+from modelport.errors import InvalidArgument, ModelportError, Unimplemented
 from modelport.kserve import codec
 from modelport.kserve import shm as kshm
 from modelport.kserve.v2 import grpc_service_pb2 as pb
@@ -55,6 +56,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         # optimizer measured on while Triton/KServe clients just list it.
         self.extensions = (EXTENSIONS + ([SHM_EXTENSION] if self.shm.enabled else [])
                            + [cpuinfo.extension_entry()])
+        # ModelInfer on request bytes (fast_infer.add_inference_servicer): accepted request headers and the
+        # response writer.
+        self._memo = fast_infer.RequestMemo()
+        self._encoder = fast_infer.ResponseEncoder()
 
     async def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=True)
@@ -72,7 +77,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(self, request, context):
         return protocol.model_metadata(self.manager, self.manager.get(request.name, request.version))
 
-    async def _infer(self, request, deadline):
+    async def _infer(self, request, deadline, data: bytes | None = None):
+        """One request; with ``data`` (the bytes ``request`` was parsed from) an accepted request of tensors in
+        the message is remembered for ``fast_infer`` and the response comes back as bytes where it can."""
         mv = self.manager.get(request.model_name, request.model_version)
         requested = [o.name for o in request.outputs]
         # What the request declares is checked against the model (and the request size cap) before any
@@ -80,8 +87,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         # infer does not check them again.
         elements = self.manager.precheck(mv, [(t.name, t.datatype, t.shape) for t in request.inputs], requested)
         if not kshm.uses_shm(request):  # most requests: tensors in the message, no shared memory to hold
-            outputs = await self.manager.infer(mv, codec.decode_inputs(request), requested, deadline,
-                                               elements=elements)
+            inputs = codec.decode_inputs(request)
+            if data is not None and not mv.text_inputs:
+                self._memo.learn(data, request, inputs, mv, requested, elements)
+            outputs = await self.manager.infer(mv, inputs, requested, deadline, elements=elements)
+            if data is not None:
+                encoded = self._encoder.encode(mv.name, mv.label, outputs, request.id)
+                if encoded is not None:
+                    return encoded
             return codec.make_infer_response(mv.name, mv.label, outputs, request.id)
         # The lease holds the shared memory regions the request uses until its response is built.
         with self.shm.lease(request) as lease:
@@ -90,7 +103,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return lease.response(mv.name, mv.label, outputs, request.id)
 
     async def ModelInfer(self, request, context):
-        return await self._infer(request, _deadline(context))
+        if type(request) is not bytes:  # a message (called directly, not through the raw registration)
+            return await self._infer(request, _deadline(context))
+        r = self._memo.match(request)
+        if r is not None:
+            mv = self.manager.get(r.model_name, r.model_version)
+            if mv is r.mv():  # still the version it reaches
+                outputs = await self.manager.infer(mv, fast_infer.views(request, r), r.requested, _deadline(context),
+                                                   elements=r.elements)
+                return self._encoder.encode(mv.name, mv.label, outputs) or codec.make_infer_response(
+                    mv.name, mv.label, outputs)
+            self._memo.forget(r)
+        try:
+            parsed = pb.ModelInferRequest.FromString(request)
+        except Exception:  # noqa: BLE001 - protobuf's DecodeError (its module differs between implementations)
+            raise InvalidArgument("the request is not a valid ModelInferRequest message; send one serialized by a "
+                                  "KServe v2 / Triton client") from None
+        return await self._infer(parsed, _deadline(context), request)
 
     async def ModelStreamInfer(self, request_iterator, context):
         # Requests run concurrently; each response carries its request's id. At most max_stream_inflight
@@ -165,10 +194,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def RepositoryModelLoad(self, request, context):
         await self.manager.load_from_repository(request.model_name, protocol.config_override(request))
+        await asyncio.to_thread(release_freed_memory)
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(self, request, context):
         await self.manager.unload(request.model_name)
+        await asyncio.to_thread(release_freed_memory)
         return pb.RepositoryModelUnloadResponse()
 
     async def SystemSharedMemoryStatus(self, request, context):
@@ -209,10 +240,12 @@ class ModelControlServicer(serving_pb2_grpc.ModelControlServicer):
         await self.service.check_caller_model(path)  # the caller's bytes: parsed in a sniffer first, bounded
         mv = await self.manager.load(request.name, path, version, config=config, options=opts,
                                      keep_versions=request.keep_versions, artifact=request.model)
+        await asyncio.to_thread(release_freed_memory)  # the load probe's sessions, a replaced version
         return serving_pb2.LoadModelResponse(model=protocol.served_model(mv), warnings=mv.warnings)
 
     async def UnloadModel(self, request, context):
         await self.manager.unload(request.name, request.version)
+        await asyncio.to_thread(release_freed_memory)
         return serving_pb2.UnloadModelResponse()
 
     async def ListModels(self, request, context):

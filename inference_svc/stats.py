@@ -67,6 +67,26 @@ class VersionStats:
             self.compute_output.add(output_ns)
         self.last_inference_ms = int(time.time() * 1000)
 
+    def record_single(self, elements: int, infer_ns: int, queue_ns: int) -> None:
+        """``record_execution(elements, 0, infer_ns, 0, [(elements, queue_ns)])`` (one request run alone, inline),
+        without its per-call objects: what an MLP request pays on every call."""
+        self.execution_count += 1
+        b = self.batches.get(elements)
+        if b is None:
+            b = self.batches[elements] = BatchStats()
+        b.compute_input.count += 1
+        b.compute_infer.count += 1
+        b.compute_infer.ns += infer_ns
+        b.compute_output.count += 1
+        self.inference_count += elements
+        self.queue.count += 1
+        self.queue.ns += queue_ns
+        self.compute_input.count += 1
+        self.compute_infer.count += 1
+        self.compute_infer.ns += infer_ns
+        self.compute_output.count += 1
+        self.last_inference_ms = int(time.time() * 1000)
+
     def record_request(self, ok: bool, total_ns: int) -> None:
         """The end of one request (success or failure) with its total duration."""
         (self.success if ok else self.fail).add(total_ns)

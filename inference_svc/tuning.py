@@ -17,7 +17,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from inference_svc.sessions import LoadOptions, TensorSpec, build_session, tensor_specs, warmup_inputs
+from inference_svc.sessions import (
+    LoadOptions,
+    TensorSpec,
+    build_session,
+    release_arena,
+    tensor_specs,
+    warmup_inputs,
+)
 
 # A run at least this long on every core is compute-bound: one intra-op thread would make it slower.
 NARROW_TRY_MAX_S = 2e-3
@@ -35,6 +42,8 @@ CONCURRENT_MAX_BYTES = 512 * 2**20
 CONCURRENT_GAIN = 0.95
 # A model that batching helps runs inline only when its run is at most this share of the inline budget.
 INLINE_BATCH_SHARE = 10
+# A warm-up run longer than this makes the load-time measurements one round each (interleaved_medians_s).
+SLOW_RUN_S = 0.5
 # Largest merged batch of an automatically batched model (requests larger than this still run, alone).
 AUTO_MAX_BATCH = 32
 
@@ -79,13 +88,23 @@ def median_run_s(session, feeds: dict, budget_s: float = 0.25, max_runs: int = 2
 
 def interleaved_medians_s(runs: list[tuple[object, dict]], budget_s: float = 0.3, max_rounds: int = 200) -> list[float]:
     """Median seconds of each ``(session, feeds)``, timed in alternation (A B A B ...) so that load from other
-    processes, which drifts, weighs on all of them alike; at least 5 rounds, then until ``budget_s``."""
+    processes, which drifts, weighs on all of them alike; at least 5 rounds, then until ``budget_s``.
+
+    A run that takes longer than SLOW_RUN_S (a multi-GB model, a batch probe of a large one) gets one warm-up
+    and one timed round: at that scale the choices differ by far more than the noise of one run, and five
+    rounds of a 14 s batch probe made a 1.3 GB transformer's load take minutes."""
+    slow = False
     for session, feeds in runs:
-        for _ in range(2):
+        t0 = time.perf_counter()
+        session.run(None, feeds)
+        slow = slow or time.perf_counter() - t0 > SLOW_RUN_S
+    if not slow:
+        for session, feeds in runs:
             session.run(None, feeds)
+    min_rounds = 1 if slow else 5
     times: list[list[float]] = [[] for _ in runs]
     end = time.perf_counter() + budget_s
-    while len(times[0]) < max_rounds and (len(times[0]) < 5 or time.perf_counter() < end):
+    while len(times[0]) < max_rounds and (len(times[0]) < min_rounds or time.perf_counter() < end):
         for i, (session, feeds) in enumerate(runs):
             t0 = time.perf_counter()
             session.run(None, feeds)
@@ -197,6 +216,8 @@ def plan_execution(path: Path, opts: LoadOptions, available: list[str] | None, *
         if (narrow is not None and narrow is not plan.session and may_add_instances and not plan.auto_batching
                 and not plan.inline and concurrent_runs_pay(one, t_narrow, cores())):
             plan.concurrent_session, plan.instances = narrow, cores()
+        for kept in {id(s): s for s in (plan.session, plan.concurrent_session) if s is not None}.values():
+            release_arena(kept, feeds)  # the batch probe's activations are not kept resident
     except Exception as exc:  # noqa: BLE001 - a model may need real-looking data; serve it untuned
         plan.warnings.append(f"could not time the model on zero inputs ({exc}); serving it with the configured "
                              "threads, on the executor, without automatic batching")

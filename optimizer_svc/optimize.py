@@ -225,9 +225,11 @@ def optimize(progress, store: ArtifactStore, job: OptimizeJob, origin: str, work
     if not eval_x:  # agreement with the baseline on whatever inputs we have
         eval_x = cal_x or train_x
         if not eval_x:
+            from modelport.conversion.models import onnx_int_ranges
             from modelport.datasets import generate_inputs
 
-            eval_x = generate_inputs(specs, num_samples=64, seed=0)
+            # integer inputs inside their valid ranges (token ids below the vocabulary, keras_hub's masks)
+            eval_x = generate_inputs(specs, num_samples=64, seed=0, int_ranges=onnx_int_ranges(baseline_path, specs))
     rep_x = cal_x or train_x or eval_x
 
     from modelport.providers import choose

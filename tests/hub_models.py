@@ -12,6 +12,8 @@ from pathlib import Path
 
 VOCAB = 100
 MAX_SEQ = 128
+IMAGE = 32
+CLASSES = 5
 
 
 def _hub(seed: int = 0):
@@ -37,6 +39,30 @@ def bert_backbone(seed: int = 0):
 def bert_text_classifier(seed: int = 0):
     hub = _hub(seed)
     return hub.models.BertTextClassifier(backbone=bert_backbone(seed), num_classes=3, preprocessor=None)
+
+
+def bert_masked_lm(seed: int = 0):
+    """Inputs token_ids, padding_mask, segment_ids and mask_positions; logits at the masked positions."""
+    hub = _hub(seed)
+    return hub.models.BertMaskedLM(backbone=bert_backbone(seed), preprocessor=None)
+
+
+def resnet_image_classifier(seed: int = 0):
+    """A 2-stage ResNet (basic blocks; keras_hub requires 64 filters in the first stage) on 32x32 images."""
+    hub = _hub(seed)
+    backbone = hub.models.ResNetBackbone(input_conv_filters=[64], input_conv_kernel_sizes=[7],
+                                         stackwise_num_filters=[64, 64], stackwise_num_blocks=[1, 1],
+                                         stackwise_num_strides=[1, 2], block_type="basic_block",
+                                         use_pre_activation=False, image_shape=(IMAGE, IMAGE, 3))
+    return hub.models.ResNetImageClassifier(backbone=backbone, num_classes=CLASSES, preprocessor=None)
+
+
+def vit_image_classifier(seed: int = 0):
+    """A 2-layer ViT (hidden 64, 8x8 patches) on 32x32 images."""
+    hub = _hub(seed)
+    backbone = hub.models.ViTBackbone(image_shape=(IMAGE, IMAGE, 3), patch_size=8, num_layers=2, num_heads=2,
+                                      hidden_dim=64, mlp_dim=128)
+    return hub.models.ViTImageClassifier(backbone=backbone, num_classes=CLASSES, preprocessor=None)
 
 
 def gpt2_causal_lm(seed: int = 0):

@@ -159,3 +159,16 @@ def test_partial_rerun_replaces_only_its_records():
     assert merged["command"] == "run_all"
     # quick records never mix with full ones
     assert run_all.merge_runs(full, {**part, "quick": True})["benchmarks"] == part["benchmarks"]
+
+
+def test_splice_replaces_one_section_and_keeps_hand_written_notes():
+    from benchmarks.report import splice_section
+
+    text = ("# modelport benchmarks\n\nA hand-written note.\n\n## Contents\n\n- [A](#a)\n- [B](#b)\n\n"
+            "## A\n\nold a\n\n## B\n\nold b\n")
+    out = splice_section(text, "## A\n\nnew a\n")
+    assert out == text.replace("old a", "new a")
+    out = splice_section(out, "## B\n\nnew b\n")
+    assert out.endswith("## B\n\nnew b\n") and "A hand-written note." in out and "old" not in out
+    out = splice_section(out, "## C d\n\nc\n")  # a new section: appended, with its contents line
+    assert out.endswith("## C d\n\nc\n") and "- [B](#b)\n- [C d](#c-d)\n\n## A" in out

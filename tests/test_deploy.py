@@ -585,6 +585,7 @@ loaded = sorted({{m.split(".")[0] for m in sys.modules}} & set({heavy!r} + [o + 
 print(loaded)
 sys.exit(1 if loaded else 0)
 """
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # a checkout on PYTHONPATH would be reachable
     proc = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=120,
-                          cwd=tmp_path)
+                          cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -57,6 +57,29 @@ def test_rules_on_given_timings():
     assert tuning.runs_inline(500e-6, 500) and not tuning.runs_inline(501e-6, 500)
 
 
+def test_slow_runs_are_measured_once_and_fast_ones_over_rounds(monkeypatch):
+    """A run past SLOW_RUN_S (a multi-GB model's load-time probe) gets one warm-up and one timed round; a fast
+    one two warm-ups and at least five rounds. A clock that advances only when a session runs makes the
+    counts exact."""
+    now = [0.0]
+    monkeypatch.setattr(tuning.time, "perf_counter", lambda: now[0])
+
+    class Session:
+        def __init__(self, seconds):
+            self.seconds, self.runs = seconds, 0
+
+        def run(self, _outputs, _feeds):
+            self.runs += 1
+            now[0] += self.seconds
+
+    big, probe = Session(2.0), Session(14.0)
+    assert tuning.interleaved_medians_s([(big, {}), (probe, {})]) == [2.0, 14.0]
+    assert (big.runs, probe.runs) == (2, 2)  # one warm-up and one timed run each
+    small = Session(0.001)
+    assert tuning.interleaved_medians_s([(small, {})], budget_s=0.1) == [pytest.approx(0.001)]
+    assert 2 + 99 <= small.runs <= 2 + 101  # two warm-ups, then rounds until the 0.1 s budget is spent
+
+
 def test_plan_keeps_what_the_user_set(tmp_path):
     path = mlp(tmp_path / "m.onnx")
     opts = LoadOptions(execution_provider="cpu", intra_op_threads=1)

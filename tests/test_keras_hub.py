@@ -1,5 +1,6 @@
-"""Keras Hub models through the converter: backbones and task models (tiny, random) to ONNX with
-their named dict inputs, parity-checked; a model whose package is missing is FAILED_PRECONDITION."""
+"""Keras Hub models through the converter: backbones and task models (text classifier, causal LM,
+masked LM, image classifiers; tiny, random) to ONNX with their named dict inputs, parity-checked;
+a model whose package is missing is FAILED_PRECONDITION."""
 
 from __future__ import annotations
 
@@ -23,16 +24,41 @@ ROOT = Path(__file__).resolve().parent.parent
 def hub_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("keras-hub-models")
     return {name: hub_models.save(getattr(hub_models, name)(), d / f"{name}.keras")
-            for name in ("gpt2_backbone", "bert_backbone", "bert_text_classifier", "gpt2_causal_lm")}
+            for name in ("gpt2_backbone", "bert_backbone", "bert_text_classifier", "gpt2_causal_lm",
+                         "bert_masked_lm", "resnet_image_classifier", "vit_image_classifier")}
 
 
-# name -> (ONNX inputs, outputs)
+TEXT = ("INT32", [-1, -1])
+IMAGES = ("FP32", [-1, hub_models.IMAGE, hub_models.IMAGE, 3])
+# name -> (ONNX inputs with their datatype and shape, output names or None)
 EXPECTED = {
-    "gpt2_backbone": ({"token_ids", "padding_mask"}, None),
-    "bert_backbone": ({"token_ids", "padding_mask", "segment_ids"}, {"sequence_output", "pooled_output"}),
-    "bert_text_classifier": ({"token_ids", "padding_mask", "segment_ids"}, None),
-    "gpt2_causal_lm": ({"token_ids", "padding_mask"}, {"logits"}),
+    "gpt2_backbone": ({"token_ids": TEXT, "padding_mask": TEXT}, None),
+    "bert_backbone": ({"token_ids": TEXT, "padding_mask": TEXT, "segment_ids": TEXT},
+                      {"sequence_output", "pooled_output"}),
+    "bert_text_classifier": ({"token_ids": TEXT, "padding_mask": TEXT, "segment_ids": TEXT}, None),
+    "gpt2_causal_lm": ({"token_ids": TEXT, "padding_mask": TEXT}, {"logits"}),
+    "bert_masked_lm": ({"token_ids": TEXT, "padding_mask": TEXT, "segment_ids": TEXT, "mask_positions": TEXT},
+                       {"logits"}),
+    # keras_hub's ResNet input has no name (Keras calls it keras_tensor_<n>, changing per load): "images"
+    "resnet_image_classifier": ({"images": IMAGES}, {"predictions"}),
+    "vit_image_classifier": ({"images": IMAGES}, {"predictions"}),
 }
+
+
+def request_feeds(inputs: set[str]) -> dict[str, np.ndarray]:
+    """A request as a user sends one: a real padding mask (row 1 padded after 7 tokens), two segments,
+    masked positions inside the sequence, or images."""
+    rng = np.random.default_rng(3)
+    if inputs == {"images"}:
+        return {"images": rng.uniform(0, 1, (2, hub_models.IMAGE, hub_models.IMAGE, 3)).astype("float32")}
+    feeds = {"token_ids": rng.integers(0, hub_models.VOCAB, (2, 12)).astype("int32"),
+             "padding_mask": np.ones((2, 12), "int32")}
+    feeds["padding_mask"][1, 7:] = 0
+    if "segment_ids" in inputs:
+        feeds["segment_ids"] = np.concatenate([np.zeros((2, 6), "int32"), np.ones((2, 6), "int32")], axis=1)
+    if "mask_positions" in inputs:
+        feeds["mask_positions"] = np.array([[1, 4, 11], [0, 2, 6]], "int32")
+    return feeds
 
 
 @pytest.mark.parametrize("name", list(EXPECTED))
@@ -44,8 +70,8 @@ def test_keras_hub_model_converts_to_onnx_with_named_inputs_and_parity(conv, hub
     res = events[-1].convert_result
     assert events[-1].stage == "done", events[-1]
     inputs, outputs = EXPECTED[name]
-    assert {i.name for i in res.info.inputs} == inputs
-    assert all(i.datatype == "INT32" and list(i.shape) == [-1, -1] for i in res.info.inputs)
+    assert {i.name: (i.datatype, list(i.shape)) for i in res.info.inputs} == inputs
+    assert {i.name for i in res.source_info.inputs} == set(inputs)  # the source is described by the same names
     if outputs:
         assert {o.name for o in res.info.outputs} == outputs
     assert res.parity.passed and res.parity.samples == 8
@@ -55,19 +81,25 @@ def test_keras_hub_model_converts_to_onnx_with_named_inputs_and_parity(conv, hub
     # The downloaded ONNX model answers a request with a real padding mask like the Keras model does.
     onnx_path = conv.download(res.artifact, tmp_path / "model.onnx")
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(3)
-    feeds = {"token_ids": rng.integers(0, hub_models.VOCAB, (2, 12)).astype("int32"),
-             "padding_mask": np.ones((2, 12), "int32")}
-    feeds["padding_mask"][1, 7:] = 0
-    if "segment_ids" in inputs:
-        feeds["segment_ids"] = np.concatenate([np.zeros((2, 6), "int32"), np.ones((2, 6), "int32")], axis=1)
+    feeds = request_feeds(set(inputs))
     model = keras.saving.load_model(hub_files[name])
-    want = model(dict(feeds), training=False)
+    keras_feeds = feeds["images"] if "images" in feeds else dict(feeds)
+    want = model(keras_feeds, training=False)
     want = list(want.values()) if isinstance(want, dict) else [want]
     got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds), strict=True))
     by_shape = {tuple(np.shape(w)): np.asarray(w) for w in want}
+    assert len(by_shape) == len(got)
     for value in got.values():
         np.testing.assert_allclose(value, by_shape[value.shape], atol=1e-4)
+    if "mask_positions" in feeds:  # logits at the 3 masked positions only
+        assert next(iter(got.values())).shape == (2, 3, hub_models.VOCAB)
+
+    # Read back as ONNX (what the optimizer gets): generated samples stay inside the valid ranges. A dynamic
+    # sequence is generated 4 long, so masked positions are below 4.
+    from modelport.conversion.models import load_model
+
+    ranges = {"token_ids": (0, hub_models.VOCAB), "padding_mask": (0, 2), "segment_ids": (0, 2), "mask_positions": (0, 4)}
+    assert load_model(onnx_path, "onnx").int_ranges == {k: v for k, v in ranges.items() if k in inputs}
 
 
 def test_model_of_a_missing_package_is_failed_precondition_naming_it(conv, hub_files, tmp_path):

@@ -107,7 +107,7 @@ def test_kill9_converter_then_optimizer_mid_deploy_then_rerun_resumes_from_cache
     assert [r["version"] for r in cr.reports] == ["1", "2"] and all(r["ok"] for r in cr.reports)
     # each restart swept the killed job's work folder; nothing of a dead process was left, nothing at the end
     assert cr.swept == ["converter: removed 1 stale temp entry from the store's tmp/",
-                        "optimizer: removed 1 stale temp entry from the store's tmp/"]
+                        "optimizer: removed 1 stale temp entry from the store's tmp/"], cr
     assert cr.leftovers_after_restart == []
     assert cr.leftovers_at_end == []
 

@@ -238,3 +238,48 @@ def test_event_loop_setting_picks_the_runner():
     if not has_uvloop:
         with pytest.raises(ValueError, match="uvloop is not installed"):
             event_loop_runner("uvloop")
+
+
+def test_only_hot_methods_become_registered_methods():
+    """grpc.aio waits on one task per registered method on every call: the registrar registers only a
+    service's hot methods and leaves the rest to the generic handler the same registration adds."""
+    from modelport.runtime.interceptors import ServiceInterceptor
+
+    class Recorder:  # stands in for grpc.aio.Server's two registration calls
+        def __init__(self):
+            self.generic, self.registered = [], {}
+
+        def add_generic_rpc_handlers(self, handlers):
+            self.generic.extend(handlers)
+
+        def add_registered_method_handlers(self, service, handlers):
+            self.registered[service] = sorted(handlers)
+
+    server = Recorder()
+    registrar = ServiceInterceptor("probe", "", set()).registering(server, {"/grpc.health.v1.Health/Check"})
+    health_pb2_grpc.add_HealthServicer_to_server(health_pb2_grpc.HealthServicer(), registrar)
+    converter_pb2_grpc.add_ConverterServicer_to_server(converter_pb2_grpc.ConverterServicer(), registrar)
+    assert server.registered == {"grpc.health.v1.Health": ["Check"]}
+    assert len(server.generic) == 2  # every method stays reachable through the generic handlers
+
+
+def test_inference_service_registers_model_infer_alone(tmp_path, channel_to):
+    """The inference service's only registered method is ModelInfer; its other methods still answer, through
+    the generic handlers."""
+    from inference_svc.service import InferenceService
+    from inference_svc.settings import InferenceSettings
+    from modelport.kserve.v2 import grpc_service_pb2 as kpb
+    from modelport.kserve.v2 import grpc_service_pb2_grpc as kpb_grpc
+
+    svc = InferenceService(parse_settings(InferenceSettings, ["--repository", str(tmp_path), "--port", "0",
+                                                              "--allow-unauthenticated"]))
+    assert svc.hot_methods() == {"/inference.GRPCInferenceService/ModelInfer"}
+    with BackgroundServer(svc) as bg:
+        ch = channel_to(bg.address)
+        assert kpb_grpc.GRPCInferenceServiceStub(ch).ServerLive(kpb.ServerLiveRequest()).live
+        assert list(serving_pb2_grpc.ModelControlStub(ch).ListModels(serving_pb2.ListModelsRequest()).models) == []
+        assert health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest()).status == \
+            health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as e:  # the hot method itself: a real answer, not UNIMPLEMENTED
+            kpb_grpc.GRPCInferenceServiceStub(ch).ModelInfer(kpb.ModelInferRequest(model_name="nope"))
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND, e.value.details()

@@ -5,7 +5,10 @@ Keras imports that module while loading. When the package is missing the file is
 environment is not: ``missing_package_error`` turns Keras' "parent module ... cannot be imported"
 into FAILED_PRECONDITION naming the package to install. ``input_ranges`` gives the integer ranges
 parity samples are drawn from (token ids below the vocabulary size, segment ids below the number
-of segments, a 0/1 padding mask), since keras_hub's embeddings are not plain ``Embedding`` layers.
+of segments, a 0/1 padding mask, masked LM positions inside the sequence), since keras_hub's
+embeddings are not plain ``Embedding`` layers. ``input_names`` gives an image model's unnamed input
+(Keras calls it ``keras_tensor_<n>``, a counter that changes from one load to the next) the stable
+name keras_hub's own image models use: ``images``.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ _DISTRIBUTIONS = {
 # Packages the converter and optimizer extras carry (pyproject.toml), with the pinned version.
 _EXTRAS = {"keras-hub": "keras-hub==0.32.0"}
 
+_AUTO_INPUT = re.compile(r"(keras_tensor|input_layer|input)(_\d+)?$")
 _PARENT_MODULE = re.compile(r"parent module ([A-Za-z_][\w.]*) cannot be imported")
 _NO_MODULE = re.compile(r"No module named '([A-Za-z_][\w.]*)'")
 
@@ -106,7 +110,41 @@ def input_ranges(model: Any) -> dict[str, tuple[int, int]]:
         ranges["token_ids"] = (0, int(vocabulary))
     segments = getattr(backbone, "num_segments", None) or getattr(backbone, "type_vocabulary_size", None)
     ranges["segment_ids"] = (0, int(segments) if segments else 1)
+    # A masked LM's mask_positions index the sequence: below its length (generated samples make a
+    # dynamic sequence DEFAULT_DYNAMIC_DIM long).
+    ranges["mask_positions"] = (0, _sequence_length(model))
     return ranges
+
+
+def named_input_ranges(shapes: dict[str, list[int]]) -> dict[str, tuple[int, int]]:
+    """Ranges for inputs named like keras_hub's, in a graph without its Keras model (an ONNX export):
+    ``padding_mask`` 0/1 and ``mask_positions`` inside the sequence (``token_ids``' length, or the
+    DEFAULT_DYNAMIC_DIM a dynamic one is generated with). {} unless the inputs include ``token_ids``."""
+    from modelport.datasets import DEFAULT_DYNAMIC_DIM
+
+    if "token_ids" not in shapes:
+        return {}
+    dims = list(shapes["token_ids"])
+    seq = dims[1] if len(dims) > 1 and dims[1] and dims[1] > 0 else DEFAULT_DYNAMIC_DIM
+    ranges = {"padding_mask": (0, 2), "mask_positions": (0, int(seq))}
+    return {k: v for k, v in ranges.items() if k in shapes}
+
+
+def _sequence_length(model: Any) -> int:
+    from modelport.datasets import DEFAULT_DYNAMIC_DIM
+
+    try:
+        shape = next(t.shape for t in model.inputs if str(t.name).split(":")[0] == "token_ids")
+        return int(shape[1]) if len(shape) > 1 and shape[1] is not None else DEFAULT_DYNAMIC_DIM
+    except (AttributeError, ValueError, StopIteration, TypeError):
+        return DEFAULT_DYNAMIC_DIM
+
+
+def input_names(model: Any, names: list[str], shapes: list[tuple]) -> list[str]:
+    """A keras_hub image model's one unnamed image input (rank 4) is ``images``; other names are kept."""
+    if len(names) != 1 or len(shapes[0]) != 4 or not _AUTO_INPUT.match(names[0]) or not is_keras_hub_model(model):
+        return names
+    return ["images"]
 
 
 def output_names(model: Any, names: list[str]) -> list[str]:

@@ -79,7 +79,8 @@ def keras_input_infos(model: Any) -> list[KerasTensorInfo]:
             raw = str(raw).split(":")[0]
             shape = tuple(None if d is None else int(d) for d in t.shape)
             infos.append(KerasTensorInfo(_clean_name(raw, f"input_{i}"), _dtype_name(t.dtype), shape))
-        names_u = _unique([i.name for i in infos])
+        # a keras_hub image model's unnamed input is "images"
+        names_u = _unique(hub_models.input_names(model, [i.name for i in infos], [i.shape for i in infos]))
         return [KerasTensorInfo(n, i.dtype, i.shape) for n, i in zip(names_u, infos, strict=False)]
     # tf-keras subclassed model: the save spec records what it was called with.
     save_spec = getattr(model, "save_spec", None)

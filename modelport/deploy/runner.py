@@ -318,13 +318,17 @@ class _Runner:
             arrays = {k: v.astype(to_numpy_dtype(dtypes[k])) if dtypes.get(k, "BYTES") != "BYTES" else v
                       for k, v in arrays.items()}
         else:
+            from modelport.conversion.hub_models import named_input_ranges
+
             rng = np.random.default_rng(0)
+            shapes = {t.name: [4 if i == 0 and d < 0 else max(int(d), 1) for i, d in enumerate(t.shape)]
+                      for t in meta.inputs}
+            ranges = named_input_ranges(shapes)  # a keras_hub masked LM's mask_positions inside the sequence
             arrays = {}
             for t in meta.inputs:
-                shape = [4 if i == 0 and d < 0 else max(int(d), 1) for i, d in enumerate(t.shape)]
                 dt = to_numpy_dtype(t.datatype)
-                arrays[t.name] = (rng.random(shape).astype(dt) if dt.kind == "f"
-                                  else rng.integers(0, 2, shape).astype(dt))
+                arrays[t.name] = (rng.random(shapes[t.name]).astype(dt) if dt.kind == "f"
+                                  else rng.integers(*ranges.get(t.name, (0, 2)), shapes[t.name]).astype(dt))
         n = min(len(next(iter(arrays.values()))), SMOKE_MAX_SAMPLES)
         arrays = {k: v[:n] for k, v in arrays.items()}
         labels = labels[:n] if labels is not None else None

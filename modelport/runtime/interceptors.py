@@ -109,11 +109,12 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             wrapped = self._wrapped[details.method] = self.wrap_handler(handler, details.method)
         return wrapped
 
-    def registering(self, server) -> _WrappingRegistrar:
+    def registering(self, server, hot: set[str] | frozenset[str] = frozenset()) -> _WrappingRegistrar:
         """A stand-in for ``server`` to pass to ``add_*_to_server``: every handler registered through it is
         wrapped once, at registration, instead of through grpc's per-call interceptor chain (which costs a
-        coroutine, a task and several futures on every call)."""
-        return _WrappingRegistrar(server, self)
+        coroutine, a task and several futures on every call). Only the ``hot`` methods (full names) become
+        registered methods; the rest are found through the generic handlers (``Service.hot_methods``)."""
+        return _WrappingRegistrar(server, self, frozenset(hot))
 
     def wrap_handler(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         """``handler`` with auth, error mapping and metrics around it."""
@@ -238,16 +239,19 @@ class _WrappedGenericHandler(grpc.GenericRpcHandler):
 class _WrappingRegistrar:
     """Forwards registrations to a grpc.aio server with every handler wrapped by the interceptor."""
 
-    def __init__(self, server, interceptor: ServiceInterceptor):
+    def __init__(self, server, interceptor: ServiceInterceptor, hot: frozenset[str] = frozenset()):
         self._server = server
         self._interceptor = interceptor
+        self._hot = hot
 
     def add_generic_rpc_handlers(self, handlers) -> None:
         self._server.add_generic_rpc_handlers(tuple(_WrappedGenericHandler(h, self._interceptor) for h in handlers))
 
     def add_registered_method_handlers(self, service_name: str, handlers: dict) -> None:
-        self._server.add_registered_method_handlers(
-            service_name, {m: self._interceptor.wrap_handler(h, f"/{service_name}/{m}") for m, h in handlers.items()})
+        hot = {m: h for m, h in handlers.items() if f"/{service_name}/{m}" in self._hot}
+        if hot:  # the others are served by the generic handler the same registration adds
+            self._server.add_registered_method_handlers(
+                service_name, {m: self._interceptor.wrap_handler(h, f"/{service_name}/{m}") for m, h in hot.items()})
 
     def __getattr__(self, name):
         return getattr(self._server, name)

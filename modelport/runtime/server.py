@@ -68,6 +68,14 @@ class Service:
     def mutating_methods(self) -> set[str]:
         return set()
 
+    def hot_methods(self) -> set[str]:
+        """Full method names (``/package.Service/Method``) registered as grpc.aio *registered methods*; every
+        other method is served through the generic handler lookup. grpc.aio (1.85) keeps one task per registered
+        method and runs ``asyncio.wait`` over all of them twice per call, so each registered method costs every
+        call of every method: only a service's per-request hot path belongs here (health, reflection, Artifacts
+        and control calls are rare)."""
+        return set()
+
     async def startup(self) -> None:
         """Warm-up before SERVING (load models, start workers)."""
 
@@ -206,7 +214,7 @@ async def start_service(service: Service, *, ready: bool = True) -> RunningServe
     mutating = {UPLOAD_METHOD, *service.mutating_methods()}
     server = grpc.aio.server(options=server_options(s))
     # The interceptor wraps every handler once as it is registered (through ``registrar``), not on each call.
-    registrar = ServiceInterceptor(service.name, s.auth_token, mutating).registering(server)
+    registrar = ServiceInterceptor(service.name, s.auth_token, mutating).registering(server, service.hot_methods())
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registrar)
     artifacts = ArtifactsServicer(service.store)
