@@ -16,7 +16,7 @@ converted result is no farther from the float64 reference than ``NOISE_FACTOR`` 
 result is; it is then ``judged_by="source noise"`` and the figures are reported (``ModelInfo.details`` key
 ``DETAIL_KEY``, and the parity summary). A stable source never takes this path: its outputs are judged by the
 tolerances alone. A source that cannot be rebuilt in float64 (custom layers, more than ``MAX_WEIGHT_BYTES`` of
-weights) keeps the plain verdict.
+weights, less than 4x its weights + 1 GiB of memory available) keeps the plain verdict.
 """
 
 from __future__ import annotations
@@ -113,6 +113,11 @@ def measure_and_rejudge(load_source, weight_bytes: int, report: ParityReport, in
     """``rejudge`` with the float64 reference computed from a freshly loaded source (``load_source()``);
     returns "" (report untouched) when the source cannot be rebuilt in float64."""
     if weight_bytes > MAX_WEIGHT_BYTES:
+        return ""
+    from modelport.memory import available_bytes
+
+    if available_bytes().available < 4 * weight_bytes + (1 << 30):  # float32 reload + float64 twin + copies
+        log.info("no float64 re-run of the source for parity: not enough memory available")
         return ""
     src = None
     try:
