@@ -196,7 +196,12 @@ def plan_execution(path: Path, opts: LoadOptions, available: list[str] | None, *
                                                     available)
             one, t_narrow = interleaved_medians_s([(session, feeds), (narrow, feeds)])
             plan.timings_us.update(all_cores=one * 1e6, one_thread=t_narrow * 1e6)
-            if one_thread_is_enough(one, t_narrow):
+            # Only a short model's lone request goes to one thread (hand-offs cost more than the cores give). A
+            # compute-bound one keeps every core for a lone request, whatever the load-time timing said: a busy
+            # machine at load (other servers starting) makes all cores look no faster, and one thread then
+            # doubled MobileNetV2's latency at concurrency 1 once the machine was quiet. Waiting requests still
+            # get one-thread runs side by side (the concurrent session below).
+            if short and one_thread_is_enough(one, t_narrow):
                 plan.session, plan.warnings, plan.intra_op_threads = narrow, narrow_warnings, 1
         main_one = t_narrow if plan.intra_op_threads == 1 and narrow is plan.session else one
         pays = False
@@ -210,9 +215,6 @@ def plan_execution(path: Path, opts: LoadOptions, available: list[str] | None, *
                 plan.timings_us[f"batch{PROBE_BATCH}_per_item"] = many / PROBE_BATCH * 1e6
                 pays = batching_pays(single, many)
         plan.inline, plan.auto_batching = inline_or_batch(main_one, pays, inline_max_us)
-        if plan.intra_op_threads == 1 and narrow is plan.session and not short and not plan.auto_batching \
-                and may_add_instances:
-            plan.instances = cores()  # long one-thread runs: one per core side by side
         if (narrow is not None and narrow is not plan.session and may_add_instances and not plan.auto_batching
                 and not plan.inline and concurrent_runs_pay(one, t_narrow, cores())):
             plan.concurrent_session, plan.instances = narrow, cores()

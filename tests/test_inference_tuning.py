@@ -98,6 +98,30 @@ def test_plan_keeps_what_the_user_set(tmp_path):
     assert not fixed_plan.auto_batching and not any(k.startswith("batch8") for k in fixed_plan.timings_us)
 
 
+def test_a_compute_bound_model_keeps_every_core_for_a_lone_request(tmp_path):
+    """A model whose run is past NARROW_TRY_MAX_S keeps onnxruntime's all-core session for a lone request
+    whatever the two timings were (a busy machine at load makes all cores look no faster); waiting requests get
+    one-thread runs side by side when that pays."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = [numpy_helper.from_array(rng.standard_normal((1024, 1024)).astype(np.float32), f"W{i}") for i in range(4)]
+    nodes = [helper.make_node("MatMul", ["x" if i == 0 else f"h{i}", f"W{i}"], ["y" if i == 3 else f"h{i + 1}"])
+             for i in range(4)]
+    graph = helper.make_graph(nodes, "big", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [512, 1024])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [512, 1024])], w)
+    path = tmp_path / "big.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    plan = tuning.plan_execution(path, LoadOptions(execution_provider="cpu"), None, tune=True, may_auto_batch=True,
+                                 inline_max_us=500, may_add_instances=True)
+    assert plan.timings_us["all_cores"] > tuning.NARROW_TRY_MAX_S * 1e6, plan.timings_us  # compute-bound here
+    assert plan.intra_op_threads == 0 and not plan.inline, plan.describe()
+    if tuning.cores() > 1 and tuning.concurrent_runs_pay(plan.timings_us["all_cores"] / 1e6,
+                                                          plan.timings_us["one_thread"] / 1e6, tuning.cores()):
+        assert plan.concurrent_session is not None and plan.instances == tuning.cores()
+
+
 def test_a_model_whose_outputs_do_not_follow_the_batch_is_never_auto_batched(tmp_path):
     import onnx
     from onnx import TensorProto, helper
