@@ -213,39 +213,26 @@ class _RawModelInferGeneric(grpc.GenericRpcHandler):
         return handler
 
 
-class HotMethodsOnly:
-    """Passes a generated registration on to ``server`` with only the ``hot`` methods registered as *registered
-    methods*; the others are served through the generic handler the same registration adds.
+class RawModelInfer:
+    """Passes a generated registration on to ``server`` with ModelInfer's handler replaced (request bytes in,
+    bytes or a message out), in the generic handler and among the registered methods alike. Which methods become
+    grpc.aio registered methods is the runtime's choice (``Service.hot_methods``: ModelInfer alone here)."""
 
-    grpc.aio (1.85) keeps one task per registered method waiting for its calls, and its server loop runs
-    ``asyncio.wait`` over all of them twice per call: with every method of every service registered (29 here)
-    that was ~2 x 29 done-callbacks added and removed per request, more Python than the whole inline MLP request.
-    Methods called rarely (metadata, control, repository) lose nothing by going through the generic lookup.
-    With ``raw_model_infer``, ModelInfer's handler is replaced (request bytes in, bytes or a message out)."""
-
-    def __init__(self, server, hot: frozenset[str] = frozenset(), raw_model_infer_: bool = False):
+    def __init__(self, server):
         self._server = server
-        self._hot = hot
-        self._raw = raw_model_infer_
 
     def add_generic_rpc_handlers(self, handlers) -> None:
-        if self._raw:
-            handlers = tuple(_RawModelInferGeneric(h) for h in handlers)
-        self._server.add_generic_rpc_handlers(handlers)
+        self._server.add_generic_rpc_handlers(tuple(_RawModelInferGeneric(h) for h in handlers))
 
     def add_registered_method_handlers(self, service_name: str, handlers: dict) -> None:
-        if self._raw and service_name == SERVICE and MODEL_INFER in handlers:
+        if service_name == SERVICE and MODEL_INFER in handlers:
             handlers = {**handlers, MODEL_INFER: raw_model_infer(handlers[MODEL_INFER])}
-        handlers = {m: h for m, h in handlers.items() if m in self._hot}
-        if handlers:
-            self._server.add_registered_method_handlers(service_name, handlers)
+        self._server.add_registered_method_handlers(service_name, handlers)
 
     def __getattr__(self, name):
         return getattr(self._server, name)
 
 
 def add_inference_servicer(servicer, server) -> None:
-    """``add_GRPCInferenceServiceServicer_to_server`` with ModelInfer on request bytes (see the module doc) and
-    the only registered method (``HotMethodsOnly``)."""
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-        servicer, HotMethodsOnly(server, frozenset({MODEL_INFER}), raw_model_infer_=True))
+    """``add_GRPCInferenceServiceServicer_to_server`` with ModelInfer on request bytes (see the module doc)."""
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, RawModelInfer(server))
