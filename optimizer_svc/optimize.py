@@ -75,11 +75,12 @@ class _Spec:
         self.name, self.dtype, self.shape = name, dtype, shape
 
 
-def onnx_input_specs(path: Path) -> list[_Spec]:
+def onnx_input_specs(model) -> list[_Spec]:
+    """The graph inputs (not initializers) of an ONNX model: a path, or a ModelProto already loaded."""
     import onnx
     from onnx import helper
 
-    m = onnx.load(str(path), load_external_data=False)
+    m = onnx.load(str(model), load_external_data=False) if isinstance(model, (str, Path)) else model
     inits = {i.name for i in m.graph.initializer}
     specs = []
     for vi in m.graph.input:
@@ -217,7 +218,15 @@ def optimize(progress, store: ArtifactStore, job: OptimizeJob, origin: str, work
                 the_plan.skipped.append((t, source.rebuild_error))
     else:
         baseline_path = model_path
-    specs = onnx_input_specs(baseline_path)
+    import onnx
+
+    from modelport.conversion.models import onnx_int_ranges
+
+    graph = onnx.load(str(baseline_path), load_external_data=False)  # read once for both
+    specs = onnx_input_specs(graph)
+    # integer inputs inside their valid ranges (token ids below the vocabulary, keras_hub's masks), for samples
+    int_ranges = onnx_int_ranges(graph, specs)
+    del graph
     input_names = [s.name for s in specs]
     cal_x, _ = load_dataset(cal_p, specs, "calibration_data")
     train_x, train_y = load_dataset(train_p, specs, "train_data")
@@ -225,11 +234,9 @@ def optimize(progress, store: ArtifactStore, job: OptimizeJob, origin: str, work
     if not eval_x:  # agreement with the baseline on whatever inputs we have
         eval_x = cal_x or train_x
         if not eval_x:
-            from modelport.conversion.models import onnx_int_ranges
             from modelport.datasets import generate_inputs
 
-            # integer inputs inside their valid ranges (token ids below the vocabulary, keras_hub's masks)
-            eval_x = generate_inputs(specs, num_samples=64, seed=0, int_ranges=onnx_int_ranges(baseline_path, specs))
+            eval_x = generate_inputs(specs, num_samples=64, seed=0, int_ranges=int_ranges)
     rep_x = cal_x or train_x or eval_x
 
     from modelport.providers import choose

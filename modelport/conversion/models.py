@@ -580,12 +580,10 @@ def _onnx_int_ranges(proto, inputs: list[TensorSpec]) -> dict[str, tuple[int, in
     return ranges
 
 
-def onnx_int_ranges(path: str | os.PathLike, inputs: list) -> dict[str, tuple[int, int]]:
-    """Valid ``[low, high)`` ranges for generated samples of the ONNX model's integer ``inputs`` (objects with
-    ``name``, numpy ``dtype`` and ``shape``): embedding rows, keras_hub's named inputs."""
-    import onnx
-
-    proto = onnx.load(str(path), load_external_data=False)
+def onnx_int_ranges(proto, inputs: list) -> dict[str, tuple[int, int]]:
+    """Valid ``[low, high)`` ranges for generated samples of the integer ``inputs`` (objects with ``name``, numpy
+    ``dtype`` and ``shape``) of an ONNX ModelProto (its graph; external data need not be loaded): embedding rows,
+    keras_hub's named inputs."""
     specs = [tensor_spec(i.name, i.dtype, i.shape) for i in inputs]
     return _onnx_int_ranges(proto, specs)
 
