@@ -314,20 +314,15 @@ def _scores(step, seq: list[int]):
     """Teacher-forced over ``seq[PROMPT_LEN:]``: (argmax ids, log-probs of the true tokens, top-1 minus top-2 logit)."""
     import numpy as np
 
-    from optimizer_svc.llm_techniques import _log_softmax
+    from optimizer_svc.llm_techniques import _log_softmax, teacher_forced_logits
 
     prompt, rest = seq[:PROMPT_LEN], seq[PROMPT_LEN:]
-    cache = step.new_cache(max_batch=1, max_context=len(seq))
-    logits = step.step(np.asarray([prompt]), np.zeros(1, np.int32), cache)[0]
-    top, logp, gaps, length = [], [], [], len(prompt)
-    for i, token in enumerate(rest):
+    top, logp, gaps = [], [], []
+    for logits, token in zip(teacher_forced_logits(step, prompt, rest), rest, strict=True):
         top.append(int(np.argmax(logits)))
         logp.append(float(_log_softmax(logits)[token]))
         two = np.partition(logits, -2)[-2:]
         gaps.append(float(two[1] - two[0]))
-        if i + 1 < len(rest):
-            logits = step.step(np.asarray([[token]]), np.asarray([length], np.int32), cache)[0]
-            length += 1
     return top, logp, gaps
 
 

@@ -24,6 +24,7 @@ import math
 import shutil
 import tarfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,17 +199,24 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - m - math.log(np.exp(x - m).sum())
 
 
-def teacher_forced(step: StepModel, prompt: list[int], continuation: list[int]) -> tuple[int, float]:
-    """(top-1 hits, summed negative log-likelihood) of ``step`` predicting each token of ``continuation``."""
+def teacher_forced_logits(step: StepModel, prompt: list[int], continuation: list[int]) -> Iterator[np.ndarray]:
+    """The logits ``step`` predicts each token of ``continuation`` with, the true tokens fed back (one step each)."""
     cache = step.new_cache(max_batch=1, max_context=len(prompt) + len(continuation))
     logits = step.step(np.asarray([prompt]), np.zeros(1, np.int32), cache)[0]
-    hits, nll, length = 0, 0.0, len(prompt)
+    length = len(prompt)
     for i, token in enumerate(continuation):
-        hits += int(np.argmax(logits) == token)
-        nll -= _log_softmax(logits)[token]
+        yield logits
         if i + 1 < len(continuation):
             logits = step.step(np.asarray([[token]]), np.asarray([length], np.int32), cache)[0]
             length += 1
+
+
+def teacher_forced(step: StepModel, prompt: list[int], continuation: list[int]) -> tuple[int, float]:
+    """(top-1 hits, summed negative log-likelihood) of ``step`` predicting each token of ``continuation``."""
+    hits, nll = 0, 0.0
+    for logits, token in zip(teacher_forced_logits(step, prompt, continuation), continuation, strict=True):
+        hits += int(np.argmax(logits) == token)
+        nll -= _log_softmax(logits)[token]
     return hits, nll
 
 
