@@ -220,12 +220,15 @@ def optimize(progress, store: ArtifactStore, job: OptimizeJob, origin: str, work
         baseline_path = model_path
     import onnx
 
+    from modelport.conversion.hub_models import feature_outputs
     from modelport.conversion.models import onnx_int_ranges
 
-    graph = onnx.load(str(baseline_path), load_external_data=False)  # read once for both
+    graph = onnx.load(str(baseline_path), load_external_data=False)  # read once for all three
     specs = onnx_input_specs(graph)
     # integer inputs inside their valid ranges (token ids below the vocabulary, keras_hub's masks), for samples
     int_ranges = onnx_int_ranges(graph, specs)
+    # a keras_hub backbone's sequence_output / pooled_output: features, judged by cosine, not by a top-1 class
+    features = feature_outputs([o.name for o in graph.graph.output])
     del graph
     input_names = [s.name for s in specs]
     cal_x, _ = load_dataset(cal_p, specs, "calibration_data")
@@ -245,7 +248,7 @@ def optimize(progress, store: ArtifactStore, job: OptimizeJob, origin: str, work
     providers = choice.providers
     threads = max(0, int(job.threads))
     mopts = dict(warmup=int(opts["measure.warmup"]), repeats=int(opts["measure.repeats"]),
-                 batch_size=int(opts["measure.batch_size"]))
+                 batch_size=int(opts["measure.batch_size"]), features=features if any(features) else None)
 
     export_note = {}
     if (source is not None and source.baseline_onnx is not None and source.model is not None
