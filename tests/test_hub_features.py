@@ -1,0 +1,68 @@
+"""How the optimizer judges a keras_hub backbone's outputs: features (sequence_output, pooled_output) agree when
+every feature vector keeps its direction (cosine >= 0.99), not when the argmax of a hidden state is unchanged."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from modelport.conversion.hub_models import FEATURE_OUTPUTS, feature_outputs
+from optimizer_svc import measure as M
+
+
+def hidden_states(seed: int = 0, n: int = 32, seq: int = 6, dim: int = 64) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, seq, dim)).astype(np.float32)
+
+
+def test_quantization_noise_keeps_features_but_flips_argmaxes_of_hidden_states():
+    ref = hidden_states()
+    noisy = ref + 0.05 * np.random.default_rng(1).normal(size=ref.shape).astype(np.float32)  # cosine ~0.999
+    assert M.feature_agreement([noisy], [ref]) == 1.0
+    assert M.agreement([noisy], [ref], features=[True]) == 1.0
+    assert M.agreement([noisy], [ref]) < 0.9  # the argmax of some position flips in most samples
+
+
+def test_a_sample_disagrees_when_one_vector_loses_its_direction():
+    ref = hidden_states()
+    cand = ref.copy()
+    cand[3, 2] = -ref[3, 2]  # one position of one sample
+    cand[7, 0] = ref[7, 0] + 0.3 * np.linalg.norm(ref[7, 0]) * np.eye(64, dtype=np.float32)[5]  # cosine ~0.95
+    assert M.feature_agreement([cand], [ref]) == 30 / 32
+    assert M.feature_agreement([cand], [ref], threshold=0.9) == 31 / 32
+
+
+def test_every_marked_output_counts_and_unmarked_ones_do_not():
+    seq, pooled, logits = hidden_states(), hidden_states(2)[:, 0], hidden_states(3)[:, 0, :5]
+    bad_pooled = pooled.copy()
+    bad_pooled[0] = -pooled[0]
+    other_logits = np.roll(logits, 1, axis=1)  # every argmax changes
+    assert M.agreement([seq, bad_pooled, other_logits], [seq, pooled, logits], features=[True, True, False]) == 31 / 32
+    assert M.agreement([seq, pooled, other_logits], [seq, pooled, logits], features=[True, True, False]) == 1.0
+    assert M.agreement([other_logits, seq], [logits, seq], features=[False, False]) == 0.0  # top-1, as before
+
+
+def test_zero_vectors_agree_and_mismatched_shapes_are_nan():
+    z = np.zeros((4, 3, 8), np.float32)
+    assert M.feature_agreement([z], [z]) == 1.0
+    one = z.copy()
+    one[0, 0, 0] = 1.0
+    assert M.feature_agreement([one], [z]) == 0.75
+    assert math.isnan(M.feature_agreement([z[:, :2]], [z]))
+
+
+def test_features_are_keras_hubs_backbone_output_names():
+    assert FEATURE_OUTPUTS == {"sequence_output", "pooled_output"}
+    assert feature_outputs(["pooled_output", "sequence_output"]) == [True, True]
+    assert feature_outputs(["logits", "predictions", "sequence_output_2"]) == [False, False, False]
+
+
+def test_measure_names_the_metric_it_judged_features_by(tmp_path):
+    ref = [hidden_states(n=4)]
+    run = lambda feed: [feed["x"]]  # noqa: E731 - an identity "model"
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"0" * 16)
+    m = M.measure(path, run, {"x": ref[0]}, None, ref, warmup=0, repeats=1, batch_size=1, features=[True])
+    assert m.agreement == 1.0 and m.details["agreement_metric"] == "feature cosine >= 0.99"
+    m = M.measure(path, run, {"x": ref[0]}, None, ref, warmup=0, repeats=1, batch_size=1)
+    assert "agreement_metric" not in m.details
