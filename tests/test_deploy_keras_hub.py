@@ -208,3 +208,18 @@ def test_deploy_optimizes_a_keras_hub_image_classifier_and_serves_its_images_inp
     diff = float(np.max(np.abs(got - want)))
     assert 1e-6 < diff < max_rel * float(np.max(np.abs(want))), (diff, float(np.max(np.abs(want))))
     assert np.mean(np.argmax(got, 1) == np.argmax(want, 1)) >= min_top1
+
+
+def test_keras_techniques_on_a_keras_hub_model_are_refused_not_run_on_an_empty_rebuild(tmp_path, client):
+    """keras_hub models serialize their constructor arguments, not their layers: the tf-keras bridge rebuilt them
+    as empty models (TFLite then failed with "Could not translate MLIR to FlatBuffer"). Requested, a Keras technique
+    is INVALID_ARGUMENT naming the class; under auto, those techniques are skipped with that reason."""
+    from modelport.errors import ModelportError
+
+    path = hub_models.save(hub_models.resnet_image_classifier(), tmp_path / "resnet.keras")
+    with pytest.raises(ModelportError) as err:
+        client.optimize(path, ["tflite-dynamic"])
+    assert err.value.status == "INVALID_ARGUMENT", err.value
+    assert "cannot rebuild this ResNetImageClassifier: its Keras 3 config holds its constructor arguments" in \
+        err.value.message
+    assert "only graph, fp16, int8-dynamic and int8-static apply to it" in err.value.message

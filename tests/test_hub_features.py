@@ -66,3 +66,28 @@ def test_measure_names_the_metric_it_judged_features_by(tmp_path):
     assert m.agreement == 1.0 and m.details["agreement_metric"] == "feature cosine >= 0.99"
     m = M.measure(path, run, {"x": ref[0]}, None, ref, warmup=0, repeats=1, batch_size=1)
     assert "agreement_metric" not in m.details
+
+
+def test_a_model_that_serializes_constructor_arguments_is_no_layer_graph_for_tf_keras(tmp_path):
+    """keras_hub's task models (Functional subclasses) give get_config() = their constructor arguments: translated,
+    a Functional without layers, which tf-keras would rebuild as an empty model. The bridge refuses it by name."""
+    import pytest
+
+    from modelport.errors import InvalidArgument
+    from optimizer_svc import keras_bridge
+
+    hub = {"class_name": "Functional", "config": {"backbone": {"class_name": "ResNetBackbone", "config": {}},
+                                                  "num_classes": 5, "name": "res_net_image_classifier"}}
+    cfg = {**keras_bridge.translate_config(hub), keras_bridge.KERAS3_CLASS: "ResNetImageClassifier"}
+    assert cfg["config"]["layers"] == []
+    problem = keras_bridge.not_a_layer_graph(cfg)
+    assert problem and "cannot rebuild this ResNetImageClassifier: its Keras 3 config holds its constructor" in problem
+    (tmp_path / keras_bridge.CONFIG).write_text(__import__("json").dumps(cfg))
+    with pytest.raises(InvalidArgument, match="only graph, fp16, int8-dynamic and int8-static apply"):
+        keras_bridge.load_tf_keras(str(tmp_path))  # refused before tf-keras is imported or weights are read
+
+    graph = {"class_name": "Functional", "config": {"name": "m", "layers": [
+        {"class_name": "InputLayer", "name": "x", "config": {"batch_shape": [None, 4], "name": "x"}, "inbound_nodes": []}],
+        "input_layers": ["x", 0, 0], "output_layers": ["x", 0, 0]}}
+    assert keras_bridge.not_a_layer_graph(keras_bridge.translate_config(graph)) is None
+    assert keras_bridge.not_a_layer_graph({"class_name": "Sequential", "config": {"layers": []}}) is None
