@@ -145,18 +145,21 @@ def export_portable(src: str, out_dir: str, trust_remote_code: bool = False) -> 
     model = keras.models.load_model(src, compile=False, safe_mode=not trust_remote_code)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    full = {"class_name": model.__class__.__name__, "config": model.get_config()}
-    if full["class_name"] not in ("Sequential", "Functional"):
-        full["class_name"] = "Functional"
-    portable = translate_config(full)
-    portable[KERAS3_CLASS] = model.__class__.__name__  # named when tf-keras cannot rebuild it (not_a_layer_graph)
-    (out / CONFIG).write_text(json.dumps(portable))
+    (out / CONFIG).write_text(json.dumps(portable_config(model)))
     arrays = {}
     for layer in _walk(model):
         for i, w in enumerate(layer.get_weights()):
             arrays[f"{layer.name}/{i}"] = np.asarray(w)
     np.savez(out / WEIGHTS, **arrays)
     keras_model_to_onnx(model, out / BASELINE_ONNX)
+
+
+def portable_config(model) -> dict:
+    """A Keras 3 model's tf-keras config, with its Keras 3 class (named when tf-keras cannot rebuild it)."""
+    full = {"class_name": model.__class__.__name__, "config": model.get_config()}
+    if full["class_name"] not in ("Sequential", "Functional"):
+        full["class_name"] = "Functional"
+    return {**translate_config(full), KERAS3_CLASS: model.__class__.__name__}
 
 
 def _walk(model):

@@ -5,6 +5,8 @@ Tiny random models of hub_models (2 layers, hidden 64)."""
 
 from __future__ import annotations
 
+import json
+
 import hub_models
 import numpy as np
 import pytest
@@ -210,16 +212,21 @@ def test_deploy_optimizes_a_keras_hub_image_classifier_and_serves_its_images_inp
     assert np.mean(np.argmax(got, 1) == np.argmax(want, 1)) >= min_top1
 
 
-def test_keras_techniques_on_a_keras_hub_model_are_refused_not_run_on_an_empty_rebuild(tmp_path, client):
-    """keras_hub models serialize their constructor arguments, not their layers: the tf-keras bridge rebuilt them
-    as empty models (TFLite then failed with "Could not translate MLIR to FlatBuffer"). Requested, a Keras technique
-    is INVALID_ARGUMENT naming the class; under auto, those techniques are skipped with that reason."""
-    from modelport.errors import ModelportError
+@pytest.mark.parametrize("name", ["resnet_image_classifier", "bert_backbone"])
+def test_the_tf_keras_bridge_refuses_a_keras_hub_model_instead_of_rebuilding_it_empty(name, tmp_path):
+    """keras_hub models serialize their constructor arguments, not their layers: the bridge to tf-keras (TFMOT,
+    TFLite) translated them to a Functional with no layers, rebuilt it as an empty model, and TFLite failed on
+    that with "Could not translate MLIR to FlatBuffer". Now the bridge refuses it by class: under auto the
+    optimizer skips those techniques with this reason, and naming one is INVALID_ARGUMENT (KerasSource)."""
+    from modelport.errors import InvalidArgument
+    from optimizer_svc import keras_bridge
 
-    path = hub_models.save(hub_models.resnet_image_classifier(), tmp_path / "resnet.keras")
-    with pytest.raises(ModelportError) as err:
-        client.optimize(path, ["tflite-dynamic"])
-    assert err.value.status == "INVALID_ARGUMENT", err.value
-    assert "cannot rebuild this ResNetImageClassifier: its Keras 3 config holds its constructor arguments" in \
+    model = getattr(hub_models, name)()
+    cfg = keras_bridge.portable_config(model)  # what the bridge's Keras 3 process writes
+    assert cfg["config"]["layers"] == [] and cfg[keras_bridge.KERAS3_CLASS] == type(model).__name__
+    (tmp_path / keras_bridge.CONFIG).write_text(json.dumps(cfg))
+    with pytest.raises(InvalidArgument) as err:
+        keras_bridge.load_tf_keras(str(tmp_path))
+    assert f"cannot rebuild this {type(model).__name__}: its Keras 3 config holds its constructor arguments" in \
         err.value.message
     assert "only graph, fp16, int8-dynamic and int8-static apply to it" in err.value.message
