@@ -420,6 +420,7 @@ def report(data: dict, missing: dict[str, str], rounds: int, seconds: float) -> 
     goal_rows = []
     for model, d in data["models"].items():
         runs = d["runs"]
+        bound = c1_bound(d)
         lines += [f"### {titles.get(model, model)}", ""]
         rows = []
         for c in conc:
@@ -433,9 +434,8 @@ def report(data: dict, missing: dict[str, str], rounds: int, seconds: float) -> 
             row += [common.fmt_ratio(r_peer) + (f" ({LABELS[peer]})" if peer else ""), common.fmt_ratio(r_floor),
                     f"{mp['errors']}" if mp else "—", errors]
             rows.append(row)
-            bound = c1_bound(d) if c == 1 else None
             goal_rows.append([f"{model}, c={c}: modelport / best peer", r_peer, GOAL_PEER_RATIO,
-                              common.ratio(bound, peer_rate)])
+                              common.ratio(bound, peer_rate) if c == 1 else None])
             if model == "mlp" and c == 1:
                 goal_rows.append([f"{model}, c={c}: modelport / floor", r_floor, GOAL_FLOOR_RATIO,
                                   common.ratio(bound, fl["calls_per_s"]) if fl else None])
@@ -454,7 +454,6 @@ def report(data: dict, missing: dict[str, str], rounds: int, seconds: float) -> 
         ip = d["in_process_c1"]
         lines += [f"In-process onnxruntime (default session: every core, one calling thread): {ip['calls_per_s']:.0f} runs/s "
                   f"(p50 {common.fmt_ms(ip['p50_s'])} ms), measured between the rounds.", ""]
-        bound = c1_bound(d)
         if bound is None and 1 in conc and "floor" in runs:
             lines += ["Bound at concurrency 1: not valid in this run (a server answered faster than the floor's "
                       "transport plus the in-process run measured between the rounds: other work slowed the "
