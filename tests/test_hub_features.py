@@ -91,3 +91,13 @@ def test_a_model_that_serializes_constructor_arguments_is_no_layer_graph_for_tf_
         "input_layers": ["x", 0, 0], "output_layers": ["x", 0, 0]}}
     assert keras_bridge.not_a_layer_graph(keras_bridge.translate_config(graph)) is None
     assert keras_bridge.not_a_layer_graph({"class_name": "Sequential", "config": {"layers": []}}) is None
+
+
+def test_feature_agreement_compares_a_few_rows_at_a_time_with_the_same_result(monkeypatch):
+    ref = hidden_states(n=40)
+    cand = ref.copy()
+    cand[[3, 17, 38], 1] *= -1
+    whole = M.feature_agreement([cand], [ref])
+    monkeypatch.setattr(M, "_CHUNK_ELEMENTS", 2 * 6 * 64)  # two samples per chunk
+    assert M.feature_agreement([cand], [ref]) == whole == 37 / 40
+    assert math.isnan(M.feature_agreement([cand[:0]], [ref[:0]]))
