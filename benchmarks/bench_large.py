@@ -297,7 +297,9 @@ def modelport_optimize(store: Path, artifact: dict, cap_bytes: int, technique: s
                 nonlocal last, t_last
                 now = time.perf_counter()
                 stages[last] = stages.get(last, 0.0) + now - t_last
-                last, t_last = ev.stage.split(":")[0], now
+                # The baseline's measurement apart from the candidates' (both are the job's "measuring" stage).
+                last = "measuring baseline" if ev.message == "measuring the baseline" else ev.stage.split(":")[0]
+                t_last = now
                 sampler.mark(last)
 
             t0 = time.perf_counter()
