@@ -112,7 +112,7 @@ def render(results: dict) -> str:
             err = op.get("error") or ""
             killed = op.get("killed_at_bytes")
             rows.append([
-                r["label"], _gb(w), tech,
+                r["label"] + (f" [previous run: `{op['previous_run']}`]" if op.get("previous_run") else ""), _gb(w), tech,
                 f"killed at {_gb(killed)}" if killed else _x(op.get("peak_bytes"), w),
                 _x(op.get("admission_bytes"), w),
                 f"{op['optimize_s']:.0f}",
@@ -162,6 +162,16 @@ def main() -> None:
     cap = int(args.cap_gb * GB) if args.cap_gb else int(min(18 * GB, available_bytes().available - 3 * GB))
     results = measure(names, techniques, cap)
     results["command"], results["system"] = common.command_line(), common.system_info()
+    # Rows not re-run keep the last run's figures, marked with its command (a focused re-run of one technique
+    # does not drop the others).
+    last = common.RESULTS_DIR / "large_techniques.json"
+    previous = json.loads(last.read_text()) if last.is_file() else {}
+    for name, r in previous.get("models", {}).items():
+        mine = results["models"].setdefault(name, {**r, "techniques": {}})
+        for tech, op in r.get("techniques", {}).items():
+            if tech not in mine["techniques"]:
+                mine["techniques"][tech] = {**op, "previous_run": op.get("previous_run") or previous.get("command", "")}
+    results["techniques"] = [*techniques, *(t for t in previous.get("techniques", []) if t not in techniques)]
     md = render(results)
     common.write_section("large_techniques", md, results)
     print(md)

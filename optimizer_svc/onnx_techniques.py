@@ -86,9 +86,10 @@ def fp16(src: Path, out: Path) -> dict[str, str]:
     from modelport.onnx_files import save
 
     external = _external(src)
-    model = onnx.load(str(src))  # external data is read from beside src
-    converted = convert_float_to_float16(model, keep_io_types=True)
-    del model
+    # Given the path, the converter infers shapes with infer_shapes_path (in src's folder, so the external data
+    # resolves) and loads that: given a loaded model it serializes it whole for shape inference, which fails past
+    # protobuf's 2 GiB ("Failed to serialize proto" on the 2.34 GB transformer).
+    converted = convert_float_to_float16(str(src), keep_io_types=True)
     save(converted, out, external=external or None)
     n16 = sum(1 for t in converted.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16)
     return {"fp16_initializers": str(n16), "io_types": "kept float32"}
