@@ -545,6 +545,24 @@ def run_source(args, name: str, source: str, path: Path, w: int, build_s: float,
     return r
 
 
+SOURCES_NOTE = [
+    "Source formats (issue 13 asks for `.keras`, legacy `.h5` and SavedModel): `.h5` takes the same route as "
+    "`.keras` (Keras 3 loads it; the lean loader reads its HDF5 datasets block by block). A Keras 3 "
+    "`model.export(dir)` SavedModel stores every weight twice: the model's variables (which the serving signature "
+    "reads) and the export archive's `_all_variables` list (`keras/src/export/saved_model_export_archive.py`), "
+    "each with its own value in the checkpoint: 2.66 GB of variables data for the 4-block transformer's 1.33 GB "
+    "(the source column says so). `tf.saved_model.load` restored both copies: the first measured run of that "
+    "row (`--models t4 --source h5,savedmodel --skip-plain --skip-serving --cap-gb 14`, before the lean "
+    "SavedModel load) peaked at 3.97 GB, 2.98x, with 2.66x already in the `loading` stage (the .h5 row of that "
+    "run: 2.11x). The lean load (`savedmodel_lean_load.py`) loads with `experimental_skip_checkpoint` (variables "
+    "created uninitialized) and restores only the variables the signature captures, one at a time, by their "
+    "checkpoint keys; a SavedModel whose checkpoint restores anything else (a lookup table's contents) loads the "
+    "plain way. Plain tf2onnx was run on `.keras` only (its `keras.saving.load_model` + `from_function`). "
+    "Wall times of rows from different runs are not comparable: other jobs shared the 2 cores at different loads "
+    "(the 4-block .keras row's 161 s against 43 s for its .h5 row; the memory figures do not depend on it).",
+    "",
+]
+
 CONVERT_MEMORY_NOTE = [
     "Where VGG-16's conversion peak comes from (measured for issue 13 with `/tmp` scripts not kept, bare "
     "processes, VGG-16 0.55 GB): the floor column is the idle tree plus one copy of the weights; for VGG-16 "
@@ -619,9 +637,14 @@ def render(results: dict) -> str:
         "## Large models: Keras -> ONNX with bounded memory",
         "",
         "Peak RSS of the whole process tree (converter service + its worker, TensorFlow pre-imported) while it "
-        "converts a `.keras` upload to ONNX (load, parity on 8 generated samples, export, store), sampled every "
-        f"50 ms, against the model's float32 weight bytes; target <= {TARGET}x. The route: weights as inputs "
-        "(`modelport/conversion/large_export.py`), a lean Keras load (`keras_lean_load.py`), the source run and "
+        "converts an upload to ONNX (load, parity on 8 generated samples, export, store), sampled every "
+        f"50 ms, against the model's float32 weight bytes; target <= {TARGET}x. The model is built once per run and "
+        "written in each source format of `--source`: `.keras` (`model.save('x.keras')`), legacy `.h5` "
+        "(`model.save('x.h5')`) and SavedModel (`model.export(dir)`, Keras 3's way to write one), each uploaded as "
+        "the CLI sends it (`client.upload_source`: a file as itself, a SavedModel folder as one tar archive). The "
+        "route: weights as inputs (`modelport/conversion/large_export.py`), a lean Keras load for `.keras` and "
+        "`.h5` (`keras_lean_load.py`), a lean SavedModel load (`savedmodel_lean_load.py`: only the variables the "
+        "serving signature reads are restored), the source run and "
         "freed before the result is loaded; results past 256 MiB of weights are `model.onnx` + `model.onnx.data` "
         "in one folder artifact (`onnx+tar`). Plain tf2onnx = a fresh process calling `keras.saving.load_model` "
         "then `tf2onnx.convert.from_function(..., large_model=True)`, under this benchmark's memory cap of "
@@ -640,6 +663,7 @@ def render(results: dict) -> str:
         "",
         stages,
         "",
+        *SOURCES_NOTE,
         *CONVERT_MEMORY_NOTE,
         "The graph: on the small models of `tests/test_large_export.py` (transformer blocks, MLP, multi-input, "
         "Conv1D) the ONNX graph has the classic route's op types node for node (weight-only nodes folded while "
