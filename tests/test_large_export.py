@@ -421,7 +421,7 @@ def test_lean_savedmodel_load_restores_one_copy_of_a_keras_export(tmp_path, monk
     import tensorflow as tf
 
     from modelport import formats, memory
-    from modelport.conversion import large_export, models
+    from modelport.conversion import convert, large_export, models
     from modelport.conversion import savedmodel_lean_load as lean
 
     model = _randomize(tf_models.attention_net())
@@ -437,6 +437,9 @@ def test_lean_savedmodel_load_restores_one_copy_of_a_keras_export(tmp_path, monk
     src = models.load_model(tmp_path / "sm", formats.SAVEDMODEL)
     assert len(calls) == 1
     assert src.weight_bytes == model_bytes  # what the signature reads, not the variables data on disk
+    # The admission estimate counts the same bytes, read from saved_model.pb before anything is loaded.
+    assert lean.signature_weight_bytes(tmp_path / "sm") == model_bytes
+    assert convert.conversion_estimate(tmp_path / "sm", formats.SAVEDMODEL, formats.ONNX).weight_bytes == model_bytes
     used = {id(v) for v in src.sig.variables}
     others = [v for v in src.trackable._all_variables if id(v) not in used]
     assert len(others) == len(src.sig.variables)
@@ -457,6 +460,13 @@ def test_lean_savedmodel_load_restores_one_copy_of_a_keras_export(tmp_path, monk
     sess, onnx_out = _ort(path, feeds)
     for o, value in zip(sess.get_outputs(), onnx_out, strict=True):
         np.testing.assert_allclose(value, want[o.name], rtol=1e-5, atol=1e-5)
+
+    # TFLite goes through a SavedModel of the signature: it holds the restored variables, not the empty copies.
+    (tmp_path / "lite").mkdir()
+    lite, _ = convert.produce(src, formats.TFLITE, tmp_path / "lite", 17, 0)
+    got_lite = models.load_model(lite, formats.TFLITE).run(feeds)
+    for k in want:
+        np.testing.assert_allclose(got_lite[k], want[k], rtol=1e-5, atol=1e-5)
 
 
 def test_lean_savedmodel_load_refuses_other_state_and_the_plain_load_takes_it(tmp_path, monkeypatch, caplog):

@@ -296,6 +296,7 @@ class SavedModelModel(TFModel):
         check_model_code(self.root, formats.SAVEDMODEL, trust_remote_code)  # graph ops that touch files/Python
         self.weight_bytes = weight_bytes(self.root, formats.SAVEDMODEL)
         lean = _load_savedmodel_lean(self.root, self.weight_bytes)
+        self.lean = lean is not None
         if lean is not None:
             self.trackable, self.sig, self.signature_key = lean
         else:
@@ -343,6 +344,18 @@ class SavedModelModel(TFModel):
 
         fn = tf.function(call, input_signature=signature)
         return fn, signature, list(self.sig.structured_outputs)
+
+    def export_savedmodel(self, folder: Path, fixed_batch_size: int = 0) -> None:
+        """As ``TFModel``'s; after a lean load, of a module holding only the signature's variables (the
+        others were never restored: saving the loaded object would write them empty)."""
+        if not self.lean:
+            return super().export_savedmodel(folder, fixed_batch_size)
+        import tensorflow as tf
+
+        fn, _, _ = self.tf_function(fixed_batch_size)
+        module = tf.Module()
+        module.signature_variables = list(self.sig.variables)
+        tf.saved_model.save(module, str(folder), signatures={"serving_default": fn.get_concrete_function()})
 
     def release(self) -> None:
         import gc

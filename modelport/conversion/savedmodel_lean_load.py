@@ -16,6 +16,7 @@ saveables) makes the loader refuse (``LeanLoadUnsupported``); the caller then lo
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 _VARIABLE_VALUE = "VARIABLE_VALUE"
@@ -116,3 +117,44 @@ def load_savedmodel_lean(root: str, signature_key: str | None = None) -> tuple[A
         raise LeanLoadUnsupported(f"the signature captures {len(other)} resource(s) that are not variables")
     restore_signature_variables(root, loaded, list(sig.variables))
     return loaded, sig, key
+
+
+# saved_model.pb files past this size (a graph with its weights as constants) are not parsed for the estimate.
+_MAX_PB_BYTES = 64 << 20
+
+
+def signature_weight_bytes(root: str | os.PathLike, signature_key: str | None = None) -> int:
+    """Bytes of the variables the signature (``serving_default``, else the first by name) captures, read from
+    ``saved_model.pb``'s object graph without loading anything; 0 when that cannot be told. A Keras 3
+    ``model.export`` SavedModel's variables data holds every weight twice; this counts what the lean load holds."""
+    from pathlib import Path
+
+    import numpy as np
+    from tensorflow.core.protobuf import saved_model_pb2
+    from tensorflow.python.framework import dtypes
+
+    pb = Path(root) / "saved_model.pb"
+    try:
+        if pb.stat().st_size > _MAX_PB_BYTES:
+            return 0
+        graph = saved_model_pb2.SavedModel.FromString(pb.read_bytes()).meta_graphs[0].object_graph_def
+        sig_node = next(graph.nodes[c.node_id] for c in graph.nodes[0].children if c.local_name == "signatures")
+        sigs = {c.local_name: graph.nodes[c.node_id] for c in sig_node.children}
+        key = signature_key or ("serving_default" if "serving_default" in sigs else sorted(sigs)[0])
+        node = sigs[key]
+        kind = node.WhichOneof("kind")
+        names = [node.bare_concrete_function.concrete_function_name] if kind == "bare_concrete_function" \
+            else list(node.function.concrete_functions) if kind == "function" else []
+        ids = {i for name in names for i in graph.concrete_functions[name].bound_inputs}
+        total = 0
+        for i in ids:
+            n = graph.nodes[i]
+            if n.WhichOneof("kind") != "variable":
+                continue
+            dims = [d.size for d in n.variable.shape.dim]
+            if n.variable.shape.unknown_rank or any(d < 0 for d in dims):
+                return 0
+            total += int(np.prod(dims, dtype=np.int64)) * dtypes.as_dtype(n.variable.dtype).size
+        return total
+    except Exception:  # noqa: BLE001 - no signature map, a malformed protobuf: the caller keeps its own figure
+        return 0
