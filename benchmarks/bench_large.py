@@ -5,8 +5,9 @@ Models (random weights, built here): VGG-16 (``keras.applications.VGG16(weights=
 float32 weights), and Keras 3 transformer language models with d_model 2048, 16 heads, FFN 8192, vocab
 32000 and sequence 128: 4 blocks (332M parameters, 1.33 GB) and 9 blocks (584M, 2.34 GB: past
 protobuf's 2 GiB). Each model is built once in its own process and written in every source format asked
-for (``--source``): ``.keras`` (``model.save("x.keras")``), legacy ``.h5`` (``model.save("x.h5")``) and
-SavedModel (``model.export(dir)``, Keras 3's way to write one), then for each:
+for (``--source``): ``.keras`` (``model.save("x.keras")``), legacy ``.h5`` (``model.save("x.h5")``), SavedModel
+(``model.export(dir)``, Keras 3's way to write one) and SavedModel (``tf.saved_model.save(model, dir)``, TensorFlow's
+way), then for each:
 
 - **modelport**: a converter service in its own process (one warm worker, TensorFlow pre-imported)
   gets the source through Upload exactly as the CLI sends it (``client.upload_source``: a file as itself, a
@@ -59,12 +60,13 @@ SOURCES = {
     "keras": ".keras",
     "h5": "legacy .h5",
     "savedmodel": "SavedModel (model.export)",
+    "tf_saved_model": "SavedModel (tf.saved_model.save)",
 }
 
 
 def source_path(folder: Path, name: str, source: str) -> Path:
     """Where ``build`` writes model ``name`` in format ``source``."""
-    return folder / (f"{name}-savedmodel" if source == "savedmodel" else f"{name}.{source}")
+    return folder / (f"{name}-{source}" if "saved" in source else f"{name}.{source}")
 
 
 def row_key(name: str, source: str) -> str:
@@ -107,6 +109,10 @@ def build(name: str, folder: Path, sources: list[str]) -> None:
         out = source_path(folder, name, source)
         if source == "savedmodel":
             model.export(str(out), verbose=False)
+        elif source == "tf_saved_model":
+            import tensorflow as tf
+
+            tf.saved_model.save(model, str(out))
         else:
             model.save(str(out))
 
@@ -512,7 +518,8 @@ def run_source(args, name: str, source: str, path: Path, w: int, build_s: float,
     from modelport.memory import weight_bytes
 
     key = row_key(name, source)
-    fmt = {"keras": formats.KERAS, "h5": formats.H5, "savedmodel": formats.SAVEDMODEL}[source]
+    fmt = {"keras": formats.KERAS, "h5": formats.H5, "savedmodel": formats.SAVEDMODEL,
+           "tf_saved_model": formats.SAVEDMODEL}[source]
     r: dict = {"label": MODELS[name], "source": source, "weight_bytes": w,
                "source_weight_bytes": weight_bytes(path, fmt),
                "build": {"seconds": build_s, "peak_bytes": build_mem.peak_bytes}}
@@ -640,7 +647,8 @@ def render(results: dict) -> str:
         "converts an upload to ONNX (load, parity on 8 generated samples, export, store), sampled every "
         f"50 ms, against the model's float32 weight bytes; target <= {TARGET}x. The model is built once per run and "
         "written in each source format of `--source`: `.keras` (`model.save('x.keras')`), legacy `.h5` "
-        "(`model.save('x.h5')`) and SavedModel (`model.export(dir)`, Keras 3's way to write one), each uploaded as "
+        "(`model.save('x.h5')`), SavedModel (`model.export(dir)`, Keras 3's way to write one, or "
+        "`tf.saved_model.save(model, dir)`, TensorFlow's), each uploaded as "
         "the CLI sends it (`client.upload_source`: a file as itself, a SavedModel folder as one tar archive). The "
         "route: weights as inputs (`modelport/conversion/large_export.py`), a lean Keras load for `.keras` and "
         "`.h5` (`keras_lean_load.py`), a lean SavedModel load (`savedmodel_lean_load.py`: only the variables the "
