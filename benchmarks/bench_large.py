@@ -318,9 +318,9 @@ def _eval_npz(store: Path, artifact: dict, out: Path) -> Path:
     return out
 
 
-def modelport_optimize(store: Path, artifact: dict, cap_bytes: int) -> dict:
-    """Optimize int8-dynamic on the converted artifact (same store) through an optimizer service subprocess;
-    peak RSS of its tree per job stage."""
+def modelport_optimize(store: Path, artifact: dict, cap_bytes: int, technique: str = "int8-dynamic") -> dict:
+    """Optimize ``technique`` on the converted artifact (same store) through an optimizer service subprocess of
+    its own; peak RSS of its tree per job stage."""
     from modelport import Client
 
     proc, address = common.start_service_subprocess("optimizer_svc", store=store, timeout=300)
@@ -336,7 +336,9 @@ def modelport_optimize(store: Path, artifact: dict, cap_bytes: int) -> dict:
                 nonlocal last, t_last
                 now = time.perf_counter()
                 stages[last] = stages.get(last, 0.0) + now - t_last
-                last, t_last = ev.stage.split(":")[0], now
+                # The baseline's measurement apart from the candidates' (both are the job's "measuring" stage).
+                last = "measuring baseline" if ev.message == "measuring the baseline" else ev.stage.split(":")[0]
+                t_last = now
                 sampler.mark(last)
 
             t0 = time.perf_counter()
@@ -346,14 +348,14 @@ def modelport_optimize(store: Path, artifact: dict, cap_bytes: int) -> dict:
 
                     evals = client.upload(_eval_npz(store, artifact, store.parent / "eval.npz"), media.NPZ,
                                           service="optimizer")
-                    res = client.optimize(_ref(artifact), ["int8-dynamic"], max_accuracy_drop=1.0, eval_data=evals,
+                    res = client.optimize(_ref(artifact), [technique], max_accuracy_drop=1.0, eval_data=evals,
                                           options=OPTIMIZE_OPTIONS, on_event=on_event)
-                q = next(c for c in res.candidates if c.technique == "int8-dynamic")
+                q = next(c for c in res.candidates if c.technique == technique)
                 out.update(chosen=res.chosen_technique, note=q.note, size_bytes=q.size_bytes,
                            baseline_bytes=res.baseline.size_bytes, max_abs_diff=q.max_abs_diff,
                            cosine=q.details.get("cosine", ""), latency_ratio=q.details.get("latency_ratio_paired", ""),
                            build_s=q.details.get("build_seconds", ""))
-                if res.chosen_technique == "int8-dynamic":
+                if res.chosen_technique == technique:
                     out["artifact"] = {"digest": res.artifact.digest, "size": res.artifact.size,
                                        "media_type": res.artifact.media_type}
                 out["error"] = ""
@@ -609,7 +611,7 @@ SERVED_MEMORY_NOTE = [
     "heaps in /proc/PID/smaps): a service that had served and unloaded the FP32 model stayed at 0.69 GB. Now "
     "the tuner ends with one batch-1 run with `memory.enable_memory_arena_shrinkage` (`sessions.release_arena`: "
     "INT8 0.61 -> 0.22 GB, FP32 0.95 -> 0.56 GB, bare) and the service collects and `malloc_trim`s after "
-    "LoadModel/UnloadModel (`sessions.release_freed_memory`): in a fresh service INT8 resident 0.73 -> 0.34 GB "
+    "LoadModel/UnloadModel (`memory.release_freed_memory`): in a fresh service INT8 resident 0.73 -> 0.34 GB "
     "(0.47x the FP32 weights, 1.9x its own file with the service's 0.09 GB), FP32 then INT8 in one service "
     "0.92 -> 0.36 GB, and an unload gives the model's memory back (0.69 -> 0.18 GB). Batch-1 latency after the "
     "probe, interleaved, with and without the shrink run: MLP 64-256-256-10 10.7 vs 10.6-10.9 us (3000 rounds, "

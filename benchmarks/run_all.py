@@ -35,6 +35,7 @@ TIMEOUTS = {
     "e2e": 420,
     "external_data": 420,
     "llm": 900,
+    "llm_trained": 360,  # bench_llm --trained: trains a small GPT-2 for 400 steps, quantizes it (~2 min)
     "breadth": 900,
     "large": 1500,  # multi-GB: builds, converts, quantizes and serves 0.55-2.34 GB models (--quick: VGG-16 only)
     "reliability": 900,  # its own bound is 15 minutes on 2 cores (soak, jobs, slow clients, faults)
@@ -48,26 +49,43 @@ QUICK_TIMEOUT = 120
 QUICK_TIMEOUTS = {
     "breadth": 180,  # MobileNetV2 and an LSTM, two converters each, TensorFlow imported per process
     "reliability": 360,  # short soaks, plus reliability_faults' crash/resume and full-disk runs (about 2.5 min)
+    "llm_trained": 180,
+}
+#: Second runs of a benchmark with other arguments, each an entry of its own (record, log, time bound, section):
+#: name -> (the bench_<X>.py it runs, full-run arguments, --quick arguments).
+VARIANTS = {
+    # weight-only quality on a trained small GPT-2 (its own section, llm_trained; 400 training steps, ~2 min)
+    "llm_trained": ("llm", ["--trained"], ["--trained", "--train-steps", "20"]),
 }
 #: The whole suite's bound: a benchmark only gets the time that is left of it.
 SUITE_BUDGET_S = 29 * 60
 #: Run order: cheap and independent first, so a late overrun costs the least.
-RUN_ORDER = ["artifacts", "convert", "optimize", "serving", "e2e", "llm"]
+RUN_ORDER = ["artifacts", "convert", "optimize", "serving", "e2e", "llm", "llm_trained"]
 
 
 def discover(bench_dir: Path = BENCH_DIR) -> list[str]:
-    """Names ``X`` of every ``bench_X.py`` in run order (known ones first, then alphabetical)."""
+    """Names ``X`` of every ``bench_X.py``, and of the VARIANTS of those, in run order (known ones first,
+    then alphabetical)."""
     names = sorted(p.stem[len("bench_"):] for p in bench_dir.glob("bench_*.py"))
+    names += sorted(v for v, (bench, _, _) in VARIANTS.items() if bench in names)
     known = [n for n in RUN_ORDER if n in names]
     return known + [n for n in names if n not in known]
+
+
+def bench_command(name: str, quick: bool) -> tuple[str, list[str]]:
+    """The ``bench_<X>`` module an entry runs and its arguments (a VARIANT's own, else --quick or FULL_ARGS)."""
+    if name in VARIANTS:
+        bench, full, quick_args = VARIANTS[name]
+        return bench, list(quick_args if quick else full)
+    return name, ["--quick"] if quick else list(FULL_ARGS.get(name, []))
 
 
 def run_one(name: str, quick: bool, timeout: float, log_dir: Path, package: str = "benchmarks",
             cwd: Path | None = None) -> dict:
     """Run ``python -m benchmarks.bench_<name> [--quick]`` in its own process group; kill the
     group (the benchmark and any service it started) on timeout. Returns a status record."""
-    extra = ["--quick"] if quick else FULL_ARGS.get(name, [])
-    cmd = [sys.executable, "-m", f"{package}.bench_{name}", *extra]
+    bench, extra = bench_command(name, quick)
+    cmd = [sys.executable, "-m", f"{package}.bench_{bench}", *extra]
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     start = time.time()
@@ -90,7 +108,7 @@ def run_one(name: str, quick: bool, timeout: float, log_dir: Path, package: str 
     ) if common.RESULTS_DIR.is_dir() else []
     rec = {
         "name": name,
-        "command": common.command_line([str(BENCH_DIR / f"bench_{name}.py"), *extra]),
+        "command": common.command_line([str(BENCH_DIR / f"bench_{bench}.py"), *extra]),
         "status": status,
         "returncode": rc,
         "elapsed_s": round(elapsed, 1),

@@ -87,12 +87,9 @@ class VersionMetrics:
         for s in queue_s:
             self._queue.observe(s)
 
-
     def single(self, batch_size: int, compute_s: float, queue_s: float) -> None:
         """``execution`` of one request run alone."""
-        self._batch.observe(batch_size)
-        self._compute.observe(compute_s)
-        self._queue.observe(queue_s)
+        self.execution(batch_size, compute_s, (queue_s,))
 
 
 def observe_request(model: str, version: str, status: str, seconds: float) -> None:

@@ -16,7 +16,6 @@ import modelport
 from inference_svc import fast_infer, generation_protocol, protocol
 from inference_svc.manager import ModelManager
 from inference_svc.repository_loading import resolve_artifact
-from inference_svc.sessions import release_freed_memory
 from inference_svc.shm import SharedMemoryRegistry
 from modelport import cpuinfo
 from modelport.errors import InvalidArgument, ModelportError, Unimplemented
@@ -24,6 +23,7 @@ from modelport.kserve import codec
 from modelport.kserve import shm as kshm
 from modelport.kserve.v2 import grpc_service_pb2 as pb
 from modelport.kserve.v2 import grpc_service_pb2_grpc as pb_grpc
+from modelport.memory import release_freed_memory
 from modelport.trust import check_model_name, redact
 from modelport.v1 import serving_pb2, serving_pb2_grpc
 

@@ -130,25 +130,6 @@ def release_arena(session, feeds: dict[str, np.ndarray]) -> None:
     session.run(None, feeds, ro)
 
 
-def release_freed_memory() -> None:
-    """Collect unreachable sessions, then give the OS back the heap pages glibc keeps after they are freed.
-
-    onnxruntime's outputs and buffers are allocated on the executor threads, so their memory lands in glibc's
-    per-thread arenas, which keep freed chunks: without this, a service that had served and unloaded the
-    0.73 GB transformer LM kept 0.69 GB resident (0.34 GB after the INT8 version was unloaded), in 64 MB
-    thread-arena heaps (``/proc/PID/smaps``). Called after a load (the probe's discarded sessions) and an
-    unload; a no-op where there is no glibc.
-    """
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def warmup_inputs(inputs: list[TensorSpec], batch: int) -> dict[str, np.ndarray]:
     feeds = {}
     for t in inputs:

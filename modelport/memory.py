@@ -36,6 +36,25 @@ def fmt_bytes(n: float) -> str:
 
 # ---- what the machine can give ------------------------------------------------------------------
 
+def release_freed_memory() -> None:
+    """Collect unreachable objects (sessions, models), then give the OS back the heap pages glibc keeps after
+    they are freed.
+
+    onnxruntime and protobuf allocate on several threads, so freed memory lands in glibc's per-thread arenas,
+    which keep it: a service that had served and unloaded the 0.73 GB transformer LM kept 0.69 GB resident in
+    64 MB thread-arena heaps (``/proc/PID/smaps``), and an optimizer job measured each candidate on top of what
+    building it had freed. A no-op where there is no glibc.
+    """
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _read(path: str) -> str | None:
     try:
         with open(path) as f:

@@ -26,6 +26,10 @@ import numpy as np
 from modelport.errors import FailedPrecondition, InvalidArgument
 from modelport.job_records import OutputParity, ParityReport
 
+JUDGED_BY_SOURCE_NOISE = "source noise"
+"""``OutputParity.judged_by`` of an output passed against the source's float64 run
+(``modelport.conversion.source_noise``): the float32 source could not reproduce itself within the tolerances."""
+
 DEFAULT_RTOL = 1e-3
 DEFAULT_ATOL = 1e-4
 # Quantized outputs (module docstring). 8 steps leaves room for rounding that compounds through a deep
@@ -246,7 +250,7 @@ def summarize(report: ParityReport) -> str:
                  f"cosine {o.cosine:.4f}")
         else:
             s = f"{o.name}: max abs diff {o.max_abs_diff:.3g}, max rel diff {o.max_rel_diff:.3g}"
-        if o.judged_by == "source noise":
+        if o.judged_by == JUDGED_BY_SOURCE_NOISE:
             s += ", within the source's own float32 noise (passed against the source run in float64)"
         if o.nan_or_inf:
             s += ", NaN/Inf introduced"

@@ -28,6 +28,7 @@ from modelport.errors import InvalidArgument
 CONFIG = "config.json"
 WEIGHTS = "weights.npz"
 BASELINE_ONNX = "baseline.onnx"
+KERAS3_CLASS = "keras3_class"  # config.json key: the Keras 3 class of the model (it may be a Functional subclass)
 
 
 # ---- config translation (pure Python, unit-tested) -------------------------------------------
@@ -144,16 +145,21 @@ def export_portable(src: str, out_dir: str, trust_remote_code: bool = False) -> 
     model = keras.models.load_model(src, compile=False, safe_mode=not trust_remote_code)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    full = {"class_name": model.__class__.__name__, "config": model.get_config()}
-    if full["class_name"] not in ("Sequential", "Functional"):
-        full["class_name"] = "Functional"
-    (out / CONFIG).write_text(json.dumps(translate_config(full)))
+    (out / CONFIG).write_text(json.dumps(portable_config(model)))
     arrays = {}
     for layer in _walk(model):
         for i, w in enumerate(layer.get_weights()):
             arrays[f"{layer.name}/{i}"] = np.asarray(w)
     np.savez(out / WEIGHTS, **arrays)
     keras_model_to_onnx(model, out / BASELINE_ONNX)
+
+
+def portable_config(model) -> dict:
+    """A Keras 3 model's tf-keras config, with its Keras 3 class (named when tf-keras cannot rebuild it)."""
+    full = {"class_name": model.__class__.__name__, "config": model.get_config()}
+    if full["class_name"] not in ("Sequential", "Functional"):
+        full["class_name"] = "Functional"
+    return {**translate_config(full), KERAS3_CLASS: model.__class__.__name__}
 
 
 def _walk(model):
@@ -190,13 +196,33 @@ def run_export(src: str, out_dir: str, timeout: float = 600, trust_remote_code: 
 
 
 # ---- step 2: tf-keras process ---------------------------------------------------------------
+def not_a_layer_graph(cfg: dict) -> str | None:
+    """Why a translated config cannot be rebuilt as a graph of layers, else None.
+
+    A Functional subclass that serializes its constructor arguments instead of its layers (every keras_hub
+    model: ``ResNetImageClassifier(backbone=..., num_classes=...)``) translates to a Functional with no layers;
+    tf-keras would rebuild that as an empty model and TFLite would fail on it with "Could not translate MLIR
+    to FlatBuffer" (and TFMOT would fine-tune nothing)."""
+    if cfg.get("class_name") == "Sequential" or cfg.get("config", {}).get("layers"):
+        return None
+    cls = cfg.get(KERAS3_CLASS) or cfg.get("class_name") or "model"
+    return (f"tf-keras (needed by TFMOT and the TFLite techniques) cannot rebuild this {cls}: its Keras 3 config "
+            "holds its constructor arguments, not a graph of layers (a keras_hub model, or a Functional subclass with "
+            "its own get_config); only graph, fp16, int8-dynamic and int8-static apply to it")
+
+
 def load_tf_keras(portable_dir: str):
     """Rebuild the model in tf-keras from ``export_portable``'s output (needs TF_USE_LEGACY_KERAS=1)."""
+    d = Path(portable_dir)
+    cfg = json.loads((d / CONFIG).read_text())
+    problem = not_a_layer_graph(cfg)
+    if problem:
+        raise InvalidArgument(problem)
+    cfg.pop(KERAS3_CLASS, None)
+
     import numpy as np
     import tf_keras
 
-    d = Path(portable_dir)
-    cfg = json.loads((d / CONFIG).read_text())
     missing = sorted({c for c in _class_names(cfg) if not hasattr(tf_keras.layers, c)
                       and c not in ("Functional", "Sequential", "Model")})
     if missing:

@@ -251,17 +251,74 @@ def accuracy(outputs: list[np.ndarray], labels: np.ndarray) -> float:
     return float((pred == y).all(axis=1).mean())
 
 
-def agreement(outputs: list[np.ndarray], reference: list[np.ndarray]) -> float:
-    """Fraction of samples whose top-1 class equals the reference's (closeness for non-classifiers)."""
+_CHUNK_ELEMENTS = 1 << 22
+"""Elements compared at once (32 MiB in float64): a language model's logits over the eval set are hundreds of MB
+in float32, and whole-array float64 copies of them and their products took 1.9 GB on top of two sessions of a
+0.73 GB transformer."""
+
+
+def _rows(outputs: list[np.ndarray], reference: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The first output and the reference as (samples, features) views; None when their shapes differ."""
+    x = outputs[0].reshape(outputs[0].shape[0], -1)
+    r = reference[0].reshape(reference[0].shape[0], -1)
+    return (x, r) if x.shape == r.shape else None
+
+
+def _chunks(x: np.ndarray) -> list[slice]:
+    """Row slices of ``x`` (samples, features) of at most ``_CHUNK_ELEMENTS`` elements (one row at least)."""
+    step = max(1, _CHUNK_ELEMENTS // max(x.shape[1], 1)) if x.ndim == 2 else _CHUNK_ELEMENTS
+    return [slice(i, i + step) for i in range(0, x.shape[0], step)]
+
+
+FEATURE_COSINE = 0.99
+"""A feature vector (one position of a backbone's hidden states, a pooled embedding) agrees with the baseline's
+when their cosine similarity is at least this. Weight quantization keeps it near 1 (int8-dynamic on keras_hub's
+tiny BERT and GPT-2 backbones: 0.9998 at worst); a candidate that loses the features' direction falls below it."""
+
+
+def agreement(outputs: list[np.ndarray], reference: list[np.ndarray], features: list[bool] | None = None) -> float:
+    """Fraction of samples whose top-1 class equals the reference's (closeness for non-classifiers).
+
+    ``features`` marks outputs that are features, not class scores (a keras_hub backbone's ``sequence_output``
+    and ``pooled_output``): when any is marked, a sample agrees when every feature vector of every marked
+    output keeps ``FEATURE_COSINE`` with the reference's (``feature_agreement``); the argmax of a hidden state
+    is no class, and int8 noise flips it for a tenth of the samples while the features stay 0.9998 alike."""
+    if features and any(features):
+        pairs = [(o, r) for o, r, f in zip(outputs, reference, features, strict=False) if f]
+        return feature_agreement([o for o, _ in pairs], [r for _, r in pairs])
     a, b = _classes(outputs[0]), _classes(reference[0])
     if a is not None and b is not None and a.shape == b.shape:
         return float((a == b).all(axis=1).mean())
-    x = outputs[0].reshape(outputs[0].shape[0], -1).astype(np.float64)
-    r = reference[0].reshape(reference[0].shape[0], -1).astype(np.float64)
-    if x.shape != r.shape:
+    rows = _rows(outputs, reference)
+    if rows is None:
         return math.nan
-    tol = 1e-2 * (np.abs(r) + 1e-3)
-    return float((np.abs(x - r) <= tol).all(axis=1).mean())
+    x, r = rows
+    close = np.concatenate([
+        (np.abs(x[c].astype(np.float64) - r[c]) <= 1e-2 * (np.abs(r[c].astype(np.float64)) + 1e-3)).all(axis=1)
+        for c in _chunks(x)]) if x.shape[0] else np.zeros(0, bool)
+    return float(close.mean()) if close.size else math.nan
+
+
+def feature_agreement(outputs: list[np.ndarray], reference: list[np.ndarray],
+                      threshold: float = FEATURE_COSINE) -> float:
+    """Fraction of samples whose every feature vector (the last axis: one per position of a sequence output,
+    one for a pooled output) has a cosine similarity of at least ``threshold`` with the reference's, in
+    every output given. Two zero vectors agree; NaN when shapes differ."""
+    ok: np.ndarray | None = None
+    for o, r in zip(outputs, reference, strict=False):
+        if o.shape != r.shape or o.ndim < 2 or not o.shape[0]:
+            return math.nan
+        keep = np.ones(o.shape[0], bool)
+        for c in _chunks(o.reshape(o.shape[0], -1)):  # float64 copies of a few rows at a time
+            rows = len(o[c])
+            x = o[c].astype(np.float64).reshape(rows, -1, o.shape[-1])
+            y = r[c].astype(np.float64).reshape(rows, -1, o.shape[-1])
+            nx, ny = np.linalg.norm(x, axis=-1), np.linalg.norm(y, axis=-1)
+            cos = np.sum(x * y, axis=-1) / np.maximum(nx * ny, 1e-30)
+            cos[(nx == 0) & (ny == 0)] = 1.0
+            keep[c] = (cos >= threshold).all(axis=1)
+        ok = keep if ok is None else ok & keep
+    return math.nan if ok is None else float(ok.mean())
 
 
 def max_abs_diff(outputs: list[np.ndarray], reference: list[np.ndarray]) -> float:
@@ -270,19 +327,32 @@ def max_abs_diff(outputs: list[np.ndarray], reference: list[np.ndarray]) -> floa
     for o, r in zip(outputs, reference, strict=False):
         if o.shape != r.shape:
             return math.nan
-        worst = max(worst, float(np.max(np.abs(o.astype(np.float64) - r.astype(np.float64)))) if o.size else 0.0)
+        if not o.size:
+            continue
+        o2, r2 = (o.reshape(o.shape[0], -1), r.reshape(r.shape[0], -1)) if o.ndim else (o.reshape(1, 1), r.reshape(1, 1))
+        for c in _chunks(o2):
+            worst = max(worst, float(np.max(np.abs(o2[c].astype(np.float64) - r2[c]))))
     return worst
+
+
+def _cosine_rows(x: np.ndarray, r: np.ndarray, center: np.ndarray | None = None) -> float:
+    """Mean per-row cosine of ``x`` and ``r`` (both minus ``center`` when given), in float64, chunk by chunk."""
+    sims = []
+    for c in _chunks(x):
+        xc, rc = x[c].astype(np.float64), r[c].astype(np.float64)
+        if center is not None:
+            xc -= center
+            rc -= center
+        den = np.linalg.norm(xc, axis=1) * np.linalg.norm(rc, axis=1)
+        den[den == 0] = 1e-12
+        sims.append(np.einsum("ij,ij->i", xc, rc) / den)
+    return float(np.mean(np.concatenate(sims)))
 
 
 def cosine(outputs: list[np.ndarray], reference: list[np.ndarray]) -> float:
     """Mean per-sample cosine similarity of the first output with the reference's."""
-    x = outputs[0].reshape(outputs[0].shape[0], -1).astype(np.float64)
-    r = reference[0].reshape(reference[0].shape[0], -1).astype(np.float64)
-    if x.shape != r.shape:
-        return math.nan
-    den = np.linalg.norm(x, axis=1) * np.linalg.norm(r, axis=1)
-    den[den == 0] = 1e-12
-    return float(np.mean(np.sum(x * r, axis=1) / den))
+    rows = _rows(outputs, reference)
+    return math.nan if rows is None else _cosine_rows(*rows)
 
 
 def centered_cosine(outputs: list[np.ndarray], reference: list[np.ndarray]) -> float:
@@ -292,19 +362,18 @@ def centered_cosine(outputs: list[np.ndarray], reference: list[np.ndarray]) -> f
     depends on its input (random weights, a saturated head) scores near 1 whatever the candidate does
     to the input-dependent part. This one measures how well that part is kept (NaN with one sample).
     """
-    x = outputs[0].reshape(outputs[0].shape[0], -1).astype(np.float64)
-    r = reference[0].reshape(reference[0].shape[0], -1).astype(np.float64)
-    if x.shape != r.shape or x.shape[0] < 2:
+    rows = _rows(outputs, reference)
+    if rows is None or rows[0].shape[0] < 2:
         return math.nan
-    mean = r.mean(axis=0, keepdims=True)
-    return cosine([x - mean], [r - mean])
+    x, r = rows
+    return _cosine_rows(x, r, center=r.mean(axis=0, dtype=np.float64, keepdims=True))
 
 
 def measure(path: Path, run: Runner, inputs: dict[str, np.ndarray], labels: np.ndarray | None,
             reference: list[np.ndarray] | None, *, warmup: int, repeats: int, batch_size: int,
-            baseline_run: Runner | None = None) -> Measurement:
+            baseline_run: Runner | None = None, features: list[bool] | None = None) -> Measurement:
     """Size, gzip size (of the model with its external data), latency on the first ``batch_size`` rows,
-    and quality over ``inputs``.
+    and quality over ``inputs`` (``features`` marks outputs judged by ``feature_agreement``).
 
     With ``baseline_run`` the latency is timed interleaved with the baseline and
     ``details`` get the baseline's p50 from those interleaved runs and the candidate/baseline ratio.
@@ -329,7 +398,9 @@ def measure(path: Path, run: Runner, inputs: dict[str, np.ndarray], labels: np.n
     if labels is not None:
         m.accuracy = accuracy(outs, labels)
     if reference is not None:
-        m.agreement = agreement(outs, reference)
+        m.agreement = agreement(outs, reference, features)
+        if features and any(features):
+            m.details["agreement_metric"] = f"feature cosine >= {FEATURE_COSINE:g}"
         m.max_abs_diff = max_abs_diff(outs, reference)
         m.details["cosine"] = f"{cosine(outs, reference):.6f}"
         m.details["cosine_centered"] = f"{centered_cosine(outs, reference):.6f}"

@@ -24,6 +24,7 @@ from modelport import cpuinfo, media
 from modelport.datasets import load_npz, validate_samples
 from modelport.errors import FailedPrecondition, InvalidArgument, ModelportError
 from modelport.job_records import AccuracyBudget, ArtifactRef, CandidateReport, OptimizeJob, OptimizeResult
+from modelport.memory import release_freed_memory
 from modelport.model_code import check_model_code
 from modelport.store import ArtifactStore, disk_full_error
 from modelport.techniques import KERAS_TECHNIQUES, ONNX_TECHNIQUES, TFLITE_TECHNIQUES
@@ -220,12 +221,15 @@ def optimize(progress, store: ArtifactStore, job: OptimizeJob, origin: str, work
         baseline_path = model_path
     import onnx
 
+    from modelport.conversion.hub_models import feature_outputs
     from modelport.conversion.models import onnx_int_ranges
 
-    graph = onnx.load(str(baseline_path), load_external_data=False)  # read once for both
+    graph = onnx.load(str(baseline_path), load_external_data=False)  # read once for all three
     specs = onnx_input_specs(graph)
     # integer inputs inside their valid ranges (token ids below the vocabulary, keras_hub's masks), for samples
     int_ranges = onnx_int_ranges(graph, specs)
+    # a keras_hub backbone's sequence_output / pooled_output: features, judged by cosine, not by a top-1 class
+    features = feature_outputs([o.name for o in graph.graph.output])
     del graph
     input_names = [s.name for s in specs]
     cal_x, _ = load_dataset(cal_p, specs, "calibration_data")
@@ -245,7 +249,7 @@ def optimize(progress, store: ArtifactStore, job: OptimizeJob, origin: str, work
     providers = choice.providers
     threads = max(0, int(job.threads))
     mopts = dict(warmup=int(opts["measure.warmup"]), repeats=int(opts["measure.repeats"]),
-                 batch_size=int(opts["measure.batch_size"]))
+                 batch_size=int(opts["measure.batch_size"]), features=features if any(features) else None)
 
     export_note = {}
     if (source is not None and source.baseline_onnx is not None and source.model is not None
@@ -300,6 +304,9 @@ def optimize(progress, store: ArtifactStore, job: OptimizeJob, origin: str, work
                 path, cfmt, details = _build(tech, baseline_path, work, opts, rep_x, input_names, source, train,
                                              store.path(job.student.digest) if job.student is not None else None,
                                              out_format)
+            # What building freed (the whole model parsed in protobuf, the build's own sessions) goes back to the
+            # OS before the candidate's session is made: glibc keeps it otherwise, and the measurement piled on top.
+            release_freed_memory()
             progress("measuring", frac + 0.6 / max(n, 1), f"measuring {tech}")
             run = (M.onnx_runner(path, providers, threads) if cfmt == "onnx"
                    else M.tflite_runner(path, input_names, threads))

@@ -85,6 +85,25 @@ def test_discover_runs_known_benchmarks_first(tmp_path):
     assert run_all.discover(tmp_path) == ["artifacts", "serving", "e2e", "zeta"]
 
 
+def test_make_bench_runs_bench_llm_trained_as_its_own_entry(tmp_path, monkeypatch):
+    """bench_llm --trained (weight-only quality on a trained GPT-2, section llm_trained) runs right after bench_llm,
+    with its own record, log and bound; --quick trains for 20 steps."""
+    for n in ["llm", "e2e"]:
+        (tmp_path / f"bench_{n}.py").write_text("")
+    assert run_all.discover(tmp_path) == ["e2e", "llm", "llm_trained"]
+    assert "llm_trained" in run_all.discover()  # the repository's own benchmarks
+    assert run_all.bench_command("llm_trained", quick=False) == ("llm", ["--trained"])
+    assert run_all.bench_command("llm_trained", quick=True) == ("llm", ["--trained", "--train-steps", "20"])
+    assert run_all.bench_command("breadth", quick=False) == ("breadth", ["--budget", "720", "--timeout", "300"])
+    assert run_all.bench_command("llm", quick=True) == ("llm", ["--quick"])
+
+    _fake_package(tmp_path, "import sys\nprint('argv', sys.argv[1:])\n")
+    monkeypatch.setitem(run_all.VARIANTS, "x_trained", ("x", ["--trained"], ["--trained", "--short"]))
+    rec = run_all.run_one("x_trained", False, 60, tmp_path / "logs", package="fakebench", cwd=tmp_path)
+    assert rec["status"] == "ok" and rec["command"].endswith("bench_x --trained"), rec
+    assert "argv ['--trained']" in (tmp_path / "logs" / "x_trained.log").read_text()
+
+
 def test_full_suite_bounds_fit_the_30_minute_budget():
     assert run_all.SUITE_BUDGET_S <= 30 * 60
     assert all(t <= run_all.SUITE_BUDGET_S for t in run_all.TIMEOUTS.values())

@@ -32,7 +32,8 @@ TEXT = ("INT32", [-1, -1])
 IMAGES = ("FP32", [-1, hub_models.IMAGE, hub_models.IMAGE, 3])
 # name -> (ONNX inputs with their datatype and shape, output names or None)
 EXPECTED = {
-    "gpt2_backbone": ({"token_ids": TEXT, "padding_mask": TEXT}, None),
+    # a decoder backbone's one output (the last hidden states) is named like BERT's: sequence_output
+    "gpt2_backbone": ({"token_ids": TEXT, "padding_mask": TEXT}, {"sequence_output"}),
     "bert_backbone": ({"token_ids": TEXT, "padding_mask": TEXT, "segment_ids": TEXT},
                       {"sequence_output", "pooled_output"}),
     "bert_text_classifier": ({"token_ids": TEXT, "padding_mask": TEXT, "segment_ids": TEXT}, None),

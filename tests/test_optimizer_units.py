@@ -170,6 +170,42 @@ def test_metrics():
     assert math.isnan(measure.accuracy([np.zeros((3, 1))], np.zeros(3)))
 
 
+def test_metrics_over_chunks_equal_the_whole_array_figures(monkeypatch):
+    # Chunk boundaries inside the sample axis must not change any figure (rows compared whole, means over all).
+    rng = np.random.default_rng(3)
+    out = rng.standard_normal((7, 20, 1)).astype(np.float32)  # not a classifier: agreement is closeness
+    ref = out + rng.standard_normal(out.shape).astype(np.float32) * np.float32(0.01)
+    ref[2] = out[2]  # one sample within tolerance everywhere
+    whole = [f([out], [ref]) for f in (measure.agreement, measure.max_abs_diff, measure.cosine, measure.centered_cosine)]
+    monkeypatch.setattr(measure, "_CHUNK_ELEMENTS", 20)  # one row (20 elements) per chunk
+    chunked = [f([out], [ref]) for f in (measure.agreement, measure.max_abs_diff, measure.cosine,
+                                         measure.centered_cosine)]
+    assert chunked == pytest.approx(whole, rel=1e-12)
+    assert whole[0] == pytest.approx(1 / 7) and whole[1] == pytest.approx(float(np.abs(out - ref).max()))
+
+
+def test_metrics_of_large_outputs_take_a_fraction_of_their_size(monkeypatch):
+    # A language model's logits over the eval set: the metrics once made whole-array float64 copies and products
+    # of them, 1.9 GB on top of two sessions of a 0.73 GB transformer. Now they work on chunks of at most
+    # _CHUNK_ELEMENTS (set here to one 1 MiB row in float64, so 32 MiB of outputs show it).
+    import tracemalloc
+
+    monkeypatch.setattr(measure, "_CHUNK_ELEMENTS", 1 << 17)
+    rng = np.random.default_rng(0)
+    out = rng.standard_normal((64, 128, 1024), dtype=np.float32)
+    ref = out + np.float32(0.01)
+    tracemalloc.start()
+    try:
+        for f in (measure.agreement, measure.max_abs_diff, measure.cosine, measure.centered_cosine):
+            tracemalloc.reset_peak()
+            value = f([out], [ref])
+            peak = tracemalloc.get_traced_memory()[1]
+            assert peak < 0.25 * out.nbytes, f"{f.__name__} took {peak / out.nbytes:.2f}x its output's bytes"
+            assert not math.isnan(value)
+    finally:
+        tracemalloc.stop()
+
+
 def test_keras3_config_translation():
     k3 = {"class_name": "Functional", "config": {"name": "m", "trainable": True, "layers": [
         {"module": "keras.layers", "class_name": "InputLayer", "name": "a", "inbound_nodes": [],

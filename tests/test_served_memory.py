@@ -7,7 +7,7 @@ from outside (psutil) when idle, after LoadModel + one batch-1 inference, and af
 
 Measured (16.8 MB file): served - idle 3.7-3.8x the file, unloaded - idle 1.0-1.1x. Before the arena
 release after the load probe (``sessions.release_arena``) and the heap trim after load/unload
-(``sessions.release_freed_memory``): 6.0-6.3x served, and all of it still resident after the unload.
+(``modelport.memory.release_freed_memory``): 6.0-6.3x served, and all of it still resident after the unload.
 Sizes only, no times.
 """
 

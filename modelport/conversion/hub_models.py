@@ -148,10 +148,32 @@ def input_names(model: Any, names: list[str], shapes: list[tuple]) -> list[str]:
 
 
 def output_names(model: Any, names: list[str]) -> list[str]:
-    """A causal or masked LM's single output is its logits (Keras names it after the embedding layer)."""
+    """A causal or masked LM's single output is its logits (Keras names it after the embedding layer); a
+    text backbone's single output (GPT-2, Llama, ...: the last hidden states, named after the final norm
+    layer) is ``sequence_output``, the name keras_hub's BERT-style backbones give the same tensor."""
     if len(names) != 1 or not is_keras_hub_model(model):
         return names
     task = {c.__name__ for c in type(model).__mro__}
     if task & {"CausalLM", "MaskedLM", "Seq2SeqLM"}:
         return ["logits"]
+    if "Backbone" in task and "token_ids" in _input_names(model):
+        return ["sequence_output"]
     return names
+
+
+# Outputs of keras_hub text backbones: features (hidden states), not class scores. The optimizer judges a
+# candidate on them by how closely each feature vector keeps its direction (optimizer_svc.measure), since the
+# "top-1 class" of a hidden-state vector means nothing.
+FEATURE_OUTPUTS = frozenset({"sequence_output", "pooled_output"})
+
+
+def feature_outputs(names: list[str]) -> list[bool]:
+    """Which of a graph's outputs (by name, in order) are keras_hub backbone features."""
+    return [n in FEATURE_OUTPUTS for n in names]
+
+
+def _input_names(model: Any) -> set[str]:
+    try:
+        return {str(t.name).split(":")[0] for t in model.inputs}
+    except (AttributeError, TypeError, ValueError):
+        return set()

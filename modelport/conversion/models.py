@@ -26,6 +26,7 @@ from modelport.conversion import hub_models
 from modelport.dtypes import ONNX_TO_KSERVE, ORT_TO_KSERVE, to_kserve
 from modelport.errors import FailedPrecondition, InvalidArgument
 from modelport.job_records import ModelInfo, TensorSpec
+from modelport.memory import release_freed_memory
 
 log = logging.getLogger("modelport.conversion.models")
 
@@ -172,7 +173,7 @@ class KerasModel(TFModel):
         self.model = self.trackable = self._dynamic = None
         keras.backend.clear_session()
         gc.collect()
-        _trim_heap()
+        release_freed_memory()
 
     def export_savedmodel(self, folder: Path, fixed_batch_size: int = 0) -> None:
         """SavedModel through Keras' ExportArchive (plain tf.saved_model.save of a Keras 3 model
@@ -219,16 +220,6 @@ def _load_keras(path: str, fmt: str, weight_bytes: int, safe_mode: bool):
             keras.backend.clear_session()
             gc.collect()
     return keras.saving.load_model(path, compile=False, safe_mode=safe_mode)
-
-
-def _trim_heap() -> None:
-    """Give freed heap pages back to the OS (glibc keeps small freed blocks in its arenas)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _keras_load_error(e: Exception, fmt: str, trusted: bool) -> Exception:
@@ -362,7 +353,7 @@ class SavedModelModel(TFModel):
 
         self.trackable = self.sig = self._dynamic = None
         gc.collect()
-        _trim_heap()
+        release_freed_memory()
 
     def info(self) -> ModelInfo:
         info = self._base_info()
@@ -562,7 +553,7 @@ class OnnxModel(LoadedModel):
 
         self.session = None
         gc.collect()
-        _trim_heap()
+        release_freed_memory()
 
     @property
     def opset(self) -> int:

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from modelport.job_records import ParityReport
+from modelport.parity import JUDGED_BY_SOURCE_NOISE
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ NOISE_FACTOR = 4.0
 MAX_WEIGHT_BYTES = 2 << 30
 """Largest source (float32 weight bytes) rebuilt in float64: the twin holds twice the weights."""
 DETAIL_KEY = "parity_source_noise"
-JUDGED_BY = "source noise"
+JUDGED_BY = JUDGED_BY_SOURCE_NOISE
 
 
 def _float64_config(obj: Any) -> Any:

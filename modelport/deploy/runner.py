@@ -259,7 +259,9 @@ class _Runner:
                     raise FailedPrecondition(f"{res.chosen_technique} drops accuracy by {drop:.4f} > budget {limit:.4f}; "
                                              "raise --max-accuracy-drop or choose other techniques")
             elif chosen.technique != "baseline" and chosen.agreement > 0:
-                what = "greedy-token agreement with the FP32 step" if self.lm else "top-1 agreement with baseline"
+                metric = chosen.details.get("agreement_metric")  # a backbone's features: by cosine
+                what = ("greedy-token agreement with the FP32 step" if self.lm else
+                        f"agreement with baseline ({metric})" if metric else "top-1 agreement with baseline")
                 checks.append(f"{what} {chosen.agreement * 100:.1f}%")
                 if 1.0 - chosen.agreement > spec.max_accuracy_drop + 1e-9:
                     raise FailedPrecondition(f"{res.chosen_technique} agrees with the baseline on only "
