@@ -373,7 +373,6 @@ def _load_savedmodel_lean(root: Path, weight_bytes: int):
     (a small one, or one the lean loader cannot restore: it says why in the log)."""
     if weight_bytes < SAVEDMODEL_LEAN_LOAD_MIN:
         return None
-    import gc
 
     from modelport.conversion.savedmodel_lean_load import load_savedmodel_lean
 
@@ -382,8 +381,7 @@ def _load_savedmodel_lean(root: Path, weight_bytes: int):
     except Exception as e:  # noqa: BLE001 - TensorFlow's own load decides (and names the error)
         log.warning("lean SavedModel load failed (%s: %s); loading with tf.saved_model.load",
                     type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
-        gc.collect()
-        _trim_heap()
+        release_freed_memory()
         return None
 
 
