@@ -90,9 +90,9 @@ def transformer_lm(keras, *, blocks: int, vocab: int = 32000, seq: int = 128, di
     return keras.Model(ids, logits, name=f"transformer_lm_{blocks}")
 
 
-def build(name: str, folder: Path, sources: list[str]) -> None:
+def build(name: str, folder: Path, sources: list[str], single_out: Path | None = None) -> None:
     """Build model ``name`` with random weights once and write it in each of ``sources`` into ``folder``
-    (``source_path``), with ``NAME.json`` holding its float32 weight bytes."""
+    (``source_path``; ``single_out`` instead for a single source), with ``NAME.json`` holding its float32 weight bytes."""
     import keras
     import numpy as np
 
@@ -106,7 +106,7 @@ def build(name: str, folder: Path, sources: list[str]) -> None:
     weight_bytes = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in model.weights)
     (folder / f"{name}.json").write_text(json.dumps({"weight_bytes": weight_bytes}))
     for source in sources:
-        out = source_path(folder, name, source)
+        out = single_out if single_out is not None and len(sources) == 1 else source_path(folder, name, source)
         if source == "savedmodel":
             model.export(str(out), verbose=False)
         elif source == "tf_saved_model":
@@ -460,10 +460,13 @@ def main() -> None:
                    help="do not run plain tf2onnx (its figures from the last results/large.json are kept, marked)")
     p.add_argument("--skip-serving", action="store_true", help="convert only: no int8-dynamic, load or inference")
     p.add_argument("--render", action="store_true", help="re-render the section from results/large.json")
-    p.add_argument("--build", nargs=3, metavar=("MODEL", "FOLDER", "SOURCES"), help=argparse.SUPPRESS)
+    # --build MODEL FOLDER SOURCES (every source format into FOLDER), or --build MODEL OUT.keras (bench_large_techniques)
+    p.add_argument("--build", nargs="+", metavar="ARG", help=argparse.SUPPRESS)
     p.add_argument("--plain", nargs=2, metavar=("KERAS", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.build:
+        if len(args.build) == 2:
+            return build(args.build[0], Path(args.build[1]).parent, ["keras"], single_out=Path(args.build[1]))
         return build(args.build[0], Path(args.build[1]), args.build[2].split(","))
     if args.plain:
         return plain_tf2onnx(Path(args.plain[0]), Path(args.plain[1]))
