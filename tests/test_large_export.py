@@ -411,3 +411,89 @@ def test_savedmodel_with_a_loop_over_variables_falls_back_to_the_classic_route(t
     out, notes = convert.produce(src, formats.ONNX, tmp_path / "work", 17, 0)
     assert notes["export"].startswith("classic (weights-as-inputs export failed: the SavedModel signature uses")
     assert out.name == "model.onnx" and out.is_file()
+
+
+# ---- the lean SavedModel loader: only the signature's variables restored -------------------------------
+
+def test_lean_savedmodel_load_restores_one_copy_of_a_keras_export(tmp_path, monkeypatch):
+    """Keras 3's model.export() stores every weight twice (the model's variables and the archive's
+    _all_variables); the lean load restores the copy the signature reads and leaves the other uninitialized."""
+    import tensorflow as tf
+
+    from modelport import formats, memory
+    from modelport.conversion import convert, large_export, models
+    from modelport.conversion import savedmodel_lean_load as lean
+
+    model = _randomize(tf_models.attention_net())
+    model.export(str(tmp_path / "sm"), verbose=False)
+    model_bytes = sum(int(np.prod(v.shape)) * 4 for v in model.weights)
+    on_disk = memory.weight_bytes(tmp_path / "sm", formats.SAVEDMODEL)
+    assert on_disk > 1.9 * model_bytes  # the two copies (plus the checkpoint's own records)
+
+    calls = []
+    real = lean.load_savedmodel_lean
+    monkeypatch.setattr(lean, "load_savedmodel_lean", lambda *a: calls.append(a) or real(*a))
+    monkeypatch.setattr(models, "SAVEDMODEL_LEAN_LOAD_MIN", 0)
+    src = models.load_model(tmp_path / "sm", formats.SAVEDMODEL)
+    assert len(calls) == 1
+    assert src.weight_bytes == model_bytes  # what the signature reads, not the variables data on disk
+    # The admission estimate counts the same bytes, read from saved_model.pb before anything is loaded.
+    assert lean.signature_weight_bytes(tmp_path / "sm") == model_bytes
+    assert convert.conversion_estimate(tmp_path / "sm", formats.SAVEDMODEL, formats.ONNX).weight_bytes == model_bytes
+    used = {id(v) for v in src.sig.variables}
+    others = [v for v in src.trackable._all_variables if id(v) not in used]
+    assert len(others) == len(src.sig.variables)
+    assert not any(bool(v.is_initialized()) for v in others)  # the second copy holds no memory
+
+    plain = tf.saved_model.load(str(tmp_path / "sm")).signatures["serving_default"]
+    feeds = {s.name: v for s, v in zip(src.inputs, _feeds(model).values(), strict=True)}
+    got = src.run(feeds)
+    want = {k: np.asarray(v) for k, v in plain(**{k: tf.constant(v) for k, v in feeds.items()}).items()}
+    assert set(got) == set(want)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
+
+    # And it exports: the weights-as-inputs route reads the restored variables.
+    fn, signature, outputs = src.tf_function(0)
+    trace = large_export.savedmodel_weights_trace(fn, signature, outputs, src.sig.variables)
+    path = large_export.export_weights_as_inputs(trace, tmp_path / "out")
+    sess, onnx_out = _ort(path, feeds)
+    for o, value in zip(sess.get_outputs(), onnx_out, strict=True):
+        np.testing.assert_allclose(value, want[o.name], rtol=1e-5, atol=1e-5)
+
+    # TFLite goes through a SavedModel of the signature: it holds the restored variables, not the empty copies.
+    (tmp_path / "lite").mkdir()
+    lite, _ = convert.produce(src, formats.TFLITE, tmp_path / "lite", 17, 0)
+    got_lite = models.load_model(lite, formats.TFLITE).run(feeds)
+    for k in want:
+        np.testing.assert_allclose(got_lite[k], want[k], rtol=1e-5, atol=1e-5)
+
+
+def test_lean_savedmodel_load_refuses_other_state_and_the_plain_load_takes_it(tmp_path, monkeypatch, caplog):
+    import tensorflow as tf
+
+    from modelport import formats
+    from modelport.conversion import models
+    from modelport.conversion import savedmodel_lean_load as lean
+
+    class WithTable(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = tf.Variable([2.0, 3.0])
+            self.table = tf.lookup.experimental.MutableHashTable(tf.int64, tf.float32, default_value=-1.0)
+            self.table.insert(tf.constant([1, 2], tf.int64), tf.constant([10.0, 20.0]))
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.int64, name="ids")])
+        def serve(self, ids):
+            return {"y": tf.reshape(self.table.lookup(ids), [-1, 1]) * self.scale[None, :]}
+
+    m = WithTable()
+    tf.saved_model.save(m, str(tmp_path / "sm"), signatures={"serving_default": m.serve})
+    with pytest.raises(lean.LeanLoadUnsupported, match="resource"):
+        lean.load_savedmodel_lean(str(tmp_path / "sm"))
+    monkeypatch.setattr(models, "SAVEDMODEL_LEAN_LOAD_MIN", 0)
+    with caplog.at_level("WARNING", logger="modelport.conversion.models"):
+        src = models.load_model(tmp_path / "sm", formats.SAVEDMODEL)
+    assert "lean SavedModel load failed (LeanLoadUnsupported" in caplog.text
+    out = src.run({"ids": np.array([1, 2, 5], np.int64)})
+    np.testing.assert_array_equal(out["y"], [[20.0, 30.0], [40.0, 60.0], [-2.0, -3.0]])

@@ -423,6 +423,12 @@ def conversion_estimate(path: Path, fmt: str, target: str) -> memory.Estimate:
     from modelport.conversion import large_export
 
     weights = memory.weight_bytes(path, fmt)
+    if fmt == formats.SAVEDMODEL and Path(path).is_dir():
+        # What the signature reads (the lean load restores that alone): a Keras 3 model.export() SavedModel
+        # holds every weight twice in its variables data.
+        from modelport.conversion.savedmodel_lean_load import signature_weight_bytes
+
+        weights = signature_weight_bytes(formats.savedmodel_root(Path(path))) or weights
     if target == formats.ONNX and fmt in (formats.KERAS, formats.H5, formats.SAVEDMODEL) and \
             os.environ.get(large_export.ROUTE_ENV, "auto").strip().lower() != large_export.ROUTE_CLASSIC:
         factor, route = FACTOR_WEIGHTS_ROUTE, "weights as inputs"

@@ -286,17 +286,25 @@ class SavedModelModel(TFModel):
         self.root = formats.savedmodel_root(folder)
         check_model_code(self.root, formats.SAVEDMODEL, trust_remote_code)  # graph ops that touch files/Python
         self.weight_bytes = weight_bytes(self.root, formats.SAVEDMODEL)
-        try:
-            self.trackable = tf.saved_model.load(str(self.root))
-        except Exception as e:  # noqa: BLE001
-            raise InvalidArgument(f"the SavedModel could not be loaded: {type(e).__name__}: "
-                                  f"{str(e).splitlines()[0][:400] if str(e) else ''}") from None
-        sigs = dict(self.trackable.signatures)
-        if not sigs:
-            raise InvalidArgument("the SavedModel has no serving signature; export it with model.export(dir) "
-                                  "or tf.saved_model.save(obj, dir, signatures=...)")
-        self.signature_key = "serving_default" if "serving_default" in sigs else sorted(sigs)[0]
-        self.sig = sigs[self.signature_key]
+        lean = _load_savedmodel_lean(self.root, self.weight_bytes)
+        self.lean = lean is not None
+        if lean is not None:
+            self.trackable, self.sig, self.signature_key = lean
+        else:
+            try:
+                self.trackable = tf.saved_model.load(str(self.root))
+            except Exception as e:  # noqa: BLE001
+                raise InvalidArgument(f"the SavedModel could not be loaded: {type(e).__name__}: "
+                                      f"{str(e).splitlines()[0][:400] if str(e) else ''}") from None
+            sigs = dict(self.trackable.signatures)
+            if not sigs:
+                raise InvalidArgument("the SavedModel has no serving signature; export it with model.export(dir) "
+                                      "or tf.saved_model.save(obj, dir, signatures=...)")
+            self.signature_key = "serving_default" if "serving_default" in sigs else sorted(sigs)[0]
+            self.sig = sigs[self.signature_key]
+        # The weights the signature reads (a Keras 3 model.export() SavedModel stores each one twice on disk).
+        self.weight_bytes = int(sum(int(np.prod(v.shape.as_list(), dtype=np.int64)) * v.dtype.size
+                                    for v in self.sig.variables if v.shape.is_fully_defined())) or self.weight_bytes
         args, kwargs = self.sig.structured_input_signature
         if args:
             raise InvalidArgument("the SavedModel signature takes positional inputs; export named inputs")
@@ -328,6 +336,18 @@ class SavedModelModel(TFModel):
         fn = tf.function(call, input_signature=signature)
         return fn, signature, list(self.sig.structured_outputs)
 
+    def export_savedmodel(self, folder: Path, fixed_batch_size: int = 0) -> None:
+        """As ``TFModel``'s; after a lean load, of a module holding only the signature's variables (the
+        others were never restored: saving the loaded object would write them empty)."""
+        if not self.lean:
+            return super().export_savedmodel(folder, fixed_batch_size)
+        import tensorflow as tf
+
+        fn, _, _ = self.tf_function(fixed_batch_size)
+        module = tf.Module()
+        module.signature_variables = list(self.sig.variables)
+        tf.saved_model.save(module, str(folder), signatures={"serving_default": fn.get_concrete_function()})
+
     def release(self) -> None:
         import gc
 
@@ -341,6 +361,28 @@ class SavedModelModel(TFModel):
         info.producer = _saved_model_producer(self.root)
         info.details["signature"] = self.signature_key
         return info
+
+
+# From this many bytes of variables data a SavedModel is loaded with only its signature's variables restored
+# (savedmodel_lean_load).
+SAVEDMODEL_LEAN_LOAD_MIN = 64 << 20
+
+
+def _load_savedmodel_lean(root: Path, weight_bytes: int):
+    """(loaded object, signature, key) through the lean loader for a large SavedModel; None to load it plainly
+    (a small one, or one the lean loader cannot restore: it says why in the log)."""
+    if weight_bytes < SAVEDMODEL_LEAN_LOAD_MIN:
+        return None
+
+    from modelport.conversion.savedmodel_lean_load import load_savedmodel_lean
+
+    try:
+        return load_savedmodel_lean(str(root))
+    except Exception as e:  # noqa: BLE001 - TensorFlow's own load decides (and names the error)
+        log.warning("lean SavedModel load failed (%s: %s); loading with tf.saved_model.load",
+                    type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+        release_freed_memory()
+        return None
 
 
 def _saved_model_producer(root: Path) -> str:
