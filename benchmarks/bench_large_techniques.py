@@ -95,9 +95,9 @@ def render(results: dict) -> str:
         "subprocess on the same store, 8 generated eval samples (int8-static's calibration set too), options "
         f"{OPTIMIZE_OPTIONS} (few timed runs: the latency ratio is indicative only). *Peak*: RSS of the "
         "optimizer's process tree (service + job worker), sampled every 50 ms, over the FP32 weight bytes; "
-        "*admission*: what the optimizer's admission check (`optimizer_svc/admission.py`) estimates the job "
-        "needs on top of the worker, over the same weight bytes: a job is refused with RESOURCE_EXHAUSTED "
-        "before it starts when that is more than the machine can give. The candidate figures are the "
+        "*admission*: what the optimizer's admission check (`optimizer_svc/admission.py`, as committed with these "
+        "figures) estimates the job needs on top of the worker, over the same weight bytes: a job is refused with "
+        "RESOURCE_EXHAUSTED before it starts when that is more than the machine can give. The candidate figures are the "
         "optimizer's own report against the FP32 model on the eval samples. Memory cap per process tree: "
         f"{_gb(results['cap_bytes'])}.",
         "",
@@ -114,7 +114,7 @@ def render(results: dict) -> str:
             rows.append([
                 r["label"] + (f" [previous run: `{op['previous_run']}`]" if op.get("previous_run") else ""), _gb(w), tech,
                 f"killed at {_gb(killed)}" if killed else _x(op.get("peak_bytes"), w),
-                _x(op.get("admission_bytes"), w),
+                _x(admission_estimate(tech, w), w),
                 f"{op['optimize_s']:.0f}",
                 f"{op['size_bytes'] / op['baseline_bytes']:.2f}" if op.get("size_bytes") and op.get("baseline_bytes")
                 else "-",

@@ -117,7 +117,11 @@ def test_named_technique_that_cannot_fit_is_refused_before_a_worker_starts(tmp_p
     from optimizer_svc import admission
 
     size = _matmul_model(tmp_path / "m.onnx")
-    limit = admission.OVERHEAD_BYTES + 5 * size  # the baseline (1.5x) and graph (3.0x) fit, int8-dynamic (6.5x) not
+    # the baseline with graph fits, int8-dynamic (quant_pre_process first below 256 MiB) not
+    graph = admission.BASELINE_FACTOR + admission.FACTORS["graph"]
+    int8 = admission.BASELINE_FACTOR + admission.PREPROCESSED_INT8_DYNAMIC_FACTOR
+    assert graph < 5 < int8
+    limit = admission.OVERHEAD_BYTES + 5 * size
     srv = _optimizer(tmp_path, limit)
     try:
         with Client(optimizer=srv.address) as client:
@@ -132,9 +136,9 @@ def test_named_technique_that_cannot_fit_is_refused_before_a_worker_starts(tmp_p
         srv.stop()
     assert err.code == "RESOURCE_EXHAUSTED" and events == []  # refused in the service: no job event at all
     msg = err.message
-    needed = admission.OVERHEAD_BYTES + int(size * 6.5)  # below 2 GiB quant_pre_process runs first: 1.5 + 5.0
+    needed = admission.OVERHEAD_BYTES + int(size * int8)
     assert msg.startswith(f"int8-dynamic on this model needs about {needed / 1e6:.1f} MB of memory ({size / 1e6:.1f} "
-                          "MB of weights x 6.5), but only "), msg
+                          f"MB of weights x {int8:g}), but only "), msg
     assert f"is available (MODELPORT_MEMORY_LIMIT_BYTES={limit})" in msg
     assert "drop int8-dynamic from the request or ask for 'auto'" in msg and "raise the optimizer's memory_limit_bytes" in msg
 
@@ -144,8 +148,11 @@ def test_auto_skips_what_cannot_fit_with_the_reason_and_builds_the_rest(tmp_path
     from optimizer_svc import admission
 
     size = _matmul_model(tmp_path / "m.onnx")
-    limit = admission.OVERHEAD_BYTES + int(6.25 * size)  # graph (1.5 + 1.5), fp16 (1.5 + 4.5) fit, int8-dynamic
-    # (1.5 + 5.0) not
+    # graph and fp16 fit, int8-dynamic (quant_pre_process first below 256 MiB) not
+    fp16 = admission.BASELINE_FACTOR + admission.FACTORS["fp16"]
+    int8 = admission.BASELINE_FACTOR + admission.PREPROCESSED_INT8_DYNAMIC_FACTOR
+    assert admission.FACTORS["graph"] < admission.FACTORS["fp16"] and fp16 < int8
+    limit = admission.OVERHEAD_BYTES + int((fp16 + int8) / 2 * size)
     srv = _optimizer(tmp_path, limit)
     try:
         with Client(optimizer=srv.address) as client:
@@ -155,9 +162,9 @@ def test_auto_skips_what_cannot_fit_with_the_reason_and_builds_the_rest(tmp_path
     rows = {c.technique: c for c in res.candidates}
     for t in ("graph", "fp16"):
         assert rows[t].details.get("status", "") == "" and rows[t].size_bytes > 0, rows[t].note
-    for t, factor in (("int8-dynamic", 6.5),):
+    for t, factor in (("int8-dynamic", int8),):
         assert rows[t].details["status"] == "skipped"
-        assert rows[t].note.startswith(f"skipped: {t} on this model needs about ") and f"weights x {factor})" in \
+        assert rows[t].note.startswith(f"skipped: {t} on this model needs about ") and f"weights x {factor:g})" in \
             rows[t].note and f"is available (MODELPORT_MEMORY_LIMIT_BYTES={limit})" in rows[t].note, rows[t].note
     assert "needs representative inputs" in rows["int8-static"].note  # skipped for its own reason first
     assert res.baseline.details["weight_bytes"] == str(size)
@@ -179,12 +186,14 @@ def test_a_folder_artifact_is_estimated_with_its_memory_mapped_baseline(tmp_path
     assert external and 4096 * 64 * 4 <= weights < 4096 * 64 * 4 + 64 * 1024
     est = admission.estimate("int8-dynamic", weights, external)
     assert est.factor == admission.EXTERNAL_BASELINE_FACTOR + admission.PREPROCESSED_INT8_DYNAMIC_FACTOR
-    assert admission.estimate("int8-dynamic", weights).factor == admission.BASELINE_FACTOR + 5.0  # one protobuf
+    assert admission.estimate("int8-dynamic", weights).factor == (admission.BASELINE_FACTOR  # one protobuf
+                                                                  + admission.PREPROCESSED_INT8_DYNAMIC_FACTOR)
     # The service reads only the stored file's size (the tar: weights + headers), never lists or parses it.
     file_weights, file_external = admission._file_sizes(tmp_path / "m.tar", "onnx")
     assert file_external and file_weights == (tmp_path / "m.tar").stat().st_size >= weights
     served = admission.estimate("int8-dynamic", file_weights, True)
     admission.check_request(["int8-dynamic"], "onnx", tmp_path / "m.tar", False, MemoryBudget(served.needed, "test"))
-    with pytest.raises(ResourceExhausted, match=r"int8-dynamic on this model needs about .* x 5\.25\), but only"):
+    factor = admission.EXTERNAL_BASELINE_FACTOR + admission.PREPROCESSED_INT8_DYNAMIC_FACTOR
+    with pytest.raises(ResourceExhausted, match=rf"int8-dynamic on this model needs about .* x {factor:g}\), but only"):
         admission.check_request(["int8-dynamic"], "onnx", tmp_path / "m.tar", False,
                                 MemoryBudget(served.needed - 1, "test"))
