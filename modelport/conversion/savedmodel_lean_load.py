@@ -27,8 +27,6 @@ class LeanLoadUnsupported(Exception):
 
 
 def _checkpoint_prefix(root: str) -> str:
-    import os
-
     return os.path.join(root, "variables", "variables")
 
 
