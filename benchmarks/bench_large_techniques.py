@@ -102,8 +102,10 @@ def render(results: dict) -> str:
         f"{_gb(results['cap_bytes'])}.",
         "",
     ]
+    models = sorted(results["models"].values(), key=lambda r: r["weight_bytes"])
+    techniques = [t for t in TECHNIQUES if t in techniques] + [t for t in techniques if t not in TECHNIQUES]
     rows = []
-    for r in results["models"].values():
+    for r in models:
         w = r["weight_bytes"]
         for tech in techniques:
             op = r["techniques"].get(tech)
@@ -126,7 +128,7 @@ def render(results: dict) -> str:
         ["model", "weights", "technique", "peak / weights", "admission estimate / weights", "job s",
          "size / FP32", "max abs diff", "cosine", "latency / FP32 (paired)", "error or note"], rows), ""]
     per_stage = []
-    for r in results["models"].values():
+    for r in models:
         w = r["weight_bytes"]
         for tech in techniques:
             op = r["techniques"].get(tech)

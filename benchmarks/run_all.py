@@ -37,7 +37,9 @@ TIMEOUTS = {
     "llm": 900,
     "llm_trained": 360,  # bench_llm --trained: trains a small GPT-2 for 400 steps, quantizes it (~2 min)
     "breadth": 900,
-    "large": 1500,  # multi-GB: builds, converts, quantizes and serves 0.55-2.34 GB models (--quick: VGG-16 only)
+    "large": 1500,  # multi-GB: builds, converts, quantizes and serves 0.55-2.34 GB models (--quick: VGG-16 only;
+    # the 6.15 GB t28 runs on its own: --models t28)
+    "large_techniques": 1500,  # graph/fp16/int8-static/int8-dynamic on the 1.33 and 2.34 GB transformers
     "reliability": 900,  # its own bound is 15 minutes on 2 cores (soak, jobs, slow clients, faults)
 }
 #: Extra arguments of a full run: the breadth matrix (~45 models, two converters each) takes well over an
@@ -50,6 +52,7 @@ QUICK_TIMEOUTS = {
     "breadth": 180,  # MobileNetV2 and an LSTM, two converters each, TensorFlow imported per process
     "reliability": 360,  # short soaks, plus reliability_faults' crash/resume and full-disk runs (about 2.5 min)
     "llm_trained": 180,
+    "large_techniques": 420,  # --quick: every technique on the 0.73 GB transformer
 }
 #: Second runs of a benchmark with other arguments, each an entry of its own (record, log, time bound, section):
 #: name -> (the bench_<X>.py it runs, full-run arguments, --quick arguments).
