@@ -714,12 +714,12 @@ def render(results: dict) -> str:
                  "INT8 steady p50", "INT8 resident / weights"], after),
             "",
             *SERVED_MEMORY_NOTE,
-            "Optimizer admission factors (`optimizer_svc/admission.py`), measured for issue 13 on the 1-block and "
-            "4-block transformers' ONNX results (each technique's function in a fresh process, peak RSS over the "
-            "process after imports, per weight byte): graph 1.03x / 1.02x, fp16 4.03x / 3.02x, int8-static (8 "
-            "calibration samples) 3.08x / 3.17x; the candidates' sessions with 8 batch-1 runs stayed below those "
-            "peaks. The factors are now graph 1.5x, fp16 4.5x (it was 3.0x, below the measured 4.03x), "
-            "int8-static 3.5x.",
+            "Optimizer admission factors (`optimizer_svc/admission.py`): measured through the optimizer service, "
+            "every technique on the 1.33 and 2.34 GB transformers, the job's whole peak (the baseline's session "
+            "held while each candidate is built and measured): section *Large models: every optimizer technique* "
+            "(`benchmarks/bench_large_techniques.py`). The factors before were measured on each technique's build "
+            "alone and were below every job's peak through the service. A job whose estimate does not fit is "
+            "refused before it starts: the 6.16 GB t28's int8-dynamic row here.",
             "",
             "",
         ] if after else []),
