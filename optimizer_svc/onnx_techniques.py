@@ -10,7 +10,10 @@ This module never imports grpc or TensorFlow.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,7 +92,14 @@ def fp16(src: Path, out: Path) -> dict[str, str]:
     # Given the path, the converter infers shapes with infer_shapes_path (in src's folder, so the external data
     # resolves) and loads that: given a loaded model it serializes it whole for shape inference, which fails past
     # protobuf's 2 GiB ("Failed to serialize proto" on the 2.34 GB transformer).
-    converted = convert_float_to_float16(str(src), keep_io_types=True)
+    try:
+        converted = convert_float_to_float16(str(src), keep_io_types=True)
+    except Exception as e:
+        # onnx reports a failed write of the shape-inferred copy without its errno ("Unable to save inferred
+        # model to the target path"): a full disk is told by the space left, so the job is RESOURCE_EXHAUSTED.
+        if shutil.disk_usage(src.parent).free < Path(src).stat().st_size:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(src.parent)) from e
+        raise
     save(converted, out, external=external or None)
     n16 = sum(1 for t in converted.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16)
     return {"fp16_initializers": str(n16), "io_types": "kept float32"}
