@@ -42,8 +42,8 @@ def release_freed_memory() -> None:
 
     onnxruntime and protobuf allocate on several threads, so freed memory lands in glibc's per-thread arenas,
     which keep it: a service that had served and unloaded the 0.73 GB transformer LM kept 0.69 GB resident in
-    64 MB thread-arena heaps (``/proc/PID/smaps``), and an optimizer job measured each candidate on top of what
-    building it had freed. A no-op where there is no glibc.
+    64 MB thread-arena heaps (``/proc/PID/smaps``). Used by the inference service after each load and unload and by
+    the converter after it frees a source model. A no-op where there is no glibc.
     """
     import ctypes
     import gc

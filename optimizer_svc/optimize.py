@@ -24,7 +24,6 @@ from modelport import cpuinfo, media
 from modelport.datasets import load_npz, validate_samples
 from modelport.errors import FailedPrecondition, InvalidArgument, ModelportError
 from modelport.job_records import AccuracyBudget, ArtifactRef, CandidateReport, OptimizeJob, OptimizeResult
-from modelport.memory import release_freed_memory
 from modelport.model_code import check_model_code
 from modelport.store import ArtifactStore, disk_full_error
 from modelport.techniques import KERAS_TECHNIQUES, ONNX_TECHNIQUES, TFLITE_TECHNIQUES
@@ -304,9 +303,6 @@ def optimize(progress, store: ArtifactStore, job: OptimizeJob, origin: str, work
                 path, cfmt, details = _build(tech, baseline_path, work, opts, rep_x, input_names, source, train,
                                              store.path(job.student.digest) if job.student is not None else None,
                                              out_format)
-            # What building freed (the whole model parsed in protobuf, the build's own sessions) goes back to the
-            # OS before the candidate's session is made: glibc keeps it otherwise, and the measurement piled on top.
-            release_freed_memory()
             progress("measuring", frac + 0.6 / max(n, 1), f"measuring {tech}")
             run = (M.onnx_runner(path, providers, threads) if cfmt == "onnx"
                    else M.tflite_runner(path, input_names, threads))
