@@ -166,13 +166,10 @@ class KerasModel(TFModel):
         return self._dynamic if not fixed_batch_size else keras_tf_function(self.model, fixed_batch_size)
 
     def release(self) -> None:
-        import gc
-
         import keras
 
         self.model = self.trackable = self._dynamic = None
         keras.backend.clear_session()
-        gc.collect()
         release_freed_memory()
 
     def export_savedmodel(self, folder: Path, fixed_batch_size: int = 0) -> None:
@@ -349,10 +346,7 @@ class SavedModelModel(TFModel):
         tf.saved_model.save(module, str(folder), signatures={"serving_default": fn.get_concrete_function()})
 
     def release(self) -> None:
-        import gc
-
         self.trackable = self.sig = self._dynamic = None
-        gc.collect()
         release_freed_memory()
 
     def info(self) -> ModelInfo:
@@ -547,10 +541,7 @@ class OnnxModel(LoadedModel):
         return dict(zip(names, got, strict=True))
 
     def release(self) -> None:
-        import gc
-
         self.session = None
-        gc.collect()
         release_freed_memory()
 
     @property
