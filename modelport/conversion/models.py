@@ -277,6 +277,7 @@ class SavedModelModel(TFModel):
         super().__init__(folder)
         import tensorflow as tf
 
+        from modelport.conversion.savedmodel_lean_load import default_signature_key, variable_bytes
         from modelport.memory import weight_bytes
         from modelport.model_code import check_model_code
 
@@ -297,11 +298,11 @@ class SavedModelModel(TFModel):
             if not sigs:
                 raise InvalidArgument("the SavedModel has no serving signature; export it with model.export(dir) "
                                       "or tf.saved_model.save(obj, dir, signatures=...)")
-            self.signature_key = "serving_default" if "serving_default" in sigs else sorted(sigs)[0]
+            self.signature_key = default_signature_key(sigs)
             self.sig = sigs[self.signature_key]
         # The weights the signature reads (a Keras 3 model.export() SavedModel stores each one twice on disk).
-        self.weight_bytes = int(sum(int(np.prod(v.shape.as_list(), dtype=np.int64)) * v.dtype.size
-                                    for v in self.sig.variables if v.shape.is_fully_defined())) or self.weight_bytes
+        self.weight_bytes = sum(variable_bytes(v) for v in self.sig.variables
+                                if v.shape.is_fully_defined()) or self.weight_bytes
         args, kwargs = self.sig.structured_input_signature
         if args:
             raise InvalidArgument("the SavedModel signature takes positional inputs; export named inputs")

@@ -22,6 +22,18 @@ from typing import Any
 _VARIABLE_VALUE = "VARIABLE_VALUE"
 
 
+def default_signature_key(keys) -> str:
+    """The signature a SavedModel is converted through: ``serving_default``, else the first by name."""
+    return "serving_default" if "serving_default" in keys else sorted(keys)[0]
+
+
+def variable_bytes(v) -> int:
+    """Bytes of a TensorFlow variable's value (its shape must be fully defined)."""
+    import numpy as np
+
+    return int(np.prod(v.shape.as_list(), dtype=np.int64)) * v.dtype.size
+
+
 class LeanLoadUnsupported(Exception):
     """The SavedModel needs TensorFlow's own restore (the caller loads it with tf.saved_model.load)."""
 
@@ -72,7 +84,6 @@ def variable_keys(root_obj: Any, graph) -> dict[int, str]:
 def restore_signature_variables(root: str, loaded: Any, variables: list) -> int:
     """Assign each of ``variables`` (the signature's captures, uninitialized) its value from the checkpoint of
     the SavedModel at ``root``, one at a time; returns the bytes restored."""
-    import numpy as np
     import tensorflow as tf
 
     prefix = _checkpoint_prefix(root)
@@ -89,7 +100,7 @@ def restore_signature_variables(root: str, loaded: Any, variables: list) -> int:
             raise LeanLoadUnsupported(f"the checkpoint holds shape {value.shape} for {v.name}, the variable has "
                                       f"{v.shape}")
         v.assign(value)
-        total += int(np.prod(v.shape.as_list(), dtype=np.int64)) * v.dtype.size
+        total += variable_bytes(v)
         del value
     return total
 
@@ -97,7 +108,7 @@ def restore_signature_variables(root: str, loaded: Any, variables: list) -> int:
 def load_savedmodel_lean(root: str, signature_key: str | None = None) -> tuple[Any, Any, str]:
     """(loaded object, signature, signature key) with only the signature's variables restored.
 
-    ``signature_key`` None: ``serving_default``, else the first signature by name (as ``SavedModelModel``).
+    ``signature_key`` None: ``default_signature_key``.
     Raises LeanLoadUnsupported when the model needs TensorFlow's full restore; other errors are the load's own.
     """
     import tensorflow as tf
@@ -107,7 +118,7 @@ def load_savedmodel_lean(root: str, signature_key: str | None = None) -> tuple[A
     sigs = dict(loaded.signatures)
     if not sigs:
         raise LeanLoadUnsupported("no signature")
-    key = signature_key or ("serving_default" if "serving_default" in sigs else sorted(sigs)[0])
+    key = signature_key or default_signature_key(sigs)
     sig = sigs[key]
     handles = {id(v.handle) for v in sig.variables}
     other = [t for t in sig.captured_inputs if t.dtype == tf.resource and id(t) not in handles]
@@ -122,7 +133,7 @@ _MAX_PB_BYTES = 64 << 20
 
 
 def signature_weight_bytes(root: str | os.PathLike, signature_key: str | None = None) -> int:
-    """Bytes of the variables the signature (``serving_default``, else the first by name) captures, read from
+    """Bytes of the variables the signature (``default_signature_key``) captures, read from
     ``saved_model.pb``'s object graph without loading anything; 0 when that cannot be told. A Keras 3
     ``model.export`` SavedModel's variables data holds every weight twice; this counts what the lean load holds."""
     from pathlib import Path
@@ -138,7 +149,7 @@ def signature_weight_bytes(root: str | os.PathLike, signature_key: str | None = 
         graph = saved_model_pb2.SavedModel.FromString(pb.read_bytes()).meta_graphs[0].object_graph_def
         sig_node = next(graph.nodes[c.node_id] for c in graph.nodes[0].children if c.local_name == "signatures")
         sigs = {c.local_name: graph.nodes[c.node_id] for c in sig_node.children}
-        key = signature_key or ("serving_default" if "serving_default" in sigs else sorted(sigs)[0])
+        key = signature_key or default_signature_key(sigs)
         node = sigs[key]
         kind = node.WhichOneof("kind")
         names = [node.bare_concrete_function.concrete_function_name] if kind == "bare_concrete_function" \
