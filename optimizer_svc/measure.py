@@ -266,7 +266,7 @@ def _rows(outputs: list[np.ndarray], reference: list[np.ndarray]) -> tuple[np.nd
 
 def _chunks(x: np.ndarray) -> list[slice]:
     """Row slices of ``x`` (samples, features) of at most ``_CHUNK_ELEMENTS`` elements (one row at least)."""
-    step = max(1, _CHUNK_ELEMENTS // max(x.shape[1], 1)) if x.ndim == 2 else _CHUNK_ELEMENTS
+    step = max(1, _CHUNK_ELEMENTS // max(x.shape[1], 1))
     return [slice(i, i + step) for i in range(0, x.shape[0], step)]
 
 
