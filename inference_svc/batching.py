@@ -129,6 +129,11 @@ class Scheduler:
         self._workers: list[asyncio.Task] = []
         self._executor = ThreadPoolExecutor(max_workers=max(1, policy.instances),
                                             thread_name_prefix=f"ort-{model}-{version}")
+        # A lone request's all-cores run always starts on the same thread: when the instances' threads took turns
+        # (after a burst of concurrent requests had started them all), 10% of MobileNetV2's lone runs at
+        # concurrency 1 took 2-3x as long (onnxruntime's pool worker scheduled onto the calling thread's core).
+        self._solo_executor = (ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{model}-{version}-solo")
+                               if solo_run is not None else self._executor)
         self._preferred = frozenset(policy.preferred_batch_sizes)
         self._preferred_max = max(policy.preferred_batch_sizes, default=0)
 
@@ -166,6 +171,7 @@ class Scheduler:
         self._fail(list(self._pending), "was unloaded; retry to reach the current version")
         self._pending.clear()
         self._executor.shutdown(wait=False)
+        self._solo_executor.shutdown(wait=False)
         self.metrics.close()
 
     def run_sync(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
@@ -390,8 +396,8 @@ class Scheduler:
                 result = self._run_batch(batch, run)
                 self._check_inline(result.infer_ns)
             else:
-                result = await asyncio.get_running_loop().run_in_executor(self._executor, self._run_batch, batch,
-                                                                          run)
+                result = await asyncio.get_running_loop().run_in_executor(
+                    self._solo_executor if solo else self._executor, self._run_batch, batch, run)
         except BaseException as exc:  # noqa: BLE001 - every waiter gets the failure
             if isinstance(exc, asyncio.CancelledError):
                 self._fail(batch, "stopped while running the request; retry")

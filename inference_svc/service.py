@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from inference_svc.fast_infer import MODEL_INFER, add_inference_servicer
+from inference_svc.idle_spin import IdleSpin
 from inference_svc.manager import LoadOptions, ModelManager
 from inference_svc.servicer import InferenceServicer, ModelControlServicer
 from inference_svc.settings import InferenceSettings
@@ -53,6 +54,7 @@ class InferenceService(Service):
         self.shm = SharedMemoryRegistry(enabled=settings.shared_memory, max_regions=settings.max_shm_regions)
         # A caller's model is parsed once in a sniffer process before onnxruntime sees it (model_check).
         self.sniffer = sniffer_pool(self.name, ("onnx", "inference_svc.model_check"))
+        self.idle_spin = IdleSpin(settings.idle_spin_us)
         self.ready = False
 
     def registrations(self) -> list[Registration]:
@@ -60,7 +62,8 @@ class InferenceService(Service):
         return [
             Registration(add_inference_servicer,
                          InferenceServicer(self.manager, self.is_ready, self.shm,
-                                           max_stream_inflight=self.settings.max_stream_inflight), KSERVE),
+                                           max_stream_inflight=self.settings.max_stream_inflight,
+                                           idle_spin=self.idle_spin), KSERVE),
             Registration(serving_pb2_grpc.add_ModelControlServicer_to_server,
                          ModelControlServicer(self.manager, self), CONTROL),
         ]
@@ -109,6 +112,7 @@ class InferenceService(Service):
     async def shutdown(self) -> None:
         """Finish in-flight batches, release every session, then unmap the shared memory regions."""
         self.ready = False
+        self.idle_spin.close()
         await self.manager.close()
         self.shm.close()
         await self.sniffer.close()

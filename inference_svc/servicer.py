@@ -14,6 +14,7 @@ import time
 
 import modelport
 from inference_svc import fast_infer, generation_protocol, protocol
+from inference_svc.idle_spin import IdleSpin
 from inference_svc.manager import ModelManager
 from inference_svc.repository_loading import resolve_artifact
 from inference_svc.shm import SharedMemoryRegistry
@@ -46,8 +47,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """The Open Inference Protocol as Triton's clients expect it."""
 
     def __init__(self, manager: ModelManager, is_ready, shm: SharedMemoryRegistry | None = None,
-                 max_stream_inflight: int = 64):
+                 max_stream_inflight: int = 64, idle_spin: IdleSpin | None = None):
         self.manager = manager
+        # ModelInfer counts itself in and out: when none is in flight, the loop spins for a moment (idle_spin).
+        self.idle_spin = idle_spin if idle_spin is not None else IdleSpin(0)
         self.max_stream_inflight = max(1, max_stream_inflight)
         self._is_ready = is_ready
         self.shm = shm if shm is not None else SharedMemoryRegistry(enabled=False)
@@ -103,6 +106,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return lease.response(mv.name, mv.label, outputs, request.id)
 
     async def ModelInfer(self, request, context):
+        spin = self.idle_spin
+        spin.enter()
+        try:
+            return await self._model_infer(request, context)
+        finally:
+            spin.leave()
+
+    async def _model_infer(self, request, context):
         if type(request) is not bytes:  # a message (called directly, not through the raw registration)
             return await self._infer(request, _deadline(context))
         r = self._memo.match(request)
@@ -133,6 +144,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         tasks: set[asyncio.Task] = set()
 
         async def one(req):
+            self.idle_spin.enter()
             try:
                 mv = self.manager.get(req.model_name, req.model_version)
                 if mv.generator is not None:  # decoupled: one response per token, then the final flag
@@ -153,6 +165,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     error_message="Internal server error (logged on the server)",
                     infer_response=pb.ModelInferResponse(id=req.id)))
             finally:  # after this request's last response: its slot goes back once that response went out
+                self.idle_spin.leave()
                 results.put_nowait(_REQUEST_DONE)
 
         async def reader():

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from modelport.runtime.settings import ServiceSettings
@@ -41,6 +43,11 @@ class InferenceSettings(ServiceSettings):
     hand-offs inside a run). Spinning stops as soon as a run returns (session.force_spinning_stop), so idle
     threads never steal the cores the gRPC server and its clients need. --no-ort-allow-spinning for a
     machine so oversubscribed that even in-run spinning hurts."""
+    idle_spin_us: Annotated[int, Field(ge=0)] = 2000
+    """After the last request in flight finished, keep the event loop polling (busy) for up to this many
+    microseconds before it sleeps, when requests have lately come back within that time, so the next one is read
+    at once by an awake core with warm caches (inference_svc.idle_spin; never while a request runs, and only in
+    a server process of its own). 0 turns it off: a host whose cores are all needed by other work."""
     auto_tune: bool = True
     """Measure each model version at load (on zero inputs, a fraction of a second) and choose what its
     settings leave open: one intra-op thread for a model that runs as fast on one; running short models on
