@@ -211,6 +211,10 @@ class CrashResume:
     seconds: list[float]
     swept: list[str] = field(default_factory=list)
     """The services' log lines saying what their start-up sweep removed."""
+    left_by_kill: dict[str, list[str]] = field(default_factory=dict)
+    """Per killed service, its job's work folders still in the store's tmp/ once its workers were gone: what the
+    restart must sweep. A worker that notices its service died while it can still unwind removes its own folder
+    (nothing to sweep); one stopped harder leaves it."""
 
 
 def crash_and_resume(workdir: Path, hidden: int = 256, optimize: tuple[str, ...] = ("graph",),
@@ -249,6 +253,7 @@ def crash_and_resume(workdir: Path, hidden: int = 256, optimize: tuple[str, ...]
                 self.victim = None
                 name = {"convert": "converter", "optimize": "optimizer"}[stage]
                 self.orphans += kill9(services[name], name)
+                out.left_by_kill[name] = sorted(p.name for p in (store / "tmp").glob(f"{stage}-*"))
 
     def deploy(victim: str | None):
         addrs = {n: launcher.addresses()[n] for n, launcher in services.items()}

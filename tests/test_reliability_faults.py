@@ -105,9 +105,11 @@ def test_kill9_converter_then_optimizer_mid_deploy_then_rerun_resumes_from_cache
     assert first["optimize"]["status"] == "ok" and not first["optimize"]["cached"]
     assert second["optimize"]["detail"].startswith("cached result;")
     assert [r["version"] for r in cr.reports] == ["1", "2"] and all(r["ok"] for r in cr.reports)
-    # each restart swept the killed job's work folder; nothing of a dead process was left, nothing at the end
-    assert cr.swept == ["converter: removed 1 stale temp entry from the store's tmp/",
-                        "optimizer: removed 1 stale temp entry from the store's tmp/"], cr
+    # each restart swept what the killed job left (its work folder, unless its dying worker removed it itself:
+    # both happen, by timing); nothing of a dead process was left after the restarts, nothing at the end
+    assert set(cr.left_by_kill) == {"converter", "optimizer"} and all(len(v) <= 1 for v in cr.left_by_kill.values())
+    assert cr.swept == [f"{name}: removed 1 stale temp entry from the store's tmp/"
+                        for name, left in sorted(cr.left_by_kill.items()) if left], cr
     assert cr.leftovers_after_restart == []
     assert cr.leftovers_at_end == []
 
