@@ -434,7 +434,9 @@ def report(data: dict, missing: dict[str, str], rounds: int, seconds: float) -> 
         "KServe 0.21 and MLServer 1.7.1 serve the same ONNX file with the obvious runtime a user would write "
         "(`benchmarks/peers/`: an `onnxruntime.InferenceSession` with default options, each library's own "
         "codec, default server settings); modelport is `python -m inference_svc --repository R` with default "
-        f"settings and only `<model>/1/model.onnx` in the repository (event loop: {data['modelport_event_loop']}); "
+        f"settings and only `<model>/1/model.onnx` in the repository (event loop: {data['modelport_event_loop']}; "
+        "its default idle spin polls the loop for up to 2 ms after the last request finished, so its server CPU "
+        "per request includes a core kept awake while a one-at-a-time client prepares its next request); "
         "the floor is a do-nothing `grpc.aio` KServe server answering a prepared response. "
         "KServe runs its sync `predict` on its event loop (uvloop) and, by default, logs every request; MLServer "
         "hands each request to its inference worker process (its default `parallel_workers`); the floor runs on "
@@ -506,7 +508,9 @@ def report(data: dict, missing: dict[str, str], rounds: int, seconds: float) -> 
         if bound is None and 1 in conc and "floor" in runs:
             lines += ["Bound at concurrency 1: not valid in this run (a server answered faster than the floor's "
                       "transport plus the in-process run measured between the rounds: other work slowed the "
-                      "in-process run, or a server's transport costs less than the floor server's own).", ""]
+                      "in-process run, or a server's transport costs less than the floor server's own: modelport's loop keeps "
+                      "polling between requests (its idle spin), where the floor's sleeps and wakes on an idle core).",
+                      ""]
         if bound is not None and 1 in conc:
             peer, peer_rate = best_peer(runs, 1)
             lines += [f"Bound at concurrency 1: with one request at a time, a request costs at least the floor's "
