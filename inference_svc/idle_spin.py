@@ -34,6 +34,9 @@ import threading
 import time
 from collections.abc import Callable
 
+from inference_svc.metrics import IDLE_SPIN_SECONDS
+
+_SPUN = IDLE_SPIN_SECONDS.labels()
 GAP_WEIGHT = 0.125
 """Weight of the newest idle gap in the moving average (about the last 8 gaps count)."""
 
@@ -56,7 +59,9 @@ class IdleSpin:
         self._until = 0
         self._task: asyncio.Task | None = None
         self.spins = 0
-        """Spin periods started (for tests and statistics)."""
+        """Spin periods started."""
+        self.spun_ns = 0
+        """Time spent spinning (also exported: modelport_inference_idle_spin_seconds_total)."""
 
     def enter(self) -> None:
         """A request started (the spinner, if running, stops at its next step)."""
@@ -90,11 +95,15 @@ class IdleSpin:
         return self._task is not None
 
     async def _spin(self) -> None:
+        start = self._clock()
         try:
             while not self.inflight and self._clock() < self._until:
                 await asyncio.sleep(0)
         finally:
             self._task = None
+            spun = self._clock() - start
+            self.spun_ns += spun
+            _SPUN.inc(spun / 1e9)
 
     def close(self) -> None:
         """Stop spinning, for good (shutdown)."""

@@ -35,6 +35,12 @@ REQUEST_SECONDS = FastHistogram(
     ["model", "version"],
     _LATENCY_BUCKETS,
 )
+IDLE_SPIN_SECONDS = FastCounter(
+    "modelport_inference_idle_spin_seconds_total",
+    "Wall time the event loop spent polling between requests instead of sleeping (--idle-spin-us): a core kept "
+    "busy meanwhile.",
+    [],
+)
 BATCH_SIZE = FastHistogram(
     "modelport_inference_batch_size",
     "Elements per model execution (after dynamic batching).",

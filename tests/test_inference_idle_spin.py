@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from inference_svc.idle_spin import IdleSpin
+from inference_svc.metrics import IDLE_SPIN_SECONDS
 from inference_svc.service import InferenceService
 from inference_svc.settings import InferenceSettings
 from modelport.kserve import codec
@@ -48,9 +49,12 @@ def test_spins_after_the_last_request_until_the_window_ends():
         assert spin.spinning and spin.spins == 1
         await _steps(5)
         assert spin.spinning  # the loop keeps polling: the window has not passed
+        exported = IDLE_SPIN_SECONDS.labels().value
         clock.now += 501 * US
         await _steps(2)
         assert not spin.spinning
+        assert spin.spun_ns == 501 * US  # what it spun is counted, and exported for Prometheus
+        assert IDLE_SPIN_SECONDS.labels().value - exported == pytest.approx(501e-6)
 
     asyncio.run(main())
 
