@@ -458,9 +458,11 @@ def report(data: dict, missing: dict[str, str], rounds: int, seconds: float) -> 
     if missing:
         lines += [f"Left out: {', '.join(f'{k} ({v})' for k, v in missing.items())}.", ""]
     goal_rows = []
+    cores = data.get("cores") or os.cpu_count() or 1
     for model, d in data["models"].items():
         runs = d["runs"]
         bound = c1_bound(d)
+        budgets = {c: cpu_budget(d, c, cores) for c in conc if c > 1}
         lines += [f"### {titles.get(model, model)}", ""]
         rows = []
         for c in conc:
@@ -474,9 +476,8 @@ def report(data: dict, missing: dict[str, str], rounds: int, seconds: float) -> 
             row += [common.fmt_ratio(r_peer) + (f" ({LABELS[peer]})" if peer else ""), common.fmt_ratio(r_floor),
                     f"{mp['errors']}" if mp else "—", errors]
             rows.append(row)
-            budget = cpu_budget(d, c, data.get("cores") or os.cpu_count() or 1) if c > 1 else None
             goal_rows.append([f"{model}, c={c}: modelport / best peer", r_peer, GOAL_PEER_RATIO,
-                              common.ratio(bound if c == 1 else budget, peer_rate)])
+                              common.ratio(bound if c == 1 else budgets[c], peer_rate)])
             if model == "mlp" and c == 1:
                 goal_rows.append([f"{model}, c={c}: modelport / floor", r_floor, GOAL_FLOOR_RATIO,
                                   common.ratio(bound, fl["calls_per_s"]) if fl else None])
@@ -496,15 +497,13 @@ def report(data: dict, missing: dict[str, str], rounds: int, seconds: float) -> 
         lines += [f"In-process onnxruntime (default session: every core, one calling thread): {ip['calls_per_s']:.0f} runs/s "
                   f"(p50 {common.fmt_ms(ip['p50_s'])} ms), measured between the rounds.", ""]
         if d.get("item_cpu_ms"):
-            cores = data.get("cores") or os.cpu_count() or 1
-            budgets = [(c, cpu_budget(d, c, cores)) for c in conc if c > 1]
             lines += ["CPU per item on one thread (the least a request's model run costs here): "
                       + ", ".join(f"{k} {v:.3f} ms" for k, v in d["item_cpu_ms"].items()) + ". "
                       + ("CPU budget above concurrency 1 (client and server share the machine's "
                          f"{cores} cores): {cores} cores / (the client's CPU per request + the floor server's + that "
-                         "run) = " + ", ".join(f"c={c} **{b:.0f} req/s**" for c, b in budgets if b)
+                         "run) = " + ", ".join(f"c={c} **{b:.0f} req/s**" for c, b in budgets.items() if b)
                          + "; a server whose transport costs what the floor's does cannot exceed it."
-                         if any(b for _, b in budgets) else ""), ""]
+                         if any(budgets.values()) else ""), ""]
         if bound is None and 1 in conc and "floor" in runs:
             lines += ["Bound at concurrency 1: not valid in this run (a server answered faster than the floor's "
                       "transport plus the in-process run measured between the rounds: other work slowed the "

@@ -7,7 +7,7 @@ split into two modes about 230 us apart, the slow one being a wake-up on an idle
 everything the handler touches (onnxruntime's 7 us MLP run took 26-40 us inside a server, 7 us in a loop).
 Spinning the loop for ``window_us`` after the process went idle keeps the core awake and the handler's code
 and data in cache, and a request arriving in that window is read at once: the MLP at concurrency 1 went from
-0.75x to 1.0-1.07x the do-nothing grpc.aio floor (BENCHMARKS.md, Serving). It is the trade onnxruntime makes
+0.72-0.79x to 1.06-1.18x the do-nothing grpc.aio floor (BENCHMARKS.md, Serving). It is the trade onnxruntime makes
 inside a run with its spinning thread pool, applied to the gap between requests, and bounded the same way:
 
 - it spins only while *no* request is in flight (a run on an executor thread is never slowed by a spinning
@@ -45,13 +45,12 @@ class IdleSpin:
     """Counts the requests in flight; when the count drops to zero, spins the loop for up to ``window_us`` if
     requests have lately been arriving within that window of the previous one finishing."""
 
-    def __init__(self, window_us: int, *, clock: Callable[[], int] = time.perf_counter_ns,
-                 main_thread_only: bool = True):
+    def __init__(self, window_us: int, *, clock: Callable[[], int] = time.perf_counter_ns):
         if window_us < 0:
             raise ValueError(f"idle spin window must be >= 0 microseconds, got {window_us}")
         self.window_ns = int(window_us) * 1000
         self._clock = clock
-        self._main_thread_only = main_thread_only
+        self._thread_checked = False
         self.inflight = 0
         self.gap_ns = 0.0
         """Moving average of the idle gaps: from the process going idle to the next request."""
@@ -76,8 +75,8 @@ class IdleSpin:
         self.inflight -= 1
         if self.inflight or not self.window_ns:
             return
-        if self._main_thread_only:  # decided once, on the serving loop's thread (see the module doc)
-            self._main_thread_only = False
+        if not self._thread_checked:  # decided once, on the serving loop's thread (see the module doc)
+            self._thread_checked = True
             if threading.current_thread() is not threading.main_thread():
                 self.window_ns = 0
                 return
